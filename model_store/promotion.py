@@ -1,0 +1,87 @@
+"""Moving the production pointer: the store record, the Redis key workers watch, and the event they hear.
+
+The store record is written first, so it is the source of truth: if Redis is down or has lost
+the pointer, workers fall back to `ModelStore.production()`, and `current_version` restores the
+pointer from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Callable, TypeVar
+
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from model_store.store import ModelStore, iso, utcnow
+from shared.errors import ModelStoreError, RedisUnavailable
+from shared.keys import Keys
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+
+def promote(store: ModelStore, redis: Redis, keys: Keys, version: str, reason: str = "manual") -> dict:
+    """Put `version` in production (store record, Redis pointer, `model_promoted` event); return the event.
+
+    Raises RedisUnavailable after the store record is written if Redis does not answer.
+    """
+    previous = store.set_production(version)
+    event = {"event": "model_promoted", "version": version, "previous": previous, "reason": reason, "at": iso(utcnow())}
+
+    def tell_redis() -> None:
+        redis.set(keys.model_current, version)
+        redis.publish(keys.events, json.dumps(event))
+
+    _call_redis(
+        tell_redis,
+        f"the store record was updated ({version} is in production) "
+        "and workers will pick the version up from it when Redis returns",
+    )
+    log.info("promoted model version %s (was %s, reason: %s)", version, previous, reason)
+    return event
+
+
+def rollback(store: ModelStore, redis: Redis, keys: Keys) -> dict:
+    """Promote the version that was in production before the current one; return the event."""
+    previous = store.previous_production()
+    if previous is None:
+        raise ModelStoreError(
+            "nothing to roll back to: no earlier production version still exists in the store "
+            "(see `bookrec models list` and promote one with `bookrec models promote VERSION`)"
+        )
+    return promote(store, redis, keys, previous, reason="rollback")
+
+
+def current_version(store: ModelStore, redis: Redis, keys: Keys) -> str | None:
+    """The production version from the Redis pointer; if Redis lost it, restore it from the store record."""
+    pointer = _call_redis(lambda: redis.get(keys.model_current), "the store record still names the production model")
+    if pointer is not None:
+        return _text(pointer)
+    recorded = store.production()
+    if recorded is None:
+        return None
+    restored = _call_redis(
+        lambda: redis.set(keys.model_current, recorded, nx=True), "the pointer was not restored from the store"
+    )
+    if restored:
+        log.warning("Redis had lost %s; restored it to %s from the store record", keys.model_current, recorded)
+        return recorded
+    # Someone set the pointer between our GET and SET NX: theirs is newer.
+    pointer = _call_redis(lambda: redis.get(keys.model_current), "the pointer was not read")
+    return recorded if pointer is None else _text(pointer)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _call_redis(call: Callable[[], _T], consequence: str) -> _T:
+    """Run `call`, turning a Redis connection failure into RedisUnavailable that says `consequence`."""
+    try:
+        return call()
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        raise RedisUnavailable(f"Redis did not answer ({exc}); {consequence}") from exc

@@ -1,0 +1,202 @@
+"""`bookrec models ...` through `producer.cli.main`, with the store in tmp_path and Redis faked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import fakeredis
+import pytest
+
+from model_store.plot import plot_version
+from model_store.store import ModelStore
+from producer.cli import main
+from producer.commands import models as models_command
+from shared.errors import ValidationError
+from shared.keys import Keys
+
+KEYS = Keys("t:")
+UNKNOWN = "v20990101T000000000000Z"
+METADATA = {
+    "params": {"dim": 10, "epochs": 3},
+    "data_fingerprint": "sha256:abc123",
+    "history": {"loss": [1.0, 0.8], "val_loss": [1.1, 0.9]},
+    "metrics": {"ndcg@10": 0.1234, "precision@10": 0.05, "rmse": 0.8765},
+    "baselines": {"popularity": {"ndcg@10": 0.0456}, "global_mean": {"rmse": 1.0101}},
+}
+
+
+@pytest.fixture
+def server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: fakeredis.FakeServer) -> ModelStore:
+    monkeypatch.setenv("BOOKREC_MODEL_STORE", str(tmp_path / "models"))
+    monkeypatch.setenv("BOOKREC_KEY_PREFIX", KEYS.prefix)
+    monkeypatch.setattr(models_command, "_connect", lambda settings: fakeredis.FakeRedis(server=server))
+    return ModelStore(tmp_path / "models")
+
+
+def save(store: ModelStore) -> str:
+    """Save a one-file version carrying METADATA and return its id."""
+    with store.new_version(kind_hint="deep") as writer:
+        (writer.path / "weights.bin").write_bytes(b"weights")
+        writer.finish(METADATA)
+    return writer.version
+
+
+def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    code = main(["models", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_list_prints_a_table_with_metrics_and_the_production_marker(store: ModelStore, capsys) -> None:
+    old, new = save(store), save(store)
+    store.set_production(new)
+
+    code, out, _ = run(capsys, "list")
+
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["VERSION", "KIND", "CREATED", "(UTC)", "NDCG@10", "RMSE"]
+    assert lines[1].split()[:2] == [old, "deep"] and lines[1].startswith(" ")
+    assert lines[2].split()[:3] == ["*", new, "deep"]
+    assert lines[2].split()[-2:] == ["0.1234", "0.8765"]
+
+
+def test_list_json_gives_one_summary_per_version(store: ModelStore, capsys) -> None:
+    version = save(store)
+    store.set_production(version)
+
+    code, out, _ = run(capsys, "list", "--json")
+
+    assert code == 0
+    [summary] = json.loads(out)
+    assert summary["version"] == version
+    assert summary["kind"] == "deep"
+    assert summary["production"] is True
+    assert summary["status"] == "ok"
+    assert summary["metrics"] == METADATA["metrics"]
+
+
+def test_list_of_an_empty_store_says_so(store: ModelStore, capsys) -> None:
+    code, out, _ = run(capsys, "list")
+
+    assert code == 0
+    assert "no model versions" in out
+
+
+def test_show_summarises_metadata_and_compares_with_baselines(store: ModelStore, capsys) -> None:
+    version = save(store)
+
+    code, out, _ = run(capsys, "show", version)
+
+    assert code == 0
+    assert "dim=10, epochs=3" in out
+    assert "sha256:abc123" in out
+    header = next(line for line in out.splitlines() if line.startswith("METRIC"))
+    assert header.split() == ["METRIC", "MODEL", "POPULARITY", "GLOBAL_MEAN"]
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if "@10" in line or "rmse" in line}
+    assert rows["ndcg@10"] == ["0.1234", "0.0456", "-"]
+    assert rows["rmse"] == ["0.8765", "-", "1.0101"]
+
+
+def test_show_json_is_the_whole_metadata(store: ModelStore, capsys) -> None:
+    version = save(store)
+
+    code, out, _ = run(capsys, "show", version, "--json")
+
+    assert code == 0
+    assert json.loads(out) == store.metadata(version)
+
+
+def test_show_plot_writes_a_png(store: ModelStore, tmp_path: Path, capsys) -> None:
+    version = save(store)
+    png = tmp_path / "curves.png"
+
+    code, _, _ = run(capsys, "show", version, "--plot", str(png))
+
+    assert code == 0
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_plot_copes_with_a_version_without_history_or_baselines(tmp_path: Path) -> None:
+    png = plot_version({"version": "v1", "metrics": {"rmse": 0.9}}, tmp_path / "bare.png")
+
+    assert png.read_bytes().startswith(b"\x89PNG")
+    assert [p.name for p in tmp_path.iterdir()] == ["bare.png"]
+
+
+def test_plot_refuses_an_unknown_image_format(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match=".png"):
+        plot_version(METADATA, tmp_path / "curves.xyz")
+
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_promote_and_rollback_move_the_record_and_the_pointer(store: ModelStore, server, capsys) -> None:
+    first, second = save(store), save(store)
+    redis = fakeredis.FakeRedis(server=server)
+
+    assert run(capsys, "promote", first)[0] == 0
+    code, out, _ = run(capsys, "promote", second, "--reason", "better ndcg", "--json")
+    assert code == 0
+    event = json.loads(out)
+    assert (event["event"], event["version"], event["previous"], event["reason"]) == (
+        "model_promoted", second, first, "better ndcg"
+    )
+    assert redis.get(KEYS.model_current) == second.encode()
+
+    code, out, _ = run(capsys, "rollback", "--json")
+
+    assert code == 0
+    assert (json.loads(out)["version"], json.loads(out)["reason"]) == (first, "rollback")
+    assert store.production() == first
+    assert redis.get(KEYS.model_current) == first.encode()
+
+
+def test_promote_with_redis_down_updates_the_store_and_fails_clearly(store: ModelStore, server, capsys) -> None:
+    version = save(store)
+    server.connected = False
+
+    code, _, err = run(capsys, "promote", version)
+
+    assert code == 4
+    assert err.count("\n") == 1
+    assert "store record was updated" in err
+    assert store.production() == version
+
+
+def test_delete_removes_a_version_and_refuses_production(store: ModelStore, capsys) -> None:
+    production, other = save(store), save(store)
+    store.set_production(production)
+
+    code, out, _ = run(capsys, "delete", other, "--json")
+    assert (code, json.loads(out)) == (0, {"deleted": other})
+
+    code, _, err = run(capsys, "delete", production)
+    assert code == 3
+    assert "is the production model" in err
+    assert [v["version"] for v in store.list()] == [production]
+
+
+@pytest.mark.parametrize("action", ["show", "promote", "delete"])
+def test_unknown_version_is_one_line_and_non_zero(store: ModelStore, capsys, action: str) -> None:
+    save(store)
+
+    code, out, err = run(capsys, action, UNKNOWN)
+
+    assert code == 3
+    assert out == ""
+    assert err.startswith(f"bookrec: error: model version {UNKNOWN} not found")
+    assert err.count("\n") == 1
+
+
+def test_a_path_instead_of_a_version_is_refused(store: ModelStore, capsys) -> None:
+    code, _, err = run(capsys, "show", "../etc")
+
+    assert code == 2
+    assert "not a model version id" in err

@@ -1,0 +1,148 @@
+"""Promotion and rollback: store record, Redis pointer and event move together; Redis outages are survivable."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import fakeredis
+import pytest
+
+from model_store.promotion import current_version, promote, rollback
+from model_store.store import ModelStore
+from shared.errors import CorruptVersion, ModelStoreError, RedisUnavailable
+from shared.keys import Keys
+
+KEYS = Keys("t:")
+
+
+def save(store: ModelStore) -> str:
+    """Save a one-file version and return its id."""
+    with store.new_version(kind_hint="mf") as writer:
+        (writer.path / "weights.bin").write_bytes(b"weights")
+        writer.finish({})
+    return writer.version
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ModelStore:
+    return ModelStore(tmp_path)
+
+
+@pytest.fixture
+def server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+def redis(server: fakeredis.FakeServer) -> fakeredis.FakeRedis:
+    return fakeredis.FakeRedis(server=server)
+
+
+@pytest.fixture
+def pubsub(redis: fakeredis.FakeRedis):
+    subscription = redis.pubsub()
+    subscription.subscribe(KEYS.events)
+    subscription.get_message(timeout=0)
+    return subscription
+
+
+def events(pubsub) -> list[dict]:
+    """Every event published since the subscription, decoded."""
+    messages = iter(lambda: pubsub.get_message(ignore_subscribe_messages=True, timeout=0), None)
+    return [json.loads(m["data"]) for m in messages]
+
+
+def test_promote_records_points_and_announces(store: ModelStore, redis, pubsub) -> None:
+    first, second = save(store), save(store)
+    promote(store, redis, KEYS, first)
+
+    event = promote(store, redis, KEYS, second, reason="gate passed")
+
+    assert event["event"] == "model_promoted"
+    assert (event["version"], event["previous"], event["reason"]) == (second, first, "gate passed")
+    assert event["at"].endswith("Z")
+    assert store.production() == second
+    assert redis.get(KEYS.model_current) == second.encode()
+    published = events(pubsub)
+    assert [(e["version"], e["previous"]) for e in published] == [(first, None), (second, first)]
+    assert published[-1] == event
+
+
+def test_rollback_promotes_the_previous_version(store: ModelStore, redis, pubsub) -> None:
+    first, second = save(store), save(store)
+    promote(store, redis, KEYS, first)
+    promote(store, redis, KEYS, second)
+
+    event = rollback(store, redis, KEYS)
+
+    assert (event["version"], event["previous"], event["reason"]) == (first, second, "rollback")
+    assert store.production() == first
+    assert redis.get(KEYS.model_current) == first.encode()
+    assert events(pubsub)[-1] == event
+
+
+def test_rollback_with_no_earlier_version_says_so(store: ModelStore, redis) -> None:
+    promote(store, redis, KEYS, save(store))
+
+    with pytest.raises(ModelStoreError, match="nothing to roll back to"):
+        rollback(store, redis, KEYS)
+
+
+def test_corrupt_version_is_not_promoted_anywhere(store: ModelStore, redis, pubsub) -> None:
+    good, bad = save(store), save(store)
+    promote(store, redis, KEYS, good)
+    (store.root / bad / "weights.bin").write_bytes(b"tampered")
+
+    with pytest.raises(CorruptVersion, match="weights.bin"):
+        promote(store, redis, KEYS, bad)
+
+    assert store.production() == good
+    assert redis.get(KEYS.model_current) == good.encode()
+    assert [e["version"] for e in events(pubsub)] == [good]
+
+
+def test_redis_down_still_updates_the_store_record(store: ModelStore, redis, server) -> None:
+    version = save(store)
+    server.connected = False
+
+    with pytest.raises(RedisUnavailable, match="store record was updated") as err:
+        promote(store, redis, KEYS, version)
+
+    assert "when Redis returns" in str(err.value)
+    assert store.production() == version
+
+
+def test_current_version_reads_the_pointer(store: ModelStore, redis) -> None:
+    recorded, pointed = save(store), save(store)
+    store.set_production(recorded)
+    redis.set(KEYS.model_current, pointed)
+
+    assert current_version(store, redis, KEYS) == pointed
+
+
+def test_current_version_restores_a_lost_pointer_from_the_store(store: ModelStore, redis, caplog) -> None:
+    version = save(store)
+    promote(store, redis, KEYS, version)
+    redis.delete(KEYS.model_current)
+
+    with caplog.at_level(logging.WARNING, logger="model_store.promotion"):
+        assert current_version(store, redis, KEYS) == version
+
+    assert redis.get(KEYS.model_current) == version.encode()
+    assert any(r.levelno == logging.WARNING and version in r.getMessage() for r in caplog.records)
+
+
+def test_current_version_is_none_before_any_promotion(store: ModelStore, redis) -> None:
+    save(store)
+
+    assert current_version(store, redis, KEYS) is None
+    assert redis.get(KEYS.model_current) is None
+
+
+def test_current_version_with_redis_down_is_a_clear_error(store: ModelStore, redis, server) -> None:
+    server.connected = False
+
+    with pytest.raises(RedisUnavailable, match="Redis did not answer"):
+        current_version(store, redis, KEYS)
