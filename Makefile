@@ -1,0 +1,25 @@
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test test-unit test-integration bench quality clean
+
+$(BIN)/bookrec: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(BIN)/bookrec
+
+setup: $(BIN)/bookrec  ## create .venv and install bookrec with its test tools
+
+demo: setup  ## synthesise data, train, run the service end to end
+	$(BIN)/bookrec demo
+
+test: setup  ## the whole test suite (unit + integration against the real Redis)
+	$(BIN)/python -m pytest -q
+
+test-unit: setup
+	$(BIN)/python -m pytest -q -m "not integration"
+
+clean:
+	rm -rf var build *.egg-info

@@ -1,0 +1,4 @@
+"""The client side of bookrec: `producer.Client` for other services, and the `bookrec` CLI.
+
+Importing this package never imports TensorFlow.
+"""

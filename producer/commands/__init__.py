@@ -1,0 +1,1 @@
+"""One module per `bookrec` command group; each exposes `register(subparsers)`."""

@@ -1,0 +1,54 @@
+"""The Redis key schema: the one place key names are spelled. See the README's Redis contract."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+QUEUE_RECOMMEND = "recommend"
+QUEUE_REFRESH = "refresh"
+QUEUE_RETRAIN = "retrain"
+SERVING_QUEUES = (QUEUE_RECOMMEND, QUEUE_REFRESH)
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix (default `bookrec:`)."""
+
+    prefix: str = "bookrec:"
+
+    def recs(self, user_id: str) -> str:
+        """String key holding one user's cached recommendation list (JSON)."""
+        return f"{self.prefix}recs:{user_id}"
+
+    @property
+    def recs_pattern(self) -> str:
+        """SCAN pattern matching every cached list."""
+        return f"{self.prefix}recs:*"
+
+    @property
+    def model_current(self) -> str:
+        """String key holding the production model version id."""
+        return f"{self.prefix}model:current"
+
+    @property
+    def events(self) -> str:
+        """Pub/sub channel for JSON events such as `model_promoted`."""
+        return f"{self.prefix}events"
+
+    @property
+    def retrain_lock(self) -> str:
+        """Lock held (with expiry) by the one retrain allowed at a time; its value is the job id."""
+        return f"{self.prefix}lock:retrain"
+
+    def worker(self, name: str) -> str:
+        """Hash describing one live worker process (version loaded, pid, queues); expires if the worker dies."""
+        return f"{self.prefix}worker:{name}"
+
+    @property
+    def worker_pattern(self) -> str:
+        """SCAN pattern matching every live worker's hash."""
+        return f"{self.prefix}worker:*"
+
+    def refresh_done(self, refresh_id: str) -> str:
+        """Counter of users done by the chunks of one refresh."""
+        return f"{self.prefix}refresh:{refresh_id}:done"

@@ -1,0 +1,33 @@
+"""Logging setup shared by every process: one format, level from settings, secrets kept out."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+_PASSWORD_IN_URL = re.compile(r"(rediss?://[^:/@\s]*:)[^@\s]+@")
+
+
+class RedactSecrets(logging.Filter):
+    """Replace passwords inside Redis URLs with `***` in every log record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = _PASSWORD_IN_URL.sub(r"\1***@", message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """Configure the root logger once for a bookrec process."""
+    root = logging.getLogger()
+    if getattr(root, "_bookrec_configured", False):
+        root.setLevel(level)
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"))
+    handler.addFilter(RedactSecrets())
+    root.addHandler(handler)
+    root.setLevel(level)
+    root._bookrec_configured = True  # type: ignore[attr-defined]
