@@ -1,0 +1,73 @@
+"""What a model kind is: how to build its Keras model, what it is trained on, and how it is served.
+
+Each kind lives in its own module and exposes a `SPEC`. Training (`worker/training.py`),
+evaluation (`worker/evaluation/`) and serving export (`worker/serving.py`) work on any kind
+through this contract, as TensorFlow Recommenders separates models, tasks and top-k layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+RATING = "rating"
+RANKING = "ranking"
+
+
+@dataclass(frozen=True)
+class FactorizedWeights:
+    """Serving form score(u, i) = user_vectors[u] . item_vectors[i] + user_bias[u] + item_bias[i] + global_bias."""
+
+    user_vectors: np.ndarray
+    item_vectors: np.ndarray
+    user_bias: np.ndarray
+    item_bias: np.ndarray
+    global_bias: float
+
+
+@dataclass(frozen=True)
+class MLPWeights:
+    """Serving form score(u, i) = MLP(concat(user_vectors[u], item_vectors[i])) with ReLU hidden layers."""
+
+    user_vectors: np.ndarray
+    item_vectors: np.ndarray
+    kernels: list[np.ndarray]
+    biases: list[np.ndarray]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model kind.
+
+    Attributes:
+        kind: the name used by `--model` and stored in metadata.json.
+        task: `rating` (trained on (user, item) -> stars, judged by rmse) or `ranking`
+            (trained on user -> rated item over the whole catalogue, judged by ndcg@10).
+        defaults: hyper-parameters; `--dim`, `--epochs` and retrain params override them.
+        feed: what the model is fitted on: `pairs` ((user, item) -> stars), `positives`
+            (user -> one rated item, a class over the catalogue) or `histories` (a user's
+            multi-hot row of rated items -> the same row).
+        build: (n_users, n_items, params, global_mean) -> compiled keras.Model.
+        serving_weights: (trained keras.Model, training Interactions) -> the weights the SavedModel serves.
+        description: one line for `--help` and the README.
+    """
+
+    kind: str
+    task: str
+    feed: str
+    defaults: dict[str, Any]
+    build: Callable[..., Any]
+    serving_weights: Callable[[Any, Any], FactorizedWeights | MLPWeights]
+    description: str = ""
+    gate_metric: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gate_metric", "ndcg@10" if self.task == RANKING else "rmse")
+
+    def params(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Defaults updated with the non-None `overrides`."""
+        merged = dict(self.defaults)
+        merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return merged
