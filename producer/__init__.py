@@ -2,3 +2,7 @@
 
 Importing this package never imports TensorFlow.
 """
+
+from producer.client import CachedRecommendations, Client
+
+__all__ = ["CachedRecommendations", "Client"]

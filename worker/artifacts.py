@@ -4,7 +4,7 @@
     seen.npz       every user's rated books (CSR over the model's item indices), for filtering;
                    users are all users of the data files, including any the model never trained on
     catalog.json   one entry per item index: book_id, title, authors, year, image_url
-    popularity.npy item indices, most rated first (the cold-start fallback)
+    popularity.npy number of training ratings of each item index (the cold-start fallback ranks by it)
 
 Arrays are read with `allow_pickle=False` and JSON with `json`: a version's files are data only.
 """
@@ -33,7 +33,7 @@ class Catalogue:
 
     seen_users: IdMap
     seen: UserItems
-    popularity: np.ndarray
+    popularity: np.ndarray  # training ratings per item index
     books: list[dict]
 
 
@@ -55,7 +55,7 @@ def write(directory: Path, catalogue: Catalogue) -> None:
         indptr=catalogue.seen.indptr,
         indices=catalogue.seen.indices,
     )
-    np.save(directory / POPULARITY, catalogue.popularity.astype(np.int32))
+    np.save(directory / POPULARITY, catalogue.popularity.astype(np.int64))
     (directory / CATALOG).write_text(json.dumps(catalogue.books, ensure_ascii=False), encoding="utf-8")
 
 

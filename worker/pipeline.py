@@ -16,7 +16,7 @@ import pandas as pd
 from model_store.store import ModelStore
 from shared.datasets import RatingsData, ReadOptions, fingerprint, read_books, read_ratings
 from shared.errors import DataError
-from worker import artifacts, serving, training
+from worker import artifacts, gate, serving, training
 from worker.data import IdMap, Interactions, UserItems
 from worker.evaluation import BiasBaseline, evaluate_with_baselines, split_ratings
 from worker.models import get_spec
@@ -77,8 +77,13 @@ def train_version(
     request: TrainRequest,
     on_epoch: training.EpochCallback | None = None,
     on_stage: Stage | None = None,
+    compare_with: str | None = None,
 ) -> dict[str, Any]:
-    """Train, evaluate and save one model version; return `{"version", "model", "metrics", "baselines", ...}`."""
+    """Train, evaluate and save one model version; return `{"version", "model", "metrics", "baselines", ...}`.
+
+    With `compare_with` (a stored version), that version is evaluated on the same split too and
+    its metrics are returned as `production_metrics`, for the retrain gate.
+    """
     stage = on_stage or (lambda name: None)
     spec = get_spec(request.kind)
     params = spec.params(request.params)
@@ -95,6 +100,7 @@ def train_version(
     metrics, baselines = evaluate_with_baselines(
         SavedModelScorer(module, bias), split.train, split.test, test_user_ids=split.test_frame["user"].to_numpy()
     )
+    production_metrics = gate.production_metrics(store, compare_with, split) if compare_with else None
     stage("save")
     catalogue = _catalogue(split, ratings, test, books)
     metadata = {
@@ -123,6 +129,7 @@ def train_version(
         "baselines": baselines,
         "gate_metric": spec.gate_metric,
         "seconds": round(trained.seconds, 2),
+        "production_metrics": production_metrics,
     }
 
 
@@ -144,8 +151,7 @@ def _catalogue(split: Split, ratings: RatingsData, test: RatingsData | None, boo
     seen = UserItems.from_pairs(
         seen_users.index(everything["user"]), split.item_map.index(everything["item"]), len(seen_users)
     )
-    popularity = np.argsort(-split.train.item_counts(), kind="stable").astype(np.int32)
-    return artifacts.Catalogue(seen_users, seen, popularity, artifacts.build_catalog(split.item_map, books))
+    return artifacts.Catalogue(seen_users, seen, split.train.item_counts(), artifacts.build_catalog(split.item_map, books))
 
 
 def _data_fingerprint(ratings: RatingsData, test: RatingsData | None, books: Path | None, split: Split) -> dict[str, Any]:

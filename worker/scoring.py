@@ -30,7 +30,10 @@ class SavedModelScorer:
     def top_k(self, users: np.ndarray, k: int, exclude: UserItems) -> np.ndarray:
         """[len(users), k] best unseen items per (known) user; -1 pads lists with fewer candidates."""
         users = np.asarray(users, np.int32)
-        rows, items = exclude.rows(users)
+        return self.top_k_excluding(users, k, *exclude.rows(users))
+
+    def top_k_excluding(self, users: np.ndarray, k: int, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Like `top_k`, with the exclusions given as (batch row, item) pairs."""
         result = self.module.recommend(user=users, k=np.int32(k), exclude_row=rows.astype(np.int32), exclude_item=items.astype(np.int32))
         top = result["items"].numpy()
         top[~np.isfinite(result["scores"].numpy())] = -1

@@ -1,0 +1,213 @@
+"""`producer.Client`: what other services import to request, read and manage recommendations.
+
+No TensorFlow here: a client enqueues JSON jobs into Redis and reads JSON entries back.
+
+    from producer import Client
+    client = Client()                       # BOOKREC_REDIS_URL, or pass redis_url=
+    client.recommend([1, 2, 3], n=10)       # job handles; wait=True returns the cache entries
+    entry = client.get(1)                   # CachedRecommendations or None
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import redis
+from rq import Queue, Retry
+from rq.job import Job, JobStatus
+from rq.results import Result
+from rq.serializers import JSONSerializer
+
+from shared import payloads
+from shared.entries import parse_entry
+from shared.errors import JobFailed, RedisUnavailable, RetrainRunning, Timeout, ValidationError
+from shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN, Keys
+from shared.redis_conn import CONNECTION_ERRORS, connect
+from shared.settings import Settings, redact_url
+
+RECOMMEND_JOB = "worker.jobs.recommend"
+REFRESH_JOB = "worker.jobs.refresh"
+RETRAIN_JOB = "worker.jobs.retrain"
+MAX_USERS_PER_CALL = 100_000
+FINISHED = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
+
+
+@dataclass(frozen=True)
+class CachedRecommendations:
+    """A user's cached entry and whether the model that computed it is the one in production now."""
+
+    entry: dict[str, Any]
+    is_current: bool
+
+    @property
+    def items(self) -> list[dict[str, Any]]:
+        """The recommended books, best first."""
+        return self.entry["items"]
+
+
+class Client:
+    """Enqueue recommend/refresh/retrain jobs, read cached lists, manage production — over Redis only.
+
+    Every method raises `shared.errors.RedisUnavailable` (one clear exception type, no raw redis
+    stack) when Redis does not answer, and ValidationError for bad arguments, before anything is enqueued.
+    """
+
+    def __init__(self, redis_url: str | None = None, settings: Settings | None = None) -> None:
+        settings = settings or Settings.from_env()
+        self.settings = settings.with_overrides(redis_url=redis_url) if redis_url else settings
+        self.keys = Keys(self.settings.key_prefix)
+        self.redis = connect(self.settings)
+
+    def queue(self, name: str) -> Queue:
+        """The RQ queue `name` with the JSON serializer."""
+        return Queue(name, connection=self.redis, serializer=JSONSerializer)
+
+    def recommend(self, user_ids: Sequence[int | str], n: int = 10, wait: bool = False, timeout: float | None = None) -> list[Job] | list[dict[str, Any]]:
+        """Request top-`n` lists for `user_ids`, in jobs of at most 1,000 users.
+
+        A list with any invalid id is rejected whole (ValidationError naming it), nothing enqueued.
+        Returns the job handles, or with `wait` the users' cache entries (in request order) once
+        every job has finished (JobFailed if one failed, Timeout after `timeout` seconds).
+        """
+        users = payloads.user_list(list(user_ids) if not isinstance(user_ids, (str, bytes)) else user_ids, limit=MAX_USERS_PER_CALL)
+        n = payloads.count_n(n)
+        chunk = payloads.MAX_USERS_PER_JOB
+        specs = [
+            Queue.prepare_data(RECOMMEND_JOB, kwargs={"user_ids": users[i : i + chunk], "n": n}, timeout=self.settings.job_timeout,
+                               retry=Retry(max=2), result_ttl=600, failure_ttl=86400)
+            for i in range(0, len(users), chunk)
+        ]
+        jobs = self._call(lambda: self.queue(QUEUE_RECOMMEND).enqueue_many(specs))
+        if not wait:
+            return jobs
+        self.wait(jobs, timeout)
+        raw = self._call(lambda: self.redis.mget([self.keys.recs(u) for u in users]))
+        return [parse_entry(r) if r is not None else None for r in raw]
+
+    def get(self, user_id: int | str) -> CachedRecommendations | None:
+        """The cached entry of one user (None if there is none), with whether its model is in production."""
+        key = self.keys.recs(payloads.user_id(user_id))
+        raw, current = self._call(lambda: self.redis.mget([key, self.keys.model_current]))
+        if raw is None:
+            return None
+        entry = parse_entry(raw)
+        current = current.decode() if isinstance(current, bytes) else current
+        return CachedRecommendations(entry, entry.get("model_version") == current)
+
+    def refresh(self, start: int | None = None, stop: int | None = None, n: int = 10) -> Job:
+        """Enqueue a refresh of every known user's entry (or users[start:stop]); returns the refresh job."""
+        n = payloads.count_n(n)
+        return self._call(lambda: self.queue(QUEUE_REFRESH).enqueue(REFRESH_JOB, kwargs={"start": start, "stop": stop, "n": n},
+                                                                    job_timeout=self.settings.job_timeout, retry=Retry(max=2)))
+
+    def refresh_progress(self, refresh_job: Job) -> tuple[int, int] | None:
+        """(users done, users total) of a refresh whose fan-out has happened, else None."""
+        meta = self._call(lambda: refresh_job.get_meta(refresh=True))
+        if "refresh_id" not in meta:
+            return None
+        done = self._call(lambda: self.redis.get(self.keys.refresh_done(meta["refresh_id"])))
+        return int(done or 0), int(meta["users"])
+
+    def retrain(self, model: str | None = None, force: bool = False, wait: bool = False, timeout: float | None = None,
+                params: dict[str, Any] | None = None, ratings: str = "ratings.csv", books: str | None = "books.csv") -> Job | dict[str, Any]:
+        """Enqueue a retrain (one at a time: RetrainRunning names the running job). With `wait`, return its result."""
+        job_id = uuid.uuid4().hex
+        holder = self._call(lambda: self._take_retrain_lock(job_id))
+        if holder is not None:
+            raise RetrainRunning(holder)
+        kwargs = {"model": model, "params": params or {}, "ratings": ratings, "books": books, "force": bool(force)}
+        try:
+            job = self._call(lambda: self.queue(QUEUE_RETRAIN).enqueue(RETRAIN_JOB, kwargs=kwargs, job_id=job_id, job_timeout=6 * 3600,
+                                                                       result_ttl=7 * 86400, failure_ttl=7 * 86400))
+        except BaseException:
+            self.redis.delete(self.keys.retrain_lock)
+            raise
+        if not wait:
+            return job
+        return self.wait([job], timeout)[0]
+
+    def _take_retrain_lock(self, job_id: str) -> str | None:
+        if self.redis.set(self.keys.retrain_lock, job_id, nx=True, ex=self.settings.retrain_lock_ttl):
+            return None
+        holder = self.redis.get(self.keys.retrain_lock)
+        return holder.decode() if isinstance(holder, bytes) else (holder or "unknown")
+
+    def promote(self, version: str) -> dict[str, Any]:
+        """Put a stored version in production (store record, pointer, event); returns the event."""
+        from model_store.promotion import promote
+        from model_store.store import ModelStore
+
+        return self._call(lambda: promote(ModelStore(self.settings.model_store), self.redis, self.keys, version))
+
+    def rollback(self) -> dict[str, Any]:
+        """Promote the version that was in production before the current one; returns the event."""
+        from model_store.promotion import rollback
+        from model_store.store import ModelStore
+
+        return self._call(lambda: rollback(ModelStore(self.settings.model_store), self.redis, self.keys))
+
+    def wait(self, jobs: Iterable[Job], timeout: float | None = None) -> list[Any]:
+        """Block until every job has finished; return their return values (JobFailed with the worker's reason)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        results = []
+        for job in jobs:
+            results.append(self._wait_one(job, deadline))
+        return results
+
+    def _wait_one(self, job: Job, deadline: float | None) -> Any:
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise Timeout(f"job {job.id} did not finish in time (status: {job.get_status()})")
+            block = 5 if remaining is None else max(1, min(5, int(remaining + 0.999)))
+            result = self._call(lambda: job.latest_result(timeout=block))
+            status = self._call(lambda: job.get_status(refresh=True))
+            if status == JobStatus.FINISHED and result is not None and result.type == Result.Type.SUCCESSFUL:
+                return result.return_value
+            if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+                reason = result.exc_string.strip().splitlines()[-1] if result is not None and result.exc_string else status.value
+                raise JobFailed(f"job {job.id} {status.value}: {reason}")
+            if status is None:
+                raise JobFailed(f"job {job.id} no longer exists in Redis (expired or deleted)")
+            if result is not None and result.type != Result.Type.SUCCESSFUL:
+                time.sleep(0.05)  # a failed try that RQ is retrying: its next result has not been written yet
+
+    def status(self) -> dict[str, Any]:
+        """Queues and lengths, workers and the version each serves, production version, cache size, failed jobs."""
+        from rq.registry import FailedJobRegistry
+        from rq.worker import Worker
+
+        def collect() -> dict[str, Any]:
+            queues = {name: {"queued": self.queue(name).count, "failed": FailedJobRegistry(name, connection=self.redis, serializer=JSONSerializer).count}
+                      for name in (QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN)}
+            workers = []
+            for worker in Worker.all(connection=self.redis, serializer=JSONSerializer):
+                state = {k.decode(): v.decode() for k, v in self.redis.hgetall(self.keys.worker(worker.name)).items()}
+                workers.append({"name": worker.name, "state": str(worker.get_state()), "queues": [q.name for q in worker.queues],
+                                "model_version": state.get("version") or None, "current_job": worker.get_current_job_id(),
+                                "pid": worker.pid, "hostname": worker.hostname})
+            current = self.redis.get(self.keys.model_current)
+            lock = self.redis.get(self.keys.retrain_lock)
+            return {
+                "redis": redact_url(self.settings.redis_url),
+                "production_version": current.decode() if current else None,
+                "queues": queues,
+                "workers": sorted(workers, key=lambda w: w["name"]),
+                "cache_entries": sum(1 for _ in self.redis.scan_iter(match=self.keys.recs_pattern, count=1000)),
+                "failed_jobs": sum(q["failed"] for q in queues.values()),
+                "retrain_running": lock.decode() if lock else None,
+            }
+
+        return self._call(collect)
+
+    def _call(self, action):
+        """Run a Redis action, turning connection failures into RedisUnavailable."""
+        try:
+            return action()
+        except CONNECTION_ERRORS as exc:
+            raise RedisUnavailable(f"Redis at {redact_url(self.settings.redis_url)} did not answer ({exc}); start it or set BOOKREC_REDIS_URL") from None
+        except redis.exceptions.AuthenticationError as exc:
+            raise RedisUnavailable(f"Redis at {redact_url(self.settings.redis_url)} refused the credentials ({exc})") from None

@@ -1,0 +1,63 @@
+"""Job payloads: the arguments of each job, validated the same way by the producer and the worker.
+
+Jobs travel as JSON, so ids arrive as JSON numbers or strings; both become the canonical
+string form used as the cache key (`42` and `"42"` are the same user).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from shared.errors import ValidationError
+
+MAX_USERS_PER_JOB = 1000
+MAX_N = 100
+MAX_USER_ID_LENGTH = 200
+
+
+def user_id(value: Any) -> str:
+    """The canonical string form of one user id; ValidationError naming the value if it is not an id."""
+    if isinstance(value, bool) or value is None:
+        raise ValidationError(f"user id {value!r} is not an integer or a string")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isfinite(value) and value.is_integer():
+            return str(int(value))
+        raise ValidationError(f"user id {value!r} is not an integer or a string")
+    if isinstance(value, str):
+        text = value.strip()
+        if not text or len(text) > MAX_USER_ID_LENGTH or any(c in text for c in "\r\n\t *?[]"):
+            raise ValidationError(f"user id {value!r} is empty, too long or holds whitespace or glob characters")
+        return text
+    raise ValidationError(f"user id {value!r} is a {type(value).__name__}, not an integer or a string")
+
+
+def count_n(value: Any) -> int:
+    """A list length n in 1..MAX_N; ValidationError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_N:
+        raise ValidationError(f"n must be a whole number from 1 to {MAX_N}, got {value!r}")
+    return value
+
+
+def user_list(values: Any, limit: int | None = MAX_USERS_PER_JOB) -> list[str]:
+    """Canonical ids of a non-empty list of user ids (at most `limit`); ValidationError for the first bad one."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
+        raise ValidationError(f"user ids must be a list, got {type(values).__name__}")
+    if not values:
+        raise ValidationError("the list of user ids is empty")
+    if limit is not None and len(values) > limit:
+        raise ValidationError(f"{len(values)} user ids in one job; at most {limit} are allowed (the client splits longer lists)")
+    return [user_id(v) for v in values]
+
+
+def split_valid(values: list[Any]) -> tuple[list[str], list[dict[str, str]]]:
+    """(canonical good ids, [{"user_id", "error"}] for bad ones): a bad id never poisons the rest of a batch."""
+    good, bad = [], []
+    for value in values:
+        try:
+            good.append(user_id(value))
+        except ValidationError as exc:
+            bad.append({"user_id": repr(value)[:100], "error": str(exc)})
+    return good, bad

@@ -1,0 +1,149 @@
+"""The job functions workers run — the only ones they will run (see `ALLOWED_JOBS`).
+
+Each takes JSON-serialisable arguments, validates them as they arrive from Redis, and
+returns a JSON-serialisable summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from rq import get_current_job
+from rq.job import Retry
+
+from shared import payloads
+from shared.errors import ValidationError
+from shared.keys import QUEUE_REFRESH
+from worker import context
+
+logger = logging.getLogger(__name__)
+
+RECOMMEND = "worker.jobs.recommend"
+REFRESH = "worker.jobs.refresh"
+RETRAIN = "worker.jobs.retrain"
+ALLOWED_JOBS = frozenset({RECOMMEND, REFRESH, RETRAIN})
+
+
+def recommend(user_ids: list, n: int = 10, refresh_id: str | None = None, model_version: str | None = None) -> dict[str, Any]:
+    """Compute and cache the top-`n` unseen books of each user (1 to 1,000 ids) in one batch.
+
+    Ids that are not ids (wrong type, empty) are skipped and listed in `rejected`; the others
+    are served. With `model_version` (set by refresh after a promotion) a worker still on an
+    older version swaps before computing. Returns {"users", "fallbacks", "rejected", "model_version", "seconds"}.
+    """
+    started = time.perf_counter()
+    if isinstance(user_ids, (str, bytes)) or not isinstance(user_ids, (list, tuple)) or not user_ids:
+        raise ValidationError(f"user_ids must be a non-empty list, got {user_ids!r:.80}")
+    if len(user_ids) > payloads.MAX_USERS_PER_JOB:
+        raise ValidationError(f"{len(user_ids)} user ids in one job; at most {payloads.MAX_USERS_PER_JOB} are allowed")
+    n = payloads.count_n(n)
+    good, rejected = payloads.split_valid(list(user_ids))
+    ctx = context.get()
+    if ctx.holder is None or ctx.holder.current is None:
+        raise RuntimeError("this worker has no model loaded; recommend jobs belong on the recommend/refresh queues")
+    if model_version is not None and ctx.holder.version != model_version:
+        ctx.holder.check()
+    runtime = ctx.holder.current  # read once: the whole job runs on this version
+    batch = runtime.recommend(good, n) if good else None
+    with ctx.client.pipeline(transaction=False) as pipe:
+        for user, entry in zip(batch.user_ids if batch else [], batch.entries if batch else []):
+            pipe.set(ctx.keys.recs(user), entry, ex=ctx.settings.cache_ttl)
+        if refresh_id:
+            pipe.incrby(ctx.keys.refresh_done(refresh_id), len(user_ids))
+            pipe.expire(ctx.keys.refresh_done(refresh_id), 86400)
+        pipe.execute()
+    return {
+        "users": len(good),
+        "fallbacks": batch.fallbacks if batch else 0,
+        "rejected": rejected,
+        "model_version": runtime.version,
+        "seconds": round(time.perf_counter() - started, 4),
+    }
+
+
+def refresh(start: int | None = None, stop: int | None = None, n: int = 10, chunk: int | None = None) -> dict[str, Any]:
+    """Recompute every known user's entry (or users[start:stop] in model order) by fanning out recommend jobs.
+
+    Chunks go on the `refresh` queue, shared by all replicas; each adds its user count to
+    `refresh:{id}:done`. Returns {"refresh_id", "users", "chunks", "model_version"}; job meta holds the same.
+    """
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    n = payloads.count_n(n)
+    ctx = context.get()
+    if ctx.holder is None or ctx.holder.current is None:
+        raise RuntimeError("this worker has no model loaded, so it does not know the users to refresh")
+    ctx.holder.check()  # right after a promotion this worker may not have swapped yet
+    runtime = ctx.holder.current
+    chunk = int(chunk or ctx.settings.refresh_chunk)
+    if not 1 <= chunk <= payloads.MAX_USERS_PER_JOB:
+        raise ValidationError(f"chunk must be from 1 to {payloads.MAX_USERS_PER_JOB}, got {chunk}")
+    users = runtime.user_map.to_list()[slice(_bound(start, "start"), _bound(stop, "stop"))]
+    refresh_id = uuid.uuid4().hex[:12]
+    queue = Queue(QUEUE_REFRESH, connection=ctx.client, serializer=JSONSerializer)
+    specs = [
+        Queue.prepare_data(
+            RECOMMEND,
+            kwargs={"user_ids": users[i : i + chunk], "n": n, "refresh_id": refresh_id, "model_version": runtime.version},
+            timeout=ctx.settings.job_timeout,
+            retry=Retry(max=2),
+            result_ttl=600,
+            description=f"refresh {refresh_id} users {i}..{i + len(users[i:i + chunk]) - 1}",
+        )
+        for i in range(0, len(users), chunk)
+    ]
+    for start_at in range(0, len(specs), 500):
+        queue.enqueue_many(specs[start_at : start_at + 500])
+    summary = {"refresh_id": refresh_id, "users": len(users), "chunks": len(specs), "model_version": runtime.version}
+    job = get_current_job()
+    if job is not None:
+        job.meta.update(summary)
+        job.save_meta()
+    logger.info("refresh %s: %d users in %d chunks", refresh_id, len(users), len(specs))
+    return summary
+
+
+def retrain(
+    model: str | None = None,
+    params: dict | None = None,
+    ratings: str = "ratings.csv",
+    books: str | None = "books.csv",
+    force: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Train a new version from files in BOOKREC_DATA_DIR, gate it against production, promote if it passes.
+
+    One retrain at a time (a Redis lock with expiry). Progress (stage, epoch, loss, ETA) goes in
+    job meta. Returns the candidate's and production's metrics and the decision.
+    """
+    from worker.retrain import run_retrain
+
+    ctx = context.get()
+    if params is not None and not isinstance(params, dict):
+        raise ValidationError(f"params must be an object of hyper-parameters, got {type(params).__name__}")
+    return run_retrain(ctx, get_current_job(), model, params or {}, _data_path(ctx.settings.data_dir, ratings, "ratings"),
+                       _data_path(ctx.settings.data_dir, books, "books") if books else None, bool(force), int(seed))
+
+
+def _bound(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"{name} must be a whole number or null, got {value!r}")
+    return value
+
+
+def _data_path(data_dir: Path, name: Any, what: str) -> Path:
+    """`name` resolved inside `data_dir`; ValidationError if it is not a string or resolves outside it."""
+    if not isinstance(name, str) or not name:
+        raise ValidationError(f"{what} must be a file name inside BOOKREC_DATA_DIR, got {name!r}")
+    root = data_dir.resolve()
+    path = (root / name).resolve()
+    if not path.is_relative_to(root):
+        raise ValidationError(f"{what} path {name!r} resolves outside BOOKREC_DATA_DIR ({root}); only files inside it can be used")
+    return path

@@ -1,0 +1,147 @@
+"""The supervisor behind `bookrec worker`: starts N worker processes, restarts any that die, stops them cleanly.
+
+The supervisor itself never imports TensorFlow: each worker is a fresh interpreter
+(`python -m worker.process`), so no process ever forks with TensorFlow loaded. When a worker
+dies mid-job (killed, out of memory), the job it held is handed back to the queue at once
+(see `recover_abandoned`) instead of waiting for RQ's timeout-based cleanup.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import redis
+
+logger = logging.getLogger(__name__)
+
+RESTART_BACKOFF_MAX = 30.0
+STOP_GRACE_SECONDS = 30.0
+
+
+@dataclass
+class Slot:
+    """One worker process the supervisor keeps alive."""
+
+    index: int
+    process: subprocess.Popen | None = None
+    name: str = ""
+    started_at: float = 0.0
+    restarts: int = 0
+    backoff: float = 1.0
+    next_start: float = 0.0
+    finished: bool = False
+
+
+@dataclass
+class Supervisor:
+    """Keeps `processes` worker processes running on `queues`."""
+
+    queues: list[str]
+    processes: int
+    burst: bool = False
+    client: redis.Redis | None = None
+    slots: list[Slot] = field(default_factory=list)
+    stopping: bool = False
+
+    def run(self) -> int:
+        """Start the processes and supervise until SIGTERM/SIGINT (or, with --burst, until all finish)."""
+        signal.signal(signal.SIGTERM, self._request_stop)
+        signal.signal(signal.SIGINT, self._request_stop)
+        self.slots = [Slot(i) for i in range(self.processes)]
+        for slot in self.slots:
+            self._start(slot)
+        while not self.stopping:
+            if self.burst and all(slot.finished for slot in self.slots):
+                break
+            self._check()
+            time.sleep(0.2)
+        return self._stop_all()
+
+    def _request_stop(self, signum, frame) -> None:
+        logger.info("supervisor: %s received, stopping workers after their current job", signal.Signals(signum).name)
+        self.stopping = True
+
+    def _start(self, slot: Slot) -> None:
+        slot.name = f"bookrec-{socket.gethostname()}-{os.getpid()}-{slot.index}-{slot.restarts}"
+        command = [sys.executable, "-m", "worker.process", "--queues", ",".join(self.queues), "--name", slot.name]
+        if self.burst:
+            command.append("--burst")
+        slot.process = subprocess.Popen(command)
+        slot.started_at = time.monotonic()
+        logger.info("supervisor: started worker %s (pid %d)", slot.name, slot.process.pid)
+
+    def _check(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.finished:
+                continue
+            if slot.process is None:
+                if now >= slot.next_start:
+                    self._start(slot)
+                continue
+            code = slot.process.poll()
+            if code is None:
+                continue
+            if self.burst and code == 0:
+                slot.finished = True
+                continue
+            logger.warning("supervisor: worker %s exited with code %s; restarting", slot.name, code)
+            recover_abandoned(self.client, slot.name)
+            slot.backoff = 1.0 if now - slot.started_at > 60 else min(slot.backoff * 2, RESTART_BACKOFF_MAX)
+            slot.restarts += 1
+            slot.process = None
+            slot.next_start = now + (0 if slot.restarts == 1 else slot.backoff)
+
+    def _stop_all(self) -> int:
+        running = [s.process for s in self.slots if s.process is not None and s.process.poll() is None]
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for process in running:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.warning("supervisor: worker pid %d did not stop in %.0f s; killing it", process.pid, STOP_GRACE_SECONDS)
+                process.kill()
+                process.wait()
+        codes = [s.process.returncode for s in self.slots if s.process is not None]
+        return 0 if all(c in (0, -signal.SIGTERM) for c in codes) else 1
+
+
+def recover_abandoned(client: redis.Redis | None, worker_name: str) -> str | None:
+    """Hand the job a dead worker was running back to its queue (RQ retry rules apply); return its id."""
+    if client is None:
+        return None
+    from rq.registry import StartedJobRegistry
+    from rq.serializers import JSONSerializer
+    from rq.worker import Worker
+
+    from worker.rq_worker import AllowlistedJob
+
+    try:
+        dead = Worker.find_by_key(Worker.redis_worker_namespace_prefix + worker_name, connection=client, serializer=JSONSerializer)
+        if dead is None:
+            return None
+        job_id = dead.get_current_job_id()
+        queues = [q.name for q in dead.queues]
+        if job_id:
+            for name in queues:
+                registry = StartedJobRegistry(name, connection=client, job_class=AllowlistedJob, serializer=JSONSerializer)
+                entries = [e for e in registry.get_job_and_execution_ids() if e[0] == job_id]
+                for job, execution in entries:
+                    client.zadd(registry.key, {f"{job}:{execution}": 1})  # expired long ago: abandoned now
+                if entries:
+                    registry.cleanup()
+                    logger.warning("supervisor: job %s of dead worker %s handed back to queue %s", job_id, worker_name, name)
+        dead.register_death()
+        return job_id
+    except redis.exceptions.RedisError as exc:
+        logger.warning("supervisor: could not recover the job of %s: %s", worker_name, exc)
+        return None

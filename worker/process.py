@@ -1,0 +1,112 @@
+"""One worker process: load the production model, watch for promotions, serve jobs until told to stop.
+
+Started by the supervisor (`bookrec worker`, see worker/pool.py) as
+`python -m worker.process --queues recommend,refresh --name NAME [--burst]`.
+If Redis goes away, the process waits with backoff and resumes with the model still loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+
+import redis
+
+from model_store.store import ModelStore
+from shared.errors import BookrecError
+from shared.keys import QUEUE_RETRAIN, Keys
+from shared.logs import setup_logging
+from shared.redis_conn import CONNECTION_ERRORS, connect
+from shared.settings import Settings
+from worker import context
+from worker.runtime_config import configure_tensorflow
+
+logger = logging.getLogger("worker.process")
+
+EXIT_CONFIG = 3
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT outside of RQ's work loop (RQ installs its own handlers while working)."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        signal.signal(signal.SIGTERM, self._set)
+        signal.signal(signal.SIGINT, self._set)
+
+    def _set(self, signum, frame) -> None:
+        self.stop = True
+
+
+def wait_for_redis(client: redis.Redis, flag: _StopFlag) -> None:
+    """Block (with capped exponential backoff) until Redis answers or a stop is requested."""
+    delay = 0.2
+    while not flag.stop:
+        try:
+            client.ping()
+            return
+        except CONNECTION_ERRORS as exc:
+            logger.warning("Redis unavailable (%s); retrying in %.1f s", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def serve(settings: Settings, queues: list[str], name: str, burst: bool) -> int:
+    """Run the worker loop; return the process exit code."""
+    from rq import Queue
+
+    from worker.rq_worker import BookrecWorker
+    from worker.swap import ModelHolder
+
+    flag = _StopFlag()
+    client = connect(settings, socket_timeout=None)
+    keys = Keys(settings.key_prefix)
+    store = ModelStore(settings.model_store)
+    wait_for_redis(client, flag)
+    holder = None
+    if any(q != QUEUE_RETRAIN for q in queues):
+        holder = ModelHolder(store, client, keys, name, queues)
+        holder.load_initial()
+        holder.start()
+    context.install(context.WorkerContext(settings, client, keys, store, holder))
+    try:
+        while not flag.stop:
+            worker = BookrecWorker([Queue(q, connection=client) for q in queues], connection=client, name=name)
+            worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
+            if burst or worker.stop_asked:
+                break
+            logger.warning("worker loop ended (Redis lost?); waiting for Redis and resuming with the model loaded")
+            wait_for_redis(client, flag)
+    finally:
+        if holder is not None:
+            holder.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of one worker process."""
+    parser = argparse.ArgumentParser(prog="python -m worker.process")
+    parser.add_argument("--queues", required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--burst", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except BookrecError as exc:
+        print(f"bookrec worker: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(settings.log_level)
+    configure_tensorflow(settings.tf_threads)
+    queues = [q for q in args.queues.split(",") if q]
+    try:
+        return serve(settings, queues, args.name, args.burst)
+    except BookrecError as exc:
+        logger.error("%s", exc)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

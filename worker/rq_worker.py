@@ -1,0 +1,60 @@
+"""bookrec's RQ worker: jobs run in the process that holds the model, and only bookrec's own job functions run.
+
+RQ's default worker forks a child per job; TensorFlow is not fork-safe once loaded, so
+`BookrecWorker` is a `SimpleWorker` (no fork). RQ would import and call any dotted function
+path a job names; `AllowlistedJob` refuses every function outside `ALLOWED_JOBS` (and every
+callback) before anything is imported, so whoever can write to Redis cannot run code here.
+"""
+
+from __future__ import annotations
+
+from rq.job import Job
+from rq.serializers import JSONSerializer
+from rq.worker import SimpleWorker
+
+from worker.jobs import ALLOWED_JOBS
+
+
+class JobNotAllowed(Exception):
+    """A job named a function that is not one of bookrec's job functions."""
+
+
+class AllowlistedJob(Job):
+    """A Job that runs only allowlisted functions, with positional/keyword args from JSON, and no callbacks."""
+
+    def _execute(self):
+        if self.func_name not in ALLOWED_JOBS or self.instance is not None:
+            raise JobNotAllowed(
+                f"refused to run {self.func_name!r}: bookrec workers run only {', '.join(sorted(ALLOWED_JOBS))}"
+            )
+        return super()._execute()
+
+    # Callbacks are dotted paths stored in the job too; bookrec never sets them, so none ever runs.
+    @property
+    def success_callback(self):
+        return None
+
+    @property
+    def failure_callback(self):
+        return None
+
+    @property
+    def stopped_callback(self):
+        return None
+
+
+class BookrecWorker(SimpleWorker):
+    """A non-forking RQ worker using the JSON serializer and `AllowlistedJob`."""
+
+    job_class = AllowlistedJob
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("serializer", JSONSerializer)
+        kwargs.setdefault("job_class", AllowlistedJob)
+        super().__init__(*args, **kwargs)
+        self.stop_asked = False
+
+    def request_stop(self, signum, frame) -> None:
+        """Warm shutdown (finish the current job, then stop), remembered so the process does not resume."""
+        self.stop_asked = True
+        super().request_stop(signum, frame)
