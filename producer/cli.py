@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "producer.commands.models",
     "producer.commands.service",
     "producer.commands.worker",
+    "producer.commands.init",
     "producer.commands.demo",
     "producer.commands.bench",
 )
