@@ -52,7 +52,7 @@ class Settings:
     tf_threads: int = 1
     keep_versions: int = 5
     gate_tolerance: float = 0.0
-    retrain_lock_ttl: int = 7200
+    retrain_lock_ttl: int = 600
     refresh_chunk: int = 500
     job_timeout: int = 600
     redis_ca_cert: str | None = None
@@ -75,7 +75,7 @@ class Settings:
             tf_threads=_int(env, "BOOKREC_TF_THREADS", 1, minimum=0),
             keep_versions=_int(env, "BOOKREC_KEEP_VERSIONS", 5, minimum=1),
             gate_tolerance=_float(env, "BOOKREC_GATE_TOLERANCE", 0.0),
-            retrain_lock_ttl=_int(env, "BOOKREC_RETRAIN_LOCK_TTL", 7200, minimum=10),
+            retrain_lock_ttl=_int(env, "BOOKREC_RETRAIN_LOCK_TTL", 600, minimum=10),
             refresh_chunk=_int(env, "BOOKREC_REFRESH_CHUNK", 500, minimum=1),
             job_timeout=_int(env, "BOOKREC_JOB_TIMEOUT", 600, minimum=1),
             redis_ca_cert=env.get("BOOKREC_REDIS_CA_CERT") or None,
