@@ -7,15 +7,16 @@ announce the change on the events channel (`BOOKREC_REDIS_URL`, `BOOKREC_KEY_PRE
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from redis import Redis
 
 from model_store.store import ModelStore
 from model_store.promotion import promote, rollback
+from producer.commands.common import number, print_json, table
 from shared.keys import Keys
+from shared.redis_conn import connect
 from shared.settings import Settings
 
 RANKING_KEY = "ndcg@10"
@@ -87,15 +88,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _connect(settings: Settings) -> Redis:
     """A Redis client for `settings.redis_url` (connects lazily, on the first command)."""
-    tls = {"ssl_ca_certs": settings.redis_ca_cert} if settings.redis_url.startswith("rediss://") else {}
-    return Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5, **tls)
+    return connect(settings)
 
 
 def _list(args: argparse.Namespace) -> int:
     store = ModelStore(Settings.from_env().model_store)
     versions = store.list()
     if args.json:
-        _print_json(versions)
+        print_json(versions)
     elif not versions:
         print(f"no model versions in {store.root}; train one first (see `bookrec --help`)")
     else:
@@ -111,7 +111,7 @@ def _show(args: argparse.Namespace) -> int:
 
         plot_version(metadata, args.plot)
     if args.json:
-        _print_json(metadata)
+        print_json(metadata)
         return 0
     print(_describe(metadata, in_production=store.production() == args.version))
     if args.plot is not None:
@@ -137,7 +137,7 @@ def _rollback(args: argparse.Namespace) -> int:
 def _delete(args: argparse.Namespace) -> int:
     ModelStore(Settings.from_env().model_store).delete(args.version)
     if args.json:
-        _print_json({"deleted": args.version})
+        print_json({"deleted": args.version})
     else:
         print(f"deleted {args.version}")
     return 0
@@ -145,7 +145,7 @@ def _delete(args: argparse.Namespace) -> int:
 
 def _report_event(event: dict, as_json: bool, verb: str) -> None:
     if as_json:
-        _print_json(event)
+        print_json(event)
     else:
         print(f"{verb} {event['version']} (previously {event['previous'] or 'none'}); workers are switching to it")
 
@@ -159,11 +159,11 @@ def _list_table(versions: list[dict]) -> str:
             continue
         metrics = v.get("metrics") or {}
         created = (v.get("created_at") or "-")[:19].replace("T", " ")
-        ranking, error = _num(metrics.get(RANKING_KEY)), _num(metrics.get(ERROR_KEY))
+        ranking, error = number(metrics.get(RANKING_KEY)), number(metrics.get(ERROR_KEY))
         rows.append([f"{marker} {v['version']}", v.get("kind") or "-", created, ranking, error])
     notes = [v["reason"] for v in versions if v["status"] == "corrupt"]
-    table = _table(["  VERSION", "KIND", "CREATED (UTC)", RANKING_KEY.upper(), ERROR_KEY.upper()], rows)
-    return "\n".join([table, "* = in production", *notes])
+    text = table(["  VERSION", "KIND", "CREATED (UTC)", RANKING_KEY.upper(), ERROR_KEY.upper()], rows)
+    return "\n".join([text, "* = in production", *notes])
 
 
 def _describe(metadata: dict, in_production: bool) -> str:
@@ -186,14 +186,9 @@ def _metrics_table(metadata: dict) -> str:
     names = list(dict.fromkeys(name for values in sources.values() for name in values))
     if not names:
         return "no metrics recorded"
-    rows = [[name, *(_num(values.get(name)) for values in sources.values())] for name in names]
-    return _table(["METRIC", *(label.upper() for label in sources)], rows)
+    rows = [[name, *(number(values.get(name)) for values in sources.values())] for name in names]
+    return table(["METRIC", *(label.upper() for label in sources)], rows)
 
-
-def _table(headers: Sequence[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
-    lines = ("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)) for line in [headers, *rows])
-    return "\n".join(line.rstrip() for line in lines)
 
 
 def _inline(value: Any) -> str:
@@ -204,11 +199,3 @@ def _inline(value: Any) -> str:
     return str(value)
 
 
-def _num(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return "-" if value is None else str(value)
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2))

@@ -60,11 +60,11 @@ def test_list_prints_a_table_with_metrics_and_the_production_marker(store: Model
     code, out, _ = run(capsys, "list")
 
     assert code == 0
-    lines = out.splitlines()
-    assert lines[0].split() == ["VERSION", "KIND", "CREATED", "(UTC)", "NDCG@10", "RMSE"]
-    assert lines[1].split()[:2] == [old, "deep"] and lines[1].startswith(" ")
-    assert lines[2].split()[:3] == ["*", new, "deep"]
-    assert lines[2].split()[-2:] == ["0.1234", "0.8765"]
+    header, _rule, *rows = out.splitlines()
+    assert header.split() == ["VERSION", "KIND", "CREATED", "(UTC)", "NDCG@10", "RMSE"]
+    assert rows[0].split()[:2] == [old, "deep"] and rows[0].startswith(" ")
+    assert rows[1].split()[:3] == ["*", new, "deep"]
+    assert rows[1].split()[-2:] == ["0.1234", "0.8765"]
 
 
 def test_list_json_gives_one_summary_per_version(store: ModelStore, capsys) -> None:
