@@ -1,0 +1,144 @@
+"""Fixtures shared by unit and integration tests.
+
+Integration tests use the real Redis at BOOKREC_TEST_REDIS_URL (default redis://localhost:6379/13,
+a database of its own that is flushed before and after each test) and real worker processes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import redis
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+MOVIELENS = SHARED_DATA / "movielens" / "ml-latest-small" / "ratings.csv"
+GOODBOOKS_BOOKS = SHARED_DATA / "goodbooks" / "books.csv"
+TEST_REDIS_URL = os.environ.get("BOOKREC_TEST_REDIS_URL", "redis://localhost:6379/13")
+
+
+@dataclass(frozen=True)
+class TrainedStore:
+    """A tiny synthetic catalogue and a model store with one promoted-ready version."""
+
+    data_dir: Path
+    store: Path
+    version: str
+
+    def env(self, redis_url: str = TEST_REDIS_URL, **extra: str) -> dict[str, str]:
+        """Environment for a bookrec process using this store and data dir."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BOOKREC_")}
+        env.update(BOOKREC_REDIS_URL=redis_url, BOOKREC_MODEL_STORE=str(self.store), BOOKREC_DATA_DIR=str(self.data_dir),
+                   BOOKREC_TF_THREADS="1", BOOKREC_LOG_LEVEL="INFO", **extra)
+        return env
+
+
+def synth_small(out: Path, users: int = 300, books: int = 200, ratings: int = 6000, seed: int = 0) -> Path:
+    """Write a tiny goodbooks-shaped catalogue (real titles) into `out`."""
+    from shared.synth import synthesise
+
+    synthesise(out, users=users, books=books, ratings=ratings, seed=seed, books_from=GOODBOOKS_BOOKS if GOODBOOKS_BOOKS.exists() else None)
+    return out
+
+
+def train_tiny(store: Path, data_dir: Path, kind: str = "mult-dae", seed: int = 0) -> str:
+    """Train a small, fast model version into `store`; return its id."""
+    from model_store.store import ModelStore
+    from worker.pipeline import TrainRequest, train_version
+
+    params = {"steps": 60} if kind == "mult-dae" else {"epochs": 3}
+    request = TrainRequest(ratings=data_dir / "ratings.csv", books=data_dir / "books.csv", kind=kind, params=params, seed=seed)
+    return train_version(ModelStore(store), request)["version"]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedStore:
+    """One tiny catalogue and trained version for the whole session (copy `store` before changing it)."""
+    root = tmp_path_factory.mktemp("trained")
+    data = synth_small(root / "data")
+    version = train_tiny(root / "models", data)
+    return TrainedStore(data, root / "models", version)
+
+
+@pytest.fixture
+def fresh_store(trained: TrainedStore, tmp_path: Path) -> TrainedStore:
+    """A private copy of the trained store, safe to promote into, delete from or damage."""
+    import shutil
+
+    shutil.copytree(trained.store, tmp_path / "models")
+    return TrainedStore(trained.data_dir, tmp_path / "models", trained.version)
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis]:
+    """The real Redis test database, flushed before and after the test."""
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError as exc:
+        pytest.fail(f"integration tests need Redis at {TEST_REDIS_URL} ({exc}); .ci/run starts one")
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+class WorkerPool:
+    """A real `bookrec worker` supervisor in a subprocess."""
+
+    def __init__(self, env: dict[str, str], queues: str = "recommend,refresh", processes: int = 2, log: Path | None = None) -> None:
+        self.log = log
+        out = open(log, "wb") if log else subprocess.DEVNULL
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "producer.cli", "worker", "--queues", queues, "--processes", str(processes)],
+            env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, client: redis.Redis, count: int, version: str | None, timeout: float = 60.0, prefix: str = "bookrec:") -> None:
+        """Wait until `count` workers report `version` loaded (any version if None)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = [client.hgetall(k) for k in client.scan_iter(match=f"{prefix}worker:*")]
+            loaded = [s for s in states if s.get(b"version") and (version is None or s[b"version"].decode() == version)]
+            if len(loaded) >= count:
+                return
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker supervisor exited with {self.process.returncode}; log: {self._tail()}")
+            time.sleep(0.1)
+        raise AssertionError(f"{count} workers did not load {version} within {timeout} s; log: {self._tail()}")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM the supervisor and wait for it; return its exit code."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def _tail(self) -> str:
+        return self.log.read_text()[-3000:] if self.log and self.log.exists() else "(no log)"
+
+
+@pytest.fixture
+def start_workers(tmp_path: Path) -> Iterator:
+    """Factory starting WorkerPools that are all stopped at the end of the test."""
+    pools: list[WorkerPool] = []
+
+    def start(env: dict[str, str], queues: str = "recommend,refresh", processes: int = 2) -> WorkerPool:
+        pool = WorkerPool(env, queues, processes, log=tmp_path / f"workers-{len(pools)}.log")
+        pools.append(pool)
+        return pool
+
+    yield start
+    for pool in pools:
+        pool.stop()
