@@ -7,13 +7,16 @@ A worker process calls `install` once at start; job functions call `get`. Keepin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import redis
 
 from model_store.store import ModelStore
 from shared.keys import Keys
 from shared.settings import Settings
-from worker.swap import ModelHolder
+
+if TYPE_CHECKING:  # worker.swap imports TensorFlow; the supervisor imports this module and must not
+    from worker.swap import ModelHolder
 
 
 @dataclass
@@ -24,7 +27,7 @@ class WorkerContext:
     client: redis.Redis
     keys: Keys
     store: ModelStore
-    holder: ModelHolder | None  # None in a trainer process that serves no recommend queue
+    holder: "ModelHolder | None"  # None in a trainer process that serves no recommend queue
 
 
 _context: WorkerContext | None = None

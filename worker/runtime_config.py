@@ -1,18 +1,39 @@
-"""TensorFlow process settings: thread pools sized to the cores this process should use."""
+"""TensorFlow process settings: a quiet import, and thread pools sized to the cores this process should use."""
 
 from __future__ import annotations
 
 import os
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+
+@contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null for a moment (TensorFlow's C++ start-up banner ignores log levels)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def configure_tensorflow(threads: int) -> None:
-    """Size TensorFlow's thread pools (0 = TensorFlow's default, all cores); call before any TF op runs.
+    """Import TensorFlow without its start-up banner and size its thread pools (0 = all cores).
 
-    Two worker processes on two cores each use one thread, so they do not oversubscribe the CPU.
+    Call before anything else imports TensorFlow. Two worker processes on two cores each use one
+    thread, so they do not oversubscribe the CPU.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    with _native_stderr_silenced():
+        import tensorflow as tf
 
+        tf.constant(0.0) + 1.0  # the CPU-feature notice is printed at the first op
     if threads > 0:
         try:
             tf.config.threading.set_intra_op_parallelism_threads(threads)

@@ -47,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
 
         summary = synthesise(settings.data_dir, seed=args.seed, books_from=args.books_from, **PRESETS[args.preset])
         print(f"synthesised {summary['ratings']:,} ratings into {settings.data_dir}")
+    from worker.runtime_config import configure_tensorflow
+
+    configure_tensorflow(threads=0)
     from worker.pipeline import TrainRequest, train_version
 
     result = train_version(store, TrainRequest(ratings=ratings, books=books if books.exists() else None, seed=args.seed))

@@ -45,12 +45,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train, save, optionally promote, and report."""
-    from model_store.store import ModelStore
-    from worker.pipeline import TrainRequest, train_version
     from worker.runtime_config import configure_tensorflow
 
     settings = Settings.from_env()
     configure_tensorflow(threads=0)
+    from model_store.store import ModelStore
+    from worker.pipeline import TrainRequest, train_version
+
     request = TrainRequest(
         ratings=args.ratings,
         books=args.books,
