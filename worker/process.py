@@ -56,8 +56,6 @@ def wait_for_redis(client: redis.Redis, flag: _StopFlag) -> None:
 
 def serve(settings: Settings, queues: list[str], name: str, burst: bool) -> int:
     """Run the worker loop; return the process exit code."""
-    from rq import Queue
-
     from worker.rq_worker import BookrecWorker
     from worker.swap import ModelHolder
 
@@ -74,7 +72,9 @@ def serve(settings: Settings, queues: list[str], name: str, burst: bool) -> int:
     context.install(context.WorkerContext(settings, client, keys, store, holder))
     try:
         while not flag.stop:
-            worker = BookrecWorker([Queue(q, connection=client) for q in queues], connection=client, name=name)
+            # Queue names, not Queue objects: the worker then builds its queues with the JSON serializer and
+            # AllowlistedJob, so registry maintenance never unpickles a job's meta nor runs its callbacks.
+            worker = BookrecWorker(queues, connection=client, name=name)
             worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
             if burst or worker.stop_asked:
                 break
