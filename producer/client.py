@@ -136,18 +136,21 @@ class Client:
         return holder.decode() if isinstance(holder, bytes) else (holder or "unknown")
 
     def promote(self, version: str) -> dict[str, Any]:
-        """Put a stored version in production (store record, pointer, event); returns the event."""
+        """Put a stored version in production (store record, pointer, event) and schedule a refresh of every
+        cached list; returns the event with the refresh job's id as `refresh_job`."""
         from model_store.promotion import promote
         from model_store.store import ModelStore
 
-        return self._call(lambda: promote(ModelStore(self.settings.model_store), self.redis, self.keys, version))
+        event = self._call(lambda: promote(ModelStore(self.settings.model_store), self.redis, self.keys, version))
+        return {**event, "refresh_job": self.refresh().id}
 
     def rollback(self) -> dict[str, Any]:
-        """Promote the version that was in production before the current one; returns the event."""
+        """Promote the version that was in production before the current one and schedule a refresh, as `promote`."""
         from model_store.promotion import rollback
         from model_store.store import ModelStore
 
-        return self._call(lambda: rollback(ModelStore(self.settings.model_store), self.redis, self.keys))
+        event = self._call(lambda: rollback(ModelStore(self.settings.model_store), self.redis, self.keys))
+        return {**event, "refresh_job": self.refresh().id}
 
     def wait(self, jobs: Iterable[Job], timeout: float | None = None) -> list[Any]:
         """Block until every job has finished; return their return values (JobFailed with the worker's reason)."""
