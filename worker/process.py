@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -23,6 +24,9 @@ from shared.redis_conn import CONNECTION_ERRORS, connect
 from shared.settings import Settings
 from worker import context
 from worker.runtime_config import configure_tensorflow
+
+if TYPE_CHECKING:
+    from rq.worker import BaseWorker
 
 logger = logging.getLogger("worker.process")
 
@@ -54,6 +58,14 @@ def wait_for_redis(client: redis.Redis, flag: _StopFlag) -> None:
             delay = min(delay * 2, 5.0)
 
 
+def _retire(worker: BaseWorker) -> None:
+    """Mark a worker whose loop ended as dead in Redis, so its successor can register under the same name."""
+    try:
+        worker.register_death()
+    except CONNECTION_ERRORS as exc:
+        logger.warning("could not retire worker %s: %s", worker.name, exc)
+
+
 def serve(settings: Settings, queues: list[str], name: str, burst: bool) -> int:
     """Run the worker loop; return the process exit code."""
     from worker.rq_worker import BookrecWorker
@@ -75,11 +87,15 @@ def serve(settings: Settings, queues: list[str], name: str, burst: bool) -> int:
             # Queue names, not Queue objects: the worker then builds its queues with the JSON serializer and
             # AllowlistedJob, so registry maintenance never unpickles a job's meta nor runs its callbacks.
             worker = BookrecWorker(queues, connection=client, name=name)
-            worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
+            try:
+                worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
+            except CONNECTION_ERRORS as exc:  # RQ's own teardown talks to Redis and raises again when it is gone
+                logger.warning("worker loop lost Redis: %s", exc)
             if burst or worker.stop_asked:
                 break
             logger.warning("worker loop ended (Redis lost?); waiting for Redis and resuming with the model loaded")
             wait_for_redis(client, flag)
+            _retire(worker)
     finally:
         if holder is not None:
             holder.stop()
