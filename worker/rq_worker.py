@@ -47,6 +47,7 @@ class BookrecWorker(SimpleWorker):
     """A non-forking RQ worker using the JSON serializer and `AllowlistedJob`."""
 
     job_class = AllowlistedJob
+    max_connection_wait_time = 5.0  # RQ backs off up to 60 s between reconnects: resume within 5 s of Redis returning
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("serializer", JSONSerializer)
