@@ -27,21 +27,21 @@ _T = TypeVar("_T")
 def promote(store: ModelStore, redis: Redis, keys: Keys, version: str, reason: str = "manual") -> dict:
     """Put `version` in production (store record, Redis pointer, `model_promoted` event); return the event.
 
-    Raises RedisUnavailable after the store record is written if Redis does not answer.
+    Raises RedisUnavailable after the store record is written if Redis does not answer. The pointer
+    is set under the store's lock, so two promotions at once leave pointer and record on the same version.
     """
-    previous = store.set_production(version)
-    event = {"event": "model_promoted", "version": version, "previous": previous, "reason": reason, "at": iso(utcnow())}
+    event: dict = {}
 
-    def tell_redis() -> None:
-        redis.set(keys.model_current, version)
-        redis.publish(keys.events, json.dumps(event))
+    def tell_redis(previous: str | None) -> None:
+        event.update(event="model_promoted", version=version, previous=previous, reason=reason, at=iso(utcnow()))
+        _call_redis(
+            lambda: _announce(redis, keys, event),
+            f"the store record was updated ({version} is in production) "
+            "and workers will pick the version up from it when Redis returns",
+        )
 
-    _call_redis(
-        tell_redis,
-        f"the store record was updated ({version} is in production) "
-        "and workers will pick the version up from it when Redis returns",
-    )
-    log.info("promoted model version %s (was %s, reason: %s)", version, previous, reason)
+    store.set_production(version, announce=tell_redis)
+    log.info("promoted model version %s (was %s, reason: %s)", version, event["previous"], reason)
     return event
 
 
@@ -73,6 +73,12 @@ def current_version(store: ModelStore, redis: Redis, keys: Keys) -> str | None:
     # Someone set the pointer between our GET and SET NX: theirs is newer.
     pointer = _call_redis(lambda: redis.get(keys.model_current), "the pointer was not read")
     return recorded if pointer is None else _text(pointer)
+
+
+def _announce(redis: Redis, keys: Keys, event: dict) -> None:
+    """Point `model:current` at the event's version and publish the event."""
+    redis.set(keys.model_current, event["version"])
+    redis.publish(keys.events, json.dumps(event))
 
 
 def _text(value: bytes | str) -> str:

@@ -245,8 +245,13 @@ class ModelStore:
             )
         return version
 
-    def set_production(self, version: str) -> str | None:
-        """Verify `version` and record it as in production; return the version it replaces."""
+    def set_production(self, version: str, announce: Callable[[str | None], None] | None = None) -> str | None:
+        """Verify `version` and record it as in production; return the version it replaces.
+
+        `announce(replaced)`, if given, runs after the record is written and before the lock is
+        released, so concurrent promotions announce (e.g. set the Redis pointer) in the order they
+        were recorded and the last announcement always names the recorded version.
+        """
         with self._locked():
             self.verify(version)
             try:
@@ -256,6 +261,8 @@ class ModelStore:
                 record = {"version": None, "history": []}
             entry = {"version": version, "promoted_at": iso(self._clock())}
             _write_json_atomic(self.root / PRODUCTION, {"version": version, "history": [*record["history"], entry]})
+            if announce is not None:
+                announce(record["version"])
         log.info("model version %s is in production (was %s)", version, record["version"])
         return record["version"]
 
