@@ -32,6 +32,7 @@ RECOMMEND_JOB = "worker.jobs.recommend"
 REFRESH_JOB = "worker.jobs.refresh"
 RETRAIN_JOB = "worker.jobs.retrain"
 MAX_USERS_PER_CALL = 100_000
+WAIT_BLOCK_S = 2  # seconds one result read blocks in Redis
 FINISHED = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
 
 
@@ -165,7 +166,8 @@ class Client:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise Timeout(f"job {job.id} did not finish in time (status: {job.get_status()})")
-            block = 5 if remaining is None else max(1, min(5, int(remaining + 0.999)))
+            # Block well under the connection's 5 s socket timeout, or the read times out before the server answers.
+            block = WAIT_BLOCK_S if remaining is None else max(1, min(WAIT_BLOCK_S, int(remaining + 0.999)))
             result = self._call(lambda: job.latest_result(timeout=block))
             status = self._call(lambda: job.get_status(refresh=True))
             if status == JobStatus.FINISHED and result is not None and result.type == Result.Type.SUCCESSFUL:
