@@ -1,0 +1,160 @@
+"""Hot swap under load: a new version is trained and promoted while recommend jobs keep arriving.
+
+No job may fail, every job runs on one version and says which, every cached list names the
+version of the job that wrote it, and the switch completes within seconds of the promotion.
+Stream jobs ask for STREAM_N books and the warm-up for WARM_N, so each cached list can be told
+apart from those of the refresh (REFRESH_N) that the promotion schedules.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import pytest
+import redis
+from conftest import TEST_REDIS_URL, TrainedStore, train_tiny
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry
+from rq.results import Result
+from rq.serializers import JSONSerializer
+
+from model_store.promotion import promote
+from model_store.store import ModelStore
+from producer import Client
+from shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, Keys
+from shared.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+STREAM_N = 7
+WARM_N = 5
+REFRESH_N = 10
+SWITCH_SECONDS = 5.0
+KEYS = Keys()
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One recommend job of the stream, its users, and their cached lists read as soon as it finished."""
+
+    job: Job
+    users: list[str]
+    entries: list[dict | None]
+
+
+class Stream(threading.Thread):
+    """Keeps a single-user and a five-user recommend job in flight, round after round, until stopped.
+
+    Users known to the model are cycled through; after each round their lists are read, before
+    the next round can overwrite them (only a refresh chunk can, and its lists have REFRESH_N books).
+    """
+
+    def __init__(self, client: Client, known: list[str]) -> None:
+        super().__init__(name="recommend-stream", daemon=True)
+        self.client, self.known = client, itertools.cycle(known)
+        self.sent: list[Sent] = []
+        self.error: BaseException | None = None
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        try:
+            for round_ in itertools.count():
+                if self.halt.is_set():
+                    return
+                single = [next(self.known)]
+                batch = [next(self.known), *(f"new-{round_}-{i}" for i in range(4))]
+                jobs = [(job, users) for users in (single, batch) for job in self.client.recommend(users, n=STREAM_N)]
+                self.client.wait([job for job, _ in jobs], timeout=60)
+                self.sent.extend(Sent(job, users, [self.entry(u) for u in users]) for job, users in jobs)
+        except BaseException as exc:  # handed to the test thread, which asserts there was none
+            self.error = exc
+
+    def entry(self, user: str) -> dict | None:
+        cached = self.client.get(user)
+        return None if cached is None else cached.entry
+
+    def wait_for(self, count: int, timeout: float = 60.0) -> None:
+        """Block until the stream has sent `count` jobs in total."""
+        deadline = time.monotonic() + timeout
+        while len(self.sent) < count:
+            assert self.error is None, f"the stream failed: {self.error!r}"
+            assert time.monotonic() < deadline, f"the stream sent only {len(self.sent)} of {count} jobs in {timeout} s"
+            time.sleep(0.05)
+
+
+def worker_versions(client: redis.Redis) -> list[str]:
+    return [client.hget(key, "version").decode() for key in client.scan_iter(match=KEYS.worker_pattern)]
+
+
+def wait_for_swap(client: redis.Redis, old: str, new: str, warm: list[str], timeout: float = 30.0) -> None:
+    """Wait until both workers report `new`, checking all along that the warm users' lists stay readable."""
+    deadline = time.monotonic() + timeout
+    while worker_versions(client) != [new, new]:
+        for user in warm:
+            raw = client.get(KEYS.recs(user))
+            assert raw is not None, f"user {user}'s list vanished during the swap"
+            cached = json.loads(raw)
+            assert (cached["n"], cached["model_version"]) in {(WARM_N, old), (REFRESH_N, new)}
+        assert time.monotonic() < deadline, f"workers report {worker_versions(client)} {timeout} s after promoting {new}"
+        time.sleep(0.05)
+
+
+def check_jobs(sent: list[Sent], new: str) -> tuple[dict[str, str], dict[str, datetime], set[str]]:
+    """Assert every job succeeded at its first try and its lists name its version.
+
+    Returns each job's version and finish time, and the versions seen on model-scored (not fallback) lists.
+    """
+    versions, finished, model_versions = {}, {}, set()
+    for job, users, entries in ((s.job, s.users, s.entries) for s in sent):
+        results = job.results()
+        assert [r.type for r in results] == [Result.Type.SUCCESSFUL], f"job {job.id} had a failed try"
+        versions[job.id], finished[job.id] = results[0].return_value["model_version"], results[0].created_at
+        for user, cached in zip(users, entries):
+            assert cached is not None, f"job {job.id} finished without caching user {user}"
+            if cached["n"] == STREAM_N:
+                assert cached["model_version"] == versions[job.id], f"user {user}'s list and its job disagree"
+                if cached["fallback"] is None:
+                    model_versions.add(cached["model_version"])
+            else:  # a refresh chunk replaced it between the job and the read
+                assert (cached["n"], cached["model_version"]) == (REFRESH_N, new)
+    return versions, finished, model_versions
+
+
+def test_promotion_under_a_stream_of_recommend_jobs(fresh_store: TrainedStore, redis_client: redis.Redis, start_workers) -> None:
+    old = fresh_store.version
+    promote(ModelStore(fresh_store.store), redis_client, KEYS, old)
+    start_workers(fresh_store.env()).wait_ready(redis_client, 2, old)
+    settings = Settings.from_env(fresh_store.env())
+    client = Client(redis_url=TEST_REDIS_URL, settings=settings)
+    known = json.loads((fresh_store.store / old / "metadata.json").read_text())["id_maps"]["users"]
+    warm, pool = known[:20], known[20:]
+    client.recommend(warm, n=WARM_N, wait=True, timeout=60)
+
+    stream = Stream(Client(redis_url=TEST_REDIS_URL, settings=settings), pool)
+    stream.start()
+    stream.wait_for(10)
+    new = train_tiny(fresh_store.store, fresh_store.data_dir, seed=1)
+    event = client.promote(new)
+    promoted_at = datetime.now(timezone.utc)
+    wait_for_swap(redis_client, old, new, warm)
+    swapped_after = (datetime.now(timezone.utc) - promoted_at).total_seconds()
+    stream.wait_for(len(stream.sent) + 20)  # jobs enqueued after every worker swapped
+    stream.halt.set()
+    stream.join(timeout=60)
+
+    assert stream.error is None, f"the stream failed: {stream.error!r}"
+    for queue in (QUEUE_RECOMMEND, QUEUE_REFRESH):
+        assert FailedJobRegistry(queue, connection=redis_client, serializer=JSONSerializer).count == 0
+    versions, finished, model_versions = check_jobs(stream.sent, new)
+    assert set(versions.values()) == {old, new}, "the stream did not run across the promotion"
+    assert model_versions == {old, new}, "model-scored lists were not cached on both sides of the swap"
+    last_old = max(finished[job_id] for job_id, version in versions.items() if version == old)
+    assert (last_old - promoted_at).total_seconds() < SWITCH_SECONDS, f"old-version results until {last_old - promoted_at} after promotion"
+    assert swapped_after < SWITCH_SECONDS, f"workers swapped {swapped_after:.1f} s after promotion"
+    refresh = Job.fetch(event["refresh_job"], connection=redis_client, serializer=JSONSerializer)
+    assert refresh.get_status() in {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.FINISHED}

@@ -1,0 +1,175 @@
+"""The job functions as a worker runs them: one batched model call per job, entries cached with the TTL, bad ids reported."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from datetime import datetime, timedelta
+
+import fakeredis
+import pandas as pd
+import pytest
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from model_store.store import ModelStore
+from shared.entries import ENTRY_FIELDS, ITEM_FIELDS
+from shared.errors import ValidationError
+from shared.keys import QUEUE_REFRESH, Keys
+from shared.settings import Settings
+from worker import context, jobs
+from worker.runtime import ModelRuntime
+from worker.swap import ModelHolder
+
+CACHE_TTL = 1234
+KEYS = Keys()
+
+
+class CountingModule:
+    """Wraps a loaded SavedModel and records the batch size of every `recommend` signature call."""
+
+    def __init__(self, module) -> None:
+        self.module = module
+        self.batch_sizes: list[int] = []
+
+    def recommend(self, **inputs):
+        self.batch_sizes.append(len(inputs["user"]))
+        return self.module.recommend(**inputs)
+
+
+@pytest.fixture(scope="module")
+def runtime(trained) -> ModelRuntime:
+    return ModelRuntime.load(ModelStore(trained.store), trained.version)
+
+
+@pytest.fixture
+def redis() -> fakeredis.FakeRedis:
+    return fakeredis.FakeRedis()
+
+
+@pytest.fixture
+def model(runtime: ModelRuntime, monkeypatch: pytest.MonkeyPatch) -> CountingModule:
+    counting = CountingModule(runtime.module)
+    monkeypatch.setattr(runtime, "module", counting)
+    return counting
+
+
+@pytest.fixture(autouse=True)
+def worker_context(trained, runtime: ModelRuntime, redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch) -> context.WorkerContext:
+    """A worker context on fakeredis serving the trained version (the holder's watcher thread is not started)."""
+    settings = Settings(model_store=trained.store, data_dir=trained.data_dir, cache_ttl=CACHE_TTL)
+    store = ModelStore(trained.store)
+    holder = ModelHolder(store, redis, KEYS, "test-worker", ["recommend", "refresh"])
+    holder.current = runtime
+    ctx = context.WorkerContext(settings, redis, KEYS, store, holder)
+    monkeypatch.setattr(context, "_context", None)
+    context.install(ctx)
+    return ctx
+
+
+def cached(redis: fakeredis.FakeRedis, user_id: str) -> dict | None:
+    raw = redis.get(KEYS.recs(user_id))
+    return None if raw is None else json.loads(raw)
+
+
+def test_a_job_makes_one_batched_model_call_for_its_known_users(runtime: ModelRuntime, model: CountingModule) -> None:
+    known = runtime.user_map.to_list()
+    users = known + [f"new-{i}" for i in range(1000 - len(known))]
+
+    summary = jobs.recommend(users, n=10)
+
+    assert model.batch_sizes == [len(known)]
+    assert summary["users"] == 1000
+    assert summary["fallbacks"] == 1000 - len(known)
+
+
+def test_every_user_is_cached_in_the_documented_shape_with_the_configured_ttl(redis: fakeredis.FakeRedis, trained) -> None:
+    users = ["1", "2", "3", "new-reader"]
+
+    jobs.recommend(users, n=7)
+
+    for user in users:
+        entry = cached(redis, user)
+        assert tuple(entry) == ENTRY_FIELDS
+        assert all(tuple(item) == ITEM_FIELDS for item in entry["items"])
+        assert (entry["model_version"], entry["n"], len(entry["items"])) == (trained.version, 7, 7)
+        assert datetime.fromisoformat(entry["generated_at"]).utcoffset() == timedelta(0)
+        assert CACHE_TTL - 5 < redis.ttl(KEYS.recs(user)) <= CACHE_TTL
+
+
+def test_cached_lists_are_best_first_and_never_hold_a_rated_book(redis: fakeredis.FakeRedis, trained) -> None:
+    ratings = pd.read_csv(trained.data_dir / "ratings.csv", dtype={"user_id": str, "book_id": str})
+    rated = ratings.groupby("user_id")["book_id"].agg(set)
+
+    jobs.recommend(list(rated.index), n=20)
+
+    for user, books_rated in rated.items():
+        items = cached(redis, user)["items"]
+        scores = [item["score"] for item in items]
+        assert len({item["book_id"] for item in items}) == 20
+        assert scores == sorted(scores, reverse=True)
+        assert not {str(item["book_id"]) for item in items} & books_rated, f"user {user} was recommended books they rated"
+
+
+def test_integer_and_string_ids_share_one_cache_entry(redis: fakeredis.FakeRedis) -> None:
+    jobs.recommend([42], n=3)
+    first = cached(redis, "42")
+    jobs.recommend(["42"], n=4)
+
+    assert first["user_id"] == 42
+    assert cached(redis, "42")["n"] == 4
+    assert [k.decode() for k in redis.scan_iter(match=KEYS.recs_pattern)] == [KEYS.recs("42")]
+
+
+def test_a_bad_id_is_rejected_while_the_good_ids_are_served(redis: fakeredis.FakeRedis) -> None:
+    summary = jobs.recommend([1, True, "2", None, "a*"], n=5)
+
+    assert summary["users"] == 2
+    assert [r["user_id"] for r in summary["rejected"]] == ["True", "None", "'a*'"]
+    assert all(r["error"] for r in summary["rejected"])
+    assert sorted(k.decode() for k in redis.scan_iter(match=KEYS.recs_pattern)) == [KEYS.recs("1"), KEYS.recs("2")]
+
+
+def test_summary_names_the_version_and_counts(trained) -> None:
+    summary = jobs.recommend(["1", "unknown-x"], n=5)
+
+    assert summary["model_version"] == trained.version
+    assert (summary["users"], summary["fallbacks"], summary["rejected"]) == (2, 1, [])
+    assert summary["seconds"] >= 0
+
+
+@pytest.mark.parametrize(
+    ("user_ids", "n", "problem"),
+    [([], 10, "non-empty list"), ("1,2", 10, "non-empty list"), (list(range(1001)), 10, "at most 1000"),
+     ([1], 0, "n must be"), ([1], -1, "n must be"), ([1], 10**6, "n must be")],
+    ids=["empty", "string", "1001-users", "n=0", "n=-1", "n=10**6"],
+)
+def test_invalid_jobs_fail_without_writing_anything(redis: fakeredis.FakeRedis, model: CountingModule, user_ids, n, problem) -> None:
+    with pytest.raises(ValidationError, match=problem):
+        jobs.recommend(user_ids, n=n)
+
+    assert model.batch_sizes == []
+    assert list(redis.scan_iter(match=KEYS.recs_pattern)) == []
+
+
+def test_refresh_fans_out_json_chunks_covering_every_user_once(redis: fakeredis.FakeRedis, runtime: ModelRuntime, trained) -> None:
+    summary = jobs.refresh(n=5, chunk=128)
+
+    queue = Queue(QUEUE_REFRESH, connection=redis, serializer=JSONSerializer)
+    queued = [queue.fetch_job(job_id) for job_id in queue.job_ids]
+    users = [u for job in queued for u in job.kwargs["user_ids"]]
+    assert users == runtime.user_map.to_list()
+    assert summary == {"refresh_id": summary["refresh_id"], "users": len(users), "chunks": len(queued), "model_version": trained.version}
+    assert all(len(job.kwargs["user_ids"]) <= 128 and job.kwargs["model_version"] == trained.version for job in queued)
+    raw = zlib.decompress(redis.hget(queued[0].key, "data"))
+    assert json.loads(raw)[0] == jobs.RECOMMEND
+
+    for job in queued:
+        jobs.recommend(**job.kwargs)
+    assert int(redis.get(KEYS.refresh_done(summary["refresh_id"]))) == len(users)
+
+
+@pytest.mark.parametrize("path", ["../ratings.csv", "/etc/passwd"])
+def test_retrain_reads_only_files_inside_the_data_dir(path: str) -> None:
+    with pytest.raises(ValidationError, match="outside BOOKREC_DATA_DIR"):
+        jobs.retrain(ratings=path)

@@ -1,0 +1,117 @@
+"""The exported SavedModel serves what the Keras model computes, and plain TensorFlow can load it.
+
+Each kind is trained for two epochs on the tiny catalogue, exported with `ServingModule`, and
+loaded in a separate interpreter that imports only tensorflow and numpy. Its `predict`,
+`top_k` and `recommend` signatures must agree with the in-memory Keras model within 1e-5.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from shared.datasets import read_ratings
+from worker import serving, training
+from worker.data import Interactions
+from worker.models import DEFAULT_KIND, get_spec
+from worker.pipeline import TrainRequest, make_split
+
+pytestmark = pytest.mark.slow
+
+KINDS = ("mf", "biased-mf", "deep", DEFAULT_KIND)
+USERS = np.arange(6, dtype=np.int32)
+K = 10
+TOLERANCE = 1e-5
+_rng = np.random.default_rng(0)
+PAIRS = (_rng.integers(0, len(USERS), 40).astype(np.int32), _rng.integers(0, 150, 40).astype(np.int32))  # (row in USERS, book)
+EXCLUDED = (np.repeat(np.arange(len(USERS), dtype=np.int32), 5), np.tile(np.arange(5, dtype=np.int32), len(USERS)))  # (row, book)
+
+PLAIN_TENSORFLOW = """
+import sys
+import numpy as np
+import tensorflow as tf
+
+root = sys.argv[1]
+inputs = np.load(root + "/inputs.npz")
+for kind in sys.argv[2:]:
+    model = tf.saved_model.load(root + "/" + kind)
+    sig = model.signatures
+    predicted = sig["predict"](user=tf.constant(inputs["pair_users"]), item=tf.constant(inputs["pair_items"]))
+    top = sig["top_k"](user=tf.constant(inputs["users"]), k=tf.constant(inputs["k"]))
+    rec = sig["recommend"](user=tf.constant(inputs["users"]), k=tf.constant(inputs["k"]),
+                           exclude_row=tf.constant(inputs["exclude_row"]), exclude_item=tf.constant(inputs["exclude_item"]))
+    np.savez(root + "/" + kind + ".out.npz", rating=predicted["rating"].numpy(), top_items=top["items"].numpy(),
+             top_scores=top["scores"].numpy(), rec_items=rec["items"].numpy(), rec_scores=rec["scores"].numpy())
+print(sorted({name.split(".")[0] for name in sys.modules} & {"worker", "shared", "model_store", "producer"}))
+"""
+
+
+@dataclass(frozen=True)
+class RoundTrip:
+    """For one kind: the Keras model's scores of every book for USERS, and what plain TF returned."""
+
+    keras_scores: np.ndarray  # [len(USERS), n_items]
+    served: dict[str, np.ndarray]
+
+
+def keras_scores(model, kind: str, train: Interactions) -> np.ndarray:
+    """The in-memory Keras model's score of every book for each of USERS."""
+    if get_spec(kind).feed == "histories":  # scores from the user's multi-hot row of rated books
+        rows = np.zeros((len(USERS), train.n_items), np.float32)
+        row, items = train.by_user().rows(USERS)
+        rows[row, items] = 1.0
+        return np.asarray(model(rows, training=False))
+    users = np.repeat(USERS, train.n_items)
+    items = np.tile(np.arange(train.n_items, dtype=np.int32), len(USERS))
+    return np.asarray(model({"user": users, "item": items})).reshape(len(USERS), train.n_items)
+
+
+@pytest.fixture(scope="module")
+def round_trips(trained, tmp_path_factory) -> dict[str, RoundTrip]:
+    root = tmp_path_factory.mktemp("serving")
+    split = make_split(TrainRequest(ratings=trained.data_dir / "ratings.csv"), read_ratings(trained.data_dir / "ratings.csv"), None)
+    scores = {}
+    for kind in KINDS:
+        spec = get_spec(kind)
+        fitted = training.fit(spec, split.train, spec.params({"epochs": 2}), seed=0)
+        serving.save(serving.ServingModule(fitted.weights), root / kind)
+        scores[kind] = keras_scores(fitted.model, kind, split.train)
+    np.savez(root / "inputs.npz", users=USERS, k=np.int32(K), exclude_row=EXCLUDED[0], exclude_item=EXCLUDED[1],
+             pair_users=USERS[PAIRS[0]], pair_items=PAIRS[1])
+    result = subprocess.run([sys.executable, "-c", PLAIN_TENSORFLOW, str(root), *KINDS], cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]", "loading the SavedModel imported bookrec code"
+    return {kind: RoundTrip(scores[kind], dict(np.load(root / f"{kind}.out.npz"))) for kind in KINDS}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_predict_matches_the_keras_model(round_trips: dict[str, RoundTrip], kind: str) -> None:
+    trip = round_trips[kind]
+
+    np.testing.assert_allclose(trip.served["rating"], trip.keras_scores[PAIRS], rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_top_k_returns_the_best_books_of_the_catalogue(round_trips: dict[str, RoundTrip], kind: str) -> None:
+    trip = round_trips[kind]
+    best_first = -np.sort(-trip.keras_scores, axis=1)[:, :K]
+
+    np.testing.assert_allclose(trip.served["top_scores"], best_first, rtol=0, atol=TOLERANCE)
+    picked = np.take_along_axis(trip.keras_scores, trip.served["top_items"], axis=1)
+    np.testing.assert_allclose(picked, trip.served["top_scores"], rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_recommend_masks_excluded_books_before_top_k(round_trips: dict[str, RoundTrip], kind: str) -> None:
+    trip = round_trips[kind]
+    masked = trip.keras_scores.copy()
+    masked[EXCLUDED] = -np.inf
+
+    assert not np.isin(trip.served["rec_items"], EXCLUDED[1]).any()
+    np.testing.assert_allclose(trip.served["rec_scores"], -np.sort(-masked, axis=1)[:, :K], rtol=0, atol=TOLERANCE)
+    picked = np.take_along_axis(trip.keras_scores, trip.served["rec_items"], axis=1)
+    np.testing.assert_allclose(picked, trip.served["rec_scores"], rtol=0, atol=TOLERANCE)
