@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import redis
 from rq import Queue, Retry
@@ -34,6 +34,13 @@ RETRAIN_JOB = "worker.jobs.retrain"
 MAX_USERS_PER_CALL = 100_000
 WAIT_BLOCK_S = 2  # seconds one result read blocks in Redis
 FINISHED = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
+
+
+def _as_list(values: Any) -> Any:
+    """`values` as a list when it is an iterable of ids; a string, mapping or non-iterable as it is, for user_list to reject."""
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        return values
+    return list(values)
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,7 @@ class Client:
         Returns the job handles, or with `wait` the users' cache entries (in request order) once
         every job has finished (JobFailed if one failed, Timeout after `timeout` seconds).
         """
-        users = payloads.user_list(list(user_ids) if not isinstance(user_ids, (str, bytes)) else user_ids, limit=MAX_USERS_PER_CALL)
+        users = payloads.user_list(_as_list(user_ids), limit=MAX_USERS_PER_CALL)
         n = payloads.count_n(n)
         chunk = payloads.MAX_USERS_PER_JOB
         specs = [
@@ -100,8 +107,8 @@ class Client:
 
     def refresh(self, start: int | None = None, stop: int | None = None, n: int = 10) -> Job:
         """Enqueue a refresh of every known user's entry (or users[start:stop]); returns the refresh job."""
-        n = payloads.count_n(n)
-        return self._call(lambda: self.queue(QUEUE_REFRESH).enqueue(REFRESH_JOB, kwargs={"start": start, "stop": stop, "n": n},
+        kwargs = {"start": payloads.index_bound(start, "start"), "stop": payloads.index_bound(stop, "stop"), "n": payloads.count_n(n)}
+        return self._call(lambda: self.queue(QUEUE_REFRESH).enqueue(REFRESH_JOB, kwargs=kwargs,
                                                                     job_timeout=self.settings.job_timeout, retry=Retry(max=2)))
 
     def refresh_progress(self, refresh_job: Job) -> tuple[int, int] | None:
@@ -115,11 +122,12 @@ class Client:
     def retrain(self, model: str | None = None, force: bool = False, wait: bool = False, timeout: float | None = None,
                 params: dict[str, Any] | None = None, ratings: str = "ratings.csv", books: str | None = "books.csv") -> Job | dict[str, Any]:
         """Enqueue a retrain (one at a time: RetrainRunning names the running job). With `wait`, return its result."""
+        kwargs = {"model": model, "params": payloads.hyper_params(params), "ratings": payloads.data_file(ratings, "ratings"),
+                  "books": None if books is None else payloads.data_file(books, "books"), "force": bool(force)}
         job_id = uuid.uuid4().hex
         holder = self._call(lambda: self._take_retrain_lock(job_id))
         if holder is not None:
             raise RetrainRunning(holder)
-        kwargs = {"model": model, "params": params or {}, "ratings": ratings, "books": books, "force": bool(force)}
         try:
             job = self._call(lambda: self.queue(QUEUE_RETRAIN).enqueue(RETRAIN_JOB, kwargs=kwargs, job_id=job_id, job_timeout=6 * 3600,
                                                                        result_ttl=7 * 86400, failure_ttl=7 * 86400))

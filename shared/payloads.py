@@ -7,6 +7,7 @@ string form used as the cache key (`42` and `"42"` are the same user).
 from __future__ import annotations
 
 import math
+from pathlib import PurePosixPath
 from typing import Any
 
 from shared.errors import ValidationError
@@ -61,3 +62,34 @@ def split_valid(values: list[Any]) -> tuple[list[str], list[dict[str, str]]]:
         except ValidationError as exc:
             bad.append({"user_id": repr(value)[:100], "error": str(exc)})
     return good, bad
+
+
+def index_bound(value: Any, name: str) -> int | None:
+    """A start/stop position in the list of users (a whole number) or None; ValidationError otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"{name} must be a whole number or null, got {value!r}")
+    return value
+
+
+def hyper_params(value: Any) -> dict[str, Any]:
+    """Training hyper-parameters: a JSON object (None means the kind's defaults); ValidationError otherwise."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValidationError(f"params must be an object of hyper-parameters, got {type(value).__name__}")
+    return value
+
+
+def data_file(value: Any, what: str) -> str:
+    """A file name relative to BOOKREC_DATA_DIR: not absolute, no `..`; ValidationError naming it otherwise.
+
+    The worker also resolves it, symlinks included, and refuses anything that lands outside the folder.
+    """
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise ValidationError(f"{what} must be a file name inside BOOKREC_DATA_DIR, got {value!r}")
+    path = PurePosixPath(value)
+    if path.is_absolute() or ".." in path.parts:
+        raise ValidationError(f"{what} path {value!r} points outside BOOKREC_DATA_DIR; give the name of a file inside it")
+    return value

@@ -83,7 +83,7 @@ def refresh(start: int | None = None, stop: int | None = None, n: int = 10, chun
     chunk = int(chunk or ctx.settings.refresh_chunk)
     if not 1 <= chunk <= payloads.MAX_USERS_PER_JOB:
         raise ValidationError(f"chunk must be from 1 to {payloads.MAX_USERS_PER_JOB}, got {chunk}")
-    users = runtime.user_map.to_list()[slice(_bound(start, "start"), _bound(stop, "stop"))]
+    users = runtime.user_map.to_list()[slice(payloads.index_bound(start, "start"), payloads.index_bound(stop, "stop"))]
     refresh_id = uuid.uuid4().hex[:12]
     queue = Queue(QUEUE_REFRESH, connection=ctx.client, serializer=JSONSerializer)
     specs = [
@@ -121,27 +121,37 @@ def retrain(
     One retrain at a time (a Redis lock with expiry). Progress (stage, epoch, loss, ETA) goes in
     job meta. Returns the candidate's and production's metrics and the decision.
     """
-    from worker.retrain import run_retrain
+    from worker.retrain import release_lock, run_retrain
 
     ctx = context.get()
-    if params is not None and not isinstance(params, dict):
-        raise ValidationError(f"params must be an object of hyper-parameters, got {type(params).__name__}")
-    return run_retrain(ctx, get_current_job(), model, params or {}, _data_path(ctx.settings.data_dir, ratings, "ratings"),
-                       _data_path(ctx.settings.data_dir, books, "books") if books else None, bool(force), int(seed))
+    job = get_current_job()
+    try:
+        params = payloads.hyper_params(params)
+        ratings_path = _data_path(ctx.settings.data_dir, ratings, "ratings")
+        books_path = _data_path(ctx.settings.data_dir, books, "books") if books is not None else None
+        force, seed = _flag(force, "force"), _seed(seed)
+    except ValidationError:
+        if job is not None:
+            release_lock(ctx, job.id)  # the producer took the lock for this job when it enqueued it
+        raise
+    return run_retrain(ctx, job, model, params, ratings_path, books_path, force, seed)
 
 
-def _bound(value: Any, name: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationError(f"{name} must be a whole number or null, got {value!r}")
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValidationError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def _seed(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise ValidationError(f"seed must be a whole number from 0 to {2**32 - 1}, got {value!r}")
     return value
 
 
 def _data_path(data_dir: Path, name: Any, what: str) -> Path:
-    """`name` resolved inside `data_dir`; ValidationError if it is not a string or resolves outside it."""
-    if not isinstance(name, str) or not name:
-        raise ValidationError(f"{what} must be a file name inside BOOKREC_DATA_DIR, got {name!r}")
+    """`name` resolved inside `data_dir`; ValidationError if it is not a file name or resolves outside it (symlinks too)."""
+    payloads.data_file(name, what)
     root = data_dir.resolve()
     path = (root / name).resolve()
     if not path.is_relative_to(root):
