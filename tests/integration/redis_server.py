@@ -1,0 +1,84 @@
+"""A private `redis-server` for tests that stop Redis, restart it empty, or need a password, ACL user or TLS.
+
+Each server runs on a free port with no persistence (so a restart comes back empty) and logs
+to a file; `start` returns once the log says it accepts connections. `make_certificates` writes
+a throw-away CA and a server certificate for 127.0.0.1 with the openssl command.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+READY = "Ready to accept connections"
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class RedisServer:
+    """`redis-server` on 127.0.0.1 with `extra` arguments (e.g. `--requirepass`), started and stopped by the test."""
+
+    def __init__(self, workdir: Path, extra: tuple[str, ...] = (), tls: Path | None = None) -> None:
+        if shutil.which("redis-server") is None:
+            raise RuntimeError("these tests need the redis-server binary on PATH")
+        self.workdir, self.extra, self.tls = workdir, extra, tls
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+        self.starts = 0
+
+    def url(self, scheme: str = "redis", credentials: str = "", db: int = 0) -> str:
+        """URL of this server, e.g. url(credentials="user:pass") -> redis://user:pass@127.0.0.1:PORT/0."""
+        at = f"{credentials}@" if credentials else ""
+        return f"{scheme}://{at}127.0.0.1:{self.port}/{db}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start (or restart, on the same port and empty) and wait until it accepts connections."""
+        self.starts += 1
+        log = self.workdir / f"redis-{self.port}-{self.starts}.log"
+        command = ["redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--logfile", str(log),
+                   "--dir", str(self.workdir), *self._port_args(), *self.extra]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if log.exists() and READY in log.read_text(errors="replace"):
+                return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}: {log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not start within {timeout} s; see {log}")
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM; nothing is saved) and wait for it to exit."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+    def _port_args(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls / "server.crt"),  # TLS only
+                "--tls-key-file", str(self.tls / "server.key"), "--tls-ca-cert-file", str(self.tls / "ca.crt"),
+                "--tls-auth-clients", "no"]
+
+
+def make_certificates(folder: Path) -> Path:
+    """Write ca.crt, server.crt and server.key (for 127.0.0.1 and localhost, valid one day) into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "san.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    steps = [
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "1", "-subj", "/CN=bookrec-test-ca"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt",
+         "-days", "1", "-extfile", "san.cnf"],
+    ]
+    for step in steps:
+        subprocess.run(["openssl", *step], cwd=folder, check=True, capture_output=True)
+    return folder
