@@ -63,11 +63,11 @@ class Client:
     stack) when Redis does not answer, and ValidationError for bad arguments, before anything is enqueued.
     """
 
-    def __init__(self, redis_url: str | None = None, settings: Settings | None = None) -> None:
+    def __init__(self, redis_url: str | None = None, settings: Settings | None = None, connection: redis.Redis | None = None) -> None:
         settings = settings or Settings.from_env()
         self.settings = settings.with_overrides(redis_url=redis_url) if redis_url else settings
         self.keys = Keys(self.settings.key_prefix)
-        self.redis = connect(self.settings)
+        self.redis = connection if connection is not None else connect(self.settings)
 
     def queue(self, name: str) -> Queue:
         """The RQ queue `name` with the JSON serializer."""
@@ -144,13 +144,13 @@ class Client:
         holder = self.redis.get(self.keys.retrain_lock)
         return holder.decode() if isinstance(holder, bytes) else (holder or "unknown")
 
-    def promote(self, version: str) -> dict[str, Any]:
+    def promote(self, version: str, reason: str = "manual") -> dict[str, Any]:
         """Put a stored version in production (store record, pointer, event) and schedule a refresh of every
         cached list; returns the event with the refresh job's id as `refresh_job`."""
         from model_store.promotion import promote
         from model_store.store import ModelStore
 
-        event = self._call(lambda: promote(ModelStore(self.settings.model_store), self.redis, self.keys, version))
+        event = self._call(lambda: promote(ModelStore(self.settings.model_store), self.redis, self.keys, version, reason))
         return {**event, "refresh_job": self.refresh().id}
 
     def rollback(self) -> dict[str, Any]:

@@ -13,9 +13,8 @@ from typing import Any
 from redis import Redis
 
 from model_store.store import ModelStore
-from model_store.promotion import promote, rollback
+from producer.client import Client
 from producer.commands.common import number, print_json, table
-from shared.keys import Keys
 from shared.redis_conn import connect
 from shared.settings import Settings
 
@@ -121,15 +120,14 @@ def _show(args: argparse.Namespace) -> int:
 
 def _promote(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    store, keys = ModelStore(settings.model_store), Keys(settings.key_prefix)
-    event = promote(store, _connect(settings), keys, args.version, args.reason)
+    event = Client(settings=settings, connection=_connect(settings)).promote(args.version, args.reason)
     _report_event(event, args.json, "promoted")
     return 0
 
 
 def _rollback(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    event = rollback(ModelStore(settings.model_store), _connect(settings), Keys(settings.key_prefix))
+    event = Client(settings=settings, connection=_connect(settings)).rollback()
     _report_event(event, args.json, "rolled back to")
     return 0
 

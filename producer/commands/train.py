@@ -11,7 +11,6 @@ from typing import Any
 
 from producer.commands.common import number, print_json, progress_bar, redis_client, show_progress, table
 from shared.datasets import ReadOptions, add_read_options
-from shared.keys import Keys
 from shared.settings import Settings
 
 METRICS = ("rmse", "mae", "precision@10", "recall@10", "ndcg@10", "map@10", "coverage@10")
@@ -73,9 +72,9 @@ def run(args: argparse.Namespace) -> int:
         result = train_version(store, request, on_epoch=on_epoch, on_stage=lambda stage: bar.set_description(stage))
     result["promoted"] = False
     if args.promote:
-        from model_store.promotion import promote
+        from producer.client import Client
 
-        promote(store, redis_client(settings), Keys(settings.key_prefix), result["version"], reason="bookrec train --promote")
+        Client(settings=settings, connection=redis_client(settings)).promote(result["version"], reason="bookrec train --promote")
         result["promoted"] = True
     if args.json:
         print_json(result)
