@@ -23,9 +23,9 @@ from rq.serializers import JSONSerializer
 
 from shared import payloads
 from shared.entries import parse_entry
-from shared.errors import JobFailed, RedisUnavailable, RetrainRunning, Timeout, ValidationError
+from shared.errors import JobFailed, RetrainRunning, Timeout, ValidationError
 from shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN, Keys
-from shared.redis_conn import CONNECTION_ERRORS, connect
+from shared.redis_conn import CONNECTION_ERRORS, connect, unavailable
 from shared.settings import Settings, redact_url
 
 RECOMMEND_JOB = "worker.jobs.recommend"
@@ -221,6 +221,4 @@ class Client:
         try:
             return action()
         except CONNECTION_ERRORS as exc:
-            raise RedisUnavailable(f"Redis at {redact_url(self.settings.redis_url)} did not answer ({exc}); start it or set BOOKREC_REDIS_URL") from None
-        except redis.exceptions.AuthenticationError as exc:
-            raise RedisUnavailable(f"Redis at {redact_url(self.settings.redis_url)} refused the credentials ({exc})") from None
+            raise unavailable(self.settings, exc) from None

@@ -35,13 +35,19 @@ def connect(settings: Settings, socket_timeout: float | None = 5.0, retries: int
         raise ConfigError(f"BOOKREC_REDIS_URL={redact_url(settings.redis_url)!r} is not a Redis URL: {exc}") from None
 
 
+def unavailable(settings: Settings, exc: Exception) -> RedisUnavailable:
+    """The RedisUnavailable for a connection failure: refused credentials or no answer, naming the redacted URL."""
+    where = f"Redis at {redact_url(settings.redis_url)}"
+    if isinstance(exc, redis.exceptions.AuthenticationError):  # a ConnectionError too, so test it first
+        return RedisUnavailable(f"{where} refused the credentials ({exc}); check the user and password in BOOKREC_REDIS_URL")
+    return RedisUnavailable(f"{where} did not answer ({exc}); start it or set BOOKREC_REDIS_URL")
+
+
 def ping(client: redis.Redis, settings: Settings) -> None:
     """Raise RedisUnavailable (naming the redacted URL) unless Redis answers."""
     try:
         client.ping()
     except CONNECTION_ERRORS as exc:
-        raise RedisUnavailable(f"Redis at {redact_url(settings.redis_url)} did not answer ({exc}); start it or set BOOKREC_REDIS_URL") from None
-    except redis.exceptions.AuthenticationError as exc:
-        raise RedisUnavailable(f"Redis at {redact_url(settings.redis_url)} refused the credentials ({exc}); check the user and password in BOOKREC_REDIS_URL") from None
+        raise unavailable(settings, exc) from None
     except redis.exceptions.ResponseError as exc:
         raise RedisUnavailable(f"Redis at {redact_url(settings.redis_url)} refused the connection ({exc})") from None
