@@ -1,0 +1,249 @@
+"""Bad input at every public entry: the CLI, `producer.Client`, and job arguments as they arrive from Redis.
+
+Each bad input gets one error that names the problem (a non-zero exit and one line for the CLI),
+nothing is enqueued or locked by a refused call, and a bad id never poisons the rest of its batch:
+the Client and CLI refuse the whole call before enqueueing; a job that arrives from Redis with
+bad ids serves the good ones and lists the bad ones in its result's `rejected`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import fakeredis
+import pytest
+from conftest import REPO, TrainedStore
+from rq import Queue
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+import producer.client
+from model_store.store import ModelStore
+from producer import Client, cli
+from shared.errors import ValidationError
+from shared.keys import QUEUE_RECOMMEND, QUEUE_RETRAIN, Keys
+from shared.settings import Settings
+from worker import context
+from worker.rq_worker import BookrecWorker
+from worker.runtime import ModelRuntime
+from worker.swap import ModelHolder
+
+KEYS = Keys()
+MILLION = 10**6
+
+
+def write_bad_files(data_dir: Path, outside: Path) -> None:
+    """NaN ratings, Latin-1 text, a books file without its columns, and a symlink leading out of the data dir."""
+    header, *rows = (data_dir / "ratings.csv").read_text().splitlines()
+    (data_dir / "nan.csv").write_text("\n".join([header, rows[0].rsplit(",", 1)[0] + ",NaN", *rows[1:]]) + "\n")
+    (data_dir / "latin1.csv").write_bytes(("\n".join([header, *rows]) + "\nCafé,1,4\n").encode("latin-1"))
+    (data_dir / "no_columns_books.csv").write_text("id,name\n1,A book\n")
+    outside.write_text((data_dir / "ratings.csv").read_text())
+    (data_dir / "escape.csv").symlink_to(outside)
+
+
+@pytest.fixture(scope="module")
+def data_dir(trained: TrainedStore, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("bad-input")
+    shutil.copytree(trained.data_dir, root / "data")
+    write_bad_files(root / "data", root / "outside.csv")
+    return root / "data"
+
+
+# ---------------------------------------------------------------- producer.Client
+
+
+@pytest.fixture
+def redis(monkeypatch: pytest.MonkeyPatch) -> fakeredis.FakeRedis:
+    fake = fakeredis.FakeRedis()
+    monkeypatch.setattr(producer.client, "connect", lambda settings: fake)
+    return fake
+
+
+CLIENT_CASES: dict[str, tuple[Callable[[Client], Any], str]] = {
+    "user ids None": (lambda c: c.recommend(None), "user ids must be a list, got NoneType"),
+    "user ids an int": (lambda c: c.recommend(5), "user ids must be a list, got int"),
+    "user ids a string": (lambda c: c.recommend("1,2"), "user ids must be a list, got str"),
+    "user ids a dict": (lambda c: c.recommend({"1": 1}), "user ids must be a list, got dict"),
+    "a list inside": (lambda c: c.recommend([1, [2]]), r"user id \[2\] is a list"),
+    "a fraction": (lambda c: c.recommend([1, 2.5]), "user id 2.5 is not an integer"),
+    "empty list": (lambda c: c.recommend([]), "empty"),
+    "n=0": (lambda c: c.recommend([1], n=0), "n must be a whole number from 1 to 100, got 0"),
+    "n=-1": (lambda c: c.recommend([1], n=-1), "got -1"),
+    "n=10^6": (lambda c: c.recommend([1], n=MILLION), "got 1000000"),
+    "10^6 users": (lambda c: c.recommend(range(MILLION)), "1000000 user ids"),
+    "get ''": (lambda c: c.get(""), "user id '' is empty"),
+    "refresh start 'a'": (lambda c: c.refresh(start="a"), "start must be a whole number"),
+    "retrain absolute path": (lambda c: c.retrain(ratings="/etc/passwd"), "'/etc/passwd' points outside BOOKREC_DATA_DIR"),
+    "retrain ../ path": (lambda c: c.retrain(books="../books.csv"), "books path '../books.csv' points outside"),
+    "retrain params a list": (lambda c: c.retrain(params=[1]), "params must be an object"),
+}
+
+
+@pytest.mark.parametrize("case", CLIENT_CASES, ids=list(CLIENT_CASES))
+def test_the_client_refuses_bad_input_before_enqueueing_or_locking(redis: fakeredis.FakeRedis, case: str) -> None:
+    call, problem = CLIENT_CASES[case]
+
+    with pytest.raises(ValidationError, match=problem):
+        call(Client(settings=Settings()))
+
+    assert list(redis.scan_iter(match="rq:*")) == [] and redis.get(KEYS.retrain_lock) is None
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `bookrec ARGV` run in this process."""
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:  # argparse usage errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+CLI_CASES = {
+    "n=0": (["recommend", "1", "-n", "0"], "n must be a whole number from 1 to 100, got 0"),
+    "n=-1": (["recommend", "1", "-n", "-1"], "got -1"),
+    "n=10^6": (["recommend", "1", "-n", str(MILLION)], "got 1000000"),
+    "n not a number": (["recommend", "1", "-n", "ten"], "invalid int value: 'ten'"),
+    "empty id": (["recommend", "1", ""], "user id '' is empty"),
+    "glob id": (["get", "*"], r"user id '\*'"),
+    "10^6 users": (["recommend", *map(str, range(MILLION))], "1000000 user ids"),
+    "unknown command": (["recommnd", "1"], "invalid choice: 'recommnd'"),
+    "NaN ratings": (["data", "inspect", "{data}/nan.csv"], "nan.csv: 1 row has a missing or non-numeric rating"),
+    "non-UTF-8 CSV": (["data", "inspect", "{data}/latin1.csv"], "latin1.csv: not UTF-8 text"),
+}
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=list(CLI_CASES))
+def test_the_cli_exits_non_zero_with_one_line_naming_the_problem(case: str, data_dir: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    argv, problem = CLI_CASES[case]
+    monkeypatch.setenv("BOOKREC_REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens: input is checked before Redis is asked
+
+    code, out, err = run_cli([arg.replace("{data}", str(data_dir)) for arg in argv], capsys)
+
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and err.startswith("bookrec: error: ")
+    assert re.search(problem, err)
+
+
+def test_training_on_a_books_file_without_its_columns_exits_2_naming_them(data_dir: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "BOOKREC_MODEL_STORE": str(tmp_path / "models"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-m", "producer.cli", "train", "--ratings", str(data_dir / "ratings.csv"),
+                           "--books", str(data_dir / "no_columns_books.csv")], env=env, cwd=REPO, capture_output=True, text=True)
+
+    assert done.returncode == 2 and done.stdout == ""
+    assert "no_columns_books.csv: missing column(s) authors, title" in done.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "models").exists() or ModelStore(tmp_path / "models").list() == []
+
+
+# ---------------------------------------------------------------- job arguments as they arrive from Redis
+
+
+@pytest.fixture(scope="module")
+def runtime(trained: TrainedStore) -> ModelRuntime:
+    return ModelRuntime.load(ModelStore(trained.store), trained.version)
+
+
+@pytest.fixture
+def worker_redis(trained: TrainedStore, runtime: ModelRuntime, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> fakeredis.FakeRedis:
+    """fakeredis with a worker context installed: the trained version served, `data_dir` as BOOKREC_DATA_DIR."""
+    fake = fakeredis.FakeRedis()
+    shutil.copytree(trained.store, tmp_path / "models")
+    store = ModelStore(tmp_path / "models")
+    holder = ModelHolder(store, fake, KEYS, "test-worker", [QUEUE_RECOMMEND])
+    holder.current = runtime
+    monkeypatch.setattr(context, "_context", None)
+    context.install(context.WorkerContext(Settings(model_store=store.root, data_dir=data_dir), fake, KEYS, store, holder))
+    return fake
+
+
+def run_from_redis(redis: fakeredis.FakeRedis, queue: str, func: str, kwargs: dict, lock: bool = False) -> Job:
+    """Enqueue `func(**kwargs)` as JSON (as any producer could) and run a real worker over it; with `lock`, hold
+    the retrain lock for the job first, as producer.Client does."""
+    job = Queue(queue, connection=redis, serializer=JSONSerializer).create_job(func, kwargs=kwargs)
+    if lock:
+        redis.set(KEYS.retrain_lock, job.id, ex=600)
+    Queue(queue, connection=redis, serializer=JSONSerializer).enqueue_job(job)
+    BookrecWorker([queue], connection=redis).work(burst=True, with_scheduler=False)
+    return job
+
+
+def failure(job: Job) -> str:
+    """The last line of the job's failure (the exception and its message)."""
+    assert job.get_status(refresh=True) == JobStatus.FAILED
+    return job.latest_result().exc_string.strip().splitlines()[-1]
+
+
+RECOMMEND_CASES = {
+    "user ids a string": ({"user_ids": "1,2"}, "ValidationError: user_ids must be a non-empty list, got '1,2'"),
+    "user ids an object": ({"user_ids": {"1": 1}}, "ValidationError: user_ids must be a non-empty list"),
+    "empty list": ({"user_ids": []}, "ValidationError: user_ids must be a non-empty list, got \\[\\]"),
+    "n=0": ({"user_ids": [1], "n": 0}, "ValidationError: n must be a whole number from 1 to 100, got 0"),
+    "n=-1": ({"user_ids": [1], "n": -1}, "got -1"),
+    "n=10^6": ({"user_ids": [1], "n": MILLION}, "got 1000000"),
+    "n a string": ({"user_ids": [1], "n": "5"}, "got '5'"),
+    "10^6 users": ({"user_ids": list(range(MILLION))}, "ValidationError: 1000000 user ids in one job; at most 1000"),
+    "unexpected argument": ({"user_ids": [1], "users": [2]}, "TypeError: recommend\\(\\) got an unexpected keyword argument 'users'"),
+}
+
+
+@pytest.mark.parametrize("case", RECOMMEND_CASES, ids=list(RECOMMEND_CASES))
+def test_a_recommend_job_with_bad_arguments_fails_naming_them_and_caches_nothing(worker_redis: fakeredis.FakeRedis, case: str) -> None:
+    kwargs, problem = RECOMMEND_CASES[case]
+
+    job = run_from_redis(worker_redis, QUEUE_RECOMMEND, "worker.jobs.recommend", kwargs)
+
+    assert re.search(problem, failure(job))
+    assert list(worker_redis.scan_iter(match=KEYS.recs_pattern)) == []
+
+
+def test_an_unknown_job_name_is_refused_by_name(worker_redis: fakeredis.FakeRedis) -> None:
+    job = run_from_redis(worker_redis, QUEUE_RECOMMEND, "worker.jobs.recommend_all", {})
+
+    assert "JobNotAllowed: refused to run 'worker.jobs.recommend_all'" in failure(job)
+
+
+def test_a_batch_with_bad_ids_serves_the_good_ones_and_lists_the_bad(worker_redis: fakeredis.FakeRedis, trained: TrainedStore) -> None:
+    job = run_from_redis(worker_redis, QUEUE_RECOMMEND, "worker.jobs.recommend", {"user_ids": [1, None, "a b", 2, [3], 2.5, "x"]})
+
+    assert job.get_status(refresh=True) == JobStatus.FINISHED
+    result = job.latest_result().return_value
+    assert [bad["user_id"] for bad in result["rejected"]] == ["None", "'a b'", "[3]", "2.5"]
+    assert all(bad["error"].startswith("user id ") for bad in result["rejected"])
+    assert result["users"] == 3 and result["model_version"] == trained.version
+    assert sorted(k.decode() for k in worker_redis.scan_iter(match=KEYS.recs_pattern)) == [KEYS.recs(u) for u in ("1", "2", "x")]
+
+
+RETRAIN_CASES = {
+    "absolute path": ({"ratings": "/etc/passwd"}, "ValidationError: ratings path '/etc/passwd' points outside BOOKREC_DATA_DIR"),
+    "../ path": ({"books": "../outside.csv"}, "ValidationError: books path '../outside.csv' points outside BOOKREC_DATA_DIR"),
+    "symlink out of the data dir": ({"ratings": "escape.csv"}, "ValidationError: ratings path 'escape.csv' resolves outside BOOKREC_DATA_DIR"),
+    "params a list": ({"params": [1]}, "ValidationError: params must be an object of hyper-parameters, got list"),
+    "force a string": ({"force": "false"}, "ValidationError: force must be true or false, got 'false'"),
+    "seed a string": ({"seed": "x"}, "ValidationError: seed must be a whole number"),
+    "NaN ratings": ({"ratings": "nan.csv"}, "DataError: .*nan.csv: 1 row has a missing or non-numeric rating"),
+    "non-UTF-8 CSV": ({"ratings": "latin1.csv"}, "DataError: .*latin1.csv: not UTF-8 text"),
+    "books missing columns": ({"books": "no_columns_books.csv"}, "DataError: .*no_columns_books.csv: missing column\\(s\\) authors, title"),
+}
+
+
+@pytest.mark.parametrize("case", RETRAIN_CASES, ids=list(RETRAIN_CASES))
+def test_a_retrain_job_with_bad_arguments_or_data_fails_naming_them_and_releases_the_lock(worker_redis: fakeredis.FakeRedis, case: str) -> None:
+    kwargs, problem = RETRAIN_CASES[case]
+    store = context.get().store
+    before = (store.list(), store.production())
+
+    job = run_from_redis(worker_redis, QUEUE_RETRAIN, "worker.jobs.retrain", {"params": {"steps": 5}, **kwargs}, lock=True)
+
+    assert re.search(problem, failure(job))
+    assert worker_redis.get(KEYS.retrain_lock) is None
+    assert (store.list(), store.production()) == before
