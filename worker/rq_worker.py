@@ -8,6 +8,8 @@ callback) before anything is imported, so whoever can write to Redis cannot run 
 
 from __future__ import annotations
 
+from redis.client import Pipeline
+from rq import worker_registration
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
@@ -59,3 +61,15 @@ class BookrecWorker(SimpleWorker):
         """Warm shutdown (finish the current job, then stop), remembered so the process does not resume."""
         self.stop_asked = True
         super().request_stop(signum, frame)
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
+        """RQ's heartbeat; if Redis lost this worker's record (it restarted empty), register the worker again, so
+        `bookrec status` lists it and its supervisor can hand its job back should it die."""
+        super().heartbeat(timeout, pipeline)
+        if pipeline is None and self.birth_date is not None and not self.connection.hexists(self.key, "birth"):
+            self.log.warning("Worker %s: Redis lost this worker's record; registering it again", self.name)
+            with self.connection.pipeline() as pipe:
+                pipe.hset(self.key, mapping=self.serialize())
+                worker_registration.register(self, pipe)
+                pipe.expire(self.key, timeout or self.worker_ttl + 60)
+                pipe.execute()
