@@ -88,6 +88,7 @@ def run_retrain(ctx: WorkerContext, job: Job | None, model: str | None, params: 
                 "worker.jobs.refresh", retry=Retry(max=2), job_timeout=ctx.settings.job_timeout, description=f"refresh after {result['version']}"
             ).id
         deleted = ctx.store.retain(ctx.settings.keep_versions)
+        ctx.store.clean_temp()  # half-written versions left by saves killed over an hour ago
         logger.info("retrain %s: %s", job_id, decision["reason"])
         return {
             "version": result["version"],
