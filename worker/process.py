@@ -8,6 +8,7 @@ If Redis goes away, the process waits with backoff and resumes with the model st
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -76,6 +77,11 @@ def serve(settings: Settings, queues: list[str], name: str, burst: bool) -> int:
     keys = Keys(settings.key_prefix)
     store = ModelStore(settings.model_store)
     wait_for_redis(client, flag)
+    # What is imported by now (TensorFlow, RQ: ~350,000 objects) lives as long as the process. Frozen, it is
+    # out of the cyclic GC's reach: a full collection takes ~1 ms instead of ~250 ms, so neither Python's own
+    # collections nor the one after a hot swap stall a job. Models, loaded after this, stay collectable.
+    gc.collect()
+    gc.freeze()
     holder = None
     if any(q != QUEUE_RETRAIN for q in queues):
         holder = ModelHolder(store, client, keys, name, queues)
