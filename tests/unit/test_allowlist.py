@@ -16,13 +16,10 @@ from rq.serializers import JSONSerializer
 from rq.utils import import_attribute
 from rq.worker import SimpleWorker
 
-from model_store.store import ModelStore
-from shared.keys import QUEUE_RECOMMEND, Keys
-from shared.settings import Settings
-from worker import context
+from shared.keys import QUEUE_RECOMMEND
 from worker.rq_worker import BookrecWorker
 from worker.runtime import ModelRuntime
-from worker.swap import ModelHolder
+from tests.unit.conftest import install_context
 
 HELPER = f"{__name__}.create_file"
 CALLBACK = f"{__name__}.create_marker"
@@ -40,28 +37,14 @@ def create_marker(job: Job, connection, *args) -> None:
 
 
 @pytest.fixture
-def redis() -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis()
-
-
-@pytest.fixture
 def queue(redis: fakeredis.FakeRedis) -> Queue:
     return Queue(QUEUE_RECOMMEND, connection=redis, serializer=JSONSerializer)
-
-
-@pytest.fixture(scope="module")
-def runtime(trained) -> ModelRuntime:
-    return ModelRuntime.load(ModelStore(trained.store), trained.version)
 
 
 @pytest.fixture(autouse=True)
 def worker_context(trained, runtime: ModelRuntime, redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker context on fakeredis serving the trained version, so allowed jobs can succeed."""
-    store = ModelStore(trained.store)
-    holder = ModelHolder(store, redis, Keys(), "test-worker", [QUEUE_RECOMMEND])
-    holder.current = runtime
-    monkeypatch.setattr(context, "_context", None)
-    context.install(context.WorkerContext(Settings(model_store=trained.store), redis, Keys(), store, holder))
+    install_context(trained, runtime, redis, monkeypatch, [QUEUE_RECOMMEND])
 
 
 def run_burst(redis: fakeredis.FakeRedis) -> None:

@@ -12,14 +12,12 @@ import pytest
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from model_store.store import ModelStore
 from shared.entries import ENTRY_FIELDS, ITEM_FIELDS
 from shared.errors import ValidationError
 from shared.keys import QUEUE_REFRESH, Keys
-from shared.settings import Settings
 from worker import context, jobs
 from worker.runtime import ModelRuntime
-from worker.swap import ModelHolder
+from tests.unit.conftest import install_context
 
 CACHE_TTL = 1234
 KEYS = Keys()
@@ -37,16 +35,6 @@ class CountingModule:
         return self.module.recommend(**inputs)
 
 
-@pytest.fixture(scope="module")
-def runtime(trained) -> ModelRuntime:
-    return ModelRuntime.load(ModelStore(trained.store), trained.version)
-
-
-@pytest.fixture
-def redis() -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis()
-
-
 @pytest.fixture
 def model(runtime: ModelRuntime, monkeypatch: pytest.MonkeyPatch) -> CountingModule:
     counting = CountingModule(runtime.module)
@@ -57,14 +45,7 @@ def model(runtime: ModelRuntime, monkeypatch: pytest.MonkeyPatch) -> CountingMod
 @pytest.fixture(autouse=True)
 def worker_context(trained, runtime: ModelRuntime, redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch) -> context.WorkerContext:
     """A worker context on fakeredis serving the trained version (the holder's watcher thread is not started)."""
-    settings = Settings(model_store=trained.store, data_dir=trained.data_dir, cache_ttl=CACHE_TTL)
-    store = ModelStore(trained.store)
-    holder = ModelHolder(store, redis, KEYS, "test-worker", ["recommend", "refresh"])
-    holder.current = runtime
-    ctx = context.WorkerContext(settings, redis, KEYS, store, holder)
-    monkeypatch.setattr(context, "_context", None)
-    context.install(ctx)
-    return ctx
+    return install_context(trained, runtime, redis, monkeypatch, ["recommend", "refresh"], cache_ttl=CACHE_TTL)
 
 
 def cached(redis: fakeredis.FakeRedis, user_id: str) -> dict | None:

@@ -1,0 +1,36 @@
+"""Unit-test fixtures: fakeredis, the trained version loaded as a runtime, and a worker context around them."""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+
+from model_store.store import ModelStore
+from shared.keys import Keys
+from shared.settings import Settings
+from worker import context
+from worker.runtime import ModelRuntime
+from worker.swap import ModelHolder
+
+
+@pytest.fixture
+def redis() -> fakeredis.FakeRedis:
+    """A fresh in-memory Redis."""
+    return fakeredis.FakeRedis()
+
+
+@pytest.fixture(scope="session")
+def runtime(trained) -> ModelRuntime:
+    """The session's trained version, loaded as a worker loads it."""
+    return ModelRuntime.load(ModelStore(trained.store), trained.version)
+
+
+def install_context(trained, runtime: ModelRuntime, redis, monkeypatch: pytest.MonkeyPatch, queues: list[str], **settings) -> context.WorkerContext:
+    """Install a worker context on `redis` serving `runtime` (the holder's watcher thread is not started)."""
+    store = ModelStore(trained.store)
+    holder = ModelHolder(store, redis, Keys(), "test-worker", queues)
+    holder.current = runtime
+    ctx = context.WorkerContext(Settings(model_store=trained.store, data_dir=trained.data_dir, **settings), redis, Keys(), store, holder)
+    monkeypatch.setattr(context, "_context", None)
+    context.install(ctx)
+    return ctx
