@@ -44,6 +44,16 @@ class AllowlistedJob(Job):
     def stopped_callback(self):
         return None
 
+    # Webhooks (RQ 3) are URLs stored in the job too: the worker would send HTTP requests wherever Redis says.
+    # bookrec never sets them, so none is ever sent.
+    @property
+    def webhooks(self) -> list:
+        return []
+
+    @webhooks.setter
+    def webhooks(self, value: list) -> None:
+        pass
+
 
 class BookrecWorker(SimpleWorker):
     """A non-forking RQ worker using the JSON serializer and `AllowlistedJob`."""
