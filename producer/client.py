@@ -23,7 +23,7 @@ from rq.serializers import JSONSerializer
 
 from shared import payloads
 from shared.entries import parse_entry
-from shared.errors import JobFailed, RetrainRunning, Timeout, ValidationError
+from shared.errors import JobFailed, RetrainRunning, Timeout
 from shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN, Keys
 from shared.redis_conn import CONNECTION_ERRORS, connect, unavailable
 from shared.settings import Settings, redact_url
