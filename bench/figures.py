@@ -1,0 +1,156 @@
+"""The benchmark's figures: each with its target, the reference measured beside it, and how it is shown.
+
+A `Report` holds the numbers (`figures`, plus `references` measured in the same run) and
+renders them as JSON, a plain table or a Markdown table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+Values = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One row of the table: the JSON key, its target in words, and functions reading a report's numbers."""
+
+    key: str
+    target: str
+    met: Callable[[Values, Values], bool | None]  # (figures, references) -> met? None: a reference, no target
+    shown: Callable[[Any], str]
+    reference: Callable[[Values], str]
+
+
+def _n(value: float, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def _ms(value: float) -> str:
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+FIGURES: tuple[Figure, ...] = (
+    Figure(
+        "throughput_users_per_s",
+        ">= 5,000 users/s per process and >= 50% of ceiling",
+        lambda f, r: f["throughput_users_per_s"] >= 5000 and f["throughput_users_per_s"] >= 0.5 * f["ceiling_users_per_s"],
+        lambda v: f"{_n(v)} users/s per process",
+        lambda r: (f"{r['ratio_of_ceiling']:.0%} of ceiling ({r['cpu_ratio_of_ceiling']:.0%} per CPU-second); "
+                   f"{_n(r['total_users_per_s'])} users/s in all from {r['processes']} processes"),
+    ),
+    Figure(
+        "ceiling_users_per_s",
+        "reference",
+        lambda f, r: None,
+        lambda v: f"{_n(v)} users/s",
+        lambda r: f"recommend signature alone {_n(r['graph_users_per_s'])} users/s; issue's 32-dim top-k: ~18,000 users/s",
+    ),
+    Figure(
+        "latency_ms",
+        "p50 <= 10 ms, p99 <= 30 ms",
+        lambda f, r: f["latency_ms"]["p50"] <= 10 and f["latency_ms"]["p99"] <= 30,
+        lambda v: f"p50 {_ms(v['p50'])} / p99 {_ms(v['p99'])} ms",
+        lambda r: (f"enqueue->generated_at p50 {_ms(r['server_p50'])} / p99 {_ms(r['server_p99'])} ms; in-process "
+                   f"{_ms(r['in_process_ms'])} ms; max {_ms(r['max'])} ms; {r['requests']} requests, {r['lost']} lost"),
+    ),
+    Figure(
+        "full_refresh_s",
+        "<= 15 s",
+        lambda f, r: f["full_refresh_s"] <= 15,
+        lambda v: f"{v:.1f} s",
+        lambda r: f"{_n(r['users'])} users; at the 2-process ceiling: {r['ideal_s']:.1f} s",
+    ),
+    Figure(
+        "cache_read_ms",
+        "p50 <= 0.5 ms",
+        lambda f, r: f["cache_read_ms"] <= 0.5,
+        lambda v: f"p50 {_ms(v)} ms",
+        lambda r: f"Redis PING p50 {_ms(r['ping_p50_ms'])} ms",
+    ),
+    Figure(
+        "swap_s",
+        "<= 2 s, 0 failed jobs, no request > 3x p99",
+        lambda f, r: f["swap_s"]["seconds"] <= 2 and f["swap_s"]["failed_jobs"] == 0 and r["slowest_vs_p99"] <= 3,
+        lambda v: f"{v['seconds']:.2f} s, {v['failed_jobs']} failed, slowest {_ms(v['slowest_ms'])} ms",
+        lambda r: (f"slowest = {r['slowest_vs_p99']:.1f}x p99; in-process load {r['model_load_s']:.2f} s; "
+                   f"{r['stale_after_swap']} answers from the old version after the swap"),
+    ),
+    Figure(
+        "retrain_s",
+        "<= 180 s",
+        lambda f, r: f["retrain_s"] <= 180,
+        lambda v: f"{v:.0f} s",
+        lambda r: f"of which fitting {r['fit_s']:.0f} s ({r['kind']})",
+    ),
+    Figure(
+        "worker_rss_mb",
+        "<= 1,500 MB; growth <= 10%",
+        lambda f, r: f["worker_rss_mb"]["rss_mb"] <= 1500 and f["worker_rss_mb"]["growth_pct"] <= 10,
+        lambda v: f"{_n(v['rss_mb'])} MB, growth {v['growth_pct']:+.1f}%",
+        lambda r: f"growth over {_n(r['jobs'])} jobs from {_n(r['rss_before_mb'])} MB; loading the version in-process adds {_n(r['load_mb'])} MB",
+    ),
+    Figure(
+        "scaling_2_vs_1",
+        ">= 1.6",
+        lambda f, r: f["scaling_2_vs_1"] >= 1.6,
+        lambda v: f"{v:.2f}x",
+        lambda r: f"1 process {_n(r['one_process_users_per_s'])} users/s, 2 processes {_n(r['two_processes_users_per_s'])} users/s",
+    ),
+    Figure(
+        "seed_path_ms_per_user",
+        "reference",
+        lambda f, r: None,
+        lambda v: f"{_n(v, 1)} ms per user",
+        lambda r: (f"ours in-process {r['service_ms_per_user']:.3f} ms/user: {_n(r['speedup'])}x faster; "
+                   f"same top-10 for {r['same_top_n']}/{r['users']} users"),
+    ),
+)
+
+
+@dataclass
+class Report:
+    """Everything one benchmark run measured."""
+
+    machine: Values
+    figures: Values
+    references: Values
+    details: Values = field(default_factory=dict)
+
+    def targets(self) -> Values:
+        """{key: {"target": text, "met": True/False/None (a reference)}}."""
+        return {fig.key: {"target": fig.target, "met": fig.met(self.figures, self.references[fig.key])} for fig in FIGURES}
+
+    def to_json(self) -> Values:
+        """The `--json` document: machine, figures, targets, plus references and what was done."""
+        return {"machine": self.machine, "figures": self.figures, "targets": self.targets(),
+                "references": self.references, "details": self.details}
+
+    def rows(self) -> list[list[str]]:
+        """Table rows: figure, measured, target, reference from the same run, met."""
+        targets = self.targets()
+        return [
+            [fig.key, fig.shown(self.figures[fig.key]), fig.target, fig.reference(self.references[fig.key]),
+             {True: "yes", False: "NO", None: "-"}[targets[fig.key]["met"]]]
+            for fig in FIGURES
+        ]
+
+
+HEADERS = ("figure", "measured", "target", "reference (same run)", "met")
+
+
+def markdown(report: Report) -> str:
+    """The table as Markdown, headed by the date, cores, catalogue and how busy the machine was."""
+    m, d = report.machine, report.details
+    lines = [
+        f"`bookrec bench{' --quick' if d.get('quick') else ''}` on {m['date']}: {m['cores']} cores ({m['cpu']}), "
+        f"{d['catalogue']}, model {d['model']}.",
+        f"Machine {'busy' if m['busy'] else 'quiet'}: other processes used {m['other_cores_during_run']:.2f} cores on average "
+        f"during the run ({m['other_cores_at_start']:.2f} at the start); load average at the end {m['load_average_end'][0]:.2f}.",
+        "",
+        "| " + " | ".join(HEADERS) + " |",
+        "|" + "|".join("---" for _ in HEADERS) + "|",
+        *("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in report.rows()),
+    ]
+    return "\n".join(lines)

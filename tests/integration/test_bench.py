@@ -1,0 +1,125 @@
+"""`bookrec bench` at a tiny scale: it runs the real service end to end, reports every figure, and cleans up.
+
+Timings are never asserted here: they belong in the benchmark's own output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.catalogue import Size, prepare
+from model_store.store import ModelStore
+from bench.figures import FIGURES, HEADERS, Report, markdown
+from bench.harness import Config, run
+from producer.commands.bench import with_db
+from tests.conftest import GOODBOOKS_BOOKS, TEST_REDIS_URL
+
+TINY = Size("tiny", users=300, books=200, ratings=6000)
+
+
+def _leaves(value) -> list[float]:
+    return [x for v in value.values() for x in _leaves(v)] if isinstance(value, dict) else [value]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_tiny_run_reports_every_figure_and_leaves_nothing_behind(redis_client, tmp_path: Path) -> None:
+    books = GOODBOOKS_BOOKS if GOODBOOKS_BOOKS.exists() else None
+    params = {"epochs": 2}  # the default kind, trained briefly
+    config = Config(TINY, TEST_REDIS_URL, cache_root=tmp_path, books_from=books, model_params=params, repeats=1,
+                    ceiling_users=300, throughput_users=300, latency_requests=20, cache_reads=20, seed_users=2,
+                    soak_passes=1, soak_single_jobs=20, swap_lead_s=0.5)
+    messages: list[str] = []
+
+    document = run(config, notify=messages.append).to_json()
+
+    keys = {figure.key for figure in FIGURES}
+    assert set(document["figures"]) == keys and set(document["targets"]) == keys and set(document["references"]) == keys
+    figures = document["figures"]
+    assert all(x > 0 for key, value in figures.items() if key not in ("swap_s", "worker_rss_mb") for x in _leaves(value))
+    assert figures["swap_s"]["seconds"] > 0 and figures["swap_s"]["failed_jobs"] == 0
+    assert figures["worker_rss_mb"]["rss_mb"] > 0
+    assert document["references"]["worker_rss_mb"]["jobs"] > 0
+    assert document["machine"]["cores"] >= 1 and document["machine"]["date"]
+    assert any("synthesising" in m for m in messages) and any("training the base model" in m for m in messages)
+    # Nothing left in the benchmark's database; the store is back to its one cached base version.
+    assert redis_client.dbsize() == 0
+    again: list[str] = []
+    prepared = prepare(TINY, tmp_path, books, again.append, params)
+    assert not prepared.generated and prepared.base_version is not None
+    assert any("reusing the cached catalogue" in m for m in again) and any("reusing the cached base model" in m for m in again)
+    store = ModelStore(prepared.store)
+    assert [v["version"] for v in store.list()] == [prepared.base_version] == [store.production()]
+
+
+def _report(**changes) -> Report:
+    figures = {
+        "throughput_users_per_s": 6000.0, "ceiling_users_per_s": 10000.0, "latency_ms": {"p50": 5.0, "p99": 20.0},
+        "full_refresh_s": 10.0, "cache_read_ms": 0.2, "swap_s": {"seconds": 1.0, "failed_jobs": 0, "slowest_ms": 40.0},
+        "retrain_s": 100.0, "worker_rss_mb": {"rss_mb": 900.0, "growth_pct": 1.0}, "scaling_2_vs_1": 1.8,
+        "seed_path_ms_per_user": 400.0,
+    }
+    figures.update(changes)
+    references = {
+        "throughput_users_per_s": {"ratio_of_ceiling": 0.6, "cpu_ratio_of_ceiling": 0.8, "total_users_per_s": 12000.0, "processes": 2},
+        "ceiling_users_per_s": {"graph_users_per_s": 20000.0},
+        "latency_ms": {"server_p50": 4.0, "server_p99": 18.0, "in_process_ms": 1.0, "max": 25.0, "requests": 2000, "lost": 0},
+        "full_refresh_s": {"users": 53424, "ideal_s": 2.7},
+        "cache_read_ms": {"ping_p50_ms": 0.1},
+        "swap_s": {"slowest_vs_p99": 2.0, "model_load_s": 0.5, "stale_after_swap": 0},
+        "retrain_s": {"fit_s": 80.0, "kind": "mult-dae"},
+        "worker_rss_mb": {"jobs": 5000, "rss_before_mb": 890.0, "load_mb": 300.0},
+        "scaling_2_vs_1": {"one_process_users_per_s": 6600.0, "two_processes_users_per_s": 12000.0},
+        "seed_path_ms_per_user": {"service_ms_per_user": 0.1, "speedup": 4000.0, "same_top_n": 5, "users": 5},
+    }
+    machine = {"date": "2026-11-28 05:00 UTC", "cores": 2, "cpu": "test cpu", "busy": True, "other_cores_during_run": 1.1,
+               "other_cores_at_start": 0.9, "load_average_end": [3.0, 2.0, 1.0]}
+    return Report(machine, figures, references, {"catalogue": TINY.describe(), "model": "mult-dae"})
+
+
+def test_targets_mark_misses_and_references() -> None:
+    met = {key: value["met"] for key, value in _report().targets().items()}
+    assert met["ceiling_users_per_s"] is None and met["seed_path_ms_per_user"] is None
+    assert all(met[key] for key in met if key not in ("ceiling_users_per_s", "seed_path_ms_per_user"))
+
+    missed = _report(latency_ms={"p50": 5.0, "p99": 31.0}, throughput_users_per_s=4000.0).targets()
+    assert missed["latency_ms"]["met"] is False and missed["throughput_users_per_s"]["met"] is False
+    assert missed["full_refresh_s"]["met"] is True
+
+
+def test_throughput_below_half_the_ceiling_misses_even_above_5000() -> None:
+    assert _report(throughput_users_per_s=5500.0, ceiling_users_per_s=12000.0).targets()["throughput_users_per_s"]["met"] is False
+
+
+def test_markdown_names_date_cores_busy_machine_and_every_figure() -> None:
+    text = markdown(_report())
+    assert "2026-11-28" in text and "2 cores" in text and "busy" in text
+    assert "| " + " | ".join(HEADERS) + " |" in text
+    assert all(f"| {figure.key} |" in text for figure in FIGURES)
+
+
+def test_bench_database_replaces_the_one_in_the_url() -> None:
+    assert with_db("redis://:secret@redis.example:6380/0", 12) == "redis://:secret@redis.example:6380/12"
+    assert with_db("redis://localhost:6379", 3) == "redis://localhost:6379/3"
+
+
+@pytest.mark.integration
+def test_claim_refuses_a_database_holding_other_keys_or_in_use(redis_client, tmp_path: Path) -> None:
+    from bench.service import Service
+    from shared.errors import BookrecError
+
+    redis_client.set("someone:else", "1")
+    with pytest.raises(BookrecError, match="not the benchmark's"):
+        Service.claim(TEST_REDIS_URL, tmp_path, tmp_path)
+    assert redis_client.get("someone:else") == b"1"
+
+    redis_client.flushdb()
+    first = Service.claim(TEST_REDIS_URL, tmp_path, tmp_path)  # marks the database with this (live) process
+    redis_client.set("bench:recs:1", "{}")
+    with pytest.raises(BookrecError, match="still running"):
+        Service.claim(TEST_REDIS_URL, tmp_path, tmp_path)
+    assert redis_client.get("bench:recs:1") == b"{}"
+    first.release()
+    assert redis_client.dbsize() == 0
