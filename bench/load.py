@@ -30,8 +30,12 @@ from rq.job import Job
 
 from bench import catalogue, machine
 from bench.service import Pool, Service
+from model_store.promotion import promote
+from model_store.store import ModelStore
 from producer import Client
+from shared.errors import BookrecError
 from shared.keys import QUEUE_RECOMMEND
+from shared.settings import Settings
 
 Notify = Callable[[str], None]
 POLL_BATCH = 1000
@@ -145,7 +149,7 @@ def _record(result: LoadResult, service: Service, tracker: Tracker, users: list[
     from rq.registry import StartedJobRegistry
     from rq.serializers import JSONSerializer
 
-    result.jobs_per_s = round(result.jobs / result.seconds, 1) if result.seconds else 0.0
+    result.jobs_per_s = round(tracker.finished / result.seconds, 1) if result.seconds else 0.0
     result.finished, result.failed = tracker.finished, len(tracker.failed)
     result.lost = len(tracker.lost) + len(tracker.pending)
     result.examples = {k: v[:5] for k, v in (("failed", tracker.failed), ("lost", tracker.lost + list(tracker.pending))) if v}
@@ -186,7 +190,6 @@ def markdown(result: LoadResult, details: dict[str, object]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m bench.load`."""
     from producer.commands.bench import REAL_BOOKS, with_db
-    from shared.settings import Settings
 
     parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=100_000, metavar="N", help="single-user recommend jobs to send (default: 100,000)")
@@ -200,11 +203,13 @@ def main(argv: list[str] | None = None) -> int:
 
     size = catalogue.QUICK if args.quick else catalogue.FULL
     prepared = catalogue.prepare(size, args.cache_dir, REAL_BOOKS if REAL_BOOKS.exists() else None, notify)
+    if prepared.base_version is None:
+        raise BookrecError(f"no cached base model for {size.describe()}; run `bookrec bench{' --quick' if args.quick else ''}` once to train it")
     service = Service.claim(with_db(Settings.from_env().redis_url, args.redis_db), prepared.store, prepared.data_dir)
-    (prepared.root / "logs").mkdir(exist_ok=True)
     pool = None
     try:
         redis_version = service.client.info("server").get("redis_version")
+        promote(ModelStore(prepared.store), service.client, service.keys, prepared.base_version, reason="bench load")
         pool = Pool(service, args.processes, prepared.root / "logs" / "load-workers.log")
         pids = pool.wait_serving(prepared.base_version)
         users = _users(prepared)
@@ -224,11 +229,13 @@ def _users(prepared: catalogue.Prepared) -> list[str]:
     """The catalogue's users in the model's order, shuffled with a fixed seed (so jobs do not run in id order)."""
     import numpy as np
 
-    from model_store.store import ModelStore
-
     ids = ModelStore(prepared.store).metadata(prepared.base_version)["id_maps"]["users"]
     return [str(ids[i]) for i in np.random.default_rng(0).permutation(len(ids))]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BookrecError as exc:
+        print(f"load: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
