@@ -23,8 +23,6 @@ from typing import Callable, Iterator
 
 import pytest
 import redis
-from conftest import REPO, TrainedStore, WorkerPool
-from redis_server import RedisServer
 from rq import Queue
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
@@ -37,6 +35,8 @@ from producer import Client
 from shared.errors import CorruptVersion, JobFailed, RedisUnavailable
 from shared.keys import QUEUE_RECOMMEND, QUEUE_RETRAIN, Keys
 from shared.settings import Settings
+from tests.conftest import REPO, TrainedStore, WorkerPool
+from tests.integration.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -170,10 +170,15 @@ def stop_a_busy_worker(client: redis.Redis) -> tuple[int, str]:
     while time.monotonic() < deadline:
         for worker in Worker.all(queue=Queue(QUEUE_RECOMMEND, connection=client), serializer=JSONSerializer):
             os.kill(worker.pid, signal.SIGSTOP)
-            job_id = Worker.find_by_key(worker.key, connection=client, serializer=JSONSerializer).get_current_job_id()
-            if job_id:
+            job_id = None
+            try:
+                frozen = Worker.find_by_key(worker.key, connection=client, serializer=JSONSerializer)
+                job_id = frozen.get_current_job_id() if frozen is not None else None
+            finally:
+                if job_id is None:
+                    os.kill(worker.pid, signal.SIGCONT)
+            if job_id is not None:
                 return worker.pid, job_id
-            os.kill(worker.pid, signal.SIGCONT)
         time.sleep(0.01)
     raise AssertionError("no worker was busy with a job")
 
@@ -197,8 +202,12 @@ def test_a_worker_killed_mid_batch_has_its_job_retried_and_is_restarted(serving:
     cached = serving.redis.mget([KEYS.recs(str(u)) for u in users])
     assert [u for u, entry in zip(users, cached) if entry is None] == []
     assert StartedJobRegistry(QUEUE_RECOMMEND, connection=serving.redis, serializer=JSONSerializer).get_job_ids() == []
-    restarted = lambda: (pids := serving.serving_pids(serving.store.version)) - old_pids and len(pids - {pid}) == 2  # noqa: E731
-    wait_for(restarted, "the supervisor to start a new worker in place of the killed one", 60)
+
+    def replaced() -> bool:
+        live = serving.serving_pids(serving.store.version)
+        return pid not in live and len(live) == 2 and bool(live - old_pids)
+
+    wait_for(replaced, "the supervisor to start a new worker in place of the killed one", 60)
     assert pid in old_pids and serving.pool.process.poll() is None
 
 
@@ -226,6 +235,8 @@ def test_redis_stopped_and_back_empty_workers_resume_without_restart(serving: Se
     assert [e["model_version"] for e in entries] == [serving.store.version] * 2
     wait_for(lambda: serving.serving_pids(serving.store.version) == pids, "the same worker processes to report again")
     assert serving.pool.process.poll() is None and log.lines("restarting") == []
+    # `bookrec status` lists them again, and their supervisor could hand their jobs back
+    wait_for(lambda: {w["pid"] for w in client.status()["workers"]} == pids, "the workers to register again with RQ")
 
 
 DAMAGE = {

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from conftest import TrainedStore
-from redis_server import RedisServer
 
 from bench import load
 from bench.service import Pool, Service
 from model_store.store import ModelStore
+from tests.conftest import TrainedStore
+from tests.integration.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,6 @@
 """Security of the running service: Redis with a password, an ACL user and TLS; no secret in logs, status or
-job data; JSON only, so a pickled payload written into Redis never runs code in a worker.
+job data; JSON only, so a pickled payload written into Redis never runs code in a worker; no webhook
+written into a job is ever sent.
 
 Each server is a private `redis-server`; each pool is one real worker process.
 """
@@ -11,15 +12,15 @@ import pickle
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 import redis
-from conftest import REPO, TrainedStore, WorkerPool
-from redis_server import RedisServer, free_port, make_certificates
 from rq import Queue
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
@@ -31,6 +32,8 @@ from producer import Client
 from shared.errors import RedisUnavailable
 from shared.keys import QUEUE_RECOMMEND, Keys
 from shared.settings import Settings
+from tests.conftest import REPO, TrainedStore, WorkerPool
+from tests.integration.redis_server import RedisServer, free_port, make_certificates
 
 pytestmark = pytest.mark.integration
 
@@ -155,6 +158,46 @@ def test_a_pickled_job_payload_is_refused_without_being_unpickled(acl: Served, t
     assert "DeserializationError" in job.latest_result().exc_string
     assert not marker.exists()
     assert after[0]["user_id"] == 7  # the worker went on
+
+
+class Recorder(BaseHTTPRequestHandler):
+    """Records the path of every request it gets."""
+
+    paths: list[str] = []
+
+    def do_GET(self) -> None:
+        self._record()
+
+    def do_POST(self) -> None:
+        self._record()
+
+    def _record(self) -> None:
+        self.paths.append(self.path)
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_webhooks_written_into_a_job_are_never_sent(acl: Served) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    queue = Queue(QUEUE_RECOMMEND, connection=acl.admin, serializer=JSONSerializer)
+    jobs = [queue.create_job(func, kwargs=kwargs) for func, kwargs in (("worker.jobs.recommend", {"user_ids": [8]}), ("os.getcwd", {}))]
+    try:
+        for job in jobs:
+            hooks = [{"url": f"http://127.0.0.1:{server.server_port}/{job.id}/{status}", "job_status": status, "method": "POST",
+                      "headers": None, "timeout": 2} for status in ("finished", "failed")]
+            job.save()
+            acl.admin.hset(job.key, "webhooks", json.dumps(hooks))
+            queue.enqueue_job(job)
+        acl.client().recommend([9], wait=True, timeout=30)  # one worker: both jobs above have ended, hooks and all
+
+        assert [job.get_status(refresh=True) for job in jobs] == [JobStatus.FINISHED, JobStatus.FAILED]
+        assert Recorder.paths == []
+    finally:
+        server.shutdown()
 
 
 def test_registry_maintenance_never_unpickles_a_job_s_meta(acl: Served) -> None:

@@ -18,7 +18,6 @@ from typing import Any, Callable
 
 import fakeredis
 import pytest
-from conftest import REPO, TrainedStore
 from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
@@ -29,6 +28,7 @@ from producer import Client, cli
 from shared.errors import ValidationError
 from shared.keys import QUEUE_RECOMMEND, QUEUE_RETRAIN, Keys
 from shared.settings import Settings
+from tests.conftest import REPO, TrainedStore
 from worker import context
 from worker.rq_worker import BookrecWorker
 from worker.runtime import ModelRuntime
@@ -60,10 +60,10 @@ def data_dir(trained: TrainedStore, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture
-def redis(monkeypatch: pytest.MonkeyPatch) -> fakeredis.FakeRedis:
-    fake = fakeredis.FakeRedis()
-    monkeypatch.setattr(producer.client, "connect", lambda settings: fake)
-    return fake
+def client_redis(redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch) -> fakeredis.FakeRedis:
+    """The fakeredis every Client built in the test talks to."""
+    monkeypatch.setattr(producer.client, "connect", lambda settings: redis)
+    return redis
 
 
 CLIENT_CASES: dict[str, tuple[Callable[[Client], Any], str]] = {
@@ -87,13 +87,13 @@ CLIENT_CASES: dict[str, tuple[Callable[[Client], Any], str]] = {
 
 
 @pytest.mark.parametrize("case", CLIENT_CASES, ids=list(CLIENT_CASES))
-def test_the_client_refuses_bad_input_before_enqueueing_or_locking(redis: fakeredis.FakeRedis, case: str) -> None:
+def test_the_client_refuses_bad_input_before_enqueueing_or_locking(client_redis: fakeredis.FakeRedis, case: str) -> None:
     call, problem = CLIENT_CASES[case]
 
     with pytest.raises(ValidationError, match=problem):
         call(Client(settings=Settings()))
 
-    assert list(redis.scan_iter(match="rq:*")) == [] and redis.get(KEYS.retrain_lock) is None
+    assert list(client_redis.scan_iter(match="rq:*")) == [] and client_redis.get(KEYS.retrain_lock) is None
 
 
 # ---------------------------------------------------------------- the CLI
@@ -148,22 +148,18 @@ def test_training_on_a_books_file_without_its_columns_exits_2_naming_them(data_d
 # ---------------------------------------------------------------- job arguments as they arrive from Redis
 
 
-@pytest.fixture(scope="module")
-def runtime(trained: TrainedStore) -> ModelRuntime:
-    return ModelRuntime.load(ModelStore(trained.store), trained.version)
-
-
 @pytest.fixture
-def worker_redis(trained: TrainedStore, runtime: ModelRuntime, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> fakeredis.FakeRedis:
-    """fakeredis with a worker context installed: the trained version served, `data_dir` as BOOKREC_DATA_DIR."""
-    fake = fakeredis.FakeRedis()
+def worker_redis(trained: TrainedStore, runtime: ModelRuntime, redis: fakeredis.FakeRedis, data_dir: Path, tmp_path: Path,
+                 monkeypatch: pytest.MonkeyPatch) -> fakeredis.FakeRedis:
+    """fakeredis with a worker context installed: the trained version served from a copy of its store, `data_dir`
+    as BOOKREC_DATA_DIR."""
     shutil.copytree(trained.store, tmp_path / "models")
     store = ModelStore(tmp_path / "models")
-    holder = ModelHolder(store, fake, KEYS, "test-worker", [QUEUE_RECOMMEND])
+    holder = ModelHolder(store, redis, KEYS, "test-worker", [QUEUE_RECOMMEND])
     holder.current = runtime
     monkeypatch.setattr(context, "_context", None)
-    context.install(context.WorkerContext(Settings(model_store=store.root, data_dir=data_dir), fake, KEYS, store, holder))
-    return fake
+    context.install(context.WorkerContext(Settings(model_store=store.root, data_dir=data_dir), redis, KEYS, store, holder))
+    return redis
 
 
 def run_from_redis(redis: fakeredis.FakeRedis, queue: str, func: str, kwargs: dict, lock: bool = False) -> Job:
