@@ -33,10 +33,10 @@ def configure_tensorflow(threads: int) -> None:
     with _native_stderr_silenced():
         import tensorflow as tf
 
+        if threads > 0:  # before the first op: once an op has run, the pools are fixed
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+                tf.config.threading.set_inter_op_parallelism_threads(threads)
+            except RuntimeError:
+                pass  # already initialised in this process: keep the pools it has
         tf.constant(0.0) + 1.0  # the CPU-feature notice is printed at the first op
-    if threads > 0:
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(threads)
-        except RuntimeError:
-            pass  # already initialised in this process: keep the pools it has
