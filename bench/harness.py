@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,13 +44,13 @@ class Config:
     n: int = 10
     repeats: int = 3  # of each timed pass; the figure is the median
     ceiling_users: int = 10_000  # users per in-process pass
-    throughput_users: int = 30_000  # users per service pass (at most the catalogue's)
+    throughput_users: int = 30_000  # users per timed service pass
     latency_requests: int = 2000
     rate: float = 50.0  # single-user requests per second
     cache_reads: int = 2000
     seed_users: int = 5
     soak_passes: int = 3  # passes over the whole catalogue in jobs of `batch` users, for memory growth
-    soak_single_jobs: int = 5000  # and this many single-user jobs
+    soak_single_jobs: int = 45_000  # and this many single-user jobs: with the phases before, ~50,000 jobs
     swap_lead_s: float = 2.0  # requests before the promotion, and again after every worker swapped
     swap_timeout_s: float = 30.0
 
@@ -61,8 +62,8 @@ class Config:
     @classmethod
     def quick_run(cls, redis_url: str, cache_root: Path, books_from: Path | None) -> "Config":
         """A smaller catalogue and fewer requests (under 2 minutes once cached)."""
-        return cls(catalogue.QUICK, redis_url, cache_root, books_from, quick=True, ceiling_users=5000, throughput_users=5000,
-                   latency_requests=300, cache_reads=500, seed_users=3, soak_passes=2, soak_single_jobs=500, swap_lead_s=1.0)
+        return cls(catalogue.QUICK, redis_url, cache_root, books_from, quick=True, ceiling_users=5000, throughput_users=20_000,
+                   latency_requests=300, cache_reads=500, seed_users=3, soak_passes=2, soak_single_jobs=2000, swap_lead_s=1.0)
 
 
 @dataclass
@@ -82,6 +83,12 @@ class _Run:
     def sample(self, count: int) -> list[str]:
         """`count` distinct users (all of them if there are fewer), in random order."""
         return [self.users[i] for i in self.rng.permutation(len(self.users))[: min(count, len(self.users))]]
+
+    def cycle(self, count: int) -> list[str]:
+        """`count` users in random order, every user once per round (a pass longer than the catalogue repeats users)."""
+        rounds = -(-count // len(self.users))
+        order = np.concatenate([self.rng.permutation(len(self.users)) for _ in range(rounds)])[:count]
+        return [self.users[i] for i in order]
 
     def log(self, name: str) -> Path:
         """The log file of a subprocess."""
@@ -216,11 +223,11 @@ def _passes(state: _Run, service: Service, pids: list[int]) -> list[dict[str, fl
     """One untimed warm-up pass, then `repeats` timed passes of jobs of `batch` users: users/s and users per worker CPU-s."""
     config = state.config
     state.notify(f"throughput: {len(pids)} worker process(es), {config.repeats} passes of "
-                 f"{min(config.throughput_users, len(state.users)):,} users in jobs of {config.batch}")
+                 f"{config.throughput_users:,} users in jobs of {config.batch}")
     measure.run_batches(service, state.sample(config.batch * len(pids) * 2), config.batch, config.n, state.timeout())
     passes = []
     for _ in range(config.repeats):
-        users = state.sample(config.throughput_users)
+        users = state.cycle(config.throughput_users)
         cpu = sum(machine.cpu_seconds(pid) for pid in pids)
         seconds = measure.run_batches(service, users, config.batch, config.n, state.timeout())
         cpu = sum(machine.cpu_seconds(pid) for pid in pids) - cpu
@@ -304,7 +311,7 @@ def _swap(state: _Run, service: Service, client, candidate: str) -> None:
     store = ModelStore(state.prepared.store)
     state.notify(f"hot swap: promoting {candidate} under {config.rate:.0f} requests/s")
     failed_before = measure.failed_jobs(service)
-    workers = len(service.serving_workers())
+    workers = list(service.serving_workers())
     clock = {"start": time.perf_counter()}
 
     def tick() -> bool:
@@ -312,16 +319,19 @@ def _swap(state: _Run, service: Service, client, candidate: str) -> None:
         if "promoted" not in clock:
             if now - clock["start"] >= config.swap_lead_s:
                 clock["promoted"] = time.perf_counter()
-                promote(store, service.client, service.keys, candidate, reason="bench hot swap")
+                promoter.start()  # in a thread: the store's lock and fsync must not hold up the stream of requests
         elif "swapped" not in clock:
             if now >= clock.get("next_check", 0):
                 clock["next_check"] = now + 0.01
-                if len(service.pids_serving(candidate)) >= workers:
+                if all(version == candidate for version in service.versions(workers)):
                     clock["swapped"] = time.perf_counter()
         return now > clock.get("swapped", now) + config.swap_lead_s
 
+    promoter = threading.Thread(target=promote, args=(store, service.client, service.keys, candidate), kwargs={"reason": "bench hot swap"})
     users = state.sample(int(config.rate * (2 * config.swap_lead_s + config.swap_timeout_s)))
     samples = measure.RequestStream(client, config.rate, config.n).run(users, tick)
+    if "promoted" in clock:
+        promoter.join()
     if "swapped" not in clock:
         raise BookrecError(f"not every worker served {candidate} within {config.swap_timeout_s:.0f} s of its promotion")
     slowest = max(s.latency_s * 1000 for s in samples if s.latency_s is not None)

@@ -83,13 +83,20 @@ class Service:
         return Queue(name, connection=self.client, serializer=JSONSerializer)
 
     def serving_workers(self) -> dict[str, dict[str, str]]:
-        """State of each live serving worker process: {name: {"version", "pid", ...}}."""
+        """State of each live serving worker process: {name: {"version", "pid", ...}} (a SCAN: not for tight loops)."""
         states = {}
-        for key in self.client.scan_iter(match=self.keys.worker_pattern):
+        for key in self.client.scan_iter(match=self.keys.worker_pattern, count=1000):
             state = {k.decode(): v.decode() for k, v in self.client.hgetall(key).items()}
             if state.get("name"):
                 states[state["name"]] = state
         return states
+
+    def versions(self, names: list[str]) -> list[str | None]:
+        """The version each named worker serves (None if it has no state), in one round trip."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hget(self.keys.worker(name), "version")
+            return [value.decode() if value else None for value in pipe.execute()]
 
     def pids_serving(self, version: str) -> list[int]:
         """Process ids of the serving workers that have `version` loaded."""
