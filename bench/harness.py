@@ -247,7 +247,13 @@ def _record_throughput(state: _Run, one: list[dict[str, float]], two: list[dict[
         "users_per_cpu_s": per_cpu, "cpu_ratio_of_ceiling": per_cpu / state.references["ceiling_users_per_s"]["users_per_cpu_s"],
         "passes": two,
     }
-    state.references["scaling_2_vs_1"] = {"one_process_users_per_s": alone, "two_processes_users_per_s": total, "one_process_passes": one}
+    state.references["scaling_2_vs_1"] = {"one_process_users_per_s": alone, "two_processes_users_per_s": total,
+                                          "one_process_cores": _cores(one), "two_processes_cores": _cores(two), "one_process_passes": one}
+
+
+def _cores(passes: list[dict[str, float]]) -> float:
+    """How many cores the workers had during their passes (median): users per second over users per CPU-second."""
+    return measure.median(p["users_per_s"] / p["users_per_cpu_s"] for p in passes)
 
 
 def _refresh_and_reads(state: _Run, client) -> None:
@@ -266,7 +272,7 @@ def _latency(state: _Run, client) -> None:
     config = state.config
     state.notify(f"latency: {config.latency_requests:,} single-user requests at {config.rate:.0f}/s")
     samples = measure.RequestStream(client, config.rate, config.n).run(state.sample(config.latency_requests))
-    summary = measure.latency_summary(samples)
+    summary = measure.latency_summary(samples, config.repeats)
     state.figures["latency_ms"] = {"p50": summary["p50"], "p99": summary["p99"]}
     state.references["latency_ms"] = {**{k: v for k, v in summary.items() if k not in ("p50", "p99")},
                                       "in_process_ms": state.details["in_process_single_user_ms"]}

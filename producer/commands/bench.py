@@ -43,6 +43,9 @@ def with_db(url: str, db: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print the report."""
+    from worker.runtime_config import configure_tensorflow
+
+    configure_tensorflow(1)  # before bench.harness imports TensorFlow: quietly, one thread like each worker
     from bench.figures import HEADERS, markdown
     from bench.harness import Config, run as run_bench
 
