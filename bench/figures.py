@@ -149,7 +149,7 @@ def markdown(report: Report) -> str:
         f"`bookrec bench{' --quick' if d.get('quick') else ''}` on {m['date']}: {m['cores']} cores ({m['cpu']}), "
         f"{d['catalogue']}, model {d['model']}.",
         f"Machine {'busy' if m['busy'] else 'quiet'}: other processes used {m['other_cores_during_run']:.2f} cores on average "
-        f"during the run ({m['other_cores_at_start']:.2f} at the start); load average at the end {m['load_average_end'][0]:.2f}.",
+        f"during the run ({m['other_cores_at_start']:.2f} at the start); load average at the end {m['load_average'][0]:.2f}.",
         "",
         "| " + " | ".join(HEADERS) + " |",
         "|" + "|".join("---" for _ in HEADERS) + "|",

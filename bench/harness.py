@@ -116,8 +116,7 @@ def run(config: Config, notify: Notify = lambda message: None) -> Report:
     finally:
         _clean_up(service, state)
     info = machine.describe(redis_version)
-    info.update(other_cores_at_start=round(other_at_start, 2), other_cores_during_run=round(meter.cores_used_by_others(), 2),
-                load_average_end=list(os.getloadavg()))
+    info.update(other_cores_at_start=round(other_at_start, 2), other_cores_during_run=round(meter.cores_used_by_others(), 2))
     info["busy"] = max(info["other_cores_at_start"], info["other_cores_during_run"]) > machine.BUSY_CORES
     dim = f" dim={prepared.params['dim']}" if "dim" in prepared.params else ""
     state.details.update(quick=config.quick, catalogue=prepared.size.describe(), catalogue_generated=prepared.generated,

@@ -71,7 +71,7 @@ def idle_load(seconds: float = 1.0) -> float:
 
 
 def describe(redis_version: str | None) -> dict[str, Any]:
-    """Date, cores, CPU model, load average and software versions."""
+    """Date, cores, CPU model, load average and software versions, as they are now."""
     import numpy
     import rq
     import tensorflow as tf

@@ -77,7 +77,7 @@ def _report(**changes) -> Report:
         "seed_path_ms_per_user": {"service_ms_per_user": 0.1, "speedup": 4000.0, "same_top_n": 5, "users": 5},
     }
     machine = {"date": "2026-11-28 05:00 UTC", "cores": 2, "cpu": "test cpu", "busy": True, "other_cores_during_run": 1.1,
-               "other_cores_at_start": 0.9, "load_average_end": [3.0, 2.0, 1.0]}
+               "other_cores_at_start": 0.9, "load_average": [3.0, 2.0, 1.0]}
     return Report(machine, figures, references, {"catalogue": TINY.describe(), "model": "mult-dae"})
 
 
