@@ -20,10 +20,12 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from shared.payloads import MODEL_KINDS
+
 REPO = Path(__file__).resolve().parents[1]
 MOVIELENS = REPO.parent / "shared" / "data" / "movielens" / "ml-latest-small" / "ratings.csv"
 RATING_KINDS = ("biased-mf", "mf", "deep")
-RANKING_KINDS = ("mult-dae", "softmax-mf", "biased-mf", "mf", "deep")
+RANKING_KINDS = MODEL_KINDS  # every kind, the default first
 RANKING_METRICS = ("ndcg@10", "recall@10", "precision@10", "map@10", "coverage@10")
 SURPRISE = "Surprise on a random 80/20 split of ml-latest-small: SVD 0.870, BaselineOnly 0.867"
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from producer.commands.common import number, print_json, progress_bar, show_progress, table
 from shared.errors import BookrecError
+from shared.payloads import MODEL_KINDS
 
-MODEL_KINDS = ("mult-dae", "softmax-mf", "biased-mf", "mf", "deep")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

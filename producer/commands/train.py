@@ -11,11 +11,11 @@ from typing import Any
 
 from producer.commands.common import number, print_json, progress_bar, redis_client, show_progress, table
 from shared.datasets import ReadOptions, add_read_options
+from shared.payloads import MODEL_KINDS
 from shared.settings import Settings
 
 METRICS = ("rmse", "mae", "precision@10", "recall@10", "ndcg@10", "map@10", "coverage@10")
 BASELINES = ("global_mean", "bias", "popularity")
-MODEL_KINDS = ("mult-dae", "softmax-mf", "biased-mf", "mf", "deep")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

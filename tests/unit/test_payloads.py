@@ -73,3 +73,11 @@ def test_split_valid_keeps_good_ids_and_reports_each_bad_one() -> None:
     assert good == ["1", "7"]
     assert [b["user_id"] for b in bad] == ["None", "[2]", "nan"]
     assert all("not an integer or a string" in b["error"] for b in bad)
+
+
+def test_the_kinds_clients_may_name_are_exactly_the_kinds_workers_train() -> None:
+    from shared.payloads import DEFAULT_MODEL_KIND, MODEL_KINDS
+    from worker.models import DEFAULT_KIND, KINDS
+
+    assert set(MODEL_KINDS) == set(KINDS)
+    assert DEFAULT_MODEL_KIND == DEFAULT_KIND
