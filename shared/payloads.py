@@ -12,7 +12,7 @@ from typing import Any
 
 from shared.errors import ValidationError
 
-MODEL_KINDS = ("ease", "mult-dae", "softmax-mf", "biased-mf", "mf", "deep")
+MODEL_KINDS = ("mult-dae", "softmax-mf", "biased-mf", "mf", "deep")
 """The model kinds a train or retrain may name, default first (the worker defines them in worker/models/)."""
 DEFAULT_MODEL_KIND = MODEL_KINDS[0]
 MAX_USERS_PER_JOB = 1000

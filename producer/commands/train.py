@@ -11,7 +11,7 @@ from typing import Any
 
 from producer.commands.common import number, print_json, progress_bar, redis_client, show_progress, table
 from shared.datasets import ReadOptions, add_read_options
-from shared.payloads import DEFAULT_MODEL_KIND, MODEL_KINDS
+from shared.payloads import MODEL_KINDS
 from shared.settings import Settings
 
 METRICS = ("rmse", "mae", "precision@10", "recall@10", "ndcg@10", "map@10", "coverage@10")
@@ -25,12 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train a model version and evaluate it beside the baselines",
         description="Train a model on a ratings file, evaluate it on a held-out split (or --test file) beside "
         "the global_mean, bias and popularity baselines, and save it as a new version in BOOKREC_MODEL_STORE. "
-        f"With no --model, trains the default ranking model ({DEFAULT_MODEL_KIND}).",
+        "With no --model, trains the default ranking model (mult-dae).",
     )
     parser.add_argument("--ratings", required=True, type=Path, metavar="FILE", help="ratings CSV/TSV (user, item, rating columns)")
     parser.add_argument("--books", type=Path, metavar="FILE", help="goodbooks-style books.csv for titles, authors, years, covers")
     parser.add_argument("--test", type=Path, metavar="FILE", help="explicit test file (read with the same options); no split is made")
-    parser.add_argument("--model", choices=MODEL_KINDS, help=f"model kind (default: {DEFAULT_MODEL_KIND}, trained to rank)")
+    parser.add_argument("--model", choices=MODEL_KINDS, help="model kind (default: mult-dae, trained to rank)")
     parser.add_argument("--dim", type=int, metavar="D", help="embedding / hidden size (default depends on the kind)")
     parser.add_argument("--epochs", type=int, metavar="E", help="maximum epochs (early stopping may end sooner)")
     parser.add_argument("--split", choices=("per-user", "random"), default="per-user", help="how to hold out the test part (default: per-user)")

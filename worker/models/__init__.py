@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from shared.errors import ValidationError
-from worker.models import biased_mf, deep, ease, mf, mult_dae, softmax_mf
+from worker.models import biased_mf, deep, mf, mult_dae, softmax_mf
 from worker.models.base import RANKING, RATING, ModelSpec
 
-KINDS: dict[str, ModelSpec] = {spec.kind: spec for spec in (ease.SPEC, mult_dae.SPEC, softmax_mf.SPEC, biased_mf.SPEC, mf.SPEC, deep.SPEC)}
-DEFAULT_KIND = ease.SPEC.kind
+KINDS: dict[str, ModelSpec] = {spec.kind: spec for spec in (mult_dae.SPEC, softmax_mf.SPEC, biased_mf.SPEC, mf.SPEC, deep.SPEC)}
+DEFAULT_KIND = mult_dae.SPEC.kind
 
 __all__ = ["KINDS", "DEFAULT_KIND", "RANKING", "RATING", "ModelSpec", "get_spec"]
 
