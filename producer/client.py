@@ -200,7 +200,8 @@ class Client:
             for worker in Worker.all(connection=self.redis, serializer=JSONSerializer):
                 state = {k.decode(): v.decode() for k, v in self.redis.hgetall(self.keys.worker(worker.name)).items()}
                 workers.append({"name": worker.name, "state": str(worker.get_state()), "queues": [q.name for q in worker.queues],
-                                "model_version": state.get("version") or None, "current_job": worker.get_current_job_id(),
+                                "model_version": state.get("version") or None, "pending_version": state.get("pending_version") or None,
+                                "current_job": worker.get_current_job_id(),
                                 "pid": worker.pid, "hostname": worker.hostname})
             current = self.redis.get(self.keys.model_current)
             lock = self.redis.get(self.keys.retrain_lock)

@@ -40,6 +40,14 @@ class Keys:
         """Lock held (with expiry) by the one retrain allowed at a time; its value is the job id."""
         return f"{self.prefix}lock:retrain"
 
+    def swap_slot(self, slot: int) -> str:
+        """Lock held (with expiry) by a worker loading a newly promoted model; its value is the worker's name.
+
+        There are BOOKREC_SWAP_SLOTS of them (`lock:swap:0`, ...), so only that many workers load at once
+        and the others keep serving at full speed.
+        """
+        return f"{self.prefix}lock:swap:{slot}"
+
     def worker(self, name: str) -> str:
         """Hash describing one live worker process (version loaded, pid, queues); expires if the worker dies."""
         return f"{self.prefix}worker:{name}"

@@ -55,6 +55,7 @@ class Settings:
     retrain_lock_ttl: int = 600
     refresh_chunk: int = 500
     job_timeout: int = 600
+    swap_slots: int = 1
     redis_ca_cert: str | None = None
     log_level: str = "INFO"
     extra: dict = field(default_factory=dict, compare=False)
@@ -78,6 +79,7 @@ class Settings:
             retrain_lock_ttl=_int(env, "BOOKREC_RETRAIN_LOCK_TTL", 600, minimum=10),
             refresh_chunk=_int(env, "BOOKREC_REFRESH_CHUNK", 500, minimum=1),
             job_timeout=_int(env, "BOOKREC_JOB_TIMEOUT", 600, minimum=1),
+            swap_slots=_int(env, "BOOKREC_SWAP_SLOTS", 1, minimum=1),
             redis_ca_cert=env.get("BOOKREC_REDIS_CA_CERT") or None,
             log_level=(env.get("BOOKREC_LOG_LEVEL") or "INFO").upper(),
         )

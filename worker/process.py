@@ -1,5 +1,7 @@
 """One worker process: load the production model, watch for promotions, serve jobs until told to stop.
 
+A promotion is taken between jobs (see worker/swap.py), so no job runs beside a model load.
+
 Started by the supervisor (`bookrec worker`, see worker/pool.py) as
 `python -m worker.process --queues recommend,refresh --name NAME [--burst]`.
 If Redis goes away, the process waits with backoff and resumes with the model still loaded.
@@ -84,7 +86,7 @@ def serve(settings: Settings, queues: list[str], name: str, burst: bool) -> int:
     gc.freeze()
     holder = None
     if any(q != QUEUE_RETRAIN for q in queues):
-        holder = ModelHolder(store, client, keys, name, queues)
+        holder = ModelHolder(store, client, keys, name, queues, slots=settings.swap_slots)
         holder.load_initial()
         holder.start()
     context.install(context.WorkerContext(settings, client, keys, store, holder))
@@ -92,7 +94,7 @@ def serve(settings: Settings, queues: list[str], name: str, burst: bool) -> int:
         while not flag.stop:
             # Queue names, not Queue objects: the worker then builds its queues with the JSON serializer and
             # AllowlistedJob, so registry maintenance never unpickles a job's meta nor runs its callbacks.
-            worker = BookrecWorker(queues, connection=client, name=name)
+            worker = BookrecWorker(queues, connection=client, name=name, between_jobs=holder.swap_if_due if holder else None)
             try:
                 worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
             except CONNECTION_ERRORS as exc:  # RQ's own teardown talks to Redis and raises again when it is gone

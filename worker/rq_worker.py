@@ -8,13 +8,18 @@ callback) before anything is imported, so whoever can write to Redis cannot run 
 
 from __future__ import annotations
 
+from typing import Callable
+
 from redis.client import Pipeline
 from rq import worker_registration
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from rq.queue import Queue
 from rq.worker import SimpleWorker
 
 from worker.jobs import ALLOWED_JOBS
+
+IDLE_SLICE_SECONDS = 0.25  # an idle worker wakes this often to take a due model swap (BLPOP accepts fractions)
 
 
 class JobNotAllowed(Exception):
@@ -56,19 +61,35 @@ class AllowlistedJob(Job):
 
 
 class BookrecWorker(SimpleWorker):
-    """A non-forking RQ worker using the JSON serializer and `AllowlistedJob`."""
+    """A non-forking RQ worker using the JSON serializer and `AllowlistedJob`.
+
+    `between_jobs`, if given, runs before each dequeue (after every job, and every
+    IDLE_SLICE_SECONDS while idle): the model swap happens there, never beside a job.
+    """
 
     job_class = AllowlistedJob
     max_connection_wait_time = 5.0  # RQ backs off up to 60 s between reconnects: resume within 5 s of Redis returning
     log_result_lifespan = False  # one log line less per job
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, between_jobs: Callable[[], object] | None = None, **kwargs) -> None:
         kwargs.setdefault("serializer", JSONSerializer)
         kwargs.setdefault("job_class", AllowlistedJob)
         # A recommend job's description is its whole call, up to 1,000 user ids: log job ids instead.
         kwargs.setdefault("log_job_description", False)
         super().__init__(*args, **kwargs)
         self.stop_asked = False
+        self.between_jobs = between_jobs
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> tuple[Job, Queue] | None:
+        """RQ's dequeue, in slices of IDLE_SLICE_SECONDS with `between_jobs` run before each (see the class)."""
+        if self.between_jobs is None or timeout is None or max_idle_time is not None:
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        while True:
+            self.between_jobs()
+            # With max_idle_time, RQ's loop gives up (None) after one BLPOP that found nothing.
+            result = super().dequeue_job_and_maintain_ttl(IDLE_SLICE_SECONDS, max_idle_time=IDLE_SLICE_SECONDS)
+            if result is not None or self._stop_requested:
+                return result
 
     def request_stop(self, signum, frame) -> None:
         """Warm shutdown (finish the current job, then stop), remembered so the process does not resume."""

@@ -2,11 +2,15 @@
 
 `ModelHolder.current` is the runtime a job should use; a job reads it once at its start, so it
 runs start to end on one version. A watcher thread listens on the events channel and also
-polls `model:current` every second (a missed message is caught by the poll). On a new version
-it loads it beside the old one, warms it up, then replaces the reference; the old runtime is
-freed when the last job holding it ends. If Redis has lost the pointer, it is restored from
-the store's production record. A version that fails to load is logged and skipped; the old
-one keeps serving.
+polls `model:current` every second (a missed message is caught by the poll); when production
+names a version this worker does not serve, it marks a swap as due. The worker's own loop
+takes it between jobs (`swap_if_due`), while it holds no job and is not waiting for one, so no
+request waits behind a load. Loads are staggered across workers: a worker loads only while it
+holds one of BOOKREC_SWAP_SLOTS Redis locks (`lock:swap:N`); the others keep serving the old
+version meanwhile and swap after their next job. A load builds the new runtime beside the old
+one and warms it up before replacing the reference; the old one is freed when the last job
+holding it ends. If Redis has lost the pointer, it is restored from the store's production
+record. A version that fails to load is logged and skipped; the old one keeps serving.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
 HEARTBEAT_TTL = 15
+SLOT_TTL_SECONDS = 60  # a worker that dies while loading frees its swap slot after this long
+SLOT_WAIT_SECONDS = 30  # a job that needs the new version waits this long for a slot, then loads without one
+SLOT_RETRY_SECONDS = 0.05
 
 Loader = Callable[[ModelStore, str], ModelRuntime]
 
@@ -39,14 +46,17 @@ Loader = Callable[[ModelStore, str], ModelRuntime]
 class ModelHolder:
     """The runtime in use, and the watcher that replaces it when production changes."""
 
-    def __init__(self, store: ModelStore, client: redis.Redis, keys: Keys, name: str, queues: list[str], loader: Loader = ModelRuntime.load) -> None:
+    def __init__(self, store: ModelStore, client: redis.Redis, keys: Keys, name: str, queues: list[str],
+                 loader: Loader = ModelRuntime.load, slots: int = 1) -> None:
         self.store, self.client, self.keys, self.name, self.queues = store, client, keys, name, queues
         self.loader = loader
+        self.slots = SwapSlots(client, [keys.swap_slot(i) for i in range(slots)], name)
         self.current: ModelRuntime | None = None
         self.failed_versions: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._swap_lock = threading.Lock()
+        self.pending_version: str | None = None  # set by the watcher: production names a version not served here yet
 
     def load_initial(self) -> None:
         """Load the production version (waiting for one to exist); raise BookrecError if it cannot be loaded."""
@@ -74,15 +84,48 @@ class ModelHolder:
         except redis.exceptions.RedisError:
             pass
 
-    def check(self) -> bool:
-        """Swap to the production version if it differs from the one served; True if a swap happened."""
-        with self._swap_lock:
-            return self._check()
-
-    def _check(self) -> bool:
+    def notice(self) -> None:
+        """Mark a swap as due (`pending_version`) if production names a version this worker does not serve."""
         version = current_version(self.store, self.client, self.keys)
-        if version is None or (self.current is not None and version == self.current.version) or version in self.failed_versions:
+        self.pending_version = version if self._wanted(version) else None
+
+    def swap_if_due(self) -> bool:
+        """Between jobs: swap if a swap is due and a swap slot is free (else keep serving; retried after the next job)."""
+        if self.pending_version is None:
             return False
+        try:
+            return self.check(wait=False)
+        except (redis.exceptions.RedisError, BookrecError) as exc:
+            logger.warning("model swap postponed: %s", exc)
+            return False
+
+    def check(self, wait: bool = True) -> bool:
+        """Swap to the production version if it differs from the one served; True if a swap happened.
+
+        The load happens while holding a swap slot; with `wait` it waits up to SLOT_WAIT_SECONDS for
+        one (then loads anyway), without it it returns False at once when every slot is taken.
+        """
+        with self._swap_lock:
+            version = current_version(self.store, self.client, self.keys)
+            if not self._wanted(version):
+                self.pending_version = None
+                return False
+            slot = self.slots.take(SLOT_WAIT_SECONDS if wait else 0.0)
+            if slot is None and not wait:
+                return False
+            if slot is None:
+                logger.warning("no swap slot free after %d s; loading %s anyway", SLOT_WAIT_SECONDS, version)
+            try:
+                self.pending_version = None
+                return self._load(version)
+            finally:
+                if slot is not None:
+                    self.slots.give_back(slot)
+
+    def _wanted(self, version: str | None) -> bool:
+        return version is not None and version != self.version and version not in self.failed_versions
+
+    def _load(self, version: str) -> bool:
         try:
             runtime = self.loader(self.store, version)
         except BookrecError as exc:
@@ -103,7 +146,7 @@ class ModelHolder:
 
     def publish_state(self) -> None:
         """Record this worker's loaded version in Redis (expires if the worker dies)."""
-        state = {"name": self.name, "version": self.version or "", "pid": str(os.getpid()), "host": socket.gethostname(), "queues": ",".join(self.queues), "updated_at": str(time.time())}
+        state = {"name": self.name, "version": self.version or "", "pending_version": self.pending_version or "", "pid": str(os.getpid()), "host": socket.gethostname(), "queues": ",".join(self.queues), "updated_at": str(time.time())}
         key = self.keys.worker(self.name)
         with self.client.pipeline(transaction=False) as pipe:
             pipe.hset(key, mapping=state)
@@ -128,7 +171,7 @@ class ModelHolder:
             message = pubsub.get_message(timeout=POLL_SECONDS)
             if message is not None:
                 _log_event(message)
-            self.check()
+            self.notice()
             self.publish_state()
 
 
@@ -138,3 +181,37 @@ def _log_event(message: dict) -> None:
         logger.info("event: %s", event.get("event"))
     except (ValueError, TypeError, AttributeError):
         logger.warning("ignored a malformed event on the events channel")
+
+
+class SwapSlots:
+    """A few Redis locks (expiring, owned by one worker name) that bound how many workers load a model at once."""
+
+    def __init__(self, client: redis.Redis, keys: list[str], owner: str) -> None:
+        self.client, self.keys, self.owner = client, keys, owner
+
+    def take(self, wait_s: float) -> str | None:
+        """The key of a slot now held by this worker, or None if none came free within `wait_s` seconds."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            for key in self.keys:
+                if self.client.set(key, self.owner, nx=True, ex=SLOT_TTL_SECONDS):
+                    return key
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            time.sleep(min(SLOT_RETRY_SECONDS, remaining))
+
+    def give_back(self, key: str) -> None:
+        """Release a slot if this worker still holds it (it may have expired and gone to another worker)."""
+        try:
+            with self.client.pipeline() as pipe:
+                pipe.watch(key)
+                held_by = pipe.get(key)
+                if (held_by.decode() if isinstance(held_by, bytes) else held_by) == self.owner:
+                    pipe.multi()
+                    pipe.delete(key)
+                    pipe.execute()
+        except redis.exceptions.WatchError:
+            pass  # the slot changed hands meanwhile: it is no longer ours to release
+        except redis.exceptions.RedisError as exc:
+            logger.warning("could not release swap slot %s (it expires in %d s): %s", key, SLOT_TTL_SECONDS, exc)

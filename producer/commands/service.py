@@ -170,6 +170,12 @@ def _status(args: argparse.Namespace) -> int:
     print(f"cached lists: {status['cache_entries']}   failed jobs: {status['failed_jobs']}   retrain running: {status['retrain_running'] or 'no'}\n")
     print(table(["queue", "queued", "failed"], [[q, str(v["queued"]), str(v["failed"])] for q, v in status["queues"].items()]))
     print()
-    rows = [[w["name"], w["state"], ",".join(w["queues"]), w["model_version"] or "-", w["current_job"] or "-"] for w in status["workers"]]
+    rows = [[w["name"], w["state"], ",".join(w["queues"]), _model_cell(w), w["current_job"] or "-"] for w in status["workers"]]
     print(table(["worker", "state", "queues", "model", "job"], rows) if rows else "no live workers")
     return 0
+
+
+def _model_cell(worker: dict) -> str:
+    """The worker's model version, and the one it is about to swap to (waiting for a swap slot or its next job)."""
+    served = worker["model_version"] or "-"
+    return f"{served} -> {worker['pending_version']}" if worker.get("pending_version") else served

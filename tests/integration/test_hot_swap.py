@@ -158,3 +158,43 @@ def test_promotion_under_a_stream_of_recommend_jobs(fresh_store: TrainedStore, r
     assert swapped_after < SWITCH_SECONDS, f"workers swapped {swapped_after:.1f} s after promotion"
     refresh = Job.fetch(event["refresh_job"], connection=redis_client, serializer=JSONSerializer)
     assert refresh.get_status() in {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.FINISHED}
+
+
+def worker_states(client: redis.Redis) -> list[tuple[str, str]]:
+    """(version served, version pending) of each live worker."""
+    states = [client.hgetall(key) for key in client.scan_iter(match=KEYS.worker_pattern)]
+    return sorted((s[b"version"].decode(), s.get(b"pending_version", b"").decode()) for s in states)
+
+
+def wait_until(condition, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting until {what}"
+        time.sleep(0.05)
+
+
+def test_workers_load_a_promoted_version_only_while_holding_a_swap_slot(fresh_store: TrainedStore, redis_client: redis.Redis, start_workers) -> None:
+    """Loads are staggered through the swap slots (BOOKREC_SWAP_SLOTS=1 here): with the only slot taken, both
+    workers see the promotion but keep serving the old version; once it is free, they swap one after the other."""
+    old = fresh_store.version
+    store = ModelStore(fresh_store.store)
+    promote(store, redis_client, KEYS, old)
+    start_workers(fresh_store.env()).wait_ready(redis_client, 2, old)
+    client = Client(redis_url=TEST_REDIS_URL, settings=Settings.from_env(fresh_store.env()))
+    known = json.loads((fresh_store.store / old / "metadata.json").read_text())["id_maps"]["users"]
+    new = train_tiny(fresh_store.store, fresh_store.data_dir, seed=1)
+
+    redis_client.set(KEYS.swap_slot(0), "test-holds-the-slot", ex=120)
+    promote(store, redis_client, KEYS, new)
+    wait_until(lambda: worker_states(redis_client) == [(old, new), (old, new)], "both workers saw the promotion")
+    jobs = [job for user in known[:40] for job in client.recommend([user], n=STREAM_N)]
+    client.wait(jobs, timeout=60)
+    for job in jobs:
+        job.refresh()
+    assert {job.latest_result().return_value["model_version"] for job in jobs} == {old}
+    assert len({job.worker_name for job in jobs}) == 2, "the jobs did not reach both workers"
+    assert worker_states(redis_client) == [(old, new), (old, new)], "a worker loaded without a swap slot"
+
+    redis_client.delete(KEYS.swap_slot(0))
+    wait_until(lambda: worker_states(redis_client) == [(new, ""), (new, "")], "both workers swapped once the slot was free")
+    assert redis_client.get(KEYS.swap_slot(0)) is None, "a worker kept the swap slot after its load"

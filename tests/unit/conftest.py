@@ -14,9 +14,15 @@ from worker.swap import ModelHolder
 
 
 @pytest.fixture
-def redis() -> fakeredis.FakeRedis:
-    """A fresh in-memory Redis."""
-    return fakeredis.FakeRedis()
+def server() -> fakeredis.FakeServer:
+    """A fresh in-memory Redis server; a test can take it down with `server.connected = False`."""
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+def redis(server: fakeredis.FakeServer) -> fakeredis.FakeRedis:
+    """A client of `server`."""
+    return fakeredis.FakeRedis(server=server)
 
 
 @pytest.fixture(scope="session")

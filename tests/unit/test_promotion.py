@@ -31,16 +31,6 @@ def store(tmp_path: Path) -> ModelStore:
 
 
 @pytest.fixture
-def server() -> fakeredis.FakeServer:
-    return fakeredis.FakeServer()
-
-
-@pytest.fixture
-def redis(server: fakeredis.FakeServer) -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis(server=server)
-
-
-@pytest.fixture
 def pubsub(redis: fakeredis.FakeRedis):
     subscription = redis.pubsub()
     subscription.subscribe(KEYS.events)

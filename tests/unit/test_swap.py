@@ -1,0 +1,155 @@
+"""Hot swap bookkeeping: a promotion is noticed, then taken between jobs only while a swap slot is held."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from model_store.promotion import promote
+from model_store.store import ModelStore
+from shared.errors import BookrecError
+from shared.keys import QUEUE_RECOMMEND, Keys
+from worker.swap import ModelHolder, SwapSlots
+
+KEYS = Keys()
+
+
+@dataclass
+class FakeRuntime:
+    """Stands in for a loaded ModelRuntime: the holder only reads its version."""
+
+    version: str
+
+
+class Loader:
+    """Records every load; refuses the versions in `broken`."""
+
+    def __init__(self, broken: tuple[str, ...] = ()) -> None:
+        self.loaded: list[str] = []
+        self.broken = broken
+
+    def __call__(self, store: ModelStore, version: str) -> FakeRuntime:
+        if version in self.broken:
+            raise BookrecError(f"{version} is corrupt")
+        self.loaded.append(version)
+        return FakeRuntime(version)
+
+
+@pytest.fixture
+def versions(trained, tmp_path) -> tuple[ModelStore, str, str]:
+    """A store with two versions (copies of the session's trained one), neither in production."""
+    import shutil
+
+    root = tmp_path / "models"
+    root.mkdir()
+    for name in ("v20261128T000000000001Z", "v20261128T000000000002Z"):
+        shutil.copytree(trained.store / trained.version, root / name)
+    return ModelStore(root), "v20261128T000000000001Z", "v20261128T000000000002Z"
+
+
+def serving(store: ModelStore, redis, version: str, loader: Loader, name: str = "w1", slots: int = 1) -> ModelHolder:
+    holder = ModelHolder(store, redis, KEYS, name, [QUEUE_RECOMMEND], loader=loader, slots=slots)
+    holder.current = FakeRuntime(version)
+    return holder
+
+
+def test_a_promotion_is_noticed_and_taken_between_jobs(versions, redis) -> None:
+    store, old, new = versions
+    promote(store, redis, KEYS, old)
+    loader = Loader()
+    holder = serving(store, redis, old, loader)
+    assert holder.swap_if_due() is False and loader.loaded == [], "nothing was due before a promotion"
+
+    promote(store, redis, KEYS, new)
+    assert holder.swap_if_due() is False, "the worker swapped before its watcher noticed the promotion"
+    holder.notice()
+    assert holder.pending_version == new
+    assert holder.swap_if_due() is True
+    assert (holder.version, holder.pending_version, loader.loaded) == (new, None, [new])
+    assert redis.get(KEYS.swap_slot(0)) is None, "the swap slot was not given back"
+
+
+def test_while_every_slot_is_taken_the_worker_keeps_serving_and_retries(versions, redis) -> None:
+    store, old, new = versions
+    promote(store, redis, KEYS, old)
+    loader = Loader()
+    holder = serving(store, redis, old, loader)
+    promote(store, redis, KEYS, new)
+    holder.notice()
+    redis.set(KEYS.swap_slot(0), "another-worker", ex=60)
+
+    assert holder.swap_if_due() is False
+    assert (holder.version, holder.pending_version, loader.loaded) == (old, new, [])
+    redis.delete(KEYS.swap_slot(0))
+    assert holder.swap_if_due() is True and holder.version == new
+
+
+def test_two_slots_let_two_workers_load_at_once_but_not_three(redis) -> None:
+    keys = [KEYS.swap_slot(i) for i in range(2)]
+    first, second, third = (SwapSlots(redis, keys, name) for name in ("w1", "w2", "w3"))
+    assert first.take(0.0) == keys[0]
+    assert second.take(0.0) == keys[1]
+    assert third.take(0.0) is None
+    first.give_back(keys[0])
+    assert third.take(0.0) == keys[0]
+
+
+def test_a_slot_that_expired_and_changed_hands_is_not_released_by_its_old_holder(redis) -> None:
+    key = KEYS.swap_slot(0)
+    slow = SwapSlots(redis, [key], "slow-worker")
+    assert slow.take(0.0) == key
+    redis.set(key, "next-worker", ex=60)  # as if slow-worker's slot expired and next-worker took it
+    slow.give_back(key)
+    assert redis.get(key) == b"next-worker"
+
+
+def test_a_job_that_needs_the_new_version_waits_for_a_slot_then_loads_anyway(versions, redis, monkeypatch) -> None:
+    from worker import swap
+
+    monkeypatch.setattr(swap, "SLOT_WAIT_SECONDS", 0.2)
+    store, old, new = versions
+    promote(store, redis, KEYS, old)
+    holder = serving(store, redis, old, Loader())
+    promote(store, redis, KEYS, new)
+    redis.set(KEYS.swap_slot(0), "stuck-worker", ex=60)
+    assert holder.check() is True and holder.version == new
+    assert redis.get(KEYS.swap_slot(0)) == b"stuck-worker", "it released a slot it did not hold"
+
+
+def test_a_version_that_fails_to_load_is_skipped_and_the_old_one_keeps_serving(versions, redis) -> None:
+    store, old, new = versions
+    promote(store, redis, KEYS, old)
+    loader = Loader(broken=(new,))
+    holder = serving(store, redis, old, loader)
+    promote(store, redis, KEYS, new)
+    holder.notice()
+    assert holder.swap_if_due() is False and holder.version == old
+    holder.notice()
+    assert holder.pending_version is None, "a version that failed to load is due again"
+    assert redis.get(KEYS.swap_slot(0)) is None
+
+
+def test_lost_redis_postpones_the_swap_instead_of_stopping_the_worker(versions, redis, server) -> None:
+    store, old, new = versions
+    promote(store, redis, KEYS, old)
+    holder = serving(store, redis, old, Loader())
+    promote(store, redis, KEYS, new)
+    holder.notice()
+    server.connected = False
+    assert holder.swap_if_due() is False
+    server.connected = True
+    assert holder.pending_version == new and holder.swap_if_due() is True
+
+
+def test_worker_state_names_the_pending_version(versions, redis) -> None:
+    store, old, new = versions
+    promote(store, redis, KEYS, old)
+    holder = serving(store, redis, old, Loader())
+    promote(store, redis, KEYS, new)
+    redis.set(KEYS.swap_slot(0), "another-worker", ex=60)
+    holder.notice()
+    holder.swap_if_due()
+    holder.publish_state()
+    state = redis.hgetall(KEYS.worker("w1"))
+    assert (state[b"version"], state[b"pending_version"]) == (old.encode(), new.encode())
