@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +22,10 @@ from shared.errors import BookrecError
 from shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, Keys
 from shared.redis_conn import connect, ping
 from shared.settings import Settings
+from worker.launch import WorkerProcesses, worker_states
 
 PREFIX = "bench:"
 OWNER_KEY = f"{PREFIX}owner"
-REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -84,12 +82,7 @@ class Service:
 
     def serving_workers(self) -> dict[str, dict[str, str]]:
         """State of each live serving worker process: {name: {"version", "pid", ...}} (a SCAN: not for tight loops)."""
-        states = {}
-        for key in self.client.scan_iter(match=self.keys.worker_pattern, count=1000):
-            state = {k.decode(): v.decode() for k, v in self.client.hgetall(key).items()}
-            if state.get("name"):
-                states[state["name"]] = state
-        return states
+        return {state["name"]: state for state in worker_states(self.client, self.keys)}
 
     def versions(self, names: list[str]) -> list[str | None]:
         """The version each named worker serves (None if it has no state), in one round trip."""
@@ -118,16 +111,12 @@ def _running(owner: str) -> bool:
 
 
 class Pool:
-    """A real `bookrec worker --processes N` supervisor in a subprocess, its output in a log file."""
+    """A real `bookrec worker --processes N` supervisor of this service in a subprocess, its output in a log file."""
 
     def __init__(self, service: Service, processes: int, log: Path, queues: str = f"{QUEUE_RECOMMEND},{QUEUE_REFRESH}",
                  tf_threads: int = 1, **env: str) -> None:
-        self.service, self.processes, self.log, self.queues = service, processes, log, queues
-        with open(log, "ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "producer.cli", "worker", "--queues", queues, "--processes", str(processes)],
-                env=service.env(tf_threads, **env), cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-            )
+        self.service = service
+        self.workers = WorkerProcesses(service.env(tf_threads, **env), queues, processes, log)
 
     def wait_serving(self, version: str, timeout: float = 180.0) -> list[int]:
         """Wait until this pool's processes all serve `version`; return their pids."""
@@ -135,7 +124,7 @@ class Pool:
 
     def wait_listening(self, timeout: float = 180.0) -> list[int]:
         """Wait until this pool's processes are all waiting on its first queue (for a trainer, which loads no model)."""
-        queue = self.service.queue(self.queues.split(",")[0])
+        queue = self.service.queue(self.workers.queues.split(",")[0])
 
         def listening() -> list[int]:
             return [w.pid for w in Worker.all(queue=queue) if w.pid]
@@ -146,20 +135,13 @@ class Pool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             pids = ready()
-            if len(pids) >= self.processes:
+            if len(pids) >= self.workers.processes:
                 return pids
-            if self.process.poll() is not None:
-                raise BookrecError(f"the benchmark's worker supervisor exited with {self.process.returncode}; see {self.log}")
+            if self.workers.exit_code() is not None:
+                raise BookrecError(f"the benchmark's worker supervisor exited with {self.workers.exit_code()}; see {self.workers.log}")
             time.sleep(0.1)
-        raise BookrecError(f"{self.processes} worker processes did not {what} within {timeout:.0f} s; see {self.log}")
+        raise BookrecError(f"{self.workers.processes} worker processes did not {what} within {timeout:.0f} s; see {self.workers.log}")
 
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM the supervisor (each worker finishes its job) and wait; kill it if it hangs."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
+        self.workers.stop(timeout)

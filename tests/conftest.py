@@ -7,8 +7,6 @@ a database of its own that is flushed before and after each test) and real worke
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +14,9 @@ from typing import Iterator
 
 import pytest
 import redis
+
+from shared.keys import Keys
+from worker.launch import WorkerProcesses, worker_states
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -90,43 +91,23 @@ def redis_client() -> Iterator[redis.Redis]:
     client.close()
 
 
-class WorkerPool:
+class WorkerPool(WorkerProcesses):
     """A real `bookrec worker` supervisor in a subprocess."""
 
     def __init__(self, env: dict[str, str], queues: str = "recommend,refresh", processes: int = 2, log: Path | None = None) -> None:
-        self.log = log
-        out = open(log, "wb") if log else subprocess.DEVNULL
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "producer.cli", "worker", "--queues", queues, "--processes", str(processes)],
-            env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-        )
+        super().__init__(env, queues, processes, log)
 
     def wait_ready(self, client: redis.Redis, count: int, version: str | None, timeout: float = 60.0, prefix: str = "bookrec:") -> None:
         """Wait until `count` workers report `version` loaded (any version if None)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            states = [client.hgetall(k) for k in client.scan_iter(match=f"{prefix}worker:*")]
-            loaded = [s for s in states if s.get(b"version") and (version is None or s[b"version"].decode() == version)]
-            if len(loaded) >= count:
+            states = worker_states(client, Keys(prefix))
+            if sum(1 for s in states if s.get("version") and version in (None, s["version"])) >= count:
                 return
-            if self.process.poll() is not None:
-                raise AssertionError(f"worker supervisor exited with {self.process.returncode}; log: {self._tail()}")
+            if self.exit_code() is not None:
+                raise AssertionError(f"worker supervisor exited with {self.exit_code()}; log: {self.log_tail()}")
             time.sleep(0.1)
-        raise AssertionError(f"{count} workers did not load {version} within {timeout} s; log: {self._tail()}")
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM the supervisor and wait for it; return its exit code."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-    def _tail(self) -> str:
-        return self.log.read_text()[-3000:] if self.log and self.log.exists() else "(no log)"
+        raise AssertionError(f"{count} workers did not load {version} within {timeout} s; log: {self.log_tail()}")
 
 
 @pytest.fixture

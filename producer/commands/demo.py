@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,8 @@ from typing import Iterator
 import redis
 
 from producer.commands.common import table
+from shared.keys import Keys
+from worker.launch import WorkerProcesses, worker_states
 
 DEMO_ROOT = Path("var/demo")
 REAL_BOOKS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "goodbooks" / "books.csv"
@@ -101,17 +102,16 @@ def _bookrec(*args: str, env: dict[str, str], **kwargs) -> subprocess.CompletedP
     return subprocess.run([sys.executable, "-m", "producer.cli", *args], env=env, check=True, **kwargs)
 
 
-def _workers(env: dict[str, str], queues: str, processes: int, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "producer.cli", "worker", "--queues", queues, "--processes", str(processes)],
-                            env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+def _workers(env: dict[str, str], queues: str, processes: int, log: Path) -> WorkerProcesses:
+    log.unlink(missing_ok=True)
+    return WorkerProcesses(env, queues, processes, log)
 
 
-def _wait_for_version(client: redis.Redis, prefix: str, version: str, count: int, timeout: float = 120) -> float:
+def _wait_for_version(client: redis.Redis, version: str, count: int, timeout: float = 120) -> float:
     """Seconds until `count` serving workers report `version`."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        states = [client.hgetall(k) for k in client.scan_iter(match=f"{prefix}worker:*")]
-        if sum(1 for s in states if s.get(b"version", b"").decode() == version) >= count:
+        if sum(1 for s in worker_states(client, Keys()) if s.get("version") == version) >= count:
             return time.monotonic() - started
         time.sleep(0.05)
     raise TimeoutError(f"workers did not load {version} within {timeout} s (see {DEMO_ROOT}/workers.log)")
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         workers = _workers({**env, "BOOKREC_TF_THREADS": "1"}, "recommend,refresh", 2, DEMO_ROOT / "workers.log")
         trainer = _workers({**env, "BOOKREC_TF_THREADS": "0"}, "retrain", 1, DEMO_ROOT / "trainer.log")
         stack.callback(_stop, [workers, trainer])
-        print(f"workers ready in {_wait_for_version(client.redis, 'bookrec:', first, 2):.1f} s with model {first}")
+        print(f"workers ready in {_wait_for_version(client.redis, first, 2):.1f} s with model {first}")
 
         _step(f"4. request recommendations for users {', '.join(DEMO_USERS)} and read them back from the cache")
         client.recommend(DEMO_USERS, n=10, wait=True, timeout=60)
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
             served += 1
         result = client.wait([job], timeout=600)[0]
         second = result["version"]
-        swap_s = _wait_for_version(client.redis, "bookrec:", second, 2)
+        swap_s = _wait_for_version(client.redis, second, 2)
         print(f"candidate {second}: {result['decision']['reason']}")
         print(f"every worker serves {second} {swap_s:.1f} s after the retrain finished; {served} recommend jobs ran meanwhile")
         after = client.recommend(["1"], n=10, wait=True, timeout=60)[0]
@@ -193,8 +193,5 @@ def run(args: argparse.Namespace) -> int:
         return 0 if ok else 1
 
 
-def _stop(processes: list[subprocess.Popen]) -> list[int]:
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    return [process.wait(timeout=60) for process in processes]
+def _stop(pools: list[WorkerProcesses]) -> list[int]:
+    return [pool.stop(timeout=60) for pool in pools]
