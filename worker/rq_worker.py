@@ -82,14 +82,16 @@ class BookrecWorker(SimpleWorker):
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> tuple[Job, Queue] | None:
         """RQ's dequeue, in slices of IDLE_SLICE_SECONDS with `between_jobs` run before each (see the class)."""
-        if self.between_jobs is None or timeout is None or max_idle_time is not None:
+        if self.between_jobs is not None:
+            self.between_jobs()
+        if self.between_jobs is None or timeout is None or max_idle_time is not None:  # burst mode: one non-blocking pop
             return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
         while True:
-            self.between_jobs()
             # With max_idle_time, RQ's loop gives up (None) after one BLPOP that found nothing.
             result = super().dequeue_job_and_maintain_ttl(IDLE_SLICE_SECONDS, max_idle_time=IDLE_SLICE_SECONDS)
             if result is not None or self._stop_requested:
                 return result
+            self.between_jobs()
 
     def request_stop(self, signum, frame) -> None:
         """Warm shutdown (finish the current job, then stop), remembered so the process does not resume."""
