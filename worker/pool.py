@@ -3,7 +3,8 @@
 The supervisor itself never imports TensorFlow: each worker is a fresh interpreter
 (`python -m worker.process`), so no process ever forks with TensorFlow loaded. When a worker
 dies mid-job (killed, out of memory), the job it held is handed back to the queue at once
-(see `recover_abandoned`) instead of waiting for RQ's timeout-based cleanup.
+(see `recover_abandoned`) instead of waiting for RQ's timeout-based cleanup, and a swap slot it
+held while loading a model is given back (see `release_swap_slots`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import time
 from dataclasses import dataclass, field
 
 import redis
+
+from shared.keys import Keys
+from worker.swap_slots import SwapSlots
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +51,8 @@ class Supervisor:
     processes: int
     burst: bool = False
     client: redis.Redis | None = None
+    keys: Keys = field(default_factory=Keys)
+    swap_slots: int = 1  # BOOKREC_SWAP_SLOTS: which slot keys a dead worker may have held
     slots: list[Slot] = field(default_factory=list)
     stopping: bool = False
 
@@ -94,6 +100,7 @@ class Supervisor:
                 continue
             logger.warning("supervisor: worker %s exited with code %s; restarting", slot.name, code)
             recover_abandoned(self.client, slot.name)
+            release_swap_slots(self.client, self.keys, self.swap_slots, slot.name)
             slot.backoff = 1.0 if now - slot.started_at > 60 else min(slot.backoff * 2, RESTART_BACKOFF_MAX)
             slot.restarts += 1
             slot.process = None
@@ -145,3 +152,17 @@ def recover_abandoned(client: redis.Redis | None, worker_name: str) -> str | Non
     except redis.exceptions.RedisError as exc:
         logger.warning("supervisor: could not recover the job of %s: %s", worker_name, exc)
         return None
+
+
+def release_swap_slots(client: redis.Redis | None, keys: Keys, count: int, worker_name: str) -> int:
+    """Give back the swap slot a dead worker held (it died loading a model), so the others need not wait for it to expire."""
+    if client is None:
+        return 0
+    try:
+        released = SwapSlots.of(client, keys, count, worker_name).release_all()
+    except redis.exceptions.RedisError as exc:
+        logger.warning("supervisor: could not check the swap slots of %s (they expire on their own): %s", worker_name, exc)
+        return 0
+    if released:
+        logger.warning("supervisor: gave back the swap slot dead worker %s held", worker_name)
+    return released

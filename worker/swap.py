@@ -31,14 +31,13 @@ from model_store.store import ModelStore
 from shared.errors import BookrecError
 from shared.keys import Keys
 from worker.runtime import ModelRuntime
+from worker.swap_slots import SwapSlots
 
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
 HEARTBEAT_TTL = 15
-SLOT_TTL_SECONDS = 60  # a worker that dies while loading frees its swap slot after this long
 SLOT_WAIT_SECONDS = 30  # a job that needs the new version waits this long for a slot, then loads without one
-SLOT_RETRY_SECONDS = 0.05
 
 Loader = Callable[[ModelStore, str], ModelRuntime]
 
@@ -50,7 +49,7 @@ class ModelHolder:
                  loader: Loader = ModelRuntime.load, slots: int = 1) -> None:
         self.store, self.client, self.keys, self.name, self.queues = store, client, keys, name, queues
         self.loader = loader
-        self.slots = SwapSlots(client, [keys.swap_slot(i) for i in range(slots)], name)
+        self.slots = SwapSlots.of(client, keys, slots, name)
         self.current: ModelRuntime | None = None
         self.failed_versions: set[str] = set()
         self._stop = threading.Event()
@@ -182,36 +181,3 @@ def _log_event(message: dict) -> None:
     except (ValueError, TypeError, AttributeError):
         logger.warning("ignored a malformed event on the events channel")
 
-
-class SwapSlots:
-    """A few Redis locks (expiring, owned by one worker name) that bound how many workers load a model at once."""
-
-    def __init__(self, client: redis.Redis, keys: list[str], owner: str) -> None:
-        self.client, self.keys, self.owner = client, keys, owner
-
-    def take(self, wait_s: float) -> str | None:
-        """The key of a slot now held by this worker, or None if none came free within `wait_s` seconds."""
-        deadline = time.monotonic() + wait_s
-        while True:
-            for key in self.keys:
-                if self.client.set(key, self.owner, nx=True, ex=SLOT_TTL_SECONDS):
-                    return key
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            time.sleep(min(SLOT_RETRY_SECONDS, remaining))
-
-    def give_back(self, key: str) -> None:
-        """Release a slot if this worker still holds it (it may have expired and gone to another worker)."""
-        try:
-            with self.client.pipeline() as pipe:
-                pipe.watch(key)
-                held_by = pipe.get(key)
-                if (held_by.decode() if isinstance(held_by, bytes) else held_by) == self.owner:
-                    pipe.multi()
-                    pipe.delete(key)
-                    pipe.execute()
-        except redis.exceptions.WatchError:
-            pass  # the slot changed hands meanwhile: it is no longer ours to release
-        except redis.exceptions.RedisError as exc:
-            logger.warning("could not release swap slot %s (it expires in %d s): %s", key, SLOT_TTL_SECONDS, exc)

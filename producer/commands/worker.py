@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN
+from shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN, Keys
 from shared.logs import setup_logging
 from shared.redis_conn import connect
 from shared.settings import Settings
@@ -54,4 +54,5 @@ def run(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     setup_logging(settings.log_level)
-    return Supervisor(args.queues, args.processes, burst=args.burst, client=connect(settings)).run()
+    return Supervisor(args.queues, args.processes, burst=args.burst, client=connect(settings),
+                      keys=Keys(settings.key_prefix), swap_slots=settings.swap_slots).run()

@@ -211,6 +211,17 @@ def test_a_worker_killed_mid_batch_has_its_job_retried_and_is_restarted(serving:
     assert pid in old_pids and serving.pool.process.poll() is None
 
 
+def test_a_worker_killed_while_holding_a_swap_slot_has_it_given_back_by_its_supervisor(serving: Service) -> None:
+    name, state = next((n, s) for n, s in serving.worker_states().items() if alive(int(s["pid"])))
+    pid = int(state["pid"])
+    serving.redis.set(KEYS.swap_slot(0), name, ex=60)  # what the worker holds while it loads a promoted version
+    log = LogWatch(serving.log)
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: serving.redis.get(KEYS.swap_slot(0)) is None, "the supervisor to give back the dead worker's swap slot", 10)
+    assert len(log.lines(f"gave back the swap slot dead worker {name} held")) == 1
+    live = lambda: serving.serving_pids(serving.store.version)  # noqa: E731
+    wait_for(lambda: pid not in live() and len(live()) == 2, "the supervisor to start a new worker in place of the killed one", 60)
+
 def test_redis_stopped_and_back_empty_workers_resume_without_restart(serving: Service) -> None:
     pids = serving.serving_pids(serving.store.version)
     client = serving.client()

@@ -10,7 +10,8 @@ from model_store.promotion import promote
 from model_store.store import ModelStore
 from shared.errors import BookrecError
 from shared.keys import QUEUE_RECOMMEND, Keys
-from worker.swap import ModelHolder, SwapSlots
+from worker.swap import ModelHolder
+from worker.swap_slots import SwapSlots
 
 KEYS = Keys()
 
@@ -153,3 +154,11 @@ def test_worker_state_names_the_pending_version(versions, redis) -> None:
     holder.publish_state()
     state = redis.hgetall(KEYS.worker("w1"))
     assert (state[b"version"], state[b"pending_version"]) == (old.encode(), new.encode())
+
+
+def test_a_dead_workers_slots_are_given_back_and_no_others(redis) -> None:
+    keys = [KEYS.swap_slot(i) for i in range(2)]
+    assert SwapSlots(redis, keys, "dead-worker").take(0.0) == keys[0]
+    assert SwapSlots(redis, keys, "live-worker").take(0.0) == keys[1]
+    assert SwapSlots.of(redis, KEYS, 2, "dead-worker").release_all() == 1
+    assert (redis.get(keys[0]), redis.get(keys[1])) == (None, b"live-worker")
