@@ -123,36 +123,58 @@ class Supervisor:
 
 
 def recover_abandoned(client: redis.Redis | None, worker_name: str) -> str | None:
-    """Hand the job a dead worker was running back to its queue (RQ retry rules apply); return its id."""
+    """Hand the job a dead worker was running back to its queue (RQ retry rules apply); return its id.
+
+    RQ claims a job in two steps (an entry in the started registry, then the job's status
+    STARTED); a worker killed between them held a job that never started. RQ's cleanup drops
+    such an entry without requeueing the job, so it is put back at the front of its queue here,
+    with no retry spent.
+    """
     if client is None:
         return None
     from rq.registry import StartedJobRegistry
     from rq.serializers import JSONSerializer
     from rq.worker import Worker
 
-    from worker.rq_worker import AllowlistedJob
-
     try:
         dead = Worker.find_by_key(Worker.redis_worker_namespace_prefix + worker_name, connection=client, serializer=JSONSerializer)
         if dead is None:
             return None
         job_id = dead.get_current_job_id()
-        queues = [q.name for q in dead.queues]
         if job_id:
-            for name in queues:
-                registry = StartedJobRegistry(name, connection=client, job_class=AllowlistedJob, serializer=JSONSerializer)
-                entries = [e for e in registry.get_job_and_execution_ids() if e[0] == job_id]
-                for job, execution in entries:
-                    client.zadd(registry.key, {f"{job}:{execution}": 1})  # expired long ago: abandoned now
+            for queue in dead.queues:
+                registry = StartedJobRegistry(queue.name, connection=client, job_class=_job_class(), serializer=JSONSerializer)
+                entries = [f"{job}:{execution}" for job, execution in registry.get_job_and_execution_ids() if job == job_id]
                 if entries:
-                    registry.cleanup()
-                    logger.warning("supervisor: job %s of dead worker %s handed back to queue %s", job_id, worker_name, name)
+                    _hand_back(client, registry, queue.name, job_id, entries)
+                    logger.warning("supervisor: job %s of dead worker %s handed back to queue %s", job_id, worker_name, queue.name)
         dead.register_death()
         return job_id
     except redis.exceptions.RedisError as exc:
         logger.warning("supervisor: could not recover the job of %s: %s", worker_name, exc)
         return None
 
+
+def _job_class() -> type:
+    from worker.rq_worker import AllowlistedJob
+
+    return AllowlistedJob
+
+
+def _hand_back(client: redis.Redis, registry, queue_name: str, job_id: str, entries: list[str]) -> None:
+    """Requeue one abandoned job: through RQ's cleanup (a try spent) if it had started, else straight back to the front."""
+    from rq import Queue
+    from rq.job import JobStatus
+    from rq.serializers import JSONSerializer
+
+    queue = Queue(queue_name, connection=client, job_class=_job_class(), serializer=JSONSerializer)
+    job = queue.fetch_job(job_id)
+    if job is not None and job.get_status() == JobStatus.QUEUED:
+        client.zrem(registry.key, *entries)
+        queue.enqueue_job(job, at_front=True)
+        return
+    client.zadd(registry.key, {entry: 1 for entry in entries})  # expired long ago: abandoned now
+    registry.cleanup()
 
 def release_swap_slots(client: redis.Redis | None, keys: Keys, count: int, worker_name: str) -> int:
     """Give back the swap slot a dead worker held (it died loading a model), so the others need not wait for it to expire."""
