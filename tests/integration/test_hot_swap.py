@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from datetime import datetime, timezone
 
 import pytest
 import redis
-from conftest import TEST_REDIS_URL, TrainedStore, train_tiny
+from conftest import REPO, TEST_REDIS_URL, TrainedStore, train_tiny
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 from rq.results import Result
@@ -166,6 +168,16 @@ def worker_states(client: redis.Redis) -> list[tuple[str, str]]:
     return sorted((s[b"version"].decode(), s.get(b"pending_version", b"").decode()) for s in states)
 
 
+def bookrec_status(env: dict[str, str]) -> dict[str, str]:
+    """What `bookrec status` and `bookrec status --json` print."""
+    outputs = {}
+    for form, flags in (("text", []), ("json", ["--json"])):
+        done = subprocess.run([sys.executable, "-m", "producer.cli", "status", *flags], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        outputs[form] = done.stdout
+    return outputs
+
+
 def wait_until(condition, what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -194,6 +206,9 @@ def test_workers_load_a_promoted_version_only_while_holding_a_swap_slot(fresh_st
     assert {job.latest_result().return_value["model_version"] for job in jobs} == {old}
     assert len({job.worker_name for job in jobs}) == 2, "the jobs did not reach both workers"
     assert worker_states(redis_client) == [(old, new), (old, new)], "a worker loaded without a swap slot"
+    shown = bookrec_status(fresh_store.env())
+    assert [(w["model_version"], w["pending_version"]) for w in json.loads(shown["json"])["workers"]] == [(old, new)] * 2
+    assert shown["text"].count(f"{old} -> {new}") == 2, shown["text"]
 
     redis_client.delete(KEYS.swap_slot(0))
     wait_until(lambda: worker_states(redis_client) == [(new, ""), (new, "")], "both workers swapped once the slot was free")
