@@ -18,6 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from model_store.store import ModelStore, iso, utcnow
 from shared.errors import ModelStoreError, RedisUnavailable
 from shared.keys import Keys
+from shared.redis_conn import text
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def current_version(store: ModelStore, redis: Redis, keys: Keys) -> str | None:
     """The production version from the Redis pointer; if Redis lost it, restore it from the store record."""
     pointer = _call_redis(lambda: redis.get(keys.model_current), "the store record still names the production model")
     if pointer is not None:
-        return _text(pointer)
+        return text(pointer)
     recorded = store.production()
     if recorded is None:
         return None
@@ -72,7 +73,7 @@ def current_version(store: ModelStore, redis: Redis, keys: Keys) -> str | None:
         return recorded
     # Someone set the pointer between our GET and SET NX: theirs is newer.
     pointer = _call_redis(lambda: redis.get(keys.model_current), "the pointer was not read")
-    return recorded if pointer is None else _text(pointer)
+    return recorded if pointer is None else text(pointer)
 
 
 def _announce(redis: Redis, keys: Keys, event: dict) -> None:
@@ -81,8 +82,6 @@ def _announce(redis: Redis, keys: Keys, event: dict) -> None:
     redis.publish(keys.events, json.dumps(event))
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _call_redis(call: Callable[[], _T], consequence: str) -> _T:

@@ -25,7 +25,7 @@ from shared import payloads
 from shared.entries import parse_entry
 from shared.errors import JobFailed, RetrainRunning, Timeout
 from shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN, Keys
-from shared.redis_conn import CONNECTION_ERRORS, connect, unavailable
+from shared.redis_conn import CONNECTION_ERRORS, connect, text, unavailable
 from shared.settings import Settings, redact_url
 
 RECOMMEND_JOB = "worker.jobs.recommend"
@@ -102,8 +102,7 @@ class Client:
         if raw is None:
             return None
         entry = parse_entry(raw)
-        current = current.decode() if isinstance(current, bytes) else current
-        return CachedRecommendations(entry, entry.get("model_version") == current)
+        return CachedRecommendations(entry, entry.get("model_version") == text(current))
 
     def refresh(self, start: int | None = None, stop: int | None = None, n: int = 10) -> Job:
         """Enqueue a refresh of every known user's entry (or users[start:stop]); returns the refresh job."""
@@ -141,8 +140,7 @@ class Client:
     def _take_retrain_lock(self, job_id: str) -> str | None:
         if self.redis.set(self.keys.retrain_lock, job_id, nx=True, ex=self.settings.retrain_lock_ttl):
             return None
-        holder = self.redis.get(self.keys.retrain_lock)
-        return holder.decode() if isinstance(holder, bytes) else (holder or "unknown")
+        return text(self.redis.get(self.keys.retrain_lock)) or "unknown"
 
     def promote(self, version: str, reason: str = "manual") -> dict[str, Any]:
         """Put a stored version in production (store record, pointer, event) and schedule a refresh of every

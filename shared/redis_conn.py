@@ -51,3 +51,26 @@ def ping(client: redis.Redis, settings: Settings) -> None:
         raise unavailable(settings, exc) from None
     except redis.exceptions.ResponseError as exc:
         raise RedisUnavailable(f"Redis at {redact_url(settings.redis_url)} refused the connection ({exc})") from None
+
+
+def text(value: bytes | str | None) -> str | None:
+    """A Redis reply as text (bookrec's clients do not decode replies)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def delete_if_held(client: redis.Redis, key: str, owner: str) -> bool:
+    """Delete the lock `key` if its value is still `owner`, atomically (WATCH); True if it was deleted.
+
+    False if another owner holds it or it changed hands meanwhile; other Redis errors propagate.
+    """
+    with client.pipeline() as pipe:
+        try:
+            pipe.watch(key)
+            if text(pipe.get(key)) != owner:
+                return False
+            pipe.multi()
+            pipe.delete(key)
+            pipe.execute()
+            return True
+        except redis.exceptions.WatchError:
+            return False

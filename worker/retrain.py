@@ -14,6 +14,7 @@ from rq.serializers import JSONSerializer
 from model_store.promotion import promote
 from shared.errors import RetrainRunning
 from shared.keys import QUEUE_REFRESH
+from shared.redis_conn import delete_if_held, text
 from worker import gate
 from worker.context import WorkerContext
 from worker.pipeline import TrainRequest, train_version
@@ -26,8 +27,7 @@ def acquire_lock(ctx: WorkerContext, job_id: str) -> None:
     key = ctx.keys.retrain_lock
     if ctx.client.set(key, job_id, nx=True, ex=ctx.settings.retrain_lock_ttl):
         return
-    holder = ctx.client.get(key)
-    holder = holder.decode() if isinstance(holder, bytes) else holder
+    holder = text(ctx.client.get(key))
     if holder not in (None, job_id):
         raise RetrainRunning(holder)
     ctx.client.set(key, job_id, ex=ctx.settings.retrain_lock_ttl)
@@ -35,17 +35,10 @@ def acquire_lock(ctx: WorkerContext, job_id: str) -> None:
 
 def release_lock(ctx: WorkerContext, job_id: str) -> None:
     """Release the retrain lock if `job_id` still holds it."""
-    key = ctx.keys.retrain_lock
-    with ctx.client.pipeline() as pipe:
-        try:
-            pipe.watch(key)
-            holder = pipe.get(key)
-            if (holder.decode() if isinstance(holder, bytes) else holder) == job_id:
-                pipe.multi()
-                pipe.delete(key)
-                pipe.execute()
-        except Exception:  # redis WatchError: someone else changed it, so it is not ours to delete
-            logger.debug("retrain lock changed hands; not released by %s", job_id)
+    try:
+        delete_if_held(ctx.client, ctx.keys.retrain_lock, job_id)
+    except Exception:  # Redis gone: the lock expires on its own
+        logger.debug("retrain lock not released by %s", job_id)
 
 
 class _Progress:

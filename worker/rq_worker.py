@@ -13,8 +13,8 @@ from typing import Callable
 from redis.client import Pipeline
 from rq import worker_registration
 from rq.job import Job
-from rq.serializers import JSONSerializer
 from rq.queue import Queue
+from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
 from worker.jobs import ALLOWED_JOBS

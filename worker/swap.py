@@ -180,4 +180,3 @@ def _log_event(message: dict) -> None:
         logger.info("event: %s", event.get("event"))
     except (ValueError, TypeError, AttributeError):
         logger.warning("ignored a malformed event on the events channel")
-

@@ -13,6 +13,7 @@ import time
 import redis
 
 from shared.keys import Keys
+from shared.redis_conn import delete_if_held
 
 logger = logging.getLogger(__name__)
 
@@ -43,27 +44,14 @@ class SwapSlots:
                 return None
             time.sleep(min(SLOT_RETRY_SECONDS, remaining))
 
-    def give_back(self, key: str) -> None:
-        """Release a slot if this worker still holds it (it may have expired and gone to another worker)."""
+    def give_back(self, key: str) -> bool:
+        """Release a slot if this worker still holds it (it may have expired and gone to another worker); True if released."""
         try:
-            with self.client.pipeline() as pipe:
-                pipe.watch(key)
-                if _text(pipe.get(key)) == self.owner:
-                    pipe.multi()
-                    pipe.delete(key)
-                    pipe.execute()
-        except redis.exceptions.WatchError:
-            pass  # the slot changed hands meanwhile: it is no longer ours to release
+            return delete_if_held(self.client, key, self.owner)
         except redis.exceptions.RedisError as exc:
             logger.warning("could not release swap slot %s (it expires in %d s): %s", key, SLOT_TTL_SECONDS, exc)
+            return False
 
     def release_all(self) -> int:
         """Give back every slot `owner` holds (its supervisor does this when the worker dies); return how many."""
-        held = [key for key in self.keys if _text(self.client.get(key)) == self.owner]
-        for key in held:
-            self.give_back(key)
-        return len(held)
-
-
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
+        return sum(self.give_back(key) for key in self.keys)

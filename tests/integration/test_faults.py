@@ -37,6 +37,7 @@ from shared.keys import QUEUE_RECOMMEND, QUEUE_RETRAIN, Keys
 from shared.settings import Settings
 from tests.conftest import REPO, TrainedStore, WorkerPool
 from tests.integration.redis_server import RedisServer
+from worker import launch
 
 pytestmark = pytest.mark.integration
 
@@ -62,12 +63,7 @@ class Service:
 
     def worker_states(self) -> dict[str, dict[str, str]]:
         """{worker name: its published state (version, pid, ...)} of the serving workers."""
-        states = {}
-        for key in self.redis.scan_iter(match=KEYS.worker_pattern):
-            state = {k.decode(): v.decode() for k, v in self.redis.hgetall(key).items()}
-            if state.get("version"):
-                states[state["name"]] = state
-        return states
+        return {state["name"]: state for state in launch.worker_states(self.redis, KEYS) if state.get("version")}
 
     def serving_pids(self, version: str) -> set[int]:
         """Pids of the live serving workers that have `version` loaded (a killed one's state lingers up to 15 s)."""

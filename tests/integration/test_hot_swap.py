@@ -19,7 +19,6 @@ from datetime import datetime, timezone
 
 import pytest
 import redis
-from conftest import REPO, TEST_REDIS_URL, TrainedStore, train_tiny
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 from rq.results import Result
@@ -30,6 +29,8 @@ from model_store.store import ModelStore
 from producer import Client
 from shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, Keys
 from shared.settings import Settings
+from tests.conftest import REPO, TEST_REDIS_URL, TrainedStore, train_tiny
+from worker import launch
 
 pytestmark = pytest.mark.integration
 
@@ -90,7 +91,7 @@ class Stream(threading.Thread):
 
 
 def worker_versions(client: redis.Redis) -> list[str]:
-    return [client.hget(key, "version").decode() for key in client.scan_iter(match=KEYS.worker_pattern)]
+    return [state["version"] for state in launch.worker_states(client, KEYS)]
 
 
 def wait_for_swap(client: redis.Redis, old: str, new: str, warm: list[str], timeout: float = 30.0) -> None:
@@ -164,8 +165,7 @@ def test_promotion_under_a_stream_of_recommend_jobs(fresh_store: TrainedStore, r
 
 def worker_states(client: redis.Redis) -> list[tuple[str, str]]:
     """(version served, version pending) of each live worker."""
-    states = [client.hgetall(key) for key in client.scan_iter(match=KEYS.worker_pattern)]
-    return sorted((s[b"version"].decode(), s.get(b"pending_version", b"").decode()) for s in states)
+    return sorted((state["version"], state.get("pending_version", "")) for state in launch.worker_states(client, KEYS))
 
 
 def bookrec_status(env: dict[str, str]) -> dict[str, str]:

@@ -12,7 +12,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import redis
-from conftest import REPO, TEST_REDIS_URL, TrainedStore, WorkerPool
 from rq import Queue
 from rq.job import JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
@@ -24,6 +23,7 @@ from producer import Client
 from shared.errors import JobFailed, RetrainRunning
 from shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, Keys
 from shared.settings import Settings
+from tests.conftest import REPO, TEST_REDIS_URL, TrainedStore, WorkerPool
 
 pytestmark = pytest.mark.integration
 
