@@ -38,7 +38,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN --mount=type=bind,target=/src,rw \
     --mount=type=cache,target=/root/.cache/pip \
     python -m venv /opt/bookrec \
- && /opt/bookrec/bin/pip install /src
+ && /opt/bookrec/bin/pip install '/src[worker]'
 
 # Where `bookrec` keeps models and data inside the container (docker-compose.yml mounts the
 # shared `bookrec-data` volume at /var/lib/bookrec).

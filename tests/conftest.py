@@ -15,8 +15,9 @@ from typing import Iterator
 import pytest
 import redis
 
-from shared.keys import Keys
-from worker.launch import WorkerProcesses, worker_states
+from bookrec.shared.keys import Keys
+from bookrec.shared.worker_state import read_all as worker_states
+from bookrec.worker.serve.launch import WorkerProcesses
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -43,7 +44,7 @@ class TrainedStore:
 
 def synth_small(out: Path, users: int = 300, books: int = 200, ratings: int = 6000, seed: int = 0) -> Path:
     """Write a tiny goodbooks-shaped catalogue (real titles) into `out`."""
-    from shared.synth import synthesise
+    from bookrec.worker.learn.synth import synthesise
 
     synthesise(out, users=users, books=books, ratings=ratings, seed=seed, books_from=GOODBOOKS_BOOKS if GOODBOOKS_BOOKS.exists() else None)
     return out
@@ -51,8 +52,8 @@ def synth_small(out: Path, users: int = 300, books: int = 200, ratings: int = 60
 
 def train_tiny(store: Path, data_dir: Path, kind: str = "mult-dae", seed: int = 0) -> str:
     """Train a small, fast model version into `store`; return its id."""
-    from model_store.store import ModelStore
-    from worker.pipeline import TrainRequest, train_version
+    from bookrec.model_store.store import ModelStore
+    from bookrec.worker.learn.pipeline import TrainRequest, train_version
 
     params = {"steps": 60} if kind == "mult-dae" else {"epochs": 3}
     request = TrainRequest(ratings=data_dir / "ratings.csv", books=data_dir / "books.csv", kind=kind, params=params, seed=seed)

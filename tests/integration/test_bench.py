@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.catalogue import Size, prepare
-from model_store.store import ModelStore
-from bench.figures import FIGURES, HEADERS, Report, markdown
-from bench.harness import Config, run
-from producer.commands.bench import with_db
+from bookrec.bench.catalogue import Size, prepare
+from bookrec.bench.figures import FIGURES, HEADERS, Report, markdown
+from bookrec.bench.harness import Config, run
+from bookrec.bench.service import with_db
+from bookrec.model_store.store import ModelStore
 from tests.conftest import GOODBOOKS_BOOKS, TEST_REDIS_URL
 
 TINY = Size("tiny", users=300, books=200, ratings=6000)
@@ -109,8 +109,8 @@ def test_bench_database_replaces_the_one_in_the_url() -> None:
 
 @pytest.mark.integration
 def test_claim_refuses_a_database_holding_other_keys_or_in_use(redis_client, tmp_path: Path) -> None:
-    from bench.service import Service
-    from shared.errors import BookrecError
+    from bookrec.bench.service import Service
+    from bookrec.shared.errors import BookrecError
 
     redis_client.set("someone:else", "1")
     with pytest.raises(BookrecError, match="not the benchmark's"):

@@ -29,15 +29,15 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.worker import Worker
 
-from model_store.promotion import promote
-from model_store.store import METADATA, ModelStore
-from producer import Client
-from shared.errors import CorruptVersion, JobFailed, RedisUnavailable
-from shared.keys import QUEUE_RECOMMEND, QUEUE_RETRAIN, Keys
-from shared.settings import Settings
+from bookrec.model_store.promotion import promote
+from bookrec.model_store.store import METADATA, ModelStore
+from bookrec.producer import Client
+from bookrec.shared import worker_state
+from bookrec.shared.errors import CorruptVersion, JobFailed, RedisUnavailable
+from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_RETRAIN, Keys
+from bookrec.shared.settings import Settings
 from tests.conftest import REPO, TrainedStore, WorkerPool
 from tests.integration.redis_server import RedisServer
-from worker import launch
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +63,7 @@ class Service:
 
     def worker_states(self) -> dict[str, dict[str, str]]:
         """{worker name: its published state (version, pid, ...)} of the serving workers."""
-        return {state["name"]: state for state in launch.worker_states(self.redis, KEYS) if state.get("version")}
+        return {state["name"]: state for state in worker_state.read_all(self.redis, KEYS) if state.get("version")}
 
     def serving_pids(self, version: str) -> set[int]:
         """Pids of the live serving workers that have `version` loaded (a killed one's state lingers up to 15 s)."""
@@ -235,7 +235,7 @@ def test_redis_stopped_and_back_empty_workers_resume_without_restart(serving: Se
         with pytest.raises(RedisUnavailable, match=re.escape(f"Redis at {serving.server.url()} did not answer")):
             call()
     assert time.monotonic() - started < 15  # fail fast: three calls, a few short connection retries each
-    cli = subprocess.run([sys.executable, "-m", "producer.cli", "recommend", "3"], env=serving.env, cwd=REPO, capture_output=True, text=True)
+    cli = subprocess.run([sys.executable, "-m", "bookrec.cli", "recommend", "3"], env=serving.env, cwd=REPO, capture_output=True, text=True)
     assert cli.returncode == 4 and cli.stdout == ""
     assert cli.stderr.startswith("bookrec: error: Redis at") and len(cli.stderr.strip().splitlines()) == 1
 

@@ -24,13 +24,13 @@ from rq.registry import FailedJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
-from model_store.promotion import promote
-from model_store.store import ModelStore
-from producer import Client
-from shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, Keys
-from shared.settings import Settings
+from bookrec.model_store.promotion import promote
+from bookrec.model_store.store import ModelStore
+from bookrec.producer import Client
+from bookrec.shared import worker_state
+from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, Keys
+from bookrec.shared.settings import Settings
 from tests.conftest import REPO, TEST_REDIS_URL, TrainedStore, train_tiny
-from worker import launch
 
 pytestmark = pytest.mark.integration
 
@@ -91,7 +91,7 @@ class Stream(threading.Thread):
 
 
 def worker_versions(client: redis.Redis) -> list[str]:
-    return [state["version"] for state in launch.worker_states(client, KEYS)]
+    return [state["version"] for state in worker_state.read_all(client, KEYS)]
 
 
 def wait_for_swap(client: redis.Redis, old: str, new: str, warm: list[str], timeout: float = 30.0) -> None:
@@ -165,14 +165,14 @@ def test_promotion_under_a_stream_of_recommend_jobs(fresh_store: TrainedStore, r
 
 def worker_states(client: redis.Redis) -> list[tuple[str, str]]:
     """(version served, version pending) of each live worker."""
-    return sorted((state["version"], state.get("pending_version", "")) for state in launch.worker_states(client, KEYS))
+    return sorted((state["version"], state.get("pending_version", "")) for state in worker_state.read_all(client, KEYS))
 
 
 def bookrec_status(env: dict[str, str]) -> dict[str, str]:
     """What `bookrec status` and `bookrec status --json` print."""
     outputs = {}
     for form, flags in (("text", []), ("json", ["--json"])):
-        done = subprocess.run([sys.executable, "-m", "producer.cli", "status", *flags], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+        done = subprocess.run([sys.executable, "-m", "bookrec.cli", "status", *flags], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         outputs[form] = done.stdout
     return outputs

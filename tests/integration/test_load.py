@@ -1,4 +1,4 @@
-"""A short version of the load run (`python -m bench.load`, 100,000 jobs, in docs/faults.md): 2,000 single-user
+"""A short version of the load run (`python -m bookrec.bench.load`, 100,000 jobs, in docs/faults.md): 2,000 single-user
 recommend jobs through 2 real worker processes on a private Redis, each followed to its end."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from typing import Iterator
 
 import pytest
 
-from bench import load
-from bench.service import Pool, Service
-from model_store.store import ModelStore
+from bookrec.bench import load
+from bookrec.bench.service import Pool, Service
+from bookrec.model_store.store import ModelStore
 from tests.conftest import TrainedStore
 from tests.integration.redis_server import RedisServer
 

@@ -26,12 +26,12 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from model_store.promotion import promote
-from model_store.store import ModelStore
-from producer import Client
-from shared.errors import RedisUnavailable
-from shared.keys import QUEUE_RECOMMEND, Keys
-from shared.settings import Settings
+from bookrec.model_store.promotion import promote
+from bookrec.model_store.store import ModelStore
+from bookrec.producer import Client
+from bookrec.shared.errors import RedisUnavailable
+from bookrec.shared.keys import QUEUE_RECOMMEND, Keys
+from bookrec.shared.settings import Settings
 from tests.conftest import REPO, TrainedStore, WorkerPool
 from tests.integration.redis_server import RedisServer, free_port, make_certificates
 
@@ -127,10 +127,10 @@ def test_wrong_or_missing_credentials_are_one_clear_error_without_the_password(a
 def test_no_secret_in_logs_status_or_job_data(acl: Served) -> None:
     client = acl.client()
     client.recommend([4, 5], wait=True, timeout=30)
-    status_json = subprocess.run([sys.executable, "-m", "producer.cli", "status", "--json"], env=acl.env, cwd=REPO, capture_output=True, text=True)
-    status_text = subprocess.run([sys.executable, "-m", "producer.cli", "status"], env=acl.env, cwd=REPO, capture_output=True, text=True)
+    status_json = subprocess.run([sys.executable, "-m", "bookrec.cli", "status", "--json"], env=acl.env, cwd=REPO, capture_output=True, text=True)
+    status_text = subprocess.run([sys.executable, "-m", "bookrec.cli", "status"], env=acl.env, cwd=REPO, capture_output=True, text=True)
     down = {**acl.env, "BOOKREC_REDIS_URL": f"redis://{USER}:{USER_PASSWORD}@127.0.0.1:{free_port()}/0"}
-    unreachable = subprocess.run([sys.executable, "-m", "producer.cli", "recommend", "1"], env=down, cwd=REPO, capture_output=True, text=True)
+    unreachable = subprocess.run([sys.executable, "-m", "bookrec.cli", "recommend", "1"], env=down, cwd=REPO, capture_output=True, text=True)
     job_data = [json.dumps({k.decode(): v.decode(errors="replace") for k, v in acl.admin.hgetall(key).items()})
                 for key in acl.admin.scan_iter(match="rq:job:*")]
 

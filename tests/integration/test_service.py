@@ -17,12 +17,12 @@ from rq.job import JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from model_store.promotion import promote
-from model_store.store import ModelStore
-from producer import Client
-from shared.errors import JobFailed, RetrainRunning
-from shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, Keys
-from shared.settings import Settings
+from bookrec.model_store.promotion import promote
+from bookrec.model_store.store import ModelStore
+from bookrec.producer import Client
+from bookrec.shared.errors import JobFailed, RetrainRunning
+from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, Keys
+from bookrec.shared.settings import Settings
 from tests.conftest import REPO, TEST_REDIS_URL, TrainedStore, WorkerPool
 
 pytestmark = pytest.mark.integration
@@ -92,7 +92,7 @@ def test_status_json_describes_workers_queues_production_cache_and_failures(fres
         client.wait([bad], timeout=TIMEOUT)
     retrain = client.retrain()  # no trainer runs, so it stays queued
 
-    result = subprocess.run([sys.executable, "-m", "producer.cli", "status", "--json"], env=fresh_store.env(), cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "bookrec.cli", "status", "--json"], env=fresh_store.env(), cwd=REPO,
                             capture_output=True, text=True, timeout=TIMEOUT)
 
     assert result.returncode == 0, result.stderr

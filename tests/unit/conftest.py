@@ -5,12 +5,12 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from model_store.store import ModelStore
-from shared.keys import Keys
-from shared.settings import Settings
-from worker import context
-from worker.runtime import ModelRuntime
-from worker.swap import ModelHolder
+from bookrec.model_store.store import ModelStore
+from bookrec.shared.keys import Keys
+from bookrec.shared.settings import Settings
+from bookrec.worker.serve import context
+from bookrec.worker.serve.runtime import ModelRuntime
+from bookrec.worker.serve.swap import ModelHolder
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ from rq.serializers import JSONSerializer
 from rq.utils import import_attribute
 from rq.worker import SimpleWorker
 
-from shared.keys import QUEUE_RECOMMEND
-from worker.rq_worker import BookrecWorker
-from worker.runtime import ModelRuntime
+from bookrec.shared.keys import QUEUE_RECOMMEND
+from bookrec.worker.serve.rq_worker import BookrecWorker
+from bookrec.worker.serve.runtime import ModelRuntime
 from tests.unit.conftest import install_context
 
 HELPER = f"{__name__}.create_file"
@@ -97,12 +97,13 @@ def test_an_allowed_job_after_a_refused_one_still_succeeds(redis, queue: Queue, 
 @pytest.mark.parametrize(("kind", "n", "status"), [("on_success", 3, JobStatus.FINISHED), ("on_failure", 0, JobStatus.FAILED)])
 def test_callbacks_never_run(redis, queue: Queue, tmp_path: Path, kind: str, n: int, status: JobStatus) -> None:
     marker = tmp_path / "callback"
-    enqueue = lambda: queue.enqueue("worker.jobs.recommend", [1], n=n, meta={"marker": str(marker)}, **{kind: Callback(CALLBACK)})  # noqa: E731
-    enqueue()
+    # A plain RQ worker imports the function by its module path; bookrec's runs it by its public name.
+    enqueue = lambda name: queue.enqueue(name, [1], n=n, meta={"marker": str(marker)}, **{kind: Callback(CALLBACK)})  # noqa: E731
+    enqueue("bookrec.worker.jobs.recommend")
     SimpleWorker([queue], connection=redis, serializer=JSONSerializer).work(burst=True, with_scheduler=False)
     assert marker.exists(), "control: a plain RQ worker runs the callback"
     marker.unlink()
-    job = enqueue()
+    job = enqueue("worker.jobs.recommend")
 
     run_burst(redis)
 

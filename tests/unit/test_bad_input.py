@@ -1,4 +1,4 @@
-"""Bad input at every public entry: the CLI, `producer.Client`, and job arguments as they arrive from Redis.
+"""Bad input at every public entry: the CLI, `bookrec.producer.Client`, and job arguments as they arrive from Redis.
 
 Each bad input gets one error that names the problem (a non-zero exit and one line for the CLI),
 nothing is enqueued or locked by a refused call, and a bad id never poisons the rest of its batch:
@@ -22,17 +22,18 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-import producer.client
-from model_store.store import ModelStore
-from producer import Client, cli
-from shared.errors import ValidationError
-from shared.keys import QUEUE_RECOMMEND, QUEUE_RETRAIN, Keys
-from shared.settings import Settings
+import bookrec.producer.client
+from bookrec import cli
+from bookrec.model_store.store import ModelStore
+from bookrec.producer import Client
+from bookrec.shared.errors import ValidationError
+from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_RETRAIN, Keys
+from bookrec.shared.settings import Settings
+from bookrec.worker.serve import context
+from bookrec.worker.serve.rq_worker import BookrecWorker
+from bookrec.worker.serve.runtime import ModelRuntime
+from bookrec.worker.serve.swap import ModelHolder
 from tests.conftest import REPO, TrainedStore
-from worker import context
-from worker.rq_worker import BookrecWorker
-from worker.runtime import ModelRuntime
-from worker.swap import ModelHolder
 
 KEYS = Keys()
 MILLION = 10**6
@@ -56,13 +57,13 @@ def data_dir(trained: TrainedStore, tmp_path_factory: pytest.TempPathFactory) ->
     return root / "data"
 
 
-# ---------------------------------------------------------------- producer.Client
+# ---------------------------------------------------------------- bookrec.producer.Client
 
 
 @pytest.fixture
 def client_redis(redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch) -> fakeredis.FakeRedis:
     """The fakeredis every Client built in the test talks to."""
-    monkeypatch.setattr(producer.client, "connect", lambda settings: redis)
+    monkeypatch.setattr(bookrec.producer.client, "connect", lambda settings: redis)
     return redis
 
 
@@ -137,7 +138,7 @@ def test_the_cli_exits_non_zero_with_one_line_naming_the_problem(case: str, data
 
 def test_training_on_a_books_file_without_its_columns_exits_2_naming_them(data_dir: Path, tmp_path: Path) -> None:
     env = {**os.environ, "BOOKREC_MODEL_STORE": str(tmp_path / "models"), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, "-m", "producer.cli", "train", "--ratings", str(data_dir / "ratings.csv"),
+    done = subprocess.run([sys.executable, "-m", "bookrec.cli", "train", "--ratings", str(data_dir / "ratings.csv"),
                            "--books", str(data_dir / "no_columns_books.csv")], env=env, cwd=REPO, capture_output=True, text=True)
 
     assert done.returncode == 2 and done.stdout == ""
@@ -164,7 +165,7 @@ def worker_redis(trained: TrainedStore, runtime: ModelRuntime, redis: fakeredis.
 
 def run_from_redis(redis: fakeredis.FakeRedis, queue: str, func: str, kwargs: dict, lock: bool = False) -> Job:
     """Enqueue `func(**kwargs)` as JSON (as any producer could) and run a real worker over it; with `lock`, hold
-    the retrain lock for the job first, as producer.Client does."""
+    the retrain lock for the job first, as bookrec.producer.Client does."""
     job = Queue(queue, connection=redis, serializer=JSONSerializer).create_job(func, kwargs=kwargs)
     if lock:
         redis.set(KEYS.retrain_lock, job.id, ex=600)
@@ -203,9 +204,9 @@ def test_a_recommend_job_with_bad_arguments_fails_naming_them_and_caches_nothing
 
 
 def test_an_unknown_job_name_is_refused_by_name(worker_redis: fakeredis.FakeRedis) -> None:
-    job = run_from_redis(worker_redis, QUEUE_RECOMMEND, "worker.jobs.recommend_all", {})
+    job = run_from_redis(worker_redis, QUEUE_RECOMMEND, "bookrec.worker.jobs.recommend_all", {})
 
-    assert "JobNotAllowed: refused to run 'worker.jobs.recommend_all'" in failure(job)
+    assert "JobNotAllowed: refused to run 'bookrec.worker.jobs.recommend_all'" in failure(job)
 
 
 def test_a_batch_with_bad_ids_serves_the_good_ones_and_lists_the_bad(worker_redis: fakeredis.FakeRedis, trained: TrainedStore) -> None:

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from shared.errors import ValidationError
-from worker.data import Interactions, UserItems
-from worker.evaluation.baselines import BiasBaseline, GlobalMean, Popularity, top_k_from_scores
-from worker.evaluation.metrics import rating_metrics
+from bookrec.shared.errors import ValidationError
+from bookrec.worker.learn.data import Interactions, UserItems
+from bookrec.worker.learn.evaluation.baselines import BiasBaseline, GlobalMean, Popularity, top_k_from_scores
+from bookrec.worker.learn.evaluation.metrics import rating_metrics
 
 
 def interactions(users, items, ratings, n_users=None, n_items=None) -> Interactions:

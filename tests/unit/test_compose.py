@@ -20,7 +20,7 @@ import pytest
 import yaml
 from redis.connection import parse_url
 
-from producer.cli import build_parser
+from bookrec.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

@@ -1,4 +1,4 @@
-"""Reading ratings and books files (`shared.datasets`) and `bookrec data inspect`."""
+"""Reading ratings and books files (`bookrec.worker.learn.datasets`) and `bookrec data inspect`."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from producer.cli import main
-from shared.datasets import ReadOptions, add_read_options, fingerprint, read_books, read_ratings
-from shared.errors import DataError
+from bookrec.cli import main
+from bookrec.shared.errors import DataError
+from bookrec.worker.learn.datasets import fingerprint, read_books, read_ratings
+from bookrec.worker.learn.inputs import ReadOptions, add_read_options
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
@@ -103,7 +104,7 @@ def test_duplicate_pairs_keep_the_last_rating_and_are_counted(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = write(tmp_path / "r.csv", "user_id,book_id,rating\n1,5,1\n2,5,4\n1,5,2\n1,6,3\n1,5,5\n")
-    with caplog.at_level(logging.WARNING, logger="shared.datasets"):
+    with caplog.at_level(logging.WARNING, logger="bookrec.worker.learn.datasets"):
         data = read_ratings(path)
     assert rows(data.frame) == [("2", "5", 4.0), ("1", "6", 3.0), ("1", "5", 5.0)]
     assert data.duplicates_dropped == 2

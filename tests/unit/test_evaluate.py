@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared.errors import ValidationError
-from worker.data import IdMap, Interactions, UserItems
-from worker.evaluation.baselines import BiasBaseline, GlobalMean, Popularity
-from worker.evaluation.evaluate import evaluate, evaluate_with_baselines
-from worker.evaluation.splits import split_ratings
+from bookrec.shared.errors import ValidationError
+from bookrec.worker.learn.data import IdMap, Interactions, UserItems
+from bookrec.worker.learn.evaluation.baselines import BiasBaseline, GlobalMean, Popularity
+from bookrec.worker.learn.evaluation.evaluate import evaluate, evaluate_with_baselines
+from bookrec.worker.learn.evaluation.splits import split_ratings
 
 MOVIELENS = Path("/work/shared/data/movielens/ml-latest-small/ratings.csv")
 

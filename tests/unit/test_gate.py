@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from model_store.store import ModelStore
-from shared.datasets import read_ratings
+from bookrec.model_store.store import ModelStore
+from bookrec.worker.learn.data import IdMap, Interactions
+from bookrec.worker.learn.datasets import read_ratings
+from bookrec.worker.learn.gate import decide, production_metrics
+from bookrec.worker.learn.pipeline import Split, TrainRequest, make_split
 from tests.conftest import TrainedStore
-from worker.data import IdMap, Interactions
-from worker.gate import decide, production_metrics
-from worker.pipeline import Split, TrainRequest, make_split
 
 
 def test_a_candidate_worse_on_ndcg_is_rejected_and_no_worse_is_promoted() -> None:

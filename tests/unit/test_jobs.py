@@ -12,11 +12,12 @@ import pytest
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from shared.entries import ENTRY_FIELDS, ITEM_FIELDS
-from shared.errors import ValidationError
-from shared.keys import QUEUE_REFRESH, Keys
-from worker import context, jobs
-from worker.runtime import ModelRuntime
+from bookrec.shared.entries import ENTRY_FIELDS, ITEM_FIELDS
+from bookrec.shared.errors import ValidationError
+from bookrec.shared.keys import QUEUE_REFRESH, Keys
+from bookrec.worker import jobs
+from bookrec.worker.serve import context
+from bookrec.worker.serve.runtime import ModelRuntime
 from tests.unit.conftest import install_context
 
 CACHE_TTL = 1234
@@ -143,7 +144,7 @@ def test_refresh_fans_out_json_chunks_covering_every_user_once(redis: fakeredis.
     assert summary == {"refresh_id": summary["refresh_id"], "users": len(users), "chunks": len(queued), "model_version": trained.version}
     assert all(len(job.kwargs["user_ids"]) <= 128 and job.kwargs["model_version"] == trained.version for job in queued)
     raw = zlib.decompress(redis.hget(queued[0].key, "data"))
-    assert json.loads(raw)[0] == jobs.RECOMMEND
+    assert json.loads(raw)[0] == "worker.jobs.recommend"  # the public name, not the module path
 
     for job in queued:
         jobs.recommend(**job.kwargs)

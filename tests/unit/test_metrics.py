@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from shared.errors import ValidationError
-from worker.data import UserItems
-from worker.evaluation.baselines import top_k_from_scores
-from worker.evaluation.metrics import ranking_metrics, rating_metrics
+from bookrec.shared.errors import ValidationError
+from bookrec.worker.learn.data import UserItems
+from bookrec.worker.learn.evaluation.baselines import top_k_from_scores
+from bookrec.worker.learn.evaluation.metrics import ranking_metrics, rating_metrics
 
 LOG2_3 = math.log2(3)
 

@@ -1,4 +1,4 @@
-"""`bookrec models ...` through `producer.cli.main`, with the store in tmp_path and Redis faked."""
+"""`bookrec models ...` through `bookrec.cli.main`, with the store in tmp_path and Redis faked."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from pathlib import Path
 import fakeredis
 import pytest
 
-from model_store.plot import plot_version
-from model_store.store import ModelStore
-from producer.cli import main
-from producer.commands import models as models_command
-from shared.errors import ValidationError
-from shared.keys import Keys
+from bookrec.cli import main
+from bookrec.commands import models as models_command
+from bookrec.model_store.store import ModelStore
+from bookrec.plot import plot_version
+from bookrec.shared.errors import ValidationError
+from bookrec.shared.keys import Keys
 
 KEYS = Keys("t:")
 UNKNOWN = "v20990101T000000000000Z"

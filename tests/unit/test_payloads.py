@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared import payloads
-from shared.errors import ValidationError
+from bookrec.shared import payloads
+from bookrec.shared.errors import ValidationError
 
 
 @pytest.mark.parametrize("value", [42, "42", 42.0, " 42 "])
@@ -76,8 +76,8 @@ def test_split_valid_keeps_good_ids_and_reports_each_bad_one() -> None:
 
 
 def test_the_kinds_clients_may_name_are_exactly_the_kinds_workers_train() -> None:
-    from shared.payloads import DEFAULT_MODEL_KIND, MODEL_KINDS
-    from worker.models import DEFAULT_KIND, KINDS
+    from bookrec.shared.payloads import DEFAULT_MODEL_KIND, MODEL_KINDS
+    from bookrec.worker.learn.models import DEFAULT_KIND, KINDS
 
     assert set(MODEL_KINDS) == set(KINDS)
     assert DEFAULT_MODEL_KIND == DEFAULT_KIND

@@ -8,11 +8,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from model_store.store import ModelStore
-from producer.cli import main
-from shared.datasets import fingerprint
+from bookrec.cli import main
+from bookrec.model_store.store import ModelStore
+from bookrec.worker.learn.datasets import fingerprint
+from bookrec.worker.learn.pipeline import TrainRequest, train_version
 from tests.conftest import TrainedStore, synth_small
-from worker.pipeline import TrainRequest, train_version
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,14 @@ from pathlib import Path
 
 import fakeredis
 import pytest
+from rq import Queue
+from rq.serializers import JSONSerializer
 
-from model_store.promotion import current_version, promote, rollback
-from model_store.store import ModelStore
-from shared.errors import CorruptVersion, ModelStoreError, RedisUnavailable
-from shared.keys import Keys
+from bookrec.model_store.promotion import current_version, promote, rollback
+from bookrec.model_store.store import ModelStore
+from bookrec.shared.errors import CorruptVersion, ModelStoreError, RedisUnavailable
+from bookrec.shared.keys import QUEUE_REFRESH, Keys
+from bookrec.shared.settings import Settings
 
 KEYS = Keys("t:")
 
@@ -57,7 +60,7 @@ def test_promote_records_points_and_announces(store: ModelStore, redis, pubsub) 
     assert redis.get(KEYS.model_current) == second.encode()
     published = events(pubsub)
     assert [(e["version"], e["previous"]) for e in published] == [(first, None), (second, first)]
-    assert published[-1] == event
+    assert {**published[-1], "refresh_job": None} == event  # no settings given: no refresh scheduled
 
 
 def test_rollback_promotes_the_previous_version(store: ModelStore, redis, pubsub) -> None:
@@ -70,7 +73,23 @@ def test_rollback_promotes_the_previous_version(store: ModelStore, redis, pubsub
     assert (event["version"], event["previous"], event["reason"]) == (first, second, "rollback")
     assert store.production() == first
     assert redis.get(KEYS.model_current) == first.encode()
-    assert events(pubsub)[-1] == event
+    assert {**events(pubsub)[-1], "refresh_job": None} == event
+
+
+@pytest.mark.parametrize("how", ["promote", "rollback"])
+def test_every_promotion_path_schedules_one_refresh_of_the_cached_lists(store: ModelStore, redis, how: str) -> None:
+    first, second = save(store), save(store)
+    promote(store, redis, KEYS, first)
+    promote(store, redis, KEYS, second)
+    refresh_queue = Queue(QUEUE_REFRESH, connection=redis, serializer=JSONSerializer)
+    assert refresh_queue.count == 0
+
+    event = promote(store, redis, KEYS, first, refresh=Settings()) if how == "promote" else rollback(store, redis, KEYS, refresh=Settings())
+
+    assert refresh_queue.job_ids == [event["refresh_job"]]
+    job = refresh_queue.fetch_job(event["refresh_job"])
+    assert job.func_name == "worker.jobs.refresh" and job.kwargs == {}
+    assert store.production() == first
 
 
 def test_rollback_with_no_earlier_version_says_so(store: ModelStore, redis) -> None:
@@ -117,7 +136,7 @@ def test_current_version_restores_a_lost_pointer_from_the_store(store: ModelStor
     promote(store, redis, KEYS, version)
     redis.delete(KEYS.model_current)
 
-    with caplog.at_level(logging.WARNING, logger="model_store.promotion"):
+    with caplog.at_level(logging.WARNING, logger="bookrec.model_store.promotion"):
         assert current_version(store, redis, KEYS) == version
 
     assert redis.get(KEYS.model_current) == version.encode()

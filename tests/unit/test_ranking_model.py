@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model_store.store import ModelStore
-from shared.payloads import DEFAULT_MODEL_KIND
-from worker.pipeline import TrainRequest, train_version
+from bookrec.model_store.store import ModelStore
+from bookrec.shared.payloads import DEFAULT_MODEL_KIND
+from bookrec.worker.learn.pipeline import TrainRequest, train_version
 
 
 def planted_tastes(path: Path, users: int = 600, items: int = 240, groups: int = 6, per_user: int = 24, seed: int = 0) -> Path:

@@ -13,9 +13,9 @@ from rq.job import JobStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from shared.keys import QUEUE_RECOMMEND
-from worker.pool import recover_abandoned
-from worker.rq_worker import BookrecWorker
+from bookrec.shared.keys import QUEUE_RECOMMEND
+from bookrec.worker.serve.rq_worker import BookrecWorker
+from bookrec.worker.serve.supervisor import recover_abandoned
 
 JOB = "worker.jobs.recommend"
 

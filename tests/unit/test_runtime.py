@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model_store.store import ModelStore
-from worker import artifacts
-from worker.runtime import ModelRuntime
+from bookrec.model_store.store import ModelStore
+from bookrec.worker.learn import artifacts
+from bookrec.worker.serve.runtime import ModelRuntime
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from shared.datasets import read_ratings
-from worker import serving, training
-from worker.data import Interactions
-from worker.models import DEFAULT_KIND, get_spec
-from worker.pipeline import TrainRequest, make_split
+from bookrec.worker.learn import export, training
+from bookrec.worker.learn.data import Interactions
+from bookrec.worker.learn.datasets import read_ratings
+from bookrec.worker.learn.models import DEFAULT_KIND, get_spec
+from bookrec.worker.learn.pipeline import TrainRequest, make_split
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +78,7 @@ def round_trips(trained, tmp_path_factory) -> dict[str, RoundTrip]:
     for kind in KINDS:
         spec = get_spec(kind)
         fitted = training.fit(spec, split.train, spec.params({"epochs": 2}), seed=0)
-        serving.save(serving.ServingModule(fitted.weights), root / kind)
+        export.save(export.ServingModule(fitted.weights), root / kind)
         scores[kind] = keras_scores(fitted.model, kind, split.train)
     np.savez(root / "inputs.npz", users=USERS, k=np.int32(K), exclude_row=EXCLUDED[0], exclude_item=EXCLUDED[1],
              pair_users=USERS[PAIRS[0]], pair_items=PAIRS[1])

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared.errors import ValidationError
-from worker.evaluation.splits import split_ratings
+from bookrec.shared.errors import ValidationError
+from bookrec.worker.learn.evaluation.splits import split_ratings
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from model_store.store import ModelStore
-from shared.errors import CorruptVersion, ModelStoreError, NoProductionModel, ValidationError, VersionNotFound
+from bookrec.model_store.store import ModelStore
+from bookrec.shared.errors import CorruptVersion, ModelStoreError, NoProductionModel, ValidationError, VersionNotFound
 
 REPO = Path(__file__).resolve().parents[2]
 WEIGHTS = "saved_model/variables/variables.data-00000-of-00001"
@@ -40,7 +40,7 @@ def visible_entries(store: ModelStore) -> list[str]:
 
 
 def test_model_store_never_loads_tensorflow() -> None:
-    check = "import sys, model_store.store, model_store.promotion, model_store.plot; print('tensorflow' in sys.modules)"
+    check = "import sys, bookrec.model_store.store, bookrec.model_store.promotion; print('tensorflow' in sys.modules)"
 
     result = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, check=True)
 
@@ -107,7 +107,7 @@ def test_save_killed_midway_leaves_no_visible_version(store: ModelStore) -> None
     child = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from model_store.store import ModelStore\n"
+        "from bookrec.model_store.store import ModelStore\n"
         "with ModelStore(Path(sys.argv[1])).new_version() as w:\n"
         "    (w.path / 'weights.bin').write_bytes(b'x' * 100000)\n"
         "    print('writing', flush=True)\n"

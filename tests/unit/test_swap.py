@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from model_store.promotion import promote
-from model_store.store import ModelStore
-from shared.errors import BookrecError
-from shared.keys import QUEUE_RECOMMEND, Keys
-from worker.swap import ModelHolder
-from worker.swap_slots import SwapSlots
+from bookrec.model_store.promotion import promote
+from bookrec.model_store.store import ModelStore
+from bookrec.shared.errors import BookrecError
+from bookrec.shared.keys import QUEUE_RECOMMEND, Keys
+from bookrec.worker.serve.swap import ModelHolder
+from bookrec.worker.serve.swap_slots import SwapSlots
 
 KEYS = Keys()
 
@@ -106,7 +106,7 @@ def test_a_slot_that_expired_and_changed_hands_is_not_released_by_its_old_holder
 
 
 def test_a_job_that_needs_the_new_version_waits_for_a_slot_then_loads_anyway(versions, redis, monkeypatch) -> None:
-    from worker import swap
+    from bookrec.worker.serve import swap
 
     monkeypatch.setattr(swap, "SLOT_WAIT_SECONDS", 0.2)
     store, old, new = versions

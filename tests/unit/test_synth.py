@@ -1,4 +1,4 @@
-"""The synthetic dataset generator (`shared.synth`) and `bookrec data synth`."""
+"""The synthetic dataset generator (`bookrec.worker.learn.synth`) and `bookrec data synth`."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from producer.cli import main
-from shared.datasets import read_books, read_ratings
-from shared.errors import DataError, ValidationError
-from shared.synth import BOOK_COLUMNS, PRESETS, synthesise
+from bookrec.cli import main
+from bookrec.shared.errors import DataError, ValidationError
+from bookrec.worker.learn.datasets import read_books, read_ratings
+from bookrec.worker.learn.inputs import PRESETS
+from bookrec.worker.learn.synth import BOOK_COLUMNS, synthesise
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 

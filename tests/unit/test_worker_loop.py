@@ -6,8 +6,8 @@ import fakeredis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from shared.keys import QUEUE_RECOMMEND
-from worker.rq_worker import BookrecWorker
+from bookrec.shared.keys import QUEUE_RECOMMEND
+from bookrec.worker.serve.rq_worker import BookrecWorker
 
 
 def test_an_idle_worker_runs_between_jobs_every_slice_and_still_takes_the_next_job(redis: fakeredis.FakeRedis) -> None:

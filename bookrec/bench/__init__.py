@@ -1,0 +1,11 @@
+"""`bookrec bench`: measure the real service (real Redis, real worker processes) on a goodbooks-shaped catalogue.
+
+- `catalogue.py`: the synthetic catalogue and its base model, cached under `./var/bench/` by size.
+- `service.py`: a private Redis database and `bookrec worker` supervisors run as subprocesses.
+- `measure.py`: each measurement (throughput, latency, refresh, swap, retrain, memory, ...).
+- `seed_path.py`: the 2019 seed notebook's way of scoring one user, for comparison.
+- `machine.py`: what the machine is and how busy it was; memory of a process.
+- `figures.py`: the figures, their targets and the table.
+- `harness.py`: runs everything in order and returns a `Report`.
+- `load.py`: `python -m bookrec.bench.load`, N single-user jobs each followed to its end (none failed or lost).
+"""

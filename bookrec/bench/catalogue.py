@@ -1,0 +1,106 @@
+"""The benchmark's catalogue and base model, cached under `./var/bench/<size>/` so repeated runs skip both.
+
+    <size key>/data/      ratings.csv, books.csv from `bookrec.worker.learn.synth.synthesise`
+    <size key>/models/    a model store holding the base version: the default kind with its default
+                          parameters (or the run's overrides), trained by the first run's trainer
+                          and reused while the kind and parameters stay the same
+    <size key>/logs/      the output of the worker processes of the latest run
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from bookrec.model_store.store import ModelStore
+from bookrec.shared.errors import BookrecError
+from bookrec.worker.learn.inputs import PRESETS
+from bookrec.worker.learn.synth import synthesise
+
+Notify = Callable[[str], None]
+
+REPO = Path(__file__).resolve().parents[2]
+REAL_BOOKS = REPO.parent / "shared" / "data" / "goodbooks" / "books.csv"
+"""goodbooks-10k's real books.csv in the team folder beside the checkout: titles for the synthetic catalogue when present."""
+
+
+@dataclass(frozen=True)
+class Size:
+    """A synthetic catalogue's shape."""
+
+    name: str
+    users: int
+    books: int
+    ratings: int
+    seed: int = 0
+
+    @property
+    def key(self) -> str:
+        """The cache directory name: every number that changes the files."""
+        return f"{self.users}u-{self.books}b-{self.ratings}r-s{self.seed}"
+
+    def describe(self) -> str:
+        """e.g. `goodbooks: 53,424 users x 10,000 books, 981,756 ratings`."""
+        return f"{self.name}: {self.users:,} users x {self.books:,} books, {self.ratings:,} ratings"
+
+
+FULL = Size("goodbooks", **PRESETS["goodbooks"])
+QUICK = Size("quick", users=5000, books=2000, ratings=100_000)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A catalogue on disk, the store for its versions, and the cached base version if there is one."""
+
+    size: Size
+    root: Path
+    data_dir: Path
+    store: Path
+    kind: str
+    params: dict[str, Any]  # as stored in a version's metadata
+    base_version: str | None  # the cached base version; None until a run has trained one
+    generated: bool  # the catalogue was synthesised by this run
+
+
+def model_params(overrides: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The default kind and its parameters with `overrides`, as metadata.json stores them."""
+    from bookrec.worker.learn.models import DEFAULT_KIND, get_spec
+
+    return DEFAULT_KIND, json.loads(json.dumps(get_spec(DEFAULT_KIND).params(overrides)))
+
+
+def prepare(size: Size, cache_root: Path, books_from: Path | None, notify: Notify,
+            overrides: dict[str, Any] | None = None) -> Prepared:
+    """Synthesise the catalogue unless it is cached, and find a cached base version; say which happened.
+
+    `overrides` change the default kind's parameters (none: the default model).
+    """
+    root = cache_root / size.key
+    data_dir = root / "data"
+    generated = not ((data_dir / "ratings.csv").is_file() and (data_dir / "books.csv").is_file())
+    if generated:
+        notify(f"synthesising the catalogue ({size.describe()}) into {data_dir} (cached for later runs)")
+        synthesise(data_dir, users=size.users, books=size.books, ratings=size.ratings, seed=size.seed, books_from=books_from)
+    else:
+        notify(f"reusing the cached catalogue in {data_dir} ({size.describe()})")
+    kind, params = model_params(overrides or {})
+    base = cached_base(ModelStore(root / "models"), kind, params)
+    if base is not None:
+        notify(f"reusing the cached base model {base} ({kind}) in {root / 'models'}")
+    (root / "logs").mkdir(parents=True, exist_ok=True)
+    return Prepared(size, root, data_dir, root / "models", kind, params, base, generated)
+
+
+def cached_base(store: ModelStore, kind: str, params: dict[str, Any]) -> str | None:
+    """The newest stored version of `kind` trained with `params`, or None."""
+    versions = [entry["version"] for entry in store.list()] if store.root.is_dir() else []
+    for version in sorted(versions, reverse=True):
+        try:
+            metadata = store.metadata(version)
+        except BookrecError:
+            continue
+        if metadata.get("kind") == kind and metadata.get("params") == params:
+            return version
+    return None

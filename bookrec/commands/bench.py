@@ -1,0 +1,62 @@
+"""`bookrec bench`: benchmark the real service (Redis, worker processes) and print each figure beside its target."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bookrec.commands.common import needs_worker_side, print_json, table
+from bookrec.shared.settings import Settings
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `bookrec bench`."""
+    parser = subparsers.add_parser(
+        "bench",
+        help="benchmark the service on a goodbooks-sized synthetic catalogue",
+        description="Run the real service (Redis, `bookrec worker` processes) on a synthetic goodbooks-shaped "
+        "catalogue (53,424 users x 10,000 books, ~1M ratings; --quick: 5,000 x 2,000, 100,000) and print each "
+        "figure beside its target and a reference measured in the same run. The catalogue and its base model "
+        "are cached under --cache-dir, so only the first run generates and trains them. Uses a Redis database "
+        "of its own (--redis-db), flushed at the end. Timings are medians over repeats; the machine's other "
+        "load is reported beside them.",
+    )
+    parser.add_argument("--quick", action="store_true", help="a smaller catalogue and fewer requests (under 2 minutes once cached)")
+    parser.add_argument("--json", action="store_true", help="print {machine, figures, targets, ...} as JSON instead of a table")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the README)")
+    parser.add_argument("--redis-db", type=int, default=12, metavar="N",
+                        help="Redis database for the benchmark, on BOOKREC_REDIS_URL's server (default: 12); must be empty")
+    parser.add_argument("--cache-dir", type=Path, default=Path("var/bench"), metavar="DIR",
+                        help="where the catalogue and base model are cached (default: var/bench)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark and print the report."""
+    needs_worker_side("bookrec bench")
+    from bookrec.worker.serve.tf_setup import configure_tensorflow
+
+    configure_tensorflow(1)  # before bookrec.bench.harness imports TensorFlow: quietly, one thread like each worker
+    from bookrec.bench.catalogue import REAL_BOOKS
+    from bookrec.bench.figures import HEADERS, markdown
+    from bookrec.bench.harness import Config
+    from bookrec.bench.harness import run as run_bench
+    from bookrec.bench.service import with_db
+
+    settings = Settings.from_env()
+    url = with_db(settings.redis_url, args.redis_db)
+    books_from = REAL_BOOKS if REAL_BOOKS.exists() else None
+    config = (Config.quick_run if args.quick else Config.full)(url, args.cache_dir, books_from)
+    report = run_bench(config, notify=lambda message: print(f"bench: {message}", file=sys.stderr, flush=True))
+    if args.json:
+        print_json(report.to_json())
+    elif args.markdown:
+        print(markdown(report))
+    else:
+        m, d = report.machine, report.details
+        print(f"{m['date']}, {m['cores']} cores, {d['catalogue']}, model {d['model']}, {d['seconds']:.0f} s")
+        print(f"machine {'BUSY' if m['busy'] else 'quiet'}: other processes used {m['other_cores_during_run']:.2f} cores "
+              f"on average during the run; figures are medians over repeats")
+        print(table(HEADERS, report.rows()))
+    return 0

@@ -1,0 +1,144 @@
+"""`bookrec data`: generate a synthetic goodbooks-shaped dataset, and check a ratings file before training."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from bookrec.commands.common import needs_worker_side, print_json, progress_bar, show_progress
+from bookrec.worker.learn.inputs import PRESETS, ReadOptions, add_read_options
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `data` command group (`synth`, `inspect`) to the `bookrec` parser."""
+    parser = subparsers.add_parser(
+        "data",
+        help="generate synthetic ratings, or check a ratings file",
+        description="Generate a synthetic goodbooks-shaped dataset, or check that a ratings file reads "
+        "correctly before training on it.",
+    )
+    actions = parser.add_subparsers(dest="data_command", metavar="ACTION")
+    actions.required = True
+    json_flag = argparse.ArgumentParser(add_help=False)
+    json_flag.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
+    _register_synth(actions, json_flag)
+    _register_inspect(actions, json_flag)
+
+
+def _register_synth(actions: argparse._SubParsersAction, json_flag: argparse.ArgumentParser) -> None:
+    sizes = "; ".join(
+        f"{name}: {p['users']:,} users, {p['books']:,} books, {p['ratings']:,} ratings" for name, p in PRESETS.items()
+    )
+    synth = actions.add_parser(
+        "synth",
+        parents=[json_flag],
+        help="write a synthetic goodbooks-format ratings.csv and books.csv",
+        description="Write ratings.csv (user_id,book_id,rating; 1-5 stars) and books.csv in goodbooks format "
+        "into --out. Users have hidden tastes and book popularity follows a power law, so models have "
+        f"something to learn. Presets: {sizes}. --users/--books/--ratings override the preset "
+        "(default preset: small). The same seed gives identical files.",
+    )
+    synth.add_argument(
+        "--out", metavar="DIR", type=Path, required=True, help="directory to write into (created if needed)"
+    )
+    synth.add_argument("--preset", choices=sorted(PRESETS), help="dataset size to start from (default: small)")
+    synth.add_argument("--users", metavar="U", type=_count, help="number of users (ids 1..U)")
+    synth.add_argument("--books", metavar="B", type=_count, help="number of books (ids 1..B)")
+    synth.add_argument("--ratings", metavar="R", type=_count, help="exact number of ratings, between U and U x B")
+    synth.add_argument("--seed", metavar="S", type=int, default=0, help="random seed (default: 0)")
+    synth.add_argument(
+        "--books-from",
+        metavar="PATH",
+        type=Path,
+        help="a real goodbooks books.csv to take titles, authors, years and covers from",
+    )
+    synth.set_defaults(handler=_synth)
+
+
+def _register_inspect(actions: argparse._SubParsersAction, json_flag: argparse.ArgumentParser) -> None:
+    inspect = actions.add_parser(
+        "inspect",
+        parents=[json_flag],
+        help="read a ratings file and summarise it",
+        description="Read a ratings file the way training does and print its rows, users, items, rating "
+        "range and mean, duplicates dropped and which columns were used. Use it to check a file (and the "
+        "read options it needs) before training.",
+    )
+    inspect.add_argument("file", metavar="FILE", type=Path, help="ratings file (CSV or TSV)")
+    add_read_options(inspect)
+    inspect.set_defaults(handler=_inspect)
+
+
+def _count(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _synth(args: argparse.Namespace) -> int:
+    needs_worker_side("bookrec data synth")
+    from bookrec.worker.learn.synth import synthesise
+
+    sizes = {**PRESETS[args.preset or "small"]}
+    sizes.update({name: getattr(args, name) for name in sizes if getattr(args, name) is not None})
+    with progress_bar(sizes["users"], "synthesising", show_progress(args.json), unit="user") as bar:
+        summary = synthesise(
+            args.out,
+            seed=args.seed,
+            books_from=args.books_from,
+            progress=lambda done, _total: bar.update(done - bar.n),
+            **sizes,
+        )
+    if args.json:
+        print_json(summary)
+    else:
+        print(
+            f"wrote {summary['ratings']:,} ratings by {summary['users']:,} users of {summary['books']:,} books "
+            f"(seed {summary['seed']}) to {summary['ratings_path']} and {summary['books_path']}"
+        )
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    needs_worker_side("bookrec data inspect")
+    from bookrec.worker.learn.datasets import read_ratings
+
+    data = read_ratings(args.file, ReadOptions.from_args(args))
+    frame = data.frame
+    summary: dict[str, Any] = {
+        "path": str(data.path),
+        "rows": len(frame),
+        "users": int(frame["user"].nunique()),
+        "items": int(frame["item"].nunique()),
+        "rating_min": float(frame["rating"].min()),
+        "rating_max": float(frame["rating"].max()),
+        "rating_mean": round(float(frame["rating"].mean()), 4),
+        "duplicates_dropped": data.duplicates_dropped,
+        "columns": data.columns,
+    }
+    if args.json:
+        print_json(summary)
+    else:
+        print(_describe(summary))
+    return 0
+
+
+def _describe(summary: dict[str, Any]) -> str:
+    columns = ", ".join(f"{role}={column}" for role, column in summary["columns"].items())
+    lines = [
+        ("file", summary["path"]),
+        ("rows", f"{summary['rows']:,}"),
+        ("users", f"{summary['users']:,}"),
+        ("items", f"{summary['items']:,}"),
+        ("ratings", f"{summary['rating_min']:g} to {summary['rating_max']:g}, mean {summary['rating_mean']:.3f}"),
+        ("duplicates dropped", f"{summary['duplicates_dropped']:,} (the last rating of each pair is kept)"),
+        ("columns", columns),
+    ]
+    width = max(len(label) for label, _ in lines)
+    return "\n".join(f"{label:<{width}}  {value}" for label, value in lines)

@@ -1,0 +1,199 @@
+"""`bookrec demo` (what `make demo` runs): the whole service end to end on a small synthetic catalogue.
+
+Redis: BOOKREC_REDIS_URL if it answers, else a `redis-server` started under ./var/demo, else an
+embedded in-process fake Redis served over TCP (so worker processes can still connect); it says which.
+Then: synthesise data, train, start 2 worker processes and a trainer, request recommendations, print
+them from the cache, retrain, show the hot swap, stop the workers cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import redis
+
+from bookrec.commands.common import needs_worker_side, table
+from bookrec.shared.keys import Keys
+from bookrec.shared.worker_state import read_all as worker_states
+from bookrec.worker.serve.launch import WorkerProcesses
+
+DEMO_ROOT = Path("var/demo")
+REAL_BOOKS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "goodbooks" / "books.csv"
+DEMO_USERS = ["1", "2", "3", "no-such-reader"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `bookrec demo`."""
+    parser = subparsers.add_parser(
+        "demo",
+        help="run the whole service end to end on a small synthetic catalogue",
+        description="Synthesise a small catalogue, train the default model, start 2 worker processes and a trainer, "
+        "request recommendations, print them from the cache, retrain and show the hot swap, then stop the workers. "
+        "Uses BOOKREC_REDIS_URL if it answers, else starts redis-server under ./var/demo, else an embedded fake Redis.",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep ./var/demo from an earlier run instead of starting afresh")
+    parser.set_defaults(handler=run)
+
+
+def _step(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except (redis.exceptions.RedisError, ValueError):
+        return False
+
+
+@contextmanager
+def _redis() -> Iterator[str]:
+    """Yield a Redis URL: the configured one, a private redis-server, or an embedded fake; clean up after."""
+    url = os.environ.get("BOOKREC_REDIS_URL", "redis://localhost:6379/0")
+    if _answers(url):
+        print(f"Redis: using BOOKREC_REDIS_URL ({url.split('@')[-1]})")
+        yield url
+        return
+    port = _free_port()
+    if shutil.which("redis-server"):
+        workdir = (DEMO_ROOT / "redis").resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+        server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                   "--dir", str(workdir)], stdout=subprocess.DEVNULL)
+        url = f"redis://127.0.0.1:{port}/0"
+        deadline = time.monotonic() + 10
+        while not _answers(url) and time.monotonic() < deadline and server.poll() is None:
+            time.sleep(0.05)
+        print(f"Redis: BOOKREC_REDIS_URL did not answer; started redis-server on port {port} under {workdir}")
+        try:
+            yield url
+        finally:
+            server.terminate()
+            server.wait()
+        return
+    import threading
+
+    from fakeredis import TcpFakeServer
+
+    server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    print(f"Redis: no Redis and no redis-server binary; using an embedded fake Redis on port {port} (in this process)")
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.shutdown()
+
+
+def _bookrec(*args: str, env: dict[str, str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bookrec.cli", *args], env=env, check=True, **kwargs)
+
+
+def _workers(env: dict[str, str], queues: str, processes: int, log: Path) -> WorkerProcesses:
+    log.unlink(missing_ok=True)
+    return WorkerProcesses(env, queues, processes, log)
+
+
+def _wait_for_version(client: redis.Redis, version: str, count: int, timeout: float = 120) -> float:
+    """Seconds until `count` serving workers report `version`."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if sum(1 for s in worker_states(client, Keys()) if s.get("version") == version) >= count:
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise TimeoutError(f"workers did not load {version} within {timeout} s (see {DEMO_ROOT}/workers.log)")
+
+
+def _print_lists(entries: list[dict | None]) -> None:
+    for entry in entries:
+        if entry is None:
+            continue
+        note = " (new reader: most popular books)" if entry["fallback"] else ""
+        print(f"\nuser {entry['user_id']}{note}, model {entry['model_version']}:")
+        rows = [[str(i + 1), (item["title"] or str(item["book_id"]))[:70], (item["authors"] or "")[:30]] for i, item in enumerate(entry["items"])]
+        print(table(["#", "title", "authors"], rows))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo; exit 0 only if every step worked and no job failed."""
+    needs_worker_side("bookrec demo")
+    import json
+
+    from bookrec.producer.client import Client
+    from bookrec.shared.settings import Settings
+
+    if not args.keep and DEMO_ROOT.exists():
+        shutil.rmtree(DEMO_ROOT / "data", ignore_errors=True)
+        shutil.rmtree(DEMO_ROOT / "models", ignore_errors=True)
+    DEMO_ROOT.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        url = stack.enter_context(_redis())
+        env = {**os.environ, "BOOKREC_REDIS_URL": url, "BOOKREC_MODEL_STORE": str((DEMO_ROOT / "models").resolve()),
+               "BOOKREC_DATA_DIR": str((DEMO_ROOT / "data").resolve()), "BOOKREC_KEY_PREFIX": "bookrec:", "BOOKREC_LOG_LEVEL": "WARNING"}
+        settings = Settings.from_env(env)
+        client = Client(settings=settings)
+        client.redis.delete(*(list(client.redis.scan_iter(match="bookrec:*")) or ["bookrec:none"]))
+
+        _step("1. synthesise a small goodbooks-shaped catalogue (2,000 readers, 1,000 books, 60,000 ratings)")
+        books_from = ["--books-from", str(REAL_BOOKS)] if REAL_BOOKS.exists() else []
+        _bookrec("data", "synth", "--preset", "small", "--out", env["BOOKREC_DATA_DIR"], *books_from, env=env)
+
+        _step("2. train the default ranking model and promote it")
+        data = Path(env["BOOKREC_DATA_DIR"])
+        _bookrec("train", "--ratings", str(data / "ratings.csv"), "--books", str(data / "books.csv"), "--promote", env=env)
+        first = client.redis.get("bookrec:model:current").decode()
+
+        _step("3. start 2 worker processes (recommend, refresh) and a trainer (retrain)")
+        workers = _workers({**env, "BOOKREC_TF_THREADS": "1"}, "recommend,refresh", 2, DEMO_ROOT / "workers.log")
+        trainer = _workers({**env, "BOOKREC_TF_THREADS": "0"}, "retrain", 1, DEMO_ROOT / "trainer.log")
+        stack.callback(_stop, [workers, trainer])
+        print(f"workers ready in {_wait_for_version(client.redis, first, 2):.1f} s with model {first}")
+
+        _step(f"4. request recommendations for users {', '.join(DEMO_USERS)} and read them back from the cache")
+        client.recommend(DEMO_USERS, n=10, wait=True, timeout=60)
+        raw = client.redis.get("bookrec:recs:1")
+        print(f"plain GET bookrec:recs:1 -> {len(raw)} bytes of JSON: {raw[:120].decode()}...")
+        _print_lists([client.get(u).entry for u in DEMO_USERS])
+
+        _step("5. retrain (forced past the gate so the swap always shows) while recommend jobs keep flowing")
+        job = client.retrain(force=True)
+        served = 0
+        while job.get_status(refresh=True).value not in ("finished", "failed"):
+            client.recommend([str(1 + served % 50)], n=10, wait=True, timeout=60)
+            served += 1
+        result = client.wait([job], timeout=600)[0]
+        second = result["version"]
+        swap_s = _wait_for_version(client.redis, second, 2)
+        print(f"candidate {second}: {result['decision']['reason']}")
+        print(f"every worker serves {second} {swap_s:.1f} s after the retrain finished; {served} recommend jobs ran meanwhile")
+        after = client.recommend(["1"], n=10, wait=True, timeout=60)[0]
+        print(f"model version before: {first}\nmodel version after:  {after['model_version']}")
+
+        status = client.status()
+        print(f"failed jobs: {status['failed_jobs']}; cached lists: {status['cache_entries']}")
+        print(json.dumps({"workers": [{"name": w["name"], "model_version": w["model_version"]} for w in status["workers"]]}, indent=1))
+
+        _step("6. stop the workers (SIGTERM: each finishes its current job)")
+        codes = _stop([workers, trainer])
+        print(f"workers stopped with exit codes {codes}")
+        ok = status["failed_jobs"] == 0 and after["model_version"] == second and all(c == 0 for c in codes)
+        print("\ndemo finished: " + ("OK" if ok else "something went wrong (see var/demo/*.log)"))
+        return 0 if ok else 1
+
+
+def _stop(pools: list[WorkerProcesses]) -> list[int]:
+    return [pool.stop(timeout=60) for pool in pools]

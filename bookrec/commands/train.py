@@ -1,0 +1,103 @@
+"""`bookrec train`: train a model version from rating files, print its metrics beside the baselines.
+
+TensorFlow is imported only when the command runs, so the rest of the CLI stays light.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from bookrec.commands.common import (
+    needs_worker_side,
+    number,
+    print_json,
+    progress_bar,
+    redis_client,
+    show_progress,
+    table,
+)
+from bookrec.shared.payloads import MODEL_KINDS
+from bookrec.shared.settings import Settings
+from bookrec.worker.learn.inputs import ReadOptions, add_read_options
+
+METRICS = ("rmse", "mae", "precision@10", "recall@10", "ndcg@10", "map@10", "coverage@10")
+BASELINES = ("global_mean", "bias", "popularity")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `bookrec train`."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model version and evaluate it beside the baselines",
+        description="Train a model on a ratings file, evaluate it on a held-out split (or --test file) beside "
+        "the global_mean, bias and popularity baselines, and save it as a new version in BOOKREC_MODEL_STORE. "
+        "With no --model, trains the default ranking model (mult-dae).",
+    )
+    parser.add_argument("--ratings", required=True, type=Path, metavar="FILE", help="ratings CSV/TSV (user, item, rating columns)")
+    parser.add_argument("--books", type=Path, metavar="FILE", help="goodbooks-style books.csv for titles, authors, years, covers")
+    parser.add_argument("--test", type=Path, metavar="FILE", help="explicit test file (read with the same options); no split is made")
+    parser.add_argument("--model", choices=MODEL_KINDS, help="model kind (default: mult-dae, trained to rank)")
+    parser.add_argument("--dim", type=int, metavar="D", help="embedding / hidden size (default depends on the kind)")
+    parser.add_argument("--epochs", type=int, metavar="E", help="maximum epochs (early stopping may end sooner)")
+    parser.add_argument("--split", choices=("per-user", "random"), default="per-user", help="how to hold out the test part (default: per-user)")
+    parser.add_argument("--test-frac", type=float, default=0.25, metavar="X", help="fraction held out for testing (default: 0.25)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed for the split and the training (default: 0)")
+    parser.add_argument("--promote", action="store_true", help="put the new version in production (store record, Redis pointer, event)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table; no progress output")
+    add_read_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train, save, optionally promote, and report."""
+    needs_worker_side("bookrec train")
+    from bookrec.worker.serve.tf_setup import configure_tensorflow
+
+    settings = Settings.from_env()
+    configure_tensorflow(threads=0)
+    from bookrec.model_store.store import ModelStore
+    from bookrec.worker.learn.pipeline import TrainRequest, train_version
+
+    request = TrainRequest(
+        ratings=args.ratings,
+        books=args.books,
+        test=args.test,
+        kind=args.model,
+        params={"dim": args.dim, "epochs": args.epochs},
+        split=args.split,
+        test_frac=args.test_frac,
+        seed=args.seed,
+        read_options=ReadOptions.from_args(args),
+    )
+    store = ModelStore(settings.model_store)
+    with progress_bar(None, "training", show_progress(args.json), unit="epoch") as bar:
+        def on_epoch(done: int, planned: int, logs: dict[str, float]) -> None:
+            bar.total = planned
+            bar.update(done - bar.n)
+            bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()})
+
+        result = train_version(store, request, on_epoch=on_epoch, on_stage=lambda stage: bar.set_description(stage))
+    result["promoted"] = False
+    if args.promote:
+        from bookrec.producer.client import Client
+
+        Client(settings=settings, connection=redis_client(settings)).promote(result["version"], reason="bookrec train --promote")
+        result["promoted"] = True
+    if args.json:
+        print_json(result)
+    else:
+        print(_report(result))
+    return 0
+
+
+def _report(result: dict[str, Any]) -> str:
+    """The metrics table and a one-line summary."""
+    rows = [[name, number(result["metrics"].get(name)), *(number(result["baselines"][b].get(name)) for b in BASELINES)] for name in METRICS]
+    header = f"version {result['version']} ({result['model']}, {result['seconds']} s training)"
+    if result["promoted"]:
+        header += ", promoted to production"
+    metrics = result["metrics"]
+    footer = f"test rows {metrics['test_rows']}, users ranked {metrics['test_users']}, rows with unknown user {metrics['unknown_user_rows']}, unknown item {metrics['unknown_item_rows']}"
+    return "\n".join([header, "", table(["metric", result["model"], *BASELINES], rows), "", footer])

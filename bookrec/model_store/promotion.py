@@ -1,0 +1,105 @@
+"""Moving the production pointer: the store record, the Redis key workers watch, the event they hear,
+and the refresh of every cached list. The one promote path: the client, the CLI, a retrain and
+`bookrec init` all promote through `promote`.
+
+The store record is written first, so it is the source of truth: if Redis is down or has lost
+the pointer, workers fall back to `ModelStore.production()`, and `current_version` restores the
+pointer from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Callable, TypeVar
+
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from bookrec.model_store.store import ModelStore, iso, utcnow
+from bookrec.shared import jobs
+from bookrec.shared.errors import ModelStoreError, RedisUnavailable
+from bookrec.shared.keys import QUEUE_REFRESH, Keys
+from bookrec.shared.redis_conn import text
+from bookrec.shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+
+def promote(store: ModelStore, redis: Redis, keys: Keys, version: str, reason: str = "manual",
+            refresh: Settings | None = None) -> dict:
+    """Put `version` in production (store record, Redis pointer, `model_promoted` event) and, given the
+    service's settings as `refresh`, schedule a refresh of every cached list; return the event with the
+    refresh job's id as `refresh_job` (None without `refresh`: the benchmark and tests promote bare).
+
+    Raises RedisUnavailable after the store record is written if Redis does not answer. The pointer
+    is set under the store's lock, so two promotions at once leave pointer and record on the same version.
+    """
+    event: dict = {}
+
+    def tell_redis(previous: str | None) -> None:
+        event.update(event="model_promoted", version=version, previous=previous, reason=reason, at=iso(utcnow()))
+        _call_redis(
+            lambda: _announce(redis, keys, event),
+            f"the store record was updated ({version} is in production) "
+            "and workers will pick the version up from it when Redis returns",
+        )
+
+    store.set_production(version, announce=tell_redis)
+    log.info("promoted model version %s (was %s, reason: %s)", version, event["previous"], reason)
+    refresh_job = None
+    if refresh is not None:
+        spec = jobs.refresh({}, refresh, description=f"refresh after {version}")
+        queue = Queue(QUEUE_REFRESH, connection=redis, serializer=JSONSerializer)
+        refresh_job = _call_redis(lambda: queue.enqueue_many([spec])[0].id,
+                                  f"{version} is in production but the refresh of cached lists was not scheduled")
+    return {**event, "refresh_job": refresh_job}
+
+
+def rollback(store: ModelStore, redis: Redis, keys: Keys, refresh: Settings | None = None) -> dict:
+    """Promote the version that was in production before the current one, as `promote`; return the event."""
+    previous = store.previous_production()
+    if previous is None:
+        raise ModelStoreError(
+            "nothing to roll back to: no earlier production version still exists in the store "
+            "(see `bookrec models list` and promote one with `bookrec models promote VERSION`)"
+        )
+    return promote(store, redis, keys, previous, reason="rollback", refresh=refresh)
+
+
+def current_version(store: ModelStore, redis: Redis, keys: Keys) -> str | None:
+    """The production version from the Redis pointer; if Redis lost it, restore it from the store record."""
+    pointer = _call_redis(lambda: redis.get(keys.model_current), "the store record still names the production model")
+    if pointer is not None:
+        return text(pointer)
+    recorded = store.production()
+    if recorded is None:
+        return None
+    restored = _call_redis(
+        lambda: redis.set(keys.model_current, recorded, nx=True), "the pointer was not restored from the store"
+    )
+    if restored:
+        log.warning("Redis had lost %s; restored it to %s from the store record", keys.model_current, recorded)
+        return recorded
+    # Someone set the pointer between our GET and SET NX: theirs is newer.
+    pointer = _call_redis(lambda: redis.get(keys.model_current), "the pointer was not read")
+    return recorded if pointer is None else text(pointer)
+
+
+def _announce(redis: Redis, keys: Keys, event: dict) -> None:
+    """Point `model:current` at the event's version and publish the event."""
+    redis.set(keys.model_current, event["version"])
+    redis.publish(keys.events, json.dumps(event))
+
+
+def _call_redis(call: Callable[[], _T], consequence: str) -> _T:
+    """Run `call`, turning a Redis connection failure into RedisUnavailable that says `consequence`."""
+    try:
+        return call()
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        raise RedisUnavailable(f"Redis did not answer ({exc}); {consequence}") from exc

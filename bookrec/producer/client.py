@@ -1,0 +1,208 @@
+"""`bookrec.producer.Client`: what other services import to request, read and manage recommendations.
+
+No TensorFlow here: a client enqueues JSON jobs into Redis and reads JSON entries back.
+
+    from bookrec.producer import Client
+    client = Client()                       # BOOKREC_REDIS_URL, or pass redis_url=
+    client.recommend([1, 2, 3], n=10)       # job handles; wait=True returns the cache entries
+    entry = client.get(1)                   # CachedRecommendations or None
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import redis
+from rq import Queue
+from rq.job import Job, JobStatus
+from rq.results import Result
+from rq.serializers import JSONSerializer
+
+from bookrec.shared import jobs as job_specs
+from bookrec.shared import payloads, worker_state
+from bookrec.shared.entries import parse_entry
+from bookrec.shared.errors import JobFailed, Timeout
+from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN, Keys
+from bookrec.shared.locks import RetrainLock
+from bookrec.shared.redis_conn import CONNECTION_ERRORS, connect, text, unavailable
+from bookrec.shared.settings import Settings, redact_url
+
+MAX_USERS_PER_CALL = 100_000
+WAIT_BLOCK_S = 2  # seconds one result read blocks in Redis
+FINISHED = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
+
+
+def _as_list(values: Any) -> Any:
+    """`values` as a list when it is an iterable of ids; a string, mapping or non-iterable as it is, for user_list to reject."""
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        return values
+    return list(values)
+
+
+@dataclass(frozen=True)
+class CachedRecommendations:
+    """A user's cached entry and whether the model that computed it is the one in production now."""
+
+    entry: dict[str, Any]
+    is_current: bool
+
+    @property
+    def items(self) -> list[dict[str, Any]]:
+        """The recommended books, best first."""
+        return self.entry["items"]
+
+
+class Client:
+    """Enqueue recommend/refresh/retrain jobs, read cached lists, manage production — over Redis only.
+
+    Every method raises `bookrec.shared.errors.RedisUnavailable` (one clear exception type, no raw redis
+    stack) when Redis does not answer, and ValidationError for bad arguments, before anything is enqueued.
+    """
+
+    def __init__(self, redis_url: str | None = None, settings: Settings | None = None, connection: redis.Redis | None = None) -> None:
+        settings = settings or Settings.from_env()
+        self.settings = settings.with_overrides(redis_url=redis_url) if redis_url else settings
+        self.keys = Keys(self.settings.key_prefix)
+        self.redis = connection if connection is not None else connect(self.settings)
+
+    def queue(self, name: str) -> Queue:
+        """The RQ queue `name` with the JSON serializer."""
+        return Queue(name, connection=self.redis, serializer=JSONSerializer)
+
+    def recommend(self, user_ids: Sequence[int | str], n: int = 10, wait: bool = False, timeout: float | None = None) -> list[Job] | list[dict[str, Any]]:
+        """Request top-`n` lists for `user_ids`, in jobs of at most 1,000 users.
+
+        A list with any invalid id is rejected whole (ValidationError naming it), nothing enqueued.
+        Returns the job handles, or with `wait` the users' cache entries (in request order) once
+        every job has finished (JobFailed if one failed, Timeout after `timeout` seconds).
+        """
+        users = payloads.user_list(_as_list(user_ids), limit=MAX_USERS_PER_CALL)
+        n = payloads.count_n(n)
+        chunk = payloads.MAX_USERS_PER_JOB
+        specs = [job_specs.recommend({"user_ids": users[i : i + chunk], "n": n}, self.settings) for i in range(0, len(users), chunk)]
+        jobs = self._call(lambda: self.queue(QUEUE_RECOMMEND).enqueue_many(specs))
+        if not wait:
+            return jobs
+        self.wait(jobs, timeout)
+        raw = self._call(lambda: self.redis.mget([self.keys.recs(u) for u in users]))
+        return [parse_entry(r) if r is not None else None for r in raw]
+
+    def get(self, user_id: int | str) -> CachedRecommendations | None:
+        """The cached entry of one user (None if there is none), with whether its model is in production."""
+        key = self.keys.recs(payloads.user_id(user_id))
+        raw, current = self._call(lambda: self.redis.mget([key, self.keys.model_current]))
+        if raw is None:
+            return None
+        entry = parse_entry(raw)
+        return CachedRecommendations(entry, entry.get("model_version") == text(current))
+
+    def refresh(self, start: int | None = None, stop: int | None = None, n: int = 10) -> Job:
+        """Enqueue a refresh of every known user's entry (or users[start:stop]); returns the refresh job."""
+        kwargs = {"start": payloads.index_bound(start, "start"), "stop": payloads.index_bound(stop, "stop"), "n": payloads.count_n(n)}
+        return self._call(lambda: self.queue(QUEUE_REFRESH).enqueue_many([job_specs.refresh(kwargs, self.settings)])[0])
+
+    def refresh_progress(self, refresh_job: Job) -> tuple[int, int] | None:
+        """(users done, users total) of a refresh whose fan-out has happened, else None."""
+        meta = self._call(lambda: refresh_job.get_meta(refresh=True))
+        if "refresh_id" not in meta:
+            return None
+        done = self._call(lambda: self.redis.get(self.keys.refresh_done(meta["refresh_id"])))
+        return int(done or 0), int(meta["users"])
+
+    def retrain(self, model: str | None = None, force: bool = False, wait: bool = False, timeout: float | None = None,
+                params: dict[str, Any] | None = None, ratings: str = "ratings.csv", books: str | None = "books.csv") -> Job | dict[str, Any]:
+        """Enqueue a retrain (one at a time: RetrainRunning names the running job). With `wait`, return its result."""
+        kwargs = {"model": model, "params": payloads.hyper_params(params), "ratings": payloads.data_file(ratings, "ratings"),
+                  "books": None if books is None else payloads.data_file(books, "books"), "force": bool(force)}
+        job_id = uuid.uuid4().hex
+        lock = RetrainLock(self.redis, self.keys, self.settings.retrain_lock_ttl)
+        self._call(lambda: lock.take(job_id))
+        try:
+            job = self._call(lambda: self.queue(QUEUE_RETRAIN).enqueue_many([job_specs.retrain(kwargs, job_id)])[0])
+        except BaseException:
+            self._call(lambda: lock.release(job_id))
+            raise
+        if not wait:
+            return job
+        return self.wait([job], timeout)[0]
+
+    def promote(self, version: str, reason: str = "manual") -> dict[str, Any]:
+        """Put a stored version in production (store record, pointer, event) and schedule a refresh of every
+        cached list; returns the event with the refresh job's id as `refresh_job`."""
+        from bookrec.model_store.promotion import promote
+        from bookrec.model_store.store import ModelStore
+
+        return self._call(lambda: promote(ModelStore(self.settings.model_store), self.redis, self.keys, version, reason,
+                                          refresh=self.settings))
+
+    def rollback(self) -> dict[str, Any]:
+        """Promote the version that was in production before the current one and schedule a refresh, as `promote`."""
+        from bookrec.model_store.promotion import rollback
+        from bookrec.model_store.store import ModelStore
+
+        return self._call(lambda: rollback(ModelStore(self.settings.model_store), self.redis, self.keys, refresh=self.settings))
+
+    def wait(self, jobs: Iterable[Job], timeout: float | None = None) -> list[Any]:
+        """Block until every job has finished; return their return values (JobFailed with the worker's reason)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        results = []
+        for job in jobs:
+            results.append(self._wait_one(job, deadline))
+        return results
+
+    def _wait_one(self, job: Job, deadline: float | None) -> Any:
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise Timeout(f"job {job.id} did not finish in time (status: {job.get_status()})")
+            # Block well under the connection's 5 s socket timeout, or the read times out before the server answers.
+            block = WAIT_BLOCK_S if remaining is None else max(1, min(WAIT_BLOCK_S, int(remaining + 0.999)))
+            result = self._call(lambda: job.latest_result(timeout=block))
+            status = self._call(lambda: job.get_status(refresh=True))
+            if status == JobStatus.FINISHED and result is not None and result.type == Result.Type.SUCCESSFUL:
+                return result.return_value
+            if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+                reason = result.exc_string.strip().splitlines()[-1] if result is not None and result.exc_string else status.value
+                raise JobFailed(f"job {job.id} {status.value}: {reason}")
+            if status is None:
+                raise JobFailed(f"job {job.id} no longer exists in Redis (expired or deleted)")
+            if result is not None and result.type != Result.Type.SUCCESSFUL:
+                time.sleep(0.05)  # a failed try that RQ is retrying: its next result has not been written yet
+
+    def status(self) -> dict[str, Any]:
+        """Queues and lengths, workers and the version each serves, production version, cache size, failed jobs."""
+        from rq.registry import FailedJobRegistry
+        from rq.worker import Worker
+
+        def collect() -> dict[str, Any]:
+            queues = {name: {"queued": self.queue(name).count, "failed": FailedJobRegistry(name, connection=self.redis, serializer=JSONSerializer).count}
+                      for name in (QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN)}
+            workers = []
+            for worker in Worker.all(connection=self.redis, serializer=JSONSerializer):
+                state = worker_state.read(self.redis, self.keys, worker.name)
+                workers.append({"name": worker.name, "state": str(worker.get_state()), "queues": [q.name for q in worker.queues],
+                                "model_version": state.get("version") or None, "pending_version": state.get("pending_version") or None,
+                                "current_job": worker.get_current_job_id(),
+                                "pid": worker.pid, "hostname": worker.hostname})
+            current = self.redis.get(self.keys.model_current)
+            return {
+                "redis": redact_url(self.settings.redis_url),
+                "production_version": current.decode() if current else None,
+                "queues": queues,
+                "workers": sorted(workers, key=lambda w: w["name"]),
+                "cache_entries": sum(1 for _ in self.redis.scan_iter(match=self.keys.recs_pattern, count=1000)),
+                "failed_jobs": sum(q["failed"] for q in queues.values()),
+                "retrain_running": RetrainLock(self.redis, self.keys, self.settings.retrain_lock_ttl).holder(),
+            }
+
+        return self._call(collect)
+
+    def _call(self, action):
+        """Run a Redis action, turning connection failures into RedisUnavailable."""
+        try:
+            return action()
+        except CONNECTION_ERRORS as exc:
+            raise unavailable(self.settings, exc) from None

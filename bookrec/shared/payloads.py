@@ -1,0 +1,122 @@
+"""Job payloads: the arguments of each job, validated the same way by the producer and the worker.
+
+Jobs travel as JSON, so ids arrive as JSON numbers or strings; both become the canonical
+string form used as the cache key (`42` and `"42"` are the same user).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from bookrec.shared.errors import ValidationError
+
+MODEL_KINDS = ("mult-dae", "softmax-mf", "biased-mf", "mf", "deep")
+"""The model kinds a train or retrain may name, default first (the worker defines them in worker/models/)."""
+DEFAULT_MODEL_KIND = MODEL_KINDS[0]
+MAX_USERS_PER_JOB = 1000
+MAX_N = 100
+MAX_USER_ID_LENGTH = 200
+
+
+def user_id(value: Any) -> str:
+    """The canonical string form of one user id; ValidationError naming the value if it is not an id."""
+    if isinstance(value, bool) or value is None:
+        raise ValidationError(f"user id {value!r} is not an integer or a string")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isfinite(value) and value.is_integer():
+            return str(int(value))
+        raise ValidationError(f"user id {value!r} is not an integer or a string")
+    if isinstance(value, str):
+        text = value.strip()
+        if not text or len(text) > MAX_USER_ID_LENGTH or any(c in text for c in "\r\n\t *?[]"):
+            raise ValidationError(f"user id {value!r} is empty, too long or holds whitespace or glob characters")
+        return text
+    raise ValidationError(f"user id {value!r} is a {type(value).__name__}, not an integer or a string")
+
+
+def count_n(value: Any) -> int:
+    """A list length n in 1..MAX_N; ValidationError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_N:
+        raise ValidationError(f"n must be a whole number from 1 to {MAX_N}, got {value!r}")
+    return value
+
+
+def user_list(values: Any, limit: int | None = MAX_USERS_PER_JOB) -> list[str]:
+    """Canonical ids of a non-empty list of user ids (at most `limit`); ValidationError for the first bad one."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
+        raise ValidationError(f"user ids must be a list, got {type(values).__name__}")
+    if not values:
+        raise ValidationError("the list of user ids is empty")
+    if limit is not None and len(values) > limit:
+        raise ValidationError(f"{len(values)} user ids in one job; at most {limit} are allowed (the client splits longer lists)")
+    return [user_id(v) for v in values]
+
+
+def split_valid(values: list[Any]) -> tuple[list[str], list[dict[str, str]]]:
+    """(canonical good ids, [{"user_id", "error"}] for bad ones): a bad id never poisons the rest of a batch."""
+    good, bad = [], []
+    for value in values:
+        try:
+            good.append(user_id(value))
+        except ValidationError as exc:
+            bad.append({"user_id": repr(value)[:100], "error": str(exc)})
+    return good, bad
+
+
+def index_bound(value: Any, name: str) -> int | None:
+    """A start/stop position in the list of users (a whole number) or None; ValidationError otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"{name} must be a whole number or null, got {value!r}")
+    return value
+
+
+def hyper_params(value: Any) -> dict[str, Any]:
+    """Training hyper-parameters: a JSON object (None means the kind's defaults); ValidationError otherwise."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValidationError(f"params must be an object of hyper-parameters, got {type(value).__name__}")
+    return value
+
+
+def data_file(value: Any, what: str) -> str:
+    """A file name relative to BOOKREC_DATA_DIR: not absolute, no `..`; ValidationError naming it otherwise.
+
+    The worker also resolves it, symlinks included, and refuses anything that lands outside the folder.
+    """
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise ValidationError(f"{what} must be a file name inside BOOKREC_DATA_DIR, got {value!r}")
+    path = PurePosixPath(value)
+    if path.is_absolute() or ".." in path.parts:
+        raise ValidationError(f"{what} path {value!r} points outside BOOKREC_DATA_DIR; give the name of a file inside it")
+    return value
+
+
+def flag(value: Any, name: str) -> bool:
+    """A JSON true/false; ValidationError naming `name` otherwise."""
+    if not isinstance(value, bool):
+        raise ValidationError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def seed(value: Any) -> int:
+    """A random seed, a whole number from 0 to 2**32 - 1; ValidationError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise ValidationError(f"seed must be a whole number from 0 to {2**32 - 1}, got {value!r}")
+    return value
+
+
+def data_path(data_dir: Path, name: Any, what: str) -> Path:
+    """`name` resolved inside `data_dir`; ValidationError if it is not a file name or resolves outside it (symlinks too)."""
+    data_file(name, what)
+    root = data_dir.resolve()
+    path = (root / name).resolve()
+    if not path.is_relative_to(root):
+        raise ValidationError(f"{what} path {name!r} resolves outside BOOKREC_DATA_DIR ({root}); only files inside it can be used")
+    return path

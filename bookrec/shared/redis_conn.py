@@ -1,0 +1,135 @@
+"""Connecting to Redis from a URL: passwords, ACL users and TLS (`rediss://`), with clear failures."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from bookrec.shared.errors import ConfigError, RedisUnavailable
+from bookrec.shared.settings import Settings, redact_url
+
+CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+def connect(settings: Settings, socket_timeout: float | None = 5.0, retries: int = 2) -> redis.Redis:
+    """A client for `settings.redis_url` (not yet connected); TLS CA from BOOKREC_REDIS_CA_CERT when set.
+
+    Calls retry a few times with backoff on a dropped connection, then raise redis's
+    ConnectionError; `ping` turns that into RedisUnavailable.
+    """
+    options: dict[str, Any] = {
+        "socket_connect_timeout": 3.0,
+        "socket_timeout": socket_timeout,
+        "health_check_interval": 15,
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
+        "retry_on_error": [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
+    }
+    if settings.redis_ca_cert:
+        options["ssl_ca_certs"] = settings.redis_ca_cert
+    try:
+        return redis.Redis.from_url(settings.redis_url, **options)
+    except ValueError as exc:
+        raise ConfigError(f"BOOKREC_REDIS_URL={redact_url(settings.redis_url)!r} is not a Redis URL: {exc}") from None
+
+
+def unavailable(settings: Settings, exc: Exception) -> RedisUnavailable:
+    """The RedisUnavailable for a connection failure: refused credentials or no answer, naming the redacted URL."""
+    where = f"Redis at {redact_url(settings.redis_url)}"
+    if isinstance(exc, redis.exceptions.AuthenticationError):  # a ConnectionError too, so test it first
+        return RedisUnavailable(f"{where} refused the credentials ({exc}); check the user and password in BOOKREC_REDIS_URL")
+    return RedisUnavailable(f"{where} did not answer ({exc}); start it or set BOOKREC_REDIS_URL")
+
+
+def ping(client: redis.Redis, settings: Settings) -> None:
+    """Raise RedisUnavailable (naming the redacted URL) unless Redis answers."""
+    try:
+        client.ping()
+    except CONNECTION_ERRORS as exc:
+        raise unavailable(settings, exc) from None
+    except redis.exceptions.ResponseError as exc:
+        raise RedisUnavailable(f"Redis at {redact_url(settings.redis_url)} refused the connection ({exc})") from None
+
+
+def text(value: bytes | str | None) -> str | None:
+    """A Redis reply as text (bookrec's clients do not decode replies)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def delete_if_held(client: redis.Redis, key: str, owner: str) -> bool:
+    """Delete the lock `key` if its value is still `owner`, atomically (WATCH); True if it was deleted.
+
+    False if another owner holds it or it changed hands meanwhile; other Redis errors propagate.
+    """
+    with client.pipeline() as pipe:
+        try:
+            pipe.watch(key)
+            if text(pipe.get(key)) != owner:
+                return False
+            pipe.multi()
+            pipe.delete(key)
+            pipe.execute()
+            return True
+        except redis.exceptions.WatchError:
+            return False
+
+
+class PackedCommands:
+    """Redis commands packed in Redis's wire format (RESP), sent in one write by `send`.
+
+    A pipeline without redis-py's per-command packing and bookkeeping: for 500 SETs of ~2.5 KB
+    entries it takes ~1.3 ms of CPU instead of ~6.5 ms (the workers' hot path).
+    """
+
+    def __init__(self) -> None:
+        self.commands: list[bytes] = []
+
+    def set_ex(self, pairs: Iterable[tuple[str, str]], ttl: int) -> PackedCommands:
+        """Add `SET key value EX ttl` for each (key, value)."""
+        packed_ttl = _arg(ttl)
+        for key, value in pairs:
+            k, v = key.encode(), value.encode()
+            self.commands.append(b"*5\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$2\r\nEX\r\n%s" % (len(k), k, len(v), v, packed_ttl))
+        return self
+
+    def add(self, *args: str | int) -> PackedCommands:
+        """Add one command."""
+        self.commands.append(b"*%d\r\n" % len(args) + b"".join(_arg(a) for a in args))
+        return self
+
+    def send(self, client: redis.Redis) -> None:
+        """Send every command in one write and read all their replies; raise the first error reply.
+
+        Retried like any command of `client` when the connection drops (the commands must be safe to
+        repeat, as a redis-py pipeline's would be).
+        """
+        if not self.commands:
+            return
+        payload = b"".join(self.commands)
+        count = len(self.commands)
+        connection = client.connection_pool.get_connection()
+
+        def send() -> list[redis.ResponseError]:
+            connection.send_packed_command([payload])
+            errors = []
+            for _ in range(count):
+                try:
+                    connection.read_response()
+                except redis.ResponseError as exc:
+                    errors.append(exc)
+            return errors
+
+        try:
+            errors = connection.retry.call_with_retry(send, lambda error: connection.disconnect())
+        finally:
+            client.connection_pool.release(connection)
+        if errors:
+            raise errors[0]
+
+
+def _arg(value: str | int) -> bytes:
+    """One argument of a command in RESP."""
+    data = str(value).encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)

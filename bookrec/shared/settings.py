@@ -1,0 +1,107 @@
+"""All configuration, read from environment variables in one place.
+
+Every variable is documented in the README's Configuration section. `Settings.from_env()`
+reads them once; parts receive a `Settings` instead of reading `os.environ` themselves.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+from bookrec.shared.errors import ConfigError
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """bookrec's configuration. Field names match the env vars without the `BOOKREC_` prefix."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    model_store: Path = Path("./var/models")
+    data_dir: Path = Path("./var/data")
+    key_prefix: str = "bookrec:"
+    cache_ttl: int = 86400
+    tf_threads: int = 1
+    keep_versions: int = 5
+    gate_tolerance: float = 0.0
+    retrain_lock_ttl: int = 600
+    refresh_chunk: int = 500
+    job_timeout: int = 600
+    swap_slots: int = 1
+    redis_ca_cert: str | None = None
+    log_level: str = "INFO"
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Build settings from `env` (default: `os.environ`), raising ConfigError on a malformed value."""
+        env = os.environ if env is None else env
+        prefix = env.get("BOOKREC_KEY_PREFIX", "bookrec:")
+        if not prefix:
+            raise ConfigError("BOOKREC_KEY_PREFIX must not be empty")
+        return cls(
+            redis_url=env.get("BOOKREC_REDIS_URL") or DEFAULT_REDIS_URL,
+            model_store=Path(env.get("BOOKREC_MODEL_STORE") or "./var/models"),
+            data_dir=Path(env.get("BOOKREC_DATA_DIR") or "./var/data"),
+            key_prefix=prefix,
+            cache_ttl=_int(env, "BOOKREC_CACHE_TTL", 86400, minimum=1),
+            tf_threads=_int(env, "BOOKREC_TF_THREADS", 1, minimum=0),
+            keep_versions=_int(env, "BOOKREC_KEEP_VERSIONS", 5, minimum=1),
+            gate_tolerance=_float(env, "BOOKREC_GATE_TOLERANCE", 0.0),
+            retrain_lock_ttl=_int(env, "BOOKREC_RETRAIN_LOCK_TTL", 600, minimum=10),
+            refresh_chunk=_int(env, "BOOKREC_REFRESH_CHUNK", 500, minimum=1),
+            job_timeout=_int(env, "BOOKREC_JOB_TIMEOUT", 600, minimum=1),
+            swap_slots=_int(env, "BOOKREC_SWAP_SLOTS", 1, minimum=1),
+            redis_ca_cert=env.get("BOOKREC_REDIS_CA_CERT") or None,
+            log_level=(env.get("BOOKREC_LOG_LEVEL") or "INFO").upper(),
+        )
+
+    def with_overrides(self, **changes: object) -> "Settings":
+        """Return a copy with some fields replaced (used by tests and the demo)."""
+        return replace(self, **changes)
+
+    @property
+    def redis_url_redacted(self) -> str:
+        """The Redis URL with any password replaced by `***`, safe for logs and status output."""
+        return redact_url(self.redis_url)
+
+
+def redact_url(url: str) -> str:
+    """Return `url` with the password (if any) replaced by `***`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{user}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

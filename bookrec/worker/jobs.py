@@ -1,0 +1,129 @@
+"""The job functions workers run, under their public names (`bookrec.shared.jobs`): the only ones they will run.
+
+Each takes JSON-serialisable arguments, validates them as they arrive from Redis (with
+`bookrec.shared.payloads`), and returns a JSON-serialisable summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any, Callable
+
+from rq import Queue, get_current_job
+from rq.serializers import JSONSerializer
+
+from bookrec.shared import jobs, payloads
+from bookrec.shared.errors import ValidationError
+from bookrec.shared.keys import QUEUE_REFRESH
+from bookrec.shared.redis_conn import PackedCommands
+from bookrec.worker.serve import context
+
+logger = logging.getLogger(__name__)
+
+REFRESH_COUNTER_TTL = 86400
+
+
+def recommend(user_ids: list, n: int = 10, refresh_id: str | None = None, model_version: str | None = None) -> dict[str, Any]:
+    """Compute and cache the top-`n` unseen books of each user (1 to 1,000 ids) in one batch.
+
+    Ids that are not ids (wrong type, empty) are skipped and listed in `rejected`; the others
+    are served. With `model_version` (set by refresh after a promotion) a worker still on an
+    older version swaps before computing. Returns {"users", "fallbacks", "rejected", "model_version", "seconds"}.
+    """
+    started = time.perf_counter()
+    if isinstance(user_ids, (str, bytes)) or not isinstance(user_ids, (list, tuple)) or not user_ids:
+        raise ValidationError(f"user_ids must be a non-empty list, got {user_ids!r:.80}")
+    if len(user_ids) > payloads.MAX_USERS_PER_JOB:
+        raise ValidationError(f"{len(user_ids)} user ids in one job; at most {payloads.MAX_USERS_PER_JOB} are allowed")
+    n = payloads.count_n(n)
+    good, rejected = payloads.split_valid(list(user_ids))
+    ctx = context.get()
+    if ctx.holder is None or ctx.holder.current is None:
+        raise RuntimeError("this worker has no model loaded; recommend jobs belong on the recommend/refresh queues")
+    if model_version is not None and ctx.holder.version != model_version:
+        ctx.holder.check()
+    runtime = ctx.holder.current  # read once: the whole job runs on this version
+    batch = runtime.recommend(good, n) if good else None
+    commands = PackedCommands()
+    if batch:
+        commands.set_ex(((ctx.keys.recs(user), entry) for user, entry in zip(batch.user_ids, batch.entries)), ctx.settings.cache_ttl)
+    if refresh_id:
+        commands.add("INCRBY", ctx.keys.refresh_done(refresh_id), len(user_ids))
+        commands.add("EXPIRE", ctx.keys.refresh_done(refresh_id), REFRESH_COUNTER_TTL)
+    commands.send(ctx.client)
+    return {
+        "users": len(good),
+        "fallbacks": batch.fallbacks if batch else 0,
+        "rejected": rejected,
+        "model_version": runtime.version,
+        "seconds": round(time.perf_counter() - started, 4),
+    }
+
+
+def refresh(start: int | None = None, stop: int | None = None, n: int = 10, chunk: int | None = None) -> dict[str, Any]:
+    """Recompute every known user's entry (or users[start:stop] in model order) by fanning out recommend jobs.
+
+    Chunks go on the `refresh` queue, shared by all replicas; each adds its user count to
+    `refresh:{id}:done`. Returns {"refresh_id", "users", "chunks", "model_version"}; job meta holds the same.
+    """
+    n = payloads.count_n(n)
+    ctx = context.get()
+    if ctx.holder is None or ctx.holder.current is None:
+        raise RuntimeError("this worker has no model loaded, so it does not know the users to refresh")
+    ctx.holder.check()  # right after a promotion this worker may not have swapped yet
+    runtime = ctx.holder.current
+    chunk = int(chunk or ctx.settings.refresh_chunk)
+    if not 1 <= chunk <= payloads.MAX_USERS_PER_JOB:
+        raise ValidationError(f"chunk must be from 1 to {payloads.MAX_USERS_PER_JOB}, got {chunk}")
+    users = runtime.user_map.to_list()[slice(payloads.index_bound(start, "start"), payloads.index_bound(stop, "stop"))]
+    refresh_id = uuid.uuid4().hex[:12]
+    queue = Queue(QUEUE_REFRESH, connection=ctx.client, serializer=JSONSerializer)
+    specs = [
+        jobs.recommend({"user_ids": users[i : i + chunk], "n": n, "refresh_id": refresh_id, "model_version": runtime.version},
+                       ctx.settings, description=f"refresh {refresh_id} users {i}..{i + len(users[i:i + chunk]) - 1}")
+        for i in range(0, len(users), chunk)
+    ]
+    for start_at in range(0, len(specs), 500):
+        queue.enqueue_many(specs[start_at : start_at + 500])
+    summary = {"refresh_id": refresh_id, "users": len(users), "chunks": len(specs), "model_version": runtime.version}
+    job = get_current_job()
+    if job is not None:
+        job.meta.update(summary)
+        job.save_meta()
+    logger.info("refresh %s: %d users in %d chunks", refresh_id, len(users), len(specs))
+    return summary
+
+
+def retrain(
+    model: str | None = None,
+    params: dict | None = None,
+    ratings: str = "ratings.csv",
+    books: str | None = "books.csv",
+    force: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Train a new version from files in BOOKREC_DATA_DIR, gate it against production, promote if it passes.
+
+    One retrain at a time (a Redis lock with expiry). Progress (stage, epoch, loss, ETA) goes in
+    job meta. Returns the candidate's and production's metrics and the decision.
+    """
+    from bookrec.worker.serve.retrain import release_lock, run_retrain
+
+    ctx = context.get()
+    job = get_current_job()
+    try:
+        params = payloads.hyper_params(params)
+        ratings_path = payloads.data_path(ctx.settings.data_dir, ratings, "ratings")
+        books_path = payloads.data_path(ctx.settings.data_dir, books, "books") if books is not None else None
+        force, seed = payloads.flag(force, "force"), payloads.seed(seed)
+    except ValidationError:
+        if job is not None:
+            release_lock(ctx, job.id)  # the producer took the lock for this job when it enqueued it
+        raise
+    return run_retrain(ctx, job, model, params, ratings_path, books_path, force, seed)
+
+
+FUNCTIONS: dict[str, Callable[..., dict[str, Any]]] = {jobs.RECOMMEND: recommend, jobs.REFRESH: refresh, jobs.RETRAIN: retrain}
+"""The allowlist: each public job name and the function a worker runs for it."""

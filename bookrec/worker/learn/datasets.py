@@ -1,0 +1,316 @@
+"""Reading ratings and book files into tidy frames, with errors that say what is wrong and how to fix it.
+
+Columns are found by name, never by position, so goodbooks (either header order), MovieLens
+and header-less TSV files like MovieLens 100K `u.data` all read the same way. Ids of any form
+become strings; ratings become float32. Every problem a user can cause raises `DataError`
+naming the file and the fix (a flag, a column, an encoding).
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from bookrec.shared.errors import DataError
+from bookrec.worker.learn.inputs import ReadOptions
+
+log = logging.getLogger(__name__)
+
+# Recognised column names (compared case-insensitively) for each role of a ratings file.
+USER_COLUMNS = ("user", "user_id", "userId")
+ITEM_COLUMNS = ("item", "item_id", "book_id", "movieId")
+RATING_COLUMNS = ("rating",)
+
+_ROLES = {
+    "user": (USER_COLUMNS, "--user-col"),
+    "item": (ITEM_COLUMNS, "--item-col"),
+    "rating": (RATING_COLUMNS, "--rating-col"),
+}
+_CHUNK_BYTES = 1 << 20
+_NO_HEADER_HINT = (
+    "if the file has no header, name its columns with --names (e.g. --names user,item,rating,timestamp); otherwise "
+)
+
+
+@dataclass
+class RatingsData:
+    """A ratings file read into a frame with columns user (str), item (str) and rating (float32)."""
+
+    frame: pd.DataFrame
+    path: Path
+    duplicates_dropped: int
+    columns: dict  # role ("user", "item", "rating") -> source column name
+
+
+def read_ratings(path: str | Path, options: ReadOptions = ReadOptions()) -> RatingsData:
+    """Read a CSV/TSV ratings file, finding the user, item and rating columns by name.
+
+    Args:
+        path: the ratings file.
+        options: column overrides, separator, or column names for a header-less file.
+
+    Returns:
+        The ratings with string ids and float32 ratings; for duplicate (user, item) pairs only
+        the last occurrence is kept.
+
+    Raises:
+        DataError: the file is missing, unreadable, lacks a column, or holds a bad rating or id.
+    """
+    path = _check_file(Path(path))
+    sep = _separator(path, options.sep)
+    header = _header(path, sep, options.names)
+    columns = {role: _find_column(path, role, header, options) for role in _ROLES}
+    if not any(columns.values()):
+        hint = "" if options.names else _NO_HEADER_HINT
+        raise DataError(
+            f"{path}: no user, item or rating column among {_listing(header)}; {hint}"
+            "pick columns with --user-col, --item-col and --rating-col"
+        )
+    _require_columns(path, columns, header)
+    raw = _read_csv(
+        path,
+        sep=sep,
+        header=None if options.names else "infer",
+        names=list(options.names) if options.names else None,
+        usecols=list(columns.values()),
+        dtype={columns["user"]: str, columns["item"]: str},
+    )
+    if raw.empty:
+        raise DataError(f"{path}: the file has no rows of ratings; check that it is the right file")
+    first_line = 1 if options.names else 2
+    users, user_ids = _ids(path, raw[columns["user"]], columns["user"], first_line)
+    items, item_ids = _ids(path, raw[columns["item"]], columns["item"], first_line)
+    ratings = _ratings(path, raw[columns["rating"]], columns["rating"], first_line)
+    keep = _last_of_each_pair(path, users, items)
+    frame = pd.DataFrame({"user": user_ids[users[keep]], "item": item_ids[items[keep]], "rating": ratings[keep]})
+    return RatingsData(frame=frame, path=path, duplicates_dropped=len(users) - len(keep), columns=columns)
+
+
+def read_books(path: str | Path) -> pd.DataFrame:
+    """Read a goodbooks-style books.csv into a frame indexed by book id string (index name `book_id`).
+
+    The key column is `id` in the older goodbooks release (where `book_id` is the goodreads id)
+    and `book_id` in the newer one. Columns: title (str, falling back to `original_title`),
+    authors (str), year (int or None, from `original_publication_year`), image_url (str or None).
+
+    Raises:
+        DataError: the file is missing, unreadable, empty, lacks a needed column or repeats a book id.
+    """
+    path = _check_file(Path(path))
+    header = _header(path, ",", None)
+    key = "id" if "id" in header else "book_id"
+    title_cols = [c for c in ("title", "original_title") if c in header]
+    missing = [c for c in (key, "authors") if c not in header] + ([] if title_cols else ["title"])
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {', '.join(missing)} (a book file needs book_id or id, title or "
+            f"original_title, and authors); columns found: {_listing(header)}"
+        )
+    raw = _read_csv(path, sep=",", dtype={key: str, "authors": str, **{c: str for c in title_cols}})
+    if raw.empty:
+        raise DataError(f"{path}: the file has no rows of books; check that it is the right file")
+    codes, distinct = _ids(path, raw[key], key, first_line=2)
+    ids = distinct[codes]
+    _require_unique(path, ids, key)
+    title = raw[title_cols[0]]
+    if len(title_cols) == 2:
+        title = title.fillna(raw[title_cols[1]])
+    columns = {
+        "title": title.fillna("").tolist(),
+        "authors": raw["authors"].fillna("").tolist(),
+        "year": _optional_years(raw, "original_publication_year"),
+        "image_url": _optional_text(raw, "image_url"),
+    }
+    index = pd.Index(ids, dtype=object, name="book_id")
+    # object dtype keeps None as None for year and image_url (an inferred dtype would turn it into NaN).
+    return pd.DataFrame({name: pd.Series(values, index=index, dtype=object) for name, values in columns.items()})
+
+
+def fingerprint(path: str | Path) -> dict[str, Any]:
+    """The sha256 (hex) and size in bytes of a file, read in chunks so any size fits in memory."""
+    path = _check_file(Path(path))
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"sha256": digest.hexdigest(), "bytes": size}
+
+
+def _check_file(path: Path) -> Path:
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; give the path of a file inside it")
+    if not path.exists():
+        raise DataError(f"{path}: no such file; check the path")
+    if not path.is_file():
+        raise DataError(f"{path} is not a regular file; give the path of a CSV or TSV file")
+    return path
+
+
+def _separator(path: Path, sep: str | None) -> str:
+    if sep is None:
+        return "\t" if path.suffix.lower() == ".tsv" else ","
+    return "\t" if sep in ("\\t", "tab") else sep
+
+
+def _header(path: Path, sep: str, names: Sequence[str] | None) -> list[str]:
+    """The column names: the given `names` (checked against the first row's width) or the header row."""
+    if not names:
+        return [str(c) for c in _read_csv(path, sep=sep, nrows=0).columns]
+    width = _read_csv(path, sep=sep, header=None, nrows=1).shape[1]
+    if len(names) != width:
+        raise DataError(
+            f"{path}: --names gives {len(names)} names ({','.join(names)}) but the first row has {width} "
+            f"fields; give one name per column (check --sep too)"
+        )
+    if len(set(names)) != len(names):
+        raise DataError(f"{path}: --names repeats a name ({','.join(names)}); give each column its own name")
+    return list(names)
+
+
+def _read_csv(path: Path, **kwargs: Any) -> pd.DataFrame:
+    """`pd.read_csv` as UTF-8 with its failures turned into DataError naming the file."""
+    try:
+        return pd.read_csv(path, encoding="utf-8", skipinitialspace=True, **kwargs)
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text ({_first_invalid_utf8(path)}); save it as UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty; check that it is the right file") from None
+    except pd.errors.ParserError as exc:
+        raise DataError(f"{path}: not a well-formed CSV/TSV file ({str(exc).strip()}); check --sep") from None
+
+
+def _first_invalid_utf8(path: Path) -> str:
+    """Where the first byte that is not UTF-8 sits, as 'byte 0x.. at offset N, line L'."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, lines = 0, 0
+    with path.open("rb") as handle:
+        while True:
+            chunk = handle.read(_CHUNK_BYTES)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:
+                # The decoder may hold back up to 3 bytes of an unfinished character from the previous chunk.
+                pending = len(exc.object) - len(chunk)
+                bad = offset - pending + exc.start
+                line = lines + exc.object[: exc.start].count(b"\n") + 1
+                return f"byte 0x{exc.object[exc.start]:02x} at offset {bad}, line {line}"
+            if not chunk:
+                return "invalid bytes"
+            offset += len(chunk)
+            lines += chunk.count(b"\n")
+
+
+def _find_column(path: Path, role: str, header: list[str], options: ReadOptions) -> str | None:
+    """The column for `role`: the override if given, else the one recognised name present (None if none)."""
+    recognised, flag = _ROLES[role]
+    override = options.column_override(role)
+    if override is not None:
+        if override not in header:
+            raise DataError(
+                f"{path}: no column {override!r} (given by {flag}); columns found: {_listing(header)}"
+            )
+        return override
+    wanted = {name.lower() for name in recognised}
+    found = [c for c in header if c.lower() in wanted]
+    if len(found) > 1:
+        raise DataError(
+            f"{path}: columns {', '.join(found)} could each be the {role} column; choose one with {flag}"
+        )
+    return found[0] if found else None
+
+
+def _require_columns(path: Path, columns: dict[str, str | None], header: list[str]) -> None:
+    """Raise DataError unless every role has its own column."""
+    for role, column in columns.items():
+        recognised, flag = _ROLES[role]
+        if column is None:
+            raise DataError(
+                f"{path}: no {role} column (looked for {', '.join(recognised)}); columns found: "
+                f"{_listing(header)}; name it with {flag}"
+            )
+    if len(set(columns.values())) < len(columns):
+        roles = ", ".join(f"{role}={column}" for role, column in columns.items())
+        raise DataError(f"{path}: one column is used for two roles ({roles}); give each role its own column")
+
+
+def _ids(path: Path, values: pd.Series, column: str, first_line: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ids as (codes, distinct strings): `distinct[codes]` is the column. Empty ids raise DataError.
+
+    Integer-valued floats such as '42.0' become '42'. The work is done on the distinct values,
+    which are few next to the rows.
+    """
+    _reject(path, values.isna().to_numpy(), values, f"an empty id in column {column!r}", first_line)
+    codes, uniques = pd.factorize(values)
+    normal = pd.Series(uniques, dtype=object).astype(str).str.replace(r"^(-?\d+)\.0+$", r"\1", regex=True)
+    merged, distinct = pd.factorize(normal)
+    return merged[codes], np.asarray(distinct, dtype=object)
+
+
+def _ratings(path: Path, values: pd.Series, column: str, first_line: int) -> np.ndarray:
+    """Ratings as float32; missing, non-numeric or infinite values raise DataError."""
+    numbers = values if pd.api.types.is_numeric_dtype(values) else pd.to_numeric(values, errors="coerce")
+    numbers = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
+    _reject(path, ~np.isfinite(numbers), values, f"a missing or non-numeric rating in column {column!r}", first_line)
+    return numbers.astype(np.float32)
+
+
+def _reject(path: Path, bad: np.ndarray, values: pd.Series, problem: str, first_line: int) -> None:
+    """Raise DataError if any row is `bad`, counting them and showing the first one's line and value."""
+    count = int(bad.sum())
+    if not count:
+        return
+    first = int(np.argmax(bad))
+    value = values.iloc[first]
+    shown = "empty" if pd.isna(value) else repr(str(value))
+    rows = "1 row has" if count == 1 else f"{count} rows have"
+    raise DataError(
+        f"{path}: {rows} {problem} (first at line {first + first_line}: {shown}); fix or remove those rows"
+    )
+
+
+def _last_of_each_pair(path: Path, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Row numbers to keep so that each (user, item) pair keeps its last rating; logs how many were dropped."""
+    pairs = pd.Series(users.astype(np.int64) * (int(items.max()) + 1) + items)
+    keep = np.flatnonzero(~pairs.duplicated(keep="last").to_numpy())
+    dropped = len(users) - len(keep)
+    if dropped:
+        log.warning("%s: %d duplicate (user, item) ratings; kept the last of each", path, dropped)
+    return keep
+
+
+def _require_unique(path: Path, ids: np.ndarray, column: str) -> None:
+    series = pd.Series(ids)
+    repeated = series[series.duplicated()]
+    if len(repeated):
+        raise DataError(
+            f"{path}: book id {repeated.iloc[0]!r} appears more than once in column {column!r} "
+            f"({len(repeated)} repeats); each book needs its own id"
+        )
+
+
+def _optional_years(raw: pd.DataFrame, column: str) -> list[int | None]:
+    """Whole years from `column` (None where missing or not a number, or for every row without the column)."""
+    if column not in raw:
+        return [None] * len(raw)
+    years = pd.to_numeric(raw[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    return [None if np.isnan(y) else int(y) for y in years]
+
+
+def _optional_text(raw: pd.DataFrame, column: str) -> list[str | None]:
+    """Text from `column` (None where missing, or for every row without the column)."""
+    if column not in raw:
+        return [None] * len(raw)
+    return [None if pd.isna(v) else str(v) for v in raw[column]]
+
+
+def _listing(header: Sequence[str]) -> str:
+    return ", ".join(header) if header else "(none)"

@@ -1,0 +1,148 @@
+"""The SavedModel that workers serve: rating prediction and whole-catalogue top-k in the graph.
+
+`ServingModule` is a plain `tf.Module` holding the trained weights as variables, so
+`tf.saved_model.load(path)` opens it with no bookrec (or Keras) code imported. Signatures:
+
+- `predict(user, item)` -> `{"rating"}`: predicted stars for parallel int32 index arrays.
+- `top_k(user, k)` -> `{"items", "scores"}`: best k items of the catalogue per user, as
+  TensorFlow Recommenders' brute-force index does.
+- `recommend(user, k, exclude_row, exclude_item)` -> `{"items", "scores"}`: the same, with the
+  (row, item) pairs given (each user's already-rated books) masked out before top-k, so
+  excluded items never take a slot. Fewer than k candidates are padded with score -inf.
+
+`serving_default` is `predict`. Users must be known indices (0..n_users-1); the worker handles
+unknown users with its popularity fallback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from bookrec.worker.learn.models.base import FactorizedWeights, MLPWeights
+
+_USERS = tf.TensorSpec([None], tf.int32, name="user")
+_ITEMS = tf.TensorSpec([None], tf.int32, name="item")
+_K = tf.TensorSpec([], tf.int32, name="k")
+_EXCLUDE_ROW = tf.TensorSpec([None], tf.int32, name="exclude_row")
+_EXCLUDE_ITEM = tf.TensorSpec([None], tf.int32, name="exclude_item")
+
+
+def _var(value: np.ndarray, name: str) -> tf.Variable:
+    return tf.Variable(np.asarray(value, dtype=np.float32), trainable=False, name=name)
+
+
+class _Factorized(tf.Module):
+    """score(u, i) = U[u] . V[i] + bu[u] + bi[i] + g."""
+
+    def __init__(self, weights: FactorizedWeights, name: str) -> None:
+        super().__init__(name=name)
+        self.user_vectors = _var(weights.user_vectors, "user_vectors")
+        self.item_vectors = _var(weights.item_vectors, "item_vectors")
+        self.user_bias = _var(weights.user_bias, "user_bias")
+        self.item_bias = _var(weights.item_bias, "item_bias")
+        self.global_bias = _var(np.float32(weights.global_bias), "global_bias")
+
+    def all_items(self, users: tf.Tensor) -> tf.Tensor:
+        """[B, n_items] scores."""
+        u = tf.gather(self.user_vectors, users)
+        scores = tf.matmul(u, self.item_vectors, transpose_b=True) + self.item_bias
+        return scores + (tf.gather(self.user_bias, users) + self.global_bias)[:, None]
+
+    def pairs(self, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
+        """[N] scores of parallel (user, item) pairs."""
+        dot = tf.reduce_sum(tf.gather(self.user_vectors, users) * tf.gather(self.item_vectors, items), axis=-1)
+        return dot + tf.gather(self.user_bias, users) + tf.gather(self.item_bias, items) + self.global_bias
+
+
+class _MLP(tf.Module):
+    """score(u, i) = MLP(concat(U[u], V[i])), ReLU between layers, linear output."""
+
+    def __init__(self, weights: MLPWeights, name: str) -> None:
+        super().__init__(name=name)
+        self.user_vectors = _var(weights.user_vectors, "user_vectors")
+        self.item_vectors = _var(weights.item_vectors, "item_vectors")
+        self.kernels = [_var(k, f"kernel_{i}") for i, k in enumerate(weights.kernels)]
+        self.biases = [_var(b, f"bias_{i}") for i, b in enumerate(weights.biases)]
+
+    def _head(self, hidden: tf.Tensor) -> tf.Tensor:
+        """The layers after the first, applied to first-layer pre-activations."""
+        x = tf.nn.relu(hidden)
+        for kernel, bias in zip(self.kernels[1:-1], self.biases[1:-1]):
+            x = tf.nn.relu(tf.matmul(x, kernel) + bias)
+        return tf.squeeze(tf.matmul(x, self.kernels[-1]) + self.biases[-1], axis=-1)
+
+    def pairs(self, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
+        x = tf.concat([tf.gather(self.user_vectors, users), tf.gather(self.item_vectors, items)], axis=-1)
+        return self._head(tf.matmul(x, self.kernels[0]) + self.biases[0])
+
+    def all_items(self, users: tf.Tensor) -> tf.Tensor:
+        # The first layer splits into a user part and an item part; the item part is shared by all users.
+        dim = tf.shape(self.user_vectors)[1]
+        user_part = tf.matmul(tf.gather(self.user_vectors, users), self.kernels[0][:dim])
+        item_part = tf.matmul(self.item_vectors, self.kernels[0][dim:]) + self.biases[0]
+        return tf.map_fn(
+            lambda row: self._head(row[None, :] + item_part),
+            user_part,
+            fn_output_signature=tf.TensorSpec([None], tf.float32),
+        )
+
+
+class ServingModule(tf.Module):
+    """The exported model: a scoring head (ranks books) and a rating head (predicts stars).
+
+    For rating kinds both heads are the trained model. Ranking kinds do not predict stars, so
+    their rating head is the `bias` baseline (mean + user bias + book bias) fitted on the same data.
+    """
+
+    def __init__(self, scoring: FactorizedWeights | MLPWeights, rating: FactorizedWeights | None = None) -> None:
+        super().__init__(name="bookrec")
+        self.scoring = _build_head(scoring, "scoring")
+        self.rating = self.scoring if rating is None else _build_head(rating, "rating")
+        self.n_items = tf.constant(int(scoring.item_vectors.shape[0]), dtype=tf.int32)
+        self.n_users = tf.constant(int(scoring.user_vectors.shape[0]), dtype=tf.int32)
+
+    @tf.function(input_signature=[_USERS, _ITEMS])
+    def predict(self, user: tf.Tensor, item: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Predicted stars for each (user, item) pair."""
+        return {"rating": self.rating.pairs(user, item)}
+
+    @tf.function(input_signature=[_USERS, _K])
+    def top_k(self, user: tf.Tensor, k: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The k best items of the whole catalogue for each user."""
+        scores, items = tf.math.top_k(self.scoring.all_items(user), k=tf.minimum(k, self.n_items))
+        return {"items": items, "scores": scores}
+
+    @tf.function(input_signature=[_USERS, _K, _EXCLUDE_ROW, _EXCLUDE_ITEM])
+    def recommend(self, user: tf.Tensor, k: tf.Tensor, exclude_row: tf.Tensor, exclude_item: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The k best items per user after masking the (row, item) pairs to exclude."""
+        scores = self.scoring.all_items(user)
+        pairs = tf.stack([exclude_row, exclude_item], axis=1)
+        scores = tf.tensor_scatter_nd_update(scores, pairs, tf.fill([tf.shape(pairs)[0]], float("-inf")))
+        scores, items = tf.math.top_k(scores, k=tf.minimum(k, self.n_items))
+        return {"items": items, "scores": scores}
+
+
+def _build_head(weights: FactorizedWeights | MLPWeights, name: str) -> tf.Module:
+    return _Factorized(weights, name) if isinstance(weights, FactorizedWeights) else _MLP(weights, name)
+
+
+def save(module: ServingModule, path: Path) -> None:
+    """Write `module` as a SavedModel at `path` with the predict, top_k and recommend signatures."""
+    tf.saved_model.save(
+        module,
+        str(path),
+        signatures={
+            "serving_default": module.predict,
+            "predict": module.predict,
+            "top_k": module.top_k,
+            "recommend": module.recommend,
+        },
+    )
+
+
+def load(path: Path):
+    """Load a SavedModel written by `save` (plain `tf.saved_model.load`)."""
+    return tf.saved_model.load(str(path))

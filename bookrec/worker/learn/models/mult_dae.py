@@ -1,0 +1,79 @@
+"""`mult-dae`: a denoising autoencoder over each user's rated books with a multinomial likelihood.
+
+Liang et al., "Variational Autoencoders for Collaborative Filtering" (WWW 2018), Mult-DAE:
+a user's set of rated books (multi-hot, L2-normalised, with dropout on the input) is encoded
+to a small tanh layer and decoded to logits over the whole catalogue; the loss is the
+negative log-likelihood of the user's books under the softmax of those logits. It is trained
+to rank, not to predict stars. Serving precomputes each user's encoding, so the SavedModel
+scores with the same factorized form (user vector . book vector + book bias) as `mf`.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from bookrec.worker.learn.data import Interactions
+from bookrec.worker.learn.models.base import RANKING, FactorizedWeights, ModelSpec
+from bookrec.worker.learn.models.feeds import UserRows
+
+
+def normalise(rows):
+    """Scale each multi-hot row to unit L2 norm (empty rows stay zero)."""
+    return rows / ops.maximum(ops.sqrt(ops.sum(ops.square(rows), axis=-1, keepdims=True)), 1e-6)
+
+
+def multinomial_nll(targets, logits):
+    """Mean over users of -sum_i x_ui log softmax(logits_u)_i."""
+    return -ops.mean(ops.sum(targets * ops.log_softmax(logits, axis=-1), axis=-1))
+
+
+class MultDAE(keras.Model):
+    """Multi-hot user row -> dropout -> Dense(hidden, tanh) -> Dense(n_items) logits."""
+
+    def __init__(self, n_items: int, hidden: int, dropout: float, l2: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        regularizer = keras.regularizers.L2(l2) if l2 else None
+        self.dropout = keras.layers.Dropout(dropout)
+        self.encoder = keras.layers.Dense(hidden, activation="tanh", kernel_regularizer=regularizer, name="encoder")
+        self.decoder = keras.layers.Dense(n_items, kernel_regularizer=regularizer, name="decoder")
+
+    def encode(self, rows, training: bool = False):
+        """The user representation for multi-hot rows."""
+        return self.encoder(self.dropout(normalise(rows), training=training))
+
+    def call(self, rows, training: bool = False):
+        return self.decoder(self.encode(rows, training=training))
+
+
+def build(n_users: int, n_items: int, params: dict, global_mean: float) -> keras.Model:
+    """A compiled `mult-dae` model (inputs and targets are multi-hot user rows)."""
+    model = MultDAE(n_items, int(params["dim"]), float(params["dropout"]), float(params["l2"]))
+    model.compile(optimizer=keras.optimizers.Adam(params["learning_rate"]), loss=multinomial_nll)
+    return model
+
+
+def serving_weights(model: MultDAE, train: Interactions) -> FactorizedWeights:
+    """Every user's encoding of their training books, the decoder's kernel as book vectors, its bias as book biases."""
+    rows = UserRows(train.by_user(), train.n_items, batch_size=1024)
+    user_vectors = np.concatenate([np.asarray(model.encode(rows[i][0], training=False)) for i in range(len(rows))])
+    kernel = model.decoder.kernel.numpy()
+    return FactorizedWeights(
+        user_vectors=user_vectors.astype(np.float32),
+        item_vectors=kernel.T.copy(),
+        user_bias=np.zeros(len(user_vectors), np.float32),
+        item_bias=model.decoder.bias.numpy(),
+        global_bias=0.0,
+    )
+
+
+SPEC = ModelSpec(
+    kind="mult-dae",
+    task=RANKING,
+    feed="histories",
+    defaults={"dim": 200, "dropout": 0.5, "l2": 0.0, "learning_rate": 0.001, "batch_size": 128, "steps": 600, "epochs": None, "max_epochs": 200},
+    build=build,
+    serving_weights=serving_weights,
+    description="denoising autoencoder over each user's books, multinomial likelihood (Mult-DAE): trained to rank",
+)

@@ -1,0 +1,176 @@
+"""From rating files to a saved model version: read, split, fit, export, evaluate beside baselines, save.
+
+`bookrec train` and the retrain job both call `train_version`; promotion is the caller's choice.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from bookrec.model_store.store import ModelStore
+from bookrec.shared.errors import DataError
+from bookrec.worker.learn import artifacts, export, gate, training
+from bookrec.worker.learn.data import IdMap, Interactions, UserItems
+from bookrec.worker.learn.datasets import RatingsData, ReadOptions, fingerprint, read_books, read_ratings
+from bookrec.worker.learn.evaluation import BiasBaseline, evaluate_with_baselines, split_ratings
+from bookrec.worker.learn.models import get_spec
+from bookrec.worker.learn.models.base import RANKING, FactorizedWeights
+from bookrec.worker.learn.scoring import SavedModelScorer
+
+logger = logging.getLogger(__name__)
+
+Stage = Callable[[str], None]
+"""Called as stage(name) when a step of the pipeline starts: read, train, evaluate, save."""
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What to train on and how. Paths are used as given; callers confine them first if they must."""
+
+    ratings: Path
+    books: Path | None = None
+    test: Path | None = None
+    kind: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    split: str = "per-user"
+    test_frac: float = 0.25
+    seed: int = 0
+    read_options: ReadOptions = ReadOptions()
+
+
+@dataclass(frozen=True)
+class Split:
+    """A train/test split indexed with maps built from the train part."""
+
+    train_frame: pd.DataFrame
+    test_frame: pd.DataFrame
+    user_map: IdMap
+    item_map: IdMap
+    train: Interactions
+    test: Interactions
+
+
+def make_split(request: TrainRequest, ratings: RatingsData, test: RatingsData | None) -> Split:
+    """Split (or take the explicit test file) and index both parts with the train part's maps."""
+    if test is not None:
+        train_frame, test_frame = ratings.frame, test.frame
+    else:
+        train_frame, test_frame = split_ratings(ratings.frame, request.split, request.test_frac, request.seed)
+    if train_frame.empty or test_frame.empty:
+        raise DataError(f"{ratings.path}: too few ratings to hold out a test part; give more data or an explicit --test file")
+    user_map, item_map = IdMap.from_ids(train_frame["user"]), IdMap.from_ids(train_frame["item"])
+    return Split(
+        train_frame, test_frame, user_map, item_map,
+        Interactions.from_frame(train_frame, user_map, item_map),
+        Interactions.from_frame(test_frame, user_map, item_map),
+    )
+
+
+def train_version(
+    store: ModelStore,
+    request: TrainRequest,
+    on_epoch: training.EpochCallback | None = None,
+    on_stage: Stage | None = None,
+    judge_with: gate.Gate | None = None,
+) -> dict[str, Any]:
+    """Train, evaluate and save one model version; return `{"version", "model", "metrics", "baselines", ...}`.
+
+    With `judge_with`, the gate judges the candidate on the same split (`gate.judge`): its verdict is
+    returned as `decision`, production's metrics as `production_metrics` (both None without it).
+    """
+    stage = on_stage or (lambda name: None)
+    spec = get_spec(request.kind)
+    params = spec.params(request.params)
+    stage("read")
+    ratings = read_ratings(request.ratings, request.read_options)
+    test = read_ratings(request.test, request.read_options) if request.test else None
+    books = read_books(request.books) if request.books else None
+    split = make_split(request, ratings, test)
+    stage("train")
+    trained = training.fit(spec, split.train, params, request.seed, on_epoch)
+    stage("evaluate")
+    bias = BiasBaseline(split.train)
+    module = export.ServingModule(trained.weights, _bias_head(bias, split.train) if spec.task == RANKING else None)
+    metrics, baselines = evaluate_with_baselines(
+        SavedModelScorer(module, bias), split.train, split.test, test_user_ids=split.test_frame["user"].to_numpy()
+    )
+    decision = gate.judge(store, judge_with, split, spec.gate_metric, metrics) if judge_with else None
+    stage("save")
+    catalogue = _catalogue(split, ratings, test, books)
+    metadata = {
+        "kind": spec.kind,
+        "task": spec.task,
+        "gate_metric": spec.gate_metric,
+        "params": params,
+        "metrics": metrics,
+        "baselines": baselines,
+        "history": trained.history,
+        "training": {"seconds": round(trained.seconds, 2), "seed": request.seed, "epochs": len(trained.history.get("loss", []))},
+        "split": {"how": "explicit" if test else request.split, "test_frac": None if test else request.test_frac, "seed": request.seed},
+        "data_fingerprint": _data_fingerprint(ratings, test, request.books, split),
+        "id_maps": {"users": split.user_map.to_list(), "items": split.item_map.to_list()},
+        "parent": store.production(),
+    }
+    with store.new_version(spec.kind) as writer:
+        export.save(module, writer.path / artifacts.SAVED_MODEL)
+        artifacts.write(writer.path, catalogue)
+        writer.finish(metadata)
+    logger.info("saved %s version %s: %s", spec.kind, writer.version, {k: metrics[k] for k in ("rmse", "ndcg@10")})
+    return {
+        "version": writer.version,
+        "model": spec.kind,
+        "metrics": metrics,
+        "baselines": baselines,
+        "gate_metric": spec.gate_metric,
+        "seconds": round(trained.seconds, 2),
+        "decision": decision,
+        "production_metrics": decision["production_metrics"] if decision else None,
+    }
+
+
+def _bias_head(bias: BiasBaseline, train: Interactions) -> FactorizedWeights:
+    """The `bias` baseline in factorized form: the star-rating head of ranking kinds."""
+    return FactorizedWeights(
+        user_vectors=np.zeros((train.n_users, 1), np.float32),
+        item_vectors=np.zeros((train.n_items, 1), np.float32),
+        user_bias=bias.user_bias,
+        item_bias=bias.item_bias,
+        global_bias=bias.mean,
+    )
+
+
+def _catalogue(split: Split, ratings: RatingsData, test: RatingsData | None, books: pd.DataFrame | None) -> artifacts.Catalogue:
+    """Seen sets over every rating in the files (train and test), popularity from train, book metadata."""
+    everything = pd.concat([ratings.frame, test.frame]) if test is not None else ratings.frame
+    seen_users = IdMap.from_ids(everything["user"])
+    seen = UserItems.from_pairs(
+        seen_users.index(everything["user"]), split.item_map.index(everything["item"]), len(seen_users)
+    )
+    return artifacts.Catalogue(seen_users, seen, split.train.item_counts(), artifacts.build_catalog(split.item_map, books))
+
+
+def _data_fingerprint(ratings: RatingsData, test: RatingsData | None, books: Path | None, split: Split) -> dict[str, Any]:
+    """Hashes and counts of the data a version was trained on."""
+    def describe(data: RatingsData) -> dict[str, Any]:
+        return {
+            "path": str(data.path),
+            **fingerprint(data.path),
+            "rows": len(data.frame),
+            "users": int(data.frame["user"].nunique()),
+            "items": int(data.frame["item"].nunique()),
+            "duplicates_dropped": data.duplicates_dropped,
+        }
+
+    return {
+        "ratings": describe(ratings),
+        "test": describe(test) if test is not None else None,
+        "books": {"path": str(books), **fingerprint(books)} if books else None,
+        "train_rows": len(split.train),
+        "test_rows": len(split.test),
+    }

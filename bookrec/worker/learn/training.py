@@ -1,0 +1,119 @@
+"""Fitting a model kind on training interactions: data feeds, validation slice, early stopping, progress.
+
+The loss lives with each model kind (`worker/models/`); this module only runs the fit loop,
+as TensorFlow Recommenders keeps tasks and training apart from the model definition.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import keras
+import numpy as np
+
+from bookrec.worker.learn.data import Interactions
+from bookrec.worker.learn.models.base import FactorizedWeights, MLPWeights, ModelSpec
+from bookrec.worker.learn.models.feeds import UserRows
+
+logger = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, int, dict[str, float]], None]
+"""Called as on_epoch(epoch_done (1-based), epochs_planned, logs) after every epoch."""
+
+VALIDATION_FRACTION = 0.05
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A fitted model with what is needed to export and describe it."""
+
+    spec: ModelSpec
+    model: keras.Model
+    params: dict[str, Any]
+    history: dict[str, list[float]]
+    seconds: float
+    weights: FactorizedWeights | MLPWeights
+
+
+class _EpochProgress(keras.callbacks.Callback):
+    def __init__(self, on_epoch: EpochCallback, epochs: int) -> None:
+        super().__init__()
+        self.on_epoch, self.epochs = on_epoch, epochs
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.on_epoch(epoch + 1, self.epochs, {k: float(v) for k, v in (logs or {}).items()})
+
+
+def fit(spec: ModelSpec, train: Interactions, params: dict[str, Any], seed: int, on_epoch: EpochCallback | None = None) -> Trained:
+    """Build and fit `spec` on `train` with `params` (already merged with the defaults); repeatable for a seed."""
+    keras.utils.set_random_seed(seed)
+    started = time.perf_counter()
+    global_mean = float(train.ratings.mean()) if len(train) else 0.0
+    model = spec.build(train.n_users, train.n_items, params, global_mean)
+    fit_args = _FEEDS[spec.feed](train, params, seed)
+    callbacks = list(fit_args.pop("callbacks"))
+    if on_epoch is not None:
+        callbacks.append(_EpochProgress(on_epoch, fit_args["epochs"]))
+    history = model.fit(verbose=0, callbacks=callbacks, **fit_args)
+    weights = spec.serving_weights(model, train)
+    seconds = time.perf_counter() - started
+    logger.info("trained %s in %.1f s over %d epochs", spec.kind, seconds, len(history.history.get("loss", [])))
+    return Trained(spec, model, params, {k: [float(x) for x in v] for k, v in history.history.items()}, seconds, weights)
+
+
+def _validation_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit rows, validation rows): a random VALIDATION_FRACTION of the training rows held out for early stopping."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(n * VALIDATION_FRACTION)) if n >= 20 else 0
+    return order[n_val:], order[:n_val]
+
+
+def _early_stopping(monitor: str, params: dict[str, Any], has_validation: bool) -> list[keras.callbacks.Callback]:
+    if not has_validation:
+        return []
+    return [keras.callbacks.EarlyStopping(monitor=monitor, patience=int(params["patience"]), restore_best_weights=True)]
+
+
+def _pairs(train: Interactions, params: dict[str, Any], seed: int) -> dict[str, Any]:
+    """(user, item) -> rating, early-stopped on the held-out slice's MSE (without the L2 term)."""
+    fit_rows, val_rows = _validation_split(len(train), seed)
+    x = lambda rows: {"user": train.users[rows], "item": train.items[rows]}  # noqa: E731
+    return {
+        "x": x(fit_rows),
+        "y": train.ratings[fit_rows],
+        "validation_data": (x(val_rows), train.ratings[val_rows]) if len(val_rows) else None,
+        "batch_size": int(params["batch_size"]),
+        "epochs": int(params["epochs"]),
+        "shuffle": True,
+        "callbacks": _early_stopping("val_mse", params, len(val_rows) > 0),
+    }
+
+
+def _positives(train: Interactions, params: dict[str, Any], seed: int) -> dict[str, Any]:
+    """user -> rated item as a class over the catalogue, early-stopped on held-out cross-entropy."""
+    fit_rows, val_rows = _validation_split(len(train), seed)
+    return {
+        "x": {"user": train.users[fit_rows]},
+        "y": train.items[fit_rows],
+        "validation_data": ({"user": train.users[val_rows]}, train.items[val_rows]) if len(val_rows) else None,
+        "batch_size": int(params["batch_size"]),
+        "epochs": int(params["epochs"]),
+        "shuffle": True,
+        "callbacks": _early_stopping("val_loss", params, len(val_rows) > 0),
+    }
+
+
+def _histories(train: Interactions, params: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Multi-hot user rows -> themselves, for a budget of gradient steps (`steps`) unless `epochs` is given."""
+    rows = UserRows(train.by_user(), train.n_items, int(params["batch_size"]), seed=seed)
+    epochs = params.get("epochs")
+    if not epochs:
+        epochs = min(int(params["max_epochs"]), max(1, math.ceil(int(params["steps"]) / len(rows))))
+    return {"x": rows, "epochs": int(epochs), "callbacks": []}
+
+
+_FEEDS = {"pairs": _pairs, "positives": _positives, "histories": _histories}

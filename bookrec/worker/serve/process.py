@@ -1,0 +1,136 @@
+"""One worker process: load the production model, watch for promotions, serve jobs until told to stop.
+
+A promotion is taken between jobs (see worker/swap.py), so no job runs beside a model load.
+
+Started by the supervisor (`bookrec worker`, see worker/pool.py) as
+`python -m bookrec.worker.serve.process --queues recommend,refresh --name NAME [--burst]`.
+If Redis goes away, the process waits with backoff and resumes with the model still loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import signal
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import redis
+
+from bookrec.model_store.store import ModelStore
+from bookrec.shared.errors import BookrecError
+from bookrec.shared.keys import QUEUE_RETRAIN, Keys
+from bookrec.shared.logs import setup_logging
+from bookrec.shared.redis_conn import CONNECTION_ERRORS, connect
+from bookrec.shared.settings import Settings
+from bookrec.worker.serve import context
+from bookrec.worker.serve.tf_setup import configure_tensorflow
+
+if TYPE_CHECKING:
+    from rq.worker import BaseWorker
+
+logger = logging.getLogger("bookrec.worker.serve.process")
+
+EXIT_CONFIG = 3
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT outside of RQ's work loop (RQ installs its own handlers while working)."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        signal.signal(signal.SIGTERM, self._set)
+        signal.signal(signal.SIGINT, self._set)
+
+    def _set(self, signum, frame) -> None:
+        self.stop = True
+
+
+def wait_for_redis(client: redis.Redis, flag: _StopFlag) -> None:
+    """Block (with capped exponential backoff) until Redis answers or a stop is requested."""
+    delay = 0.2
+    while not flag.stop:
+        try:
+            client.ping()
+            return
+        except CONNECTION_ERRORS as exc:
+            logger.warning("Redis unavailable (%s); retrying in %.1f s", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _retire(worker: BaseWorker) -> None:
+    """Mark a worker whose loop ended as dead in Redis, so its successor can register under the same name."""
+    try:
+        worker.register_death()
+    except CONNECTION_ERRORS as exc:
+        logger.warning("could not retire worker %s: %s", worker.name, exc)
+
+
+def serve(settings: Settings, queues: list[str], name: str, burst: bool) -> int:
+    """Run the worker loop; return the process exit code."""
+    from bookrec.worker.serve.rq_worker import BookrecWorker
+    from bookrec.worker.serve.swap import ModelHolder
+
+    flag = _StopFlag()
+    client = connect(settings, socket_timeout=None)
+    keys = Keys(settings.key_prefix)
+    store = ModelStore(settings.model_store)
+    wait_for_redis(client, flag)
+    # What is imported by now (TensorFlow, RQ: ~350,000 objects) lives as long as the process. Frozen, it is
+    # out of the cyclic GC's reach: a full collection takes ~1 ms instead of ~250 ms, so neither Python's own
+    # collections nor the one after a hot swap stall a job. Models, loaded after this, stay collectable.
+    gc.collect()
+    gc.freeze()
+    holder = None
+    if any(q != QUEUE_RETRAIN for q in queues):
+        holder = ModelHolder(store, client, keys, name, queues, slots=settings.swap_slots)
+        holder.load_initial()
+        holder.start()
+    context.install(context.WorkerContext(settings, client, keys, store, holder))
+    try:
+        while not flag.stop:
+            # Queue names, not Queue objects: the worker then builds its queues with the JSON serializer and
+            # AllowlistedJob, so registry maintenance never unpickles a job's meta nor runs its callbacks.
+            worker = BookrecWorker(queues, connection=client, name=name, between_jobs=holder.swap_if_due if holder else None)
+            try:
+                worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
+            except CONNECTION_ERRORS as exc:  # RQ's own teardown talks to Redis and raises again when it is gone
+                logger.warning("worker loop lost Redis: %s", exc)
+            if burst or worker.stop_asked:
+                break
+            logger.warning("worker loop ended (Redis lost?); waiting for Redis and resuming with the model loaded")
+            wait_for_redis(client, flag)
+            _retire(worker)
+    finally:
+        if holder is not None:
+            holder.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of one worker process."""
+    parser = argparse.ArgumentParser(prog="python -m bookrec.worker.serve.process")
+    parser.add_argument("--queues", required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--burst", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except BookrecError as exc:
+        print(f"bookrec worker: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(settings.log_level)
+    configure_tensorflow(settings.tf_threads)
+    queues = [q for q in args.queues.split(",") if q]
+    try:
+        return serve(settings, queues, args.name, args.burst)
+    except BookrecError as exc:
+        logger.error("%s", exc)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

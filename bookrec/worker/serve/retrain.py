@@ -1,0 +1,87 @@
+"""The retrain job's body: one at a time, progress in job meta, train, gate, promote, refresh, retain."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from rq.job import Job
+
+from bookrec.model_store.promotion import promote
+from bookrec.shared.locks import RetrainLock
+from bookrec.worker.learn import gate
+from bookrec.worker.learn.pipeline import TrainRequest, train_version
+from bookrec.worker.serve.context import WorkerContext
+
+logger = logging.getLogger(__name__)
+
+
+def _lock(ctx: WorkerContext) -> RetrainLock:
+    return RetrainLock(ctx.client, ctx.keys, ctx.settings.retrain_lock_ttl)
+
+
+def release_lock(ctx: WorkerContext, job_id: str) -> None:
+    """Release the retrain lock if `job_id` still holds it."""
+    try:
+        _lock(ctx).release(job_id)
+    except Exception:  # Redis gone: the lock expires on its own
+        logger.debug("retrain lock not released by %s", job_id)
+
+
+class _Progress:
+    """Writes stage, epoch, loss and ETA into the job's meta, and keeps the lock alive while training."""
+
+    def __init__(self, ctx: WorkerContext, job: Job | None, job_id: str) -> None:
+        self.ctx, self.job, self.job_id = ctx, job, job_id
+        self.started = time.monotonic()
+
+    def stage(self, name: str) -> None:
+        self._save({"stage": name})
+
+    def epoch(self, done: int, planned: int, logs: dict[str, float]) -> None:
+        elapsed = time.monotonic() - self.started
+        eta = elapsed / done * (planned - done) if done else None
+        self._save({"stage": "train", "epoch": done, "epochs": planned, "loss": logs.get("loss"), "eta_s": round(eta, 1) if eta is not None else None})
+
+    def _save(self, values: dict[str, Any]) -> None:
+        _lock(self.ctx).keep_alive()
+        if self.job is not None:
+            self.job.meta.update(values)
+            self.job.save_meta()
+
+
+def run_retrain(ctx: WorkerContext, job: Job | None, model: str | None, params: dict, ratings: Path, books: Path | None, force: bool, seed: int) -> dict[str, Any]:
+    """Train a candidate, gate it against production on the same split, promote it if it passes."""
+    job_id = job.id if job is not None else f"local-{time.time():.0f}"
+    _lock(ctx).hold(job_id)  # the producer took it at enqueue time; a job enqueued by hand takes it here
+    try:
+        progress = _Progress(ctx, job, job_id)
+        production = ctx.store.production()
+        request = TrainRequest(ratings=ratings, books=books if books and books.exists() else None, kind=model, params=params, seed=seed)
+        judge_with = gate.Gate(production, ctx.settings.gate_tolerance, force)
+        result = train_version(ctx.store, request, on_epoch=progress.epoch, on_stage=progress.stage, judge_with=judge_with)
+        decision = {k: v for k, v in result["decision"].items() if k != "production_metrics"}
+        progress.stage("promote" if decision["promote"] else "rejected")
+        refresh_job = None
+        if decision["promote"]:
+            event = promote(ctx.store, ctx.client, ctx.keys, result["version"], reason=f"retrain {job_id}", refresh=ctx.settings)
+            refresh_job = event["refresh_job"]
+        deleted = ctx.store.retain(ctx.settings.keep_versions)
+        ctx.store.clean_temp()  # half-written versions left by saves killed over an hour ago
+        logger.info("retrain %s: %s", job_id, decision["reason"])
+        return {
+            "version": result["version"],
+            "model": result["model"],
+            "metrics": result["metrics"],
+            "baselines": result["baselines"],
+            "production": {"version": production, "metrics": result["production_metrics"]},
+            "decision": decision,
+            "promoted": decision["promote"],
+            "refresh_job": refresh_job,
+            "deleted_versions": deleted,
+            "seconds": result["seconds"],
+        }
+    finally:
+        release_lock(ctx, job_id)

@@ -1,0 +1,256 @@
+"""The supervisor behind `bookrec worker`: starts N worker processes, restarts any that die, stops them cleanly.
+
+Its own entry: `python -m bookrec.worker.serve.supervisor --queues Q1,Q2 --processes N [--burst]`
+(what `bookrec worker` runs, without going through the CLI).
+
+The supervisor itself never imports TensorFlow: each worker is a fresh interpreter
+(`python -m bookrec.worker.serve.process`), so no process ever forks with TensorFlow loaded. When a worker
+dies mid-job (killed, out of memory), the job it held is handed back to the queue at once
+(see `recover_abandoned`) instead of waiting for RQ's timeout-based cleanup, and a swap slot it
+held while loading a model is given back (see `release_swap_slots`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import redis
+
+from bookrec.shared.errors import BookrecError
+from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN, Keys
+from bookrec.shared.logs import setup_logging
+from bookrec.shared.redis_conn import connect
+from bookrec.shared.settings import Settings
+from bookrec.worker.serve.swap_slots import SwapSlots
+
+logger = logging.getLogger(__name__)
+
+RESTART_BACKOFF_MAX = 30.0
+STOP_GRACE_SECONDS = 30.0
+KNOWN_QUEUES = (QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN)
+DESCRIPTION = (
+    "Start N worker processes. Each loads the production model, the book metadata and every "
+    "user's rated books once, then serves jobs from the given queues in priority order, swapping to a newly "
+    "promoted model between jobs. Dead processes are restarted and their job handed back to the queue. "
+    "SIGTERM/Ctrl-C stops each process after its current job. Run a separate `--queues retrain` worker "
+    "(the trainer) so training never starves serving."
+)
+
+
+@dataclass
+class Slot:
+    """One worker process the supervisor keeps alive."""
+
+    index: int
+    process: subprocess.Popen | None = None
+    name: str = ""
+    started_at: float = 0.0
+    restarts: int = 0
+    backoff: float = 1.0
+    next_start: float = 0.0
+    finished: bool = False
+
+
+@dataclass
+class Supervisor:
+    """Keeps `processes` worker processes running on `queues`."""
+
+    queues: list[str]
+    processes: int
+    burst: bool = False
+    client: redis.Redis | None = None
+    keys: Keys = field(default_factory=Keys)
+    swap_slots: int = 1  # BOOKREC_SWAP_SLOTS: which slot keys a dead worker may have held
+    slots: list[Slot] = field(default_factory=list)
+    stopping: bool = False
+
+    def run(self) -> int:
+        """Start the processes and supervise until SIGTERM/SIGINT (or, with --burst, until all finish)."""
+        signal.signal(signal.SIGTERM, self._request_stop)
+        signal.signal(signal.SIGINT, self._request_stop)
+        self.slots = [Slot(i) for i in range(self.processes)]
+        for slot in self.slots:
+            self._start(slot)
+        while not self.stopping:
+            if self.burst and all(slot.finished for slot in self.slots):
+                break
+            self._check()
+            time.sleep(0.2)
+        return self._stop_all()
+
+    def _request_stop(self, signum, frame) -> None:
+        logger.info("supervisor: %s received, stopping workers after their current job", signal.Signals(signum).name)
+        self.stopping = True
+
+    def _start(self, slot: Slot) -> None:
+        slot.name = f"bookrec-{socket.gethostname()}-{os.getpid()}-{slot.index}-{slot.restarts}"
+        command = [sys.executable, "-m", "bookrec.worker.serve.process", "--queues", ",".join(self.queues), "--name", slot.name]
+        if self.burst:
+            command.append("--burst")
+        slot.process = subprocess.Popen(command)
+        slot.started_at = time.monotonic()
+        logger.info("supervisor: started worker %s (pid %d)", slot.name, slot.process.pid)
+
+    def _check(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.finished:
+                continue
+            if slot.process is None:
+                if now >= slot.next_start:
+                    self._start(slot)
+                continue
+            code = slot.process.poll()
+            if code is None:
+                continue
+            if self.burst and code == 0:
+                slot.finished = True
+                continue
+            logger.warning("supervisor: worker %s exited with code %s; restarting", slot.name, code)
+            recover_abandoned(self.client, slot.name)
+            release_swap_slots(self.client, self.keys, self.swap_slots, slot.name)
+            slot.backoff = 1.0 if now - slot.started_at > 60 else min(slot.backoff * 2, RESTART_BACKOFF_MAX)
+            slot.restarts += 1
+            slot.process = None
+            slot.next_start = now + (0 if slot.restarts == 1 else slot.backoff)
+
+    def _stop_all(self) -> int:
+        running = [s.process for s in self.slots if s.process is not None and s.process.poll() is None]
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for process in running:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.warning("supervisor: worker pid %d did not stop in %.0f s; killing it", process.pid, STOP_GRACE_SECONDS)
+                process.kill()
+                process.wait()
+        codes = [s.process.returncode for s in self.slots if s.process is not None]
+        return 0 if all(c in (0, -signal.SIGTERM) for c in codes) else 1
+
+
+def recover_abandoned(client: redis.Redis | None, worker_name: str) -> str | None:
+    """Hand the job a dead worker was running back to its queue (RQ retry rules apply); return its id.
+
+    RQ claims a job in two steps (an entry in the started registry, then the job's status
+    STARTED); a worker killed between them held a job that never started. RQ's cleanup drops
+    such an entry without requeueing the job, so it is put back at the front of its queue here,
+    with no retry spent.
+    """
+    if client is None:
+        return None
+    from rq.registry import StartedJobRegistry
+    from rq.serializers import JSONSerializer
+    from rq.worker import Worker
+
+    try:
+        dead = Worker.find_by_key(Worker.redis_worker_namespace_prefix + worker_name, connection=client, serializer=JSONSerializer)
+        if dead is None:
+            return None
+        job_id = dead.get_current_job_id()
+        if job_id:
+            for queue in dead.queues:
+                registry = StartedJobRegistry(queue.name, connection=client, job_class=_job_class(), serializer=JSONSerializer)
+                entries = [f"{job}:{execution}" for job, execution in registry.get_job_and_execution_ids() if job == job_id]
+                if entries:
+                    _hand_back(client, registry, queue.name, job_id, entries)
+                    logger.warning("supervisor: job %s of dead worker %s handed back to queue %s", job_id, worker_name, queue.name)
+        dead.register_death()
+        return job_id
+    except redis.exceptions.RedisError as exc:
+        logger.warning("supervisor: could not recover the job of %s: %s", worker_name, exc)
+        return None
+
+
+def _job_class() -> type:
+    from bookrec.worker.serve.rq_worker import AllowlistedJob
+
+    return AllowlistedJob
+
+
+def _hand_back(client: redis.Redis, registry, queue_name: str, job_id: str, entries: list[str]) -> None:
+    """Requeue one abandoned job: through RQ's cleanup (a try spent) if it had started, else straight back to the front."""
+    from rq import Queue
+    from rq.job import JobStatus
+    from rq.serializers import JSONSerializer
+
+    queue = Queue(queue_name, connection=client, job_class=_job_class(), serializer=JSONSerializer)
+    job = queue.fetch_job(job_id)
+    if job is not None and job.get_status() == JobStatus.QUEUED:
+        client.zrem(registry.key, *entries)
+        queue.enqueue_job(job, at_front=True)
+        return
+    client.zadd(registry.key, {entry: 1 for entry in entries})  # expired long ago: abandoned now
+    registry.cleanup()
+
+def release_swap_slots(client: redis.Redis | None, keys: Keys, count: int, worker_name: str) -> int:
+    """Give back the swap slot a dead worker held (it died loading a model), so the others need not wait for it to expire."""
+    if client is None:
+        return 0
+    try:
+        released = SwapSlots.of(client, keys, count, worker_name).release_all()
+    except redis.exceptions.RedisError as exc:
+        logger.warning("supervisor: could not check the swap slots of %s (they expire on their own): %s", worker_name, exc)
+        return 0
+    if released:
+        logger.warning("supervisor: gave back the swap slot dead worker %s held", worker_name)
+    return released
+
+
+def _queues(text: str) -> list[str]:
+    queues = [q.strip() for q in text.split(",") if q.strip()]
+    unknown = [q for q in queues if q not in KNOWN_QUEUES]
+    if not queues or unknown:
+        raise argparse.ArgumentTypeError(f"queues must be a comma-separated subset of {','.join(KNOWN_QUEUES)}; got {text!r}")
+    return queues
+
+
+def _processes(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--processes must be a whole number, got {text!r}") from None
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"--processes must be from 1 to 64, got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The supervisor's flags (`--queues`, `--processes`, `--burst`), for its own entry and `bookrec worker`."""
+    parser.add_argument("--queues", type=_queues, default=[QUEUE_RECOMMEND, QUEUE_REFRESH], metavar="Q1,Q2",
+                        help="queues in priority order (default: recommend,refresh; the trainer uses: retrain)")
+    parser.add_argument("--processes", type=_processes, default=1, metavar="N", help="worker processes to run (default: 1)")
+    parser.add_argument("--burst", action="store_true", help="exit once the queues are empty instead of waiting for jobs")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the supervisor with parsed flags until stopped; its exit code."""
+    settings = Settings.from_env()
+    setup_logging(settings.log_level)
+    return Supervisor(args.queues, args.processes, burst=args.burst, client=connect(settings),
+                      keys=Keys(settings.key_prefix), swap_slots=settings.swap_slots).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m bookrec.worker.serve.supervisor`."""
+    parser = argparse.ArgumentParser(prog="python -m bookrec.worker.serve.supervisor", description=DESCRIPTION)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except BookrecError as exc:
+        print(f"bookrec worker: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
