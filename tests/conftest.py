@@ -37,8 +37,14 @@ class TrainedStore:
     def env(self, redis_url: str = TEST_REDIS_URL, **extra: str) -> dict[str, str]:
         """Environment for a bookrec process using this store and data dir."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("BOOKREC_")}
-        env.update(BOOKREC_REDIS_URL=redis_url, BOOKREC_MODEL_STORE=str(self.store), BOOKREC_DATA_DIR=str(self.data_dir),
-                   BOOKREC_TF_THREADS="1", BOOKREC_LOG_LEVEL="INFO", **extra)
+        env.update(
+            BOOKREC_REDIS_URL=redis_url,
+            BOOKREC_MODEL_STORE=str(self.store),
+            BOOKREC_DATA_DIR=str(self.data_dir),
+            BOOKREC_TF_THREADS="1",
+            BOOKREC_LOG_LEVEL="INFO",
+            **extra,
+        )
         return env
 
 
@@ -46,7 +52,14 @@ def synth_small(out: Path, users: int = 300, books: int = 200, ratings: int = 60
     """Write a tiny goodbooks-shaped catalogue (real titles) into `out`."""
     from bookrec.worker.learn.synth import synthesise
 
-    synthesise(out, users=users, books=books, ratings=ratings, seed=seed, books_from=GOODBOOKS_BOOKS if GOODBOOKS_BOOKS.exists() else None)
+    synthesise(
+        out,
+        users=users,
+        books=books,
+        ratings=ratings,
+        seed=seed,
+        books_from=GOODBOOKS_BOOKS if GOODBOOKS_BOOKS.exists() else None,
+    )
     return out
 
 
@@ -56,7 +69,9 @@ def train_tiny(store: Path, data_dir: Path, kind: str = "mult-dae", seed: int = 
     from bookrec.worker.learn.pipeline import TrainRequest, train_version
 
     params = {"steps": 60} if kind == "mult-dae" else {"epochs": 3}
-    request = TrainRequest(ratings=data_dir / "ratings.csv", books=data_dir / "books.csv", kind=kind, params=params, seed=seed)
+    request = TrainRequest(
+        ratings=data_dir / "ratings.csv", books=data_dir / "books.csv", kind=kind, params=params, seed=seed
+    )
     return train_version(ModelStore(store), request)["version"]
 
 
@@ -95,10 +110,14 @@ def redis_client() -> Iterator[redis.Redis]:
 class WorkerPool(WorkerProcesses):
     """A real `bookrec worker` supervisor in a subprocess."""
 
-    def __init__(self, env: dict[str, str], queues: str = "recommend,refresh", processes: int = 2, log: Path | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str], queues: str = "recommend,refresh", processes: int = 2, log: Path | None = None
+    ) -> None:
         super().__init__(env, queues, processes, log)
 
-    def wait_ready(self, client: redis.Redis, count: int, version: str | None, timeout: float = 60.0, prefix: str = "bookrec:") -> None:
+    def wait_ready(
+        self, client: redis.Redis, count: int, version: str | None, timeout: float = 60.0, prefix: str = "bookrec:"
+    ) -> None:
         """Wait until `count` workers report `version` loaded (any version if None)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,10 +1,10 @@
 """The benchmark's catalogue and base model, cached under `./var/bench/<size>/` so repeated runs skip both.
 
-    <size key>/data/      ratings.csv, books.csv from `bookrec.worker.learn.synth.synthesise`
-    <size key>/models/    a model store holding the base version: the default kind with its default
-                          parameters (or the run's overrides), trained by the first run's trainer
-                          and reused while the kind and parameters stay the same
-    <size key>/logs/      the output of the worker processes of the latest run
+<size key>/data/      ratings.csv, books.csv from `bookrec.worker.learn.synth.synthesise`
+<size key>/models/    a model store holding the base version: the default kind with its default
+                      parameters (or the run's overrides), trained by the first run's trainer
+                      and reused while the kind and parameters stay the same
+<size key>/logs/      the output of the worker processes of the latest run
 """
 
 from __future__ import annotations
@@ -71,8 +71,9 @@ def model_params(overrides: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return DEFAULT_KIND, json.loads(json.dumps(get_spec(DEFAULT_KIND).params(overrides)))
 
 
-def prepare(size: Size, cache_root: Path, books_from: Path | None, notify: Notify,
-            overrides: dict[str, Any] | None = None) -> Prepared:
+def prepare(
+    size: Size, cache_root: Path, books_from: Path | None, notify: Notify, overrides: dict[str, Any] | None = None
+) -> Prepared:
     """Synthesise the catalogue unless it is cached, and find a cached base version; say which happened.
 
     `overrides` change the default kind's parameters (none: the default model).
@@ -82,7 +83,9 @@ def prepare(size: Size, cache_root: Path, books_from: Path | None, notify: Notif
     generated = not ((data_dir / "ratings.csv").is_file() and (data_dir / "books.csv").is_file())
     if generated:
         notify(f"synthesising the catalogue ({size.describe()}) into {data_dir} (cached for later runs)")
-        synthesise(data_dir, users=size.users, books=size.books, ratings=size.ratings, seed=size.seed, books_from=books_from)
+        synthesise(
+            data_dir, users=size.users, books=size.books, ratings=size.ratings, seed=size.seed, books_from=books_from
+        )
     else:
         notify(f"reusing the cached catalogue in {data_dir} ({size.describe()})")
     kind, params = model_params(overrides or {})

@@ -35,26 +35,34 @@ FIGURES: tuple[Figure, ...] = (
     Figure(
         "throughput_users_per_s",
         ">= 5,000 users/s per process and >= 50% of ceiling",
-        lambda f, r: f["throughput_users_per_s"] >= 5000 and f["throughput_users_per_s"] >= 0.5 * f["ceiling_users_per_s"],
+        lambda f, r: (
+            f["throughput_users_per_s"] >= 5000 and f["throughput_users_per_s"] >= 0.5 * f["ceiling_users_per_s"]
+        ),
         lambda v: f"{_n(v)} users/s per process",
-        lambda r: (f"{r['ratio_of_ceiling']:.0%} of ceiling ({r['cpu_ratio_of_ceiling']:.0%} per CPU-second); "
-                   f"{_n(r['total_users_per_s'])} users/s in all from {r['processes']} processes"),
+        lambda r: (
+            f"{r['ratio_of_ceiling']:.0%} of ceiling ({r['cpu_ratio_of_ceiling']:.0%} per CPU-second); "
+            f"{_n(r['total_users_per_s'])} users/s in all from {r['processes']} processes"
+        ),
     ),
     Figure(
         "ceiling_users_per_s",
         "reference",
         lambda f, r: None,
         lambda v: f"{_n(v)} users/s",
-        lambda r: f"recommend signature alone {_n(r['graph_users_per_s'])} users/s; issue's 32-dim top-k: ~18,000 users/s",
+        lambda r: (
+            f"recommend signature alone {_n(r['graph_users_per_s'])} users/s; issue's 32-dim top-k: ~18,000 users/s"
+        ),
     ),
     Figure(
         "latency_ms",
         "p50 <= 10 ms, p99 <= 30 ms",
         lambda f, r: f["latency_ms"]["p50"] <= 10 and f["latency_ms"]["p99"] <= 30,
         lambda v: f"p50 {_ms(v['p50'])} / p99 {_ms(v['p99'])} ms",
-        lambda r: (f"medians of {r['runs']} runs; all {r['requests']} requests pooled: p50 {_ms(r['all_p50'])} / p99 "
-                   f"{_ms(r['all_p99'])} ms, max {_ms(r['max'])} ms, {r['lost']} lost; enqueue->generated_at p50 "
-                   f"{_ms(r['server_p50'])} / p99 {_ms(r['server_p99'])} ms; in-process {_ms(r['in_process_ms'])} ms"),
+        lambda r: (
+            f"medians of {r['runs']} runs; all {r['requests']} requests pooled: p50 {_ms(r['all_p50'])} / p99 "
+            f"{_ms(r['all_p99'])} ms, max {_ms(r['max'])} ms, {r['lost']} lost; enqueue->generated_at p50 "
+            f"{_ms(r['server_p50'])} / p99 {_ms(r['server_p99'])} ms; in-process {_ms(r['in_process_ms'])} ms"
+        ),
     ),
     Figure(
         "full_refresh_s",
@@ -75,8 +83,10 @@ FIGURES: tuple[Figure, ...] = (
         "<= 2 s, 0 failed jobs, no request > 3x p99",
         lambda f, r: f["swap_s"]["seconds"] <= 2 and f["swap_s"]["failed_jobs"] == 0 and r["slowest_vs_p99"] <= 3,
         lambda v: f"{v['seconds']:.2f} s, {v['failed_jobs']} failed, slowest {_ms(v['slowest_ms'])} ms",
-        lambda r: (f"slowest = {r['slowest_vs_p99']:.1f}x p99; in-process load {r['model_load_s']:.2f} s; "
-                   f"{r['stale_after_swap']} answers from the old version after the swap"),
+        lambda r: (
+            f"slowest = {r['slowest_vs_p99']:.1f}x p99; in-process load {r['model_load_s']:.2f} s; "
+            f"{r['stale_after_swap']} answers from the old version after the swap"
+        ),
     ),
     Figure(
         "retrain_s",
@@ -90,23 +100,29 @@ FIGURES: tuple[Figure, ...] = (
         "<= 1,500 MB; growth <= 10%",
         lambda f, r: f["worker_rss_mb"]["rss_mb"] <= 1500 and f["worker_rss_mb"]["growth_pct"] <= 10,
         lambda v: f"{_n(v['rss_mb'])} MB, growth {v['growth_pct']:+.1f}%",
-        lambda r: f"growth over {_n(r['jobs'])} jobs from {_n(r['rss_before_mb'])} MB; loading the version in-process adds {_n(r['load_mb'])} MB",
+        lambda r: (
+            f"growth over {_n(r['jobs'])} jobs from {_n(r['rss_before_mb'])} MB; loading the version in-process adds {_n(r['load_mb'])} MB"
+        ),
     ),
     Figure(
         "scaling_2_vs_1",
         ">= 1.6",
         lambda f, r: f["scaling_2_vs_1"] >= 1.6,
         lambda v: f"{v:.2f}x",
-        lambda r: (f"1 process {_n(r['one_process_users_per_s'])} users/s, 2 processes {_n(r['two_processes_users_per_s'])} "
-                   f"users/s; the workers got {r['one_process_cores']:.2f} and {r['two_processes_cores']:.2f} cores"),
+        lambda r: (
+            f"1 process {_n(r['one_process_users_per_s'])} users/s, 2 processes {_n(r['two_processes_users_per_s'])} "
+            f"users/s; the workers got {r['one_process_cores']:.2f} and {r['two_processes_cores']:.2f} cores"
+        ),
     ),
     Figure(
         "seed_path_ms_per_user",
         "reference",
         lambda f, r: None,
         lambda v: f"{_n(v, 1)} ms per user",
-        lambda r: (f"ours in-process {r['service_ms_per_user']:.3f} ms/user: {_n(r['speedup'])}x faster; "
-                   f"same top-10 for {r['same_top_n']}/{r['users']} users"),
+        lambda r: (
+            f"ours in-process {r['service_ms_per_user']:.3f} ms/user: {_n(r['speedup'])}x faster; "
+            f"same top-10 for {r['same_top_n']}/{r['users']} users"
+        ),
     ),
 )
 
@@ -122,19 +138,31 @@ class Report:
 
     def targets(self) -> Values:
         """{key: {"target": text, "met": True/False/None (a reference)}}."""
-        return {fig.key: {"target": fig.target, "met": fig.met(self.figures, self.references[fig.key])} for fig in FIGURES}
+        return {
+            fig.key: {"target": fig.target, "met": fig.met(self.figures, self.references[fig.key])} for fig in FIGURES
+        }
 
     def to_json(self) -> Values:
         """The `--json` document: machine, figures, targets, plus references and what was done."""
-        return {"machine": self.machine, "figures": self.figures, "targets": self.targets(),
-                "references": self.references, "details": self.details}
+        return {
+            "machine": self.machine,
+            "figures": self.figures,
+            "targets": self.targets(),
+            "references": self.references,
+            "details": self.details,
+        }
 
     def rows(self) -> list[list[str]]:
         """Table rows: figure, measured, target, reference from the same run, met."""
         targets = self.targets()
         return [
-            [fig.key, fig.shown(self.figures[fig.key]), fig.target, fig.reference(self.references[fig.key]),
-             {True: "yes", False: "NO", None: "-"}[targets[fig.key]["met"]]]
+            [
+                fig.key,
+                fig.shown(self.figures[fig.key]),
+                fig.target,
+                fig.reference(self.references[fig.key]),
+                {True: "yes", False: "NO", None: "-"}[targets[fig.key]["met"]],
+            ]
             for fig in FIGURES
         ]
 

@@ -62,8 +62,21 @@ class Config:
     @classmethod
     def quick_run(cls, redis_url: str, cache_root: Path, books_from: Path | None) -> "Config":
         """A smaller catalogue and fewer requests (under 2 minutes once cached)."""
-        return cls(catalogue.QUICK, redis_url, cache_root, books_from, quick=True, ceiling_users=5000, throughput_users=20_000,
-                   latency_requests=300, cache_reads=500, seed_users=3, soak_passes=2, soak_single_jobs=2000, swap_lead_s=1.0)
+        return cls(
+            catalogue.QUICK,
+            redis_url,
+            cache_root,
+            books_from,
+            quick=True,
+            ceiling_users=5000,
+            throughput_users=20_000,
+            latency_requests=300,
+            cache_reads=500,
+            seed_users=3,
+            soak_passes=2,
+            soak_single_jobs=2000,
+            swap_lead_s=1.0,
+        )
 
 
 @dataclass
@@ -116,12 +129,21 @@ def run(config: Config, notify: Notify = lambda message: None) -> Report:
     finally:
         _clean_up(service, state)
     info = machine.describe(redis_version)
-    info.update(other_cores_at_start=round(other_at_start, 2), other_cores_during_run=round(meter.cores_used_by_others(), 2))
+    info.update(
+        other_cores_at_start=round(other_at_start, 2), other_cores_during_run=round(meter.cores_used_by_others(), 2)
+    )
     info["busy"] = max(info["other_cores_at_start"], info["other_cores_during_run"]) > machine.BUSY_CORES
     dim = f" dim={prepared.params['dim']}" if "dim" in prepared.params else ""
-    state.details.update(quick=config.quick, catalogue=prepared.size.describe(), catalogue_generated=prepared.generated,
-                         base_model_trained=prepared.base_version is None, model=f"{prepared.kind}{dim}",
-                         model_params=prepared.params, cache_dir=str(prepared.root), seconds=round(time.monotonic() - started, 1))
+    state.details.update(
+        quick=config.quick,
+        catalogue=prepared.size.describe(),
+        catalogue_generated=prepared.generated,
+        base_model_trained=prepared.base_version is None,
+        model=f"{prepared.kind}{dim}",
+        model_params=prepared.params,
+        cache_dir=str(prepared.root),
+        seconds=round(time.monotonic() - started, 1),
+    )
     return Report(info, state.figures, state.references, state.details)
 
 
@@ -162,8 +184,12 @@ def _train(state: _Run, service: Service, client) -> str:
         trainer.wait_listening()
         state.base = prepared.base_version or ""
         if not state.base:
-            state.notify(f"training the base model ({prepared.kind}) with a retrain job into {prepared.store} (cached for later runs)")
-            state.base = client.retrain(params=state.config.model_params, force=True, wait=True, timeout=3600)["version"]
+            state.notify(
+                f"training the base model ({prepared.kind}) with a retrain job into {prepared.store} (cached for later runs)"
+            )
+            state.base = client.retrain(params=state.config.model_params, force=True, wait=True, timeout=3600)[
+                "version"
+            ]
             service.queue(QUEUE_REFRESH).empty()  # the refresh its promotion enqueued: no worker serves yet
         promote(store, service.client, service.keys, state.base, reason="bench base")
         state.notify("retrain: one retrain job on a `bookrec worker --queues retrain` process (BOOKREC_TF_THREADS=0)")
@@ -195,15 +221,24 @@ def _in_process(state: _Run) -> None:
     state.users = runtime.user_map.to_list()
     ceiling = measure.ceiling(runtime, state.sample(config.ceiling_users), config.batch, config.n, config.repeats)
     state.figures["ceiling_users_per_s"] = ceiling["users_per_s"]
-    state.references["ceiling_users_per_s"] = {"graph_users_per_s": ceiling["graph_users_per_s"], "users_per_cpu_s": ceiling["users_per_cpu_s"],
-                                               "issue_reference_users_per_s": ISSUE_CEILING_REFERENCE}
+    state.references["ceiling_users_per_s"] = {
+        "graph_users_per_s": ceiling["graph_users_per_s"],
+        "users_per_cpu_s": ceiling["users_per_cpu_s"],
+        "issue_reference_users_per_s": ISSUE_CEILING_REFERENCE,
+    }
     state.details["in_process_single_user_ms"] = ceiling["single_user_ms"]
     state.details["model_load_s"] = measure.model_load_s(store, state.base, 2)
-    seed = seed_path.measure(runtime, artifacts.read(store.root / state.base).books, state.sample(config.seed_users), config.n)
+    seed = seed_path.measure(
+        runtime, artifacts.read(store.root / state.base).books, state.sample(config.seed_users), config.n
+    )
     state.figures["seed_path_ms_per_user"] = seed["ms_per_user"]
     ours = 1000 / ceiling["users_per_s"]
-    state.references["seed_path_ms_per_user"] = {"service_ms_per_user": ours, "speedup": seed["ms_per_user"] / ours,
-                                                 "same_top_n": seed["same_top_n"], "users": seed["users"]}
+    state.references["seed_path_ms_per_user"] = {
+        "service_ms_per_user": ours,
+        "speedup": seed["ms_per_user"] / ours,
+        "same_top_n": seed["same_top_n"],
+        "users": seed["users"],
+    }
     del runtime
     gc.collect()
 
@@ -220,8 +255,10 @@ def _throughput(state: _Run, service: Service, processes: int) -> list[dict[str,
 def _passes(state: _Run, service: Service, pids: list[int]) -> list[dict[str, float]]:
     """One untimed warm-up pass, then `repeats` timed passes of jobs of `batch` users: users/s and users per worker CPU-s."""
     config = state.config
-    state.notify(f"throughput: {len(pids)} worker process(es), {config.repeats} passes of "
-                 f"{config.throughput_users:,} users in jobs of {config.batch}")
+    state.notify(
+        f"throughput: {len(pids)} worker process(es), {config.repeats} passes of "
+        f"{config.throughput_users:,} users in jobs of {config.batch}"
+    )
     measure.run_batches(service, state.sample(config.batch * len(pids) * 2), config.batch, config.n, state.timeout())
     passes = []
     for _ in range(config.repeats):
@@ -241,12 +278,21 @@ def _record_throughput(state: _Run, one: list[dict[str, float]], two: list[dict[
     state.figures["throughput_users_per_s"] = total / 2
     state.figures["scaling_2_vs_1"] = total / alone
     state.references["throughput_users_per_s"] = {
-        "ceiling_users_per_s": ceiling, "ratio_of_ceiling": total / 2 / ceiling, "total_users_per_s": total, "processes": 2,
-        "users_per_cpu_s": per_cpu, "cpu_ratio_of_ceiling": per_cpu / state.references["ceiling_users_per_s"]["users_per_cpu_s"],
+        "ceiling_users_per_s": ceiling,
+        "ratio_of_ceiling": total / 2 / ceiling,
+        "total_users_per_s": total,
+        "processes": 2,
+        "users_per_cpu_s": per_cpu,
+        "cpu_ratio_of_ceiling": per_cpu / state.references["ceiling_users_per_s"]["users_per_cpu_s"],
         "passes": two,
     }
-    state.references["scaling_2_vs_1"] = {"one_process_users_per_s": alone, "two_processes_users_per_s": total,
-                                          "one_process_cores": _cores(one), "two_processes_cores": _cores(two), "one_process_passes": one}
+    state.references["scaling_2_vs_1"] = {
+        "one_process_users_per_s": alone,
+        "two_processes_users_per_s": total,
+        "one_process_cores": _cores(one),
+        "two_processes_cores": _cores(two),
+        "one_process_passes": one,
+    }
 
 
 def _cores(passes: list[dict[str, float]]) -> float:
@@ -259,11 +305,17 @@ def _refresh_and_reads(state: _Run, client) -> None:
     state.notify(f"full refresh: {config.repeats} refreshes of all {len(state.users):,} users")
     times = [measure.full_refresh(client, len(state.users), state.timeout()) for _ in range(config.repeats)]
     state.figures["full_refresh_s"] = measure.median(times)
-    state.references["full_refresh_s"] = {"users": len(state.users), "runs": times,
-                                          "ideal_s": len(state.users) / (2 * state.figures["ceiling_users_per_s"])}
+    state.references["full_refresh_s"] = {
+        "users": len(state.users),
+        "runs": times,
+        "ideal_s": len(state.users) / (2 * state.figures["ceiling_users_per_s"]),
+    }
     reads = measure.cache_reads(client, state.sample(config.cache_reads))
     state.figures["cache_read_ms"] = reads["p50_ms"]
-    state.references["cache_read_ms"] = {"ping_p50_ms": reads["ping_p50_ms"], "reads": min(config.cache_reads, len(state.users))}
+    state.references["cache_read_ms"] = {
+        "ping_p50_ms": reads["ping_p50_ms"],
+        "reads": min(config.cache_reads, len(state.users)),
+    }
 
 
 def _latency(state: _Run, client) -> None:
@@ -272,14 +324,18 @@ def _latency(state: _Run, client) -> None:
     samples = measure.RequestStream(client, config.rate, config.n).run(state.sample(config.latency_requests))
     summary = measure.latency_summary(samples, config.repeats)
     state.figures["latency_ms"] = {"p50": summary["p50"], "p99": summary["p99"]}
-    state.references["latency_ms"] = {**{k: v for k, v in summary.items() if k not in ("p50", "p99")},
-                                      "in_process_ms": state.details["in_process_single_user_ms"]}
+    state.references["latency_ms"] = {
+        **{k: v for k, v in summary.items() if k not in ("p50", "p99")},
+        "in_process_ms": state.details["in_process_single_user_ms"],
+    }
 
 
 def _soak(state: _Run, service: Service) -> None:
     config = state.config
-    state.notify(f"memory: {config.soak_passes} passes over the catalogue in jobs of {config.batch} users, "
-                 f"then {config.soak_single_jobs:,} single-user jobs")
+    state.notify(
+        f"memory: {config.soak_passes} passes over the catalogue in jobs of {config.batch} users, "
+        f"then {config.soak_single_jobs:,} single-user jobs"
+    )
     for _ in range(config.soak_passes):
         measure.run_batches(service, state.sample(len(state.users)), config.batch, config.n, state.timeout())
     singles = [state.users[i] for i in state.rng.integers(0, len(state.users), config.soak_single_jobs)]
@@ -302,8 +358,12 @@ def _record_memory(state: _Run, service: Service, pids: list[int], baseline: tup
     after = _rss(pids)
     growth = max((after[pid] - before[pid]) / before[pid] * 100 for pid in pids)
     state.figures["worker_rss_mb"] = {"rss_mb": max(after.values()), "growth_pct": growth}
-    state.references["worker_rss_mb"] = {"jobs": _jobs_done(service) - jobs_before, "rss_before_mb": max(before.values()),
-                                         "load_mb": state.details["load_mb"], "rss_after_mb": list(after.values())}
+    state.references["worker_rss_mb"] = {
+        "jobs": _jobs_done(service) - jobs_before,
+        "rss_before_mb": max(before.values()),
+        "load_mb": state.details["load_mb"],
+        "rss_after_mb": list(after.values()),
+    }
 
 
 def _swap(state: _Run, service: Service, client, candidate: str) -> None:
@@ -331,7 +391,9 @@ def _swap(state: _Run, service: Service, client, candidate: str) -> None:
                     clock["swapped"] = time.perf_counter()
         return now > clock.get("swapped", now) + config.swap_lead_s
 
-    promoter = threading.Thread(target=promote, args=(store, service.client, service.keys, candidate), kwargs={"reason": "bench hot swap"})
+    promoter = threading.Thread(
+        target=promote, args=(store, service.client, service.keys, candidate), kwargs={"reason": "bench hot swap"}
+    )
     users = state.sample(int(config.rate * (2 * config.swap_lead_s + config.swap_timeout_s)))
     samples = measure.RequestStream(client, config.rate, config.n).run(users, tick)
     if "promoted" in clock:
@@ -341,9 +403,17 @@ def _swap(state: _Run, service: Service, client, candidate: str) -> None:
     slowest = max(s.latency_s * 1000 for s in samples if s.latency_s is not None)
     failed = measure.failed_jobs(service) - failed_before + sum(s.latency_s is None for s in samples)
     stale = sum(1 for s in samples if s.sent > clock["swapped"] and s.version not in (None, candidate))
-    state.figures["swap_s"] = {"seconds": clock["swapped"] - clock["promoted"], "failed_jobs": failed, "slowest_ms": slowest}
-    state.references["swap_s"] = {"slowest_vs_p99": slowest / state.figures["latency_ms"]["p99"], "requests": len(samples),
-                                  "model_load_s": state.details["model_load_s"], "stale_after_swap": stale}
+    state.figures["swap_s"] = {
+        "seconds": clock["swapped"] - clock["promoted"],
+        "failed_jobs": failed,
+        "slowest_ms": slowest,
+    }
+    state.references["swap_s"] = {
+        "slowest_vs_p99": slowest / state.figures["latency_ms"]["p99"],
+        "requests": len(samples),
+        "model_load_s": state.details["model_load_s"],
+        "stale_after_swap": stale,
+    }
 
 
 def _clean_up(service: Service, state: _Run) -> None:

@@ -105,12 +105,28 @@ class LoadResult:
     @property
     def ok(self) -> bool:
         """Nothing failed, nothing lost, everything drained and cached, no restart."""
-        return (self.failed == self.lost == self.queued_left == self.started_left == self.users_not_cached == self.workers_restarted == 0
-                and self.finished == self.jobs)
+        return (
+            self.failed
+            == self.lost
+            == self.queued_left
+            == self.started_left
+            == self.users_not_cached
+            == self.workers_restarted
+            == 0
+            and self.finished == self.jobs
+        )
 
 
-def run(service: Service, pids: list[int], users: list[str], jobs: int, processes: int, n: int = 10,
-        timeout: float = 3600.0, notify: Notify = lambda message: None) -> LoadResult:
+def run(
+    service: Service,
+    pids: list[int],
+    users: list[str],
+    jobs: int,
+    processes: int,
+    n: int = 10,
+    timeout: float = 3600.0,
+    notify: Notify = lambda message: None,
+) -> LoadResult:
     """Send `jobs` single-user recommend jobs (users taken in turn from `users`) to the workers `pids`; follow each to its end."""
     client = Client(settings=service.settings)
     tracker = Tracker(service.client)
@@ -124,7 +140,9 @@ def run(service: Service, pids: list[int], users: list[str], jobs: int, processe
             tracker.poll()
             _sample_warm(rss, tracker, warm_at, pids)
             if (i + 1) % (20 * POLL_BATCH) == 0:
-                notify(f"{i + 1:,} jobs enqueued, {tracker.finished:,} finished, {len(tracker.failed)} failed, {len(tracker.lost)} lost")
+                notify(
+                    f"{i + 1:,} jobs enqueued, {tracker.finished:,} finished, {len(tracker.failed)} failed, {len(tracker.lost)} lost"
+                )
     deadline = started + timeout
     while tracker.pending and time.monotonic() < deadline:
         tracker.poll()
@@ -145,16 +163,27 @@ def _rss(pids: list[int]) -> list[float]:
     return [round(machine.rss_mb(pid), 1) for pid in pids]
 
 
-def _record(result: LoadResult, service: Service, tracker: Tracker, users: list[str], rss: dict[str, list[float]], pids: list[int]) -> None:
+def _record(
+    result: LoadResult,
+    service: Service,
+    tracker: Tracker,
+    users: list[str],
+    rss: dict[str, list[float]],
+    pids: list[int],
+) -> None:
     from rq.registry import StartedJobRegistry
     from rq.serializers import JSONSerializer
 
     result.jobs_per_s = round(tracker.finished / result.seconds, 1) if result.seconds else 0.0
     result.finished, result.failed = tracker.finished, len(tracker.failed)
     result.lost = len(tracker.lost) + len(tracker.pending)
-    result.examples = {k: v[:5] for k, v in (("failed", tracker.failed), ("lost", tracker.lost + list(tracker.pending))) if v}
+    result.examples = {
+        k: v[:5] for k, v in (("failed", tracker.failed), ("lost", tracker.lost + list(tracker.pending))) if v
+    }
     result.queued_left = service.queue(QUEUE_RECOMMEND).count
-    result.started_left = StartedJobRegistry(QUEUE_RECOMMEND, connection=service.client, serializer=JSONSerializer).get_job_count(cleanup=False)
+    result.started_left = StartedJobRegistry(
+        QUEUE_RECOMMEND, connection=service.client, serializer=JSONSerializer
+    ).get_job_count(cleanup=False)
     distinct = sorted(set(users))
     result.users_requested = len(distinct)
     result.users_not_cached = sum(
@@ -179,10 +208,21 @@ def markdown(result: LoadResult, details: dict[str, object]) -> str:
         ("queue / started registry at the end", f"{result.queued_left} / {result.started_left}"),
         ("users requested / without a cached list", f"{result.users_requested:,} / {result.users_not_cached}"),
         ("workers restarted", str(result.workers_restarted)),
-        ("time, throughput", f"{result.seconds:,.0f} s, {result.jobs_per_s:,.0f} jobs/s (enqueueing and serving at once)"),
-        ("worker RSS start -> warm -> end (MB)", "; ".join(f"{s:.0f} -> {w:.0f} -> {e:.0f}" for s, w, e in
-                                                         zip(result.rss_mb["start"], result.rss_mb["warm"], result.rss_mb["end"]))),
-        ("RSS growth after warm-up / from start (MB, worst worker)", f"{result.rss_growth_after_warmup_mb:+.1f} / {result.rss_growth_from_start_mb:+.1f}"),
+        (
+            "time, throughput",
+            f"{result.seconds:,.0f} s, {result.jobs_per_s:,.0f} jobs/s (enqueueing and serving at once)",
+        ),
+        (
+            "worker RSS start -> warm -> end (MB)",
+            "; ".join(
+                f"{s:.0f} -> {w:.0f} -> {e:.0f}"
+                for s, w, e in zip(result.rss_mb["start"], result.rss_mb["warm"], result.rss_mb["end"])
+            ),
+        ),
+        (
+            "RSS growth after warm-up / from start (MB, worst worker)",
+            f"{result.rss_growth_after_warmup_mb:+.1f} / {result.rss_growth_from_start_mb:+.1f}",
+        ),
     ]
     return "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
 
@@ -190,19 +230,35 @@ def markdown(result: LoadResult, details: dict[str, object]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m bookrec.bench.load`."""
     parser = argparse.ArgumentParser(prog="python -m bookrec.bench.load", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--jobs", type=int, default=100_000, metavar="N", help="single-user recommend jobs to send (default: 100,000)")
+    parser.add_argument(
+        "--jobs", type=int, default=100_000, metavar="N", help="single-user recommend jobs to send (default: 100,000)"
+    )
     parser.add_argument("--processes", type=int, default=2, metavar="P", help="worker processes (default: 2)")
-    parser.add_argument("--quick", action="store_true", help="the 5,000-user catalogue instead of the goodbooks-sized one")
-    parser.add_argument("--redis-db", type=int, default=11, metavar="N", help="Redis database of its own on BOOKREC_REDIS_URL's server (default: 11)")
-    parser.add_argument("--cache-dir", type=Path, default=Path("var/bench"), metavar="DIR", help="catalogue cache (default: var/bench)")
+    parser.add_argument(
+        "--quick", action="store_true", help="the 5,000-user catalogue instead of the goodbooks-sized one"
+    )
+    parser.add_argument(
+        "--redis-db",
+        type=int,
+        default=11,
+        metavar="N",
+        help="Redis database of its own on BOOKREC_REDIS_URL's server (default: 11)",
+    )
+    parser.add_argument(
+        "--cache-dir", type=Path, default=Path("var/bench"), metavar="DIR", help="catalogue cache (default: var/bench)"
+    )
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table instead of JSON")
     args = parser.parse_args(argv)
     notify: Notify = lambda message: print(f"load: {message}", file=sys.stderr, flush=True)  # noqa: E731
 
     size = catalogue.QUICK if args.quick else catalogue.FULL
-    prepared = catalogue.prepare(size, args.cache_dir, catalogue.REAL_BOOKS if catalogue.REAL_BOOKS.exists() else None, notify)
+    prepared = catalogue.prepare(
+        size, args.cache_dir, catalogue.REAL_BOOKS if catalogue.REAL_BOOKS.exists() else None, notify
+    )
     if prepared.base_version is None:
-        raise BookrecError(f"no cached base model for {size.describe()}; run `bookrec bench{' --quick' if args.quick else ''}` once to train it")
+        raise BookrecError(
+            f"no cached base model for {size.describe()}; run `bookrec bench{' --quick' if args.quick else ''}` once to train it"
+        )
     service = Service.claim(with_db(Settings.from_env().redis_url, args.redis_db), prepared.store, prepared.data_dir)
     pool = None
     try:
@@ -217,9 +273,17 @@ def main(argv: list[str] | None = None) -> int:
         if pool is not None:
             pool.stop()
         service.release()
-    details = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "catalogue": size.describe(),
-               "model": f"{prepared.kind} {prepared.base_version}", "machine": machine.describe(redis_version)}
-    print(markdown(result, details) if args.markdown else json.dumps({**details, **asdict(result), "ok": result.ok}, indent=2))
+    details = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "catalogue": size.describe(),
+        "model": f"{prepared.kind} {prepared.base_version}",
+        "machine": machine.describe(redis_version),
+    }
+    print(
+        markdown(result, details)
+        if args.markdown
+        else json.dumps({**details, **asdict(result), "ok": result.ok}, indent=2)
+    )
     return 0 if result.failed == result.lost == 0 else 1
 
 

@@ -75,8 +75,12 @@ def ceiling(runtime: ModelRuntime, users: list[str], batch: int, n: int, repeats
         started = time.perf_counter()
         runtime.recommend([user], n)
         single.append((time.perf_counter() - started) * 1000)
-    return {"users_per_s": median(full), "users_per_cpu_s": median(cpu), "graph_users_per_s": median(graph),
-            "single_user_ms": median(single)}
+    return {
+        "users_per_s": median(full),
+        "users_per_cpu_s": median(cpu),
+        "graph_users_per_s": median(graph),
+        "single_user_ms": median(single),
+    }
 
 
 def model_load_s(store, version: str, repeats: int) -> float:
@@ -95,7 +99,10 @@ def model_load_s(store, version: str, repeats: int) -> float:
 def run_batches(service: Service, users: list[str], batch: int, n: int, timeout: float) -> float:
     """Seconds from enqueueing `users` in recommend jobs of `batch` users until every entry is cached."""
     tag = f"bench-{uuid.uuid4().hex[:8]}"
-    specs = [jobs.recommend({"user_ids": chunk, "n": n, "refresh_id": tag}, service.settings) for chunk in batches(users, batch)]
+    specs = [
+        jobs.recommend({"user_ids": chunk, "n": n, "refresh_id": tag}, service.settings)
+        for chunk in batches(users, batch)
+    ]
     started = time.perf_counter()
     queue = service.queue(QUEUE_RECOMMEND)
     for first in range(0, len(specs), 500):
@@ -116,7 +123,9 @@ def wait_count(service: Service, key: str, total: int, deadline: float) -> None:
             raise BookrecError(f"only {done} of {total} users were served before the deadline; see the worker logs")
         if now > next_check:
             if failed_jobs(service):
-                raise BookrecError(f"{failed_jobs(service)} recommend jobs failed during the benchmark; see the worker logs")
+                raise BookrecError(
+                    f"{failed_jobs(service)} recommend jobs failed during the benchmark; see the worker logs"
+                )
             next_check = now + 0.5
         time.sleep(0.002)
 

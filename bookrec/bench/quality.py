@@ -33,8 +33,23 @@ SURPRISE = "Surprise on a random 80/20 split of ml-latest-small: SVD 0.870, Base
 def train(ratings: Path, kind: str, split: str, test_frac: float, store: Path) -> dict:
     """Run `bookrec train --json` in a subprocess and return its JSON."""
     env = {**os.environ, "BOOKREC_MODEL_STORE": str(store), "BOOKREC_TF_THREADS": "0"}
-    command = [sys.executable, "-m", "bookrec.cli", "train", "--ratings", str(ratings), "--model", kind,
-               "--split", split, "--test-frac", str(test_frac), "--seed", "0", "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "bookrec.cli",
+        "train",
+        "--ratings",
+        str(ratings),
+        "--model",
+        kind,
+        "--split",
+        split,
+        "--test-frac",
+        str(test_frac),
+        "--seed",
+        "0",
+        "--json",
+    ]
     done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"bookrec train --model {kind} failed: {done.stderr.strip().splitlines()[-1]}")
@@ -43,7 +58,10 @@ def train(ratings: Path, kind: str, split: str, test_frac: float, store: Path) -
 
 def rating_section(ratings: Path, store: Path) -> tuple[list[str], bool]:
     """The rating table (random 80/20) and whether biased-mf met its bar."""
-    lines = ["| model | RMSE | MAE | its `bias` baseline RMSE | `global_mean` RMSE | training s |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| model | RMSE | MAE | its `bias` baseline RMSE | `global_mean` RMSE | training s |",
+        "|---|---|---|---|---|---|",
+    ]
     passed = True
     for kind in RATING_KINDS:
         result = train(ratings, kind, "random", 0.2, store)
@@ -53,7 +71,9 @@ def rating_section(ratings: Path, store: Path) -> tuple[list[str], bool]:
             ok = m["rmse"] <= 0.865 and m["rmse"] < b["bias"]["rmse"]
             passed &= ok
             verdict = " (bar: <= 0.865 and below bias: " + ("PASS" if ok else "FAIL") + ")"
-        lines.append(f"| `{kind}` | {m['rmse']:.4f}{verdict} | {m['mae']:.4f} | {b['bias']['rmse']:.4f} | {b['global_mean']['rmse']:.4f} | {result['seconds']} |")
+        lines.append(
+            f"| `{kind}` | {m['rmse']:.4f}{verdict} | {m['mae']:.4f} | {b['bias']['rmse']:.4f} | {b['global_mean']['rmse']:.4f} | {result['seconds']} |"
+        )
     lines.append(f"\nReference: {SURPRISE}.")
     return lines, passed
 
@@ -73,33 +93,54 @@ def ranking_section(ratings: Path, store: Path) -> tuple[list[str], bool]:
             passed &= ok
             verdict = " " + ("PASS" if ok else "FAIL")
         cells = " | ".join(f"{m[name]:.4f}" for name in RANKING_METRICS)
-        lines.append(f"| `{kind}`{' (default)' if kind == RANKING_KINDS[0] else ''} | {cells} | {ratio:.2f}x{verdict} | {result['seconds']} |")
+        lines.append(
+            f"| `{kind}`{' (default)' if kind == RANKING_KINDS[0] else ''} | {cells} | {ratio:.2f}x{verdict} | {result['seconds']} |"
+        )
     cells = " | ".join(f"{popularity[name]:.4f}" for name in RANKING_METRICS)
     lines.append(f"| `popularity` baseline | {cells} | 1.00x | - |")
-    lines.append("\nBar: the default model's ndcg@10 >= 1.7x popularity's, recall@10 above popularity's, training <= 180 s. "
-                 "Reference: popularity top-10 on a per-user 75/25 split of this file, NDCG@10 about 0.21 (data README).")
+    lines.append(
+        "\nBar: the default model's ndcg@10 >= 1.7x popularity's, recall@10 above popularity's, training <= 180 s. "
+        "Reference: popularity top-10 on a per-user 75/25 split of this file, NDCG@10 about 0.21 (data README)."
+    )
     return lines, passed
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the selected sections and write the markdown report."""
     parser = argparse.ArgumentParser(prog="python -m bookrec.bench.quality", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ratings", type=Path, default=MOVIELENS, help="ratings file (default: MovieLens latest-small from ../shared/data)")
-    parser.add_argument("--out", type=Path, default=REPO / "bookrec" / "bench" / "results" / "quality.md", help="markdown report to write")
+    parser.add_argument(
+        "--ratings",
+        type=Path,
+        default=MOVIELENS,
+        help="ratings file (default: MovieLens latest-small from ../shared/data)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "bookrec" / "bench" / "results" / "quality.md",
+        help="markdown report to write",
+    )
     parser.add_argument("--only", choices=("rating", "ranking"), help="run one section only")
     args = parser.parse_args(argv)
     if not args.ratings.exists():
         print(f"bookrec.bench.quality: {args.ratings} is absent; nothing measured", file=sys.stderr)
         return 2
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    report = [f"Measured {stamp} on {os.cpu_count()} cores with `python -m bookrec.bench.quality` on `{args.ratings.name}` "
-              f"({args.ratings.parent.name}), seed 0.", ""]
+    report = [
+        f"Measured {stamp} on {os.cpu_count()} cores with `python -m bookrec.bench.quality` on `{args.ratings.name}` "
+        f"({args.ratings.parent.name}), seed 0.",
+        "",
+    ]
     passed = True
     with tempfile.TemporaryDirectory() as store:
         for name, section in (("rating", rating_section), ("ranking", ranking_section)):
             if args.only in (None, name):
                 lines, ok = section(args.ratings, Path(store))
-                title = "Rating prediction, `--split random --test-frac 0.2 --seed 0`" if name == "rating" else "Top-10 ranking, `--split per-user --test-frac 0.25 --seed 0`"
+                title = (
+                    "Rating prediction, `--split random --test-frac 0.2 --seed 0`"
+                    if name == "rating"
+                    else "Top-10 ranking, `--split per-user --test-frac 0.25 --seed 0`"
+                )
                 report += [f"#### {title}", "", *lines, ""]
                 passed &= ok
     args.out.parent.mkdir(parents=True, exist_ok=True)

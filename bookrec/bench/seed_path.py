@@ -30,20 +30,24 @@ class SeedPath:
         self.runtime = runtime
         self.item_ids = [str(book["book_id"]) for book in catalog]
         self.item_index = {book_id: index for index, book_id in enumerate(self.item_ids)}
-        self.books = pd.DataFrame({
-            "book_id": [int(book_id) for book_id in self.item_ids],
-            "title": [book.get("title") for book in catalog],
-            "authors": [book.get("authors") for book in catalog],
-        })
+        self.books = pd.DataFrame(
+            {
+                "book_id": [int(book_id) for book_id in self.item_ids],
+                "title": [book.get("title") for book in catalog],
+                "authors": [book.get("authors") for book in catalog],
+            }
+        )
 
     def recommend(self, user_id: str, n: int = 10) -> list[int]:
         """The top-`n` unrated book ids of one known user (ids are integers, as in goodbooks)."""
         examples = []
         for _, row in self.books.iterrows():
-            features = tf.train.Features(feature={
-                "user_id": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(user_id)])),
-                "book_id": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(row["book_id"])])),
-            })
+            features = tf.train.Features(
+                feature={
+                    "user_id": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(user_id)])),
+                    "book_id": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(row["book_id"])])),
+                }
+            )
             examples.append(tf.train.Example(features=features).SerializeToString())
         parsed = tf.io.parse_example(tf.constant(examples), FEATURES)
         book_ids = parsed["book_id"].numpy()

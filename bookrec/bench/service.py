@@ -112,8 +112,15 @@ def _running(owner: str) -> bool:
 class Pool:
     """A real `bookrec worker --processes N` supervisor of this service in a subprocess, its output in a log file."""
 
-    def __init__(self, service: Service, processes: int, log: Path, queues: str = f"{QUEUE_RECOMMEND},{QUEUE_REFRESH}",
-                 tf_threads: int = 1, **env: str) -> None:
+    def __init__(
+        self,
+        service: Service,
+        processes: int,
+        log: Path,
+        queues: str = f"{QUEUE_RECOMMEND},{QUEUE_REFRESH}",
+        tf_threads: int = 1,
+        **env: str,
+    ) -> None:
         self.service = service
         self.workers = WorkerProcesses(service.env(tf_threads, **env), queues, processes, log)
 
@@ -137,9 +144,13 @@ class Pool:
             if len(pids) >= self.workers.processes:
                 return pids
             if self.workers.exit_code() is not None:
-                raise BookrecError(f"the benchmark's worker supervisor exited with {self.workers.exit_code()}; see {self.workers.log}")
+                raise BookrecError(
+                    f"the benchmark's worker supervisor exited with {self.workers.exit_code()}; see {self.workers.log}"
+                )
             time.sleep(0.1)
-        raise BookrecError(f"{self.workers.processes} worker processes did not {what} within {timeout:.0f} s; see {self.workers.log}")
+        raise BookrecError(
+            f"{self.workers.processes} worker processes did not {what} within {timeout:.0f} s; see {self.workers.log}"
+        )
 
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM the supervisor (each worker finishes its job) and wait; kill it if it hangs."""

@@ -22,13 +22,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "of its own (--redis-db), flushed at the end. Timings are medians over repeats; the machine's other "
         "load is reported beside them.",
     )
-    parser.add_argument("--quick", action="store_true", help="a smaller catalogue and fewer requests (under 2 minutes once cached)")
-    parser.add_argument("--json", action="store_true", help="print {machine, figures, targets, ...} as JSON instead of a table")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smaller catalogue and fewer requests (under 2 minutes once cached)"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print {machine, figures, targets, ...} as JSON instead of a table"
+    )
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the README)")
-    parser.add_argument("--redis-db", type=int, default=12, metavar="N",
-                        help="Redis database for the benchmark, on BOOKREC_REDIS_URL's server (default: 12); must be empty")
-    parser.add_argument("--cache-dir", type=Path, default=Path("var/bench"), metavar="DIR",
-                        help="where the catalogue and base model are cached (default: var/bench)")
+    parser.add_argument(
+        "--redis-db",
+        type=int,
+        default=12,
+        metavar="N",
+        help="Redis database for the benchmark, on BOOKREC_REDIS_URL's server (default: 12); must be empty",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path("var/bench"),
+        metavar="DIR",
+        help="where the catalogue and base model are cached (default: var/bench)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -56,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         m, d = report.machine, report.details
         print(f"{m['date']}, {m['cores']} cores, {d['catalogue']}, model {d['model']}, {d['seconds']:.0f} s")
-        print(f"machine {'BUSY' if m['busy'] else 'quiet'}: other processes used {m['other_cores_during_run']:.2f} cores "
-              f"on average during the run; figures are medians over repeats")
+        print(
+            f"machine {'BUSY' if m['busy'] else 'quiet'}: other processes used {m['other_cores_during_run']:.2f} cores "
+            f"on average during the run; figures are medians over repeats"
+        )
         print(table(HEADERS, report.rows()))
     return 0

@@ -85,8 +85,9 @@ def needs_worker_side(command: str, modules: Sequence[str] = WORKER_SIDE) -> Non
     """MissingDependency (exit 2, one line) unless every module in `modules` is installed; imports none of them."""
     missing = [name for name in modules if not _installed(name)]
     if missing:
-        raise MissingDependency(f"`{command}` needs bookrec[worker] (pip install 'bookrec[worker]'); "
-                                f"not installed: {', '.join(missing)}")
+        raise MissingDependency(
+            f"`{command}` needs bookrec[worker] (pip install 'bookrec[worker]'); not installed: {', '.join(missing)}"
+        )
 
 
 def _installed(name: str) -> bool:

@@ -40,7 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "request recommendations, print them from the cache, retrain and show the hot swap, then stop the workers. "
         "Uses BOOKREC_REDIS_URL if it answers, else starts redis-server under ./var/demo, else an embedded fake Redis.",
     )
-    parser.add_argument("--keep", action="store_true", help="keep ./var/demo from an earlier run instead of starting afresh")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep ./var/demo from an earlier run instead of starting afresh"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -73,8 +75,22 @@ def _redis() -> Iterator[str]:
     if shutil.which("redis-server"):
         workdir = (DEMO_ROOT / "redis").resolve()
         workdir.mkdir(parents=True, exist_ok=True)
-        server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                                   "--dir", str(workdir)], stdout=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
         url = f"redis://127.0.0.1:{port}/0"
         deadline = time.monotonic() + 10
         while not _answers(url) and time.monotonic() < deadline and server.poll() is None:
@@ -124,7 +140,10 @@ def _print_lists(entries: list[dict | None]) -> None:
             continue
         note = " (new reader: most popular books)" if entry["fallback"] else ""
         print(f"\nuser {entry['user_id']}{note}, model {entry['model_version']}:")
-        rows = [[str(i + 1), (item["title"] or str(item["book_id"]))[:70], (item["authors"] or "")[:30]] for i, item in enumerate(entry["items"])]
+        rows = [
+            [str(i + 1), (item["title"] or str(item["book_id"]))[:70], (item["authors"] or "")[:30]]
+            for i, item in enumerate(entry["items"])
+        ]
         print(table(["#", "title", "authors"], rows))
 
 
@@ -142,8 +161,14 @@ def run(args: argparse.Namespace) -> int:
     DEMO_ROOT.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         url = stack.enter_context(_redis())
-        env = {**os.environ, "BOOKREC_REDIS_URL": url, "BOOKREC_MODEL_STORE": str((DEMO_ROOT / "models").resolve()),
-               "BOOKREC_DATA_DIR": str((DEMO_ROOT / "data").resolve()), "BOOKREC_KEY_PREFIX": "bookrec:", "BOOKREC_LOG_LEVEL": "WARNING"}
+        env = {
+            **os.environ,
+            "BOOKREC_REDIS_URL": url,
+            "BOOKREC_MODEL_STORE": str((DEMO_ROOT / "models").resolve()),
+            "BOOKREC_DATA_DIR": str((DEMO_ROOT / "data").resolve()),
+            "BOOKREC_KEY_PREFIX": "bookrec:",
+            "BOOKREC_LOG_LEVEL": "WARNING",
+        }
         settings = Settings.from_env(env)
         client = Client(settings=settings)
         client.redis.delete(*(list(client.redis.scan_iter(match="bookrec:*")) or ["bookrec:none"]))
@@ -154,7 +179,9 @@ def run(args: argparse.Namespace) -> int:
 
         _step("2. train the default ranking model and promote it")
         data = Path(env["BOOKREC_DATA_DIR"])
-        _bookrec("train", "--ratings", str(data / "ratings.csv"), "--books", str(data / "books.csv"), "--promote", env=env)
+        _bookrec(
+            "train", "--ratings", str(data / "ratings.csv"), "--books", str(data / "books.csv"), "--promote", env=env
+        )
         first = client.redis.get("bookrec:model:current").decode()
 
         _step("3. start 2 worker processes (recommend, refresh) and a trainer (retrain)")
@@ -179,13 +206,20 @@ def run(args: argparse.Namespace) -> int:
         second = result["version"]
         swap_s = _wait_for_version(client.redis, second, 2)
         print(f"candidate {second}: {result['decision']['reason']}")
-        print(f"every worker serves {second} {swap_s:.1f} s after the retrain finished; {served} recommend jobs ran meanwhile")
+        print(
+            f"every worker serves {second} {swap_s:.1f} s after the retrain finished; {served} recommend jobs ran meanwhile"
+        )
         after = client.recommend(["1"], n=10, wait=True, timeout=60)[0]
         print(f"model version before: {first}\nmodel version after:  {after['model_version']}")
 
         status = client.status()
         print(f"failed jobs: {status['failed_jobs']}; cached lists: {status['cache_entries']}")
-        print(json.dumps({"workers": [{"name": w["name"], "model_version": w["model_version"]} for w in status["workers"]]}, indent=1))
+        print(
+            json.dumps(
+                {"workers": [{"name": w["name"], "model_version": w["model_version"]} for w in status["workers"]]},
+                indent=1,
+            )
+        )
 
         _step("6. stop the workers (SIGTERM: each finishes its current job)")
         codes = _stop([workers, trainer])

@@ -24,8 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "into BOOKREC_DATA_DIR unless ratings.csv is already there, train the default model on it and promote it. "
         "Otherwise make sure Redis points at the production model and exit.",
     )
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="small", help="size of the synthetic catalogue (default: small)")
-    parser.add_argument("--books-from", type=Path, metavar="FILE", help="real goodbooks books.csv for titles and authors")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default="small", help="size of the synthetic catalogue (default: small)"
+    )
+    parser.add_argument(
+        "--books-from", type=Path, metavar="FILE", help="real goodbooks books.csv for titles and authors"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for data and training (default: 0)")
     parser.set_defaults(handler=run)
 
@@ -54,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
     configure_tensorflow(threads=0)
     from bookrec.worker.learn.pipeline import TrainRequest, train_version
 
-    result = train_version(store, TrainRequest(ratings=ratings, books=books if books.exists() else None, seed=args.seed))
+    result = train_version(
+        store, TrainRequest(ratings=ratings, books=books if books.exists() else None, seed=args.seed)
+    )
     promote(store, client, keys, result["version"], reason="bookrec init", refresh=settings)
     print(f"trained and promoted {result['version']} ({result['model']}, ndcg@10 {result['metrics']['ndcg@10']:.4f})")
     return 0

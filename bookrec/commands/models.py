@@ -189,12 +189,9 @@ def _metrics_table(metadata: dict) -> str:
     return table(["METRIC", *(label.upper() for label in sources)], rows)
 
 
-
 def _inline(value: Any) -> str:
     if value is None or value == {}:
         return "-"
     if isinstance(value, dict):
         return ", ".join(f"{k}={v}" for k, v in value.items())
     return str(value)
-
-

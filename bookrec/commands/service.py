@@ -17,41 +17,67 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     json_flag = argparse.ArgumentParser(add_help=False)
     json_flag.add_argument("--json", action="store_true", help="print JSON instead of text")
 
-    rec = subparsers.add_parser("recommend", parents=[json_flag], help="request top-N lists for users",
-                                description="Enqueue recommend jobs (1,000 users per job) for the given users. With --wait, "
-                                "wait until they are computed and print each user's list from the cache.")
+    rec = subparsers.add_parser(
+        "recommend",
+        parents=[json_flag],
+        help="request top-N lists for users",
+        description="Enqueue recommend jobs (1,000 users per job) for the given users. With --wait, "
+        "wait until they are computed and print each user's list from the cache.",
+    )
     rec.add_argument("users", nargs="+", metavar="USER", help="user ids as in the ratings file")
     rec.add_argument("-n", type=int, default=10, metavar="N", help="books per list, 1 to 100 (default: 10)")
     rec.add_argument("--wait", action="store_true", help="wait for the lists and print them")
-    rec.add_argument("--timeout", type=float, default=120.0, metavar="S", help="seconds to wait with --wait (default: 120)")
+    rec.add_argument(
+        "--timeout", type=float, default=120.0, metavar="S", help="seconds to wait with --wait (default: 120)"
+    )
     rec.set_defaults(handler=_recommend)
 
-    get = subparsers.add_parser("get", parents=[json_flag], help="print a user's cached list",
-                                description="Read bookrec:recs:{USER} from Redis (what any service can GET) and print it.")
+    get = subparsers.add_parser(
+        "get",
+        parents=[json_flag],
+        help="print a user's cached list",
+        description="Read bookrec:recs:{USER} from Redis (what any service can GET) and print it.",
+    )
     get.add_argument("user", metavar="USER")
     get.set_defaults(handler=_get)
 
-    retrain = subparsers.add_parser("retrain", parents=[json_flag], help="train a new model version on the trainer and promote it if it passes the gate",
-                                    description="Enqueue a retrain on the `retrain` queue (served by `bookrec worker --queues retrain`). "
-                                    "Trains on ratings.csv/books.csv in BOOKREC_DATA_DIR, evaluates candidate and production on the same "
-                                    "split, and promotes the candidate only if it is no worse (ndcg@10 for ranking kinds, rmse for rating kinds).")
+    retrain = subparsers.add_parser(
+        "retrain",
+        parents=[json_flag],
+        help="train a new model version on the trainer and promote it if it passes the gate",
+        description="Enqueue a retrain on the `retrain` queue (served by `bookrec worker --queues retrain`). "
+        "Trains on ratings.csv/books.csv in BOOKREC_DATA_DIR, evaluates candidate and production on the same "
+        "split, and promotes the candidate only if it is no worse (ndcg@10 for ranking kinds, rmse for rating kinds).",
+    )
     retrain.add_argument("--model", choices=MODEL_KINDS, help="model kind (default: mult-dae)")
     retrain.add_argument("--force", action="store_true", help="skip the gate and promote the candidate")
     retrain.add_argument("--wait", action="store_true", help="wait for the result, with a progress bar")
-    retrain.add_argument("--timeout", type=float, default=None, metavar="S", help="seconds to wait with --wait (default: no limit)")
+    retrain.add_argument(
+        "--timeout", type=float, default=None, metavar="S", help="seconds to wait with --wait (default: no limit)"
+    )
     retrain.set_defaults(handler=_retrain)
 
-    refresh = subparsers.add_parser("refresh", parents=[json_flag], help="recompute every user's cached list",
-                                    description="Enqueue a refresh: the users of the production model are split into chunks that "
-                                    "every worker replica shares on the `refresh` queue.")
+    refresh = subparsers.add_parser(
+        "refresh",
+        parents=[json_flag],
+        help="recompute every user's cached list",
+        description="Enqueue a refresh: the users of the production model are split into chunks that "
+        "every worker replica shares on the `refresh` queue.",
+    )
     refresh.add_argument("-n", type=int, default=10, metavar="N", help="books per list (default: 10)")
     refresh.add_argument("--wait", action="store_true", help="wait until every chunk is done, with a progress bar")
-    refresh.add_argument("--timeout", type=float, default=None, metavar="S", help="seconds to wait with --wait (default: no limit)")
+    refresh.add_argument(
+        "--timeout", type=float, default=None, metavar="S", help="seconds to wait with --wait (default: no limit)"
+    )
     refresh.set_defaults(handler=_refresh)
 
-    status = subparsers.add_parser("status", parents=[json_flag], help="queues, workers, production version, cache size",
-                                   description="Show queue lengths, failed jobs, live workers with the model version each has "
-                                   "loaded, the production version, the number of cached lists and any running retrain.")
+    status = subparsers.add_parser(
+        "status",
+        parents=[json_flag],
+        help="queues, workers, production version, cache size",
+        description="Show queue lengths, failed jobs, live workers with the model version each has "
+        "loaded, the production version, the number of cached lists and any running retrain.",
+    )
     status.set_defaults(handler=_status)
 
 
@@ -68,7 +94,9 @@ def _recommend(args: argparse.Namespace) -> int:
         if args.json:
             print_json({"jobs": [job.id for job in jobs]})
         else:
-            print(f"enqueued {len(jobs)} recommend job(s) for {len(args.users)} user(s): {', '.join(job.id for job in jobs)}")
+            print(
+                f"enqueued {len(jobs)} recommend job(s) for {len(args.users)} user(s): {', '.join(job.id for job in jobs)}"
+            )
         return 0
     entries = client.recommend(args.users, n=args.n, wait=True, timeout=args.timeout)
     if args.json:
@@ -81,18 +109,33 @@ def _recommend(args: argparse.Namespace) -> int:
 def _get(args: argparse.Namespace) -> int:
     cached = _client().get(args.user)
     if cached is None:
-        print(f"bookrec: no cached list for user {args.user}; request one with `bookrec recommend {args.user}`", file=sys.stderr)
+        print(
+            f"bookrec: no cached list for user {args.user}; request one with `bookrec recommend {args.user}`",
+            file=sys.stderr,
+        )
         return 1
     if args.json:
         print_json({**cached.entry, "is_current": cached.is_current})
     else:
-        print(_describe(cached.entry) + ("" if cached.is_current else "\n(computed by an older model; a refresh will replace it)"))
+        print(
+            _describe(cached.entry)
+            + ("" if cached.is_current else "\n(computed by an older model; a refresh will replace it)")
+        )
     return 0
 
 
 def _describe(entry: dict[str, Any]) -> str:
-    rows = [[str(i + 1), str(item["book_id"]), (item.get("title") or "")[:60], (item.get("authors") or "")[:30], number(item.get("year")), number(item["score"])]
-            for i, item in enumerate(entry["items"])]
+    rows = [
+        [
+            str(i + 1),
+            str(item["book_id"]),
+            (item.get("title") or "")[:60],
+            (item.get("authors") or "")[:30],
+            number(item.get("year")),
+            number(item["score"]),
+        ]
+        for i, item in enumerate(entry["items"])
+    ]
     fallback = " (cold start: most popular books)" if entry.get("fallback") else ""
     head = f"user {entry['user_id']}: top {len(entry['items'])} by model {entry['model_version']} at {entry['generated_at']}{fallback}"
     return head + "\n" + table(["#", "book_id", "title", "authors", "year", "score"], rows)
@@ -102,7 +145,9 @@ def _retrain(args: argparse.Namespace) -> int:
     client = _client()
     job = client.retrain(model=args.model, force=args.force)
     if not args.wait:
-        print_json({"job": job.id}) if args.json else print(f"retrain enqueued as job {job.id}; follow it with `bookrec status`")
+        print_json({"job": job.id}) if args.json else print(
+            f"retrain enqueued as job {job.id}; follow it with `bookrec status`"
+        )
         return 0
     with progress_bar(None, "retrain", show_progress(args.json), unit="epoch") as bar:
         result = _follow(client, job, bar, args.timeout)
@@ -111,7 +156,11 @@ def _retrain(args: argparse.Namespace) -> int:
     else:
         decision = result["decision"]
         print(f"candidate {result['version']} ({result['model']}): {decision['reason']}")
-        print("promoted to production" if result["promoted"] else f"not promoted; production stays {result['production']['version']}")
+        print(
+            "promoted to production"
+            if result["promoted"]
+            else f"not promoted; production stays {result['production']['version']}"
+        )
     return 0
 
 
@@ -154,9 +203,13 @@ def _refresh(args: argparse.Namespace) -> int:
             if deadline is not None and time.monotonic() > deadline:
                 from bookrec.shared.errors import Timeout
 
-                raise Timeout(f"refresh {summary['refresh_id']} at {done}/{total} users after {args.timeout} s; it goes on")
+                raise Timeout(
+                    f"refresh {summary['refresh_id']} at {done}/{total} users after {args.timeout} s; it goes on"
+                )
             time.sleep(0.2)
-    print_json(summary) if args.json else print(f"refreshed {summary['users']} users in {summary['chunks']} chunks with model {summary['model_version']}")
+    print_json(summary) if args.json else print(
+        f"refreshed {summary['users']} users in {summary['chunks']} chunks with model {summary['model_version']}"
+    )
     return 0
 
 
@@ -166,10 +219,20 @@ def _status(args: argparse.Namespace) -> int:
         print_json(status)
         return 0
     print(f"redis: {status['redis']}\nproduction model: {status['production_version'] or '(none)'}")
-    print(f"cached lists: {status['cache_entries']}   failed jobs: {status['failed_jobs']}   retrain running: {status['retrain_running'] or 'no'}\n")
-    print(table(["queue", "queued", "failed"], [[q, str(v["queued"]), str(v["failed"])] for q, v in status["queues"].items()]))
+    print(
+        f"cached lists: {status['cache_entries']}   failed jobs: {status['failed_jobs']}   retrain running: {status['retrain_running'] or 'no'}\n"
+    )
+    print(
+        table(
+            ["queue", "queued", "failed"],
+            [[q, str(v["queued"]), str(v["failed"])] for q, v in status["queues"].items()],
+        )
+    )
     print()
-    rows = [[w["name"], w["state"], ",".join(w["queues"]), _model_cell(w), w["current_job"] or "-"] for w in status["workers"]]
+    rows = [
+        [w["name"], w["state"], ",".join(w["queues"]), _model_cell(w), w["current_job"] or "-"]
+        for w in status["workers"]
+    ]
     print(table(["worker", "state", "queues", "model", "job"], rows) if rows else "no live workers")
     return 0
 

@@ -35,17 +35,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the global_mean, bias and popularity baselines, and save it as a new version in BOOKREC_MODEL_STORE. "
         "With no --model, trains the default ranking model (mult-dae).",
     )
-    parser.add_argument("--ratings", required=True, type=Path, metavar="FILE", help="ratings CSV/TSV (user, item, rating columns)")
-    parser.add_argument("--books", type=Path, metavar="FILE", help="goodbooks-style books.csv for titles, authors, years, covers")
-    parser.add_argument("--test", type=Path, metavar="FILE", help="explicit test file (read with the same options); no split is made")
+    parser.add_argument(
+        "--ratings", required=True, type=Path, metavar="FILE", help="ratings CSV/TSV (user, item, rating columns)"
+    )
+    parser.add_argument(
+        "--books", type=Path, metavar="FILE", help="goodbooks-style books.csv for titles, authors, years, covers"
+    )
+    parser.add_argument(
+        "--test", type=Path, metavar="FILE", help="explicit test file (read with the same options); no split is made"
+    )
     parser.add_argument("--model", choices=MODEL_KINDS, help="model kind (default: mult-dae, trained to rank)")
     parser.add_argument("--dim", type=int, metavar="D", help="embedding / hidden size (default depends on the kind)")
     parser.add_argument("--epochs", type=int, metavar="E", help="maximum epochs (early stopping may end sooner)")
-    parser.add_argument("--split", choices=("per-user", "random"), default="per-user", help="how to hold out the test part (default: per-user)")
-    parser.add_argument("--test-frac", type=float, default=0.25, metavar="X", help="fraction held out for testing (default: 0.25)")
-    parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed for the split and the training (default: 0)")
-    parser.add_argument("--promote", action="store_true", help="put the new version in production (store record, Redis pointer, event)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table; no progress output")
+    parser.add_argument(
+        "--split",
+        choices=("per-user", "random"),
+        default="per-user",
+        help="how to hold out the test part (default: per-user)",
+    )
+    parser.add_argument(
+        "--test-frac", type=float, default=0.25, metavar="X", help="fraction held out for testing (default: 0.25)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="seed for the split and the training (default: 0)"
+    )
+    parser.add_argument(
+        "--promote", action="store_true", help="put the new version in production (store record, Redis pointer, event)"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of a table; no progress output"
+    )
     add_read_options(parser)
     parser.set_defaults(handler=run)
 
@@ -73,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     )
     store = ModelStore(settings.model_store)
     with progress_bar(None, "training", show_progress(args.json), unit="epoch") as bar:
+
         def on_epoch(done: int, planned: int, logs: dict[str, float]) -> None:
             bar.total = planned
             bar.update(done - bar.n)
@@ -83,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
     if args.promote:
         from bookrec.producer.client import Client
 
-        Client(settings=settings, connection=redis_client(settings)).promote(result["version"], reason="bookrec train --promote")
+        Client(settings=settings, connection=redis_client(settings)).promote(
+            result["version"], reason="bookrec train --promote"
+        )
         result["promoted"] = True
     if args.json:
         print_json(result)
@@ -94,7 +116,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _report(result: dict[str, Any]) -> str:
     """The metrics table and a one-line summary."""
-    rows = [[name, number(result["metrics"].get(name)), *(number(result["baselines"][b].get(name)) for b in BASELINES)] for name in METRICS]
+    rows = [
+        [name, number(result["metrics"].get(name)), *(number(result["baselines"][b].get(name)) for b in BASELINES)]
+        for name in METRICS
+    ]
     header = f"version {result['version']} ({result['model']}, {result['seconds']} s training)"
     if result["promoted"]:
         header += ", promoted to production"

@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 
-def promote(store: ModelStore, redis: Redis, keys: Keys, version: str, reason: str = "manual",
-            refresh: Settings | None = None) -> dict:
+def promote(
+    store: ModelStore, redis: Redis, keys: Keys, version: str, reason: str = "manual", refresh: Settings | None = None
+) -> dict:
     """Put `version` in production (store record, Redis pointer, `model_promoted` event) and, given the
     service's settings as `refresh`, schedule a refresh of every cached list; return the event with the
     refresh job's id as `refresh_job` (None without `refresh`: the benchmark and tests promote bare).
@@ -56,8 +57,10 @@ def promote(store: ModelStore, redis: Redis, keys: Keys, version: str, reason: s
     if refresh is not None:
         spec = jobs.refresh({}, refresh, description=f"refresh after {version}")
         queue = Queue(QUEUE_REFRESH, connection=redis, serializer=JSONSerializer)
-        refresh_job = _call_redis(lambda: queue.enqueue_many([spec])[0].id,
-                                  f"{version} is in production but the refresh of cached lists was not scheduled")
+        refresh_job = _call_redis(
+            lambda: queue.enqueue_many([spec])[0].id,
+            f"{version} is in production but the refresh of cached lists was not scheduled",
+        )
     return {**event, "refresh_job": refresh_job}
 
 

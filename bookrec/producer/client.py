@@ -62,7 +62,9 @@ class Client:
     stack) when Redis does not answer, and ValidationError for bad arguments, before anything is enqueued.
     """
 
-    def __init__(self, redis_url: str | None = None, settings: Settings | None = None, connection: redis.Redis | None = None) -> None:
+    def __init__(
+        self, redis_url: str | None = None, settings: Settings | None = None, connection: redis.Redis | None = None
+    ) -> None:
         settings = settings or Settings.from_env()
         self.settings = settings.with_overrides(redis_url=redis_url) if redis_url else settings
         self.keys = Keys(self.settings.key_prefix)
@@ -72,7 +74,9 @@ class Client:
         """The RQ queue `name` with the JSON serializer."""
         return Queue(name, connection=self.redis, serializer=JSONSerializer)
 
-    def recommend(self, user_ids: Sequence[int | str], n: int = 10, wait: bool = False, timeout: float | None = None) -> list[Job] | list[dict[str, Any]]:
+    def recommend(
+        self, user_ids: Sequence[int | str], n: int = 10, wait: bool = False, timeout: float | None = None
+    ) -> list[Job] | list[dict[str, Any]]:
         """Request top-`n` lists for `user_ids`, in jobs of at most 1,000 users.
 
         A list with any invalid id is rejected whole (ValidationError naming it), nothing enqueued.
@@ -82,7 +86,10 @@ class Client:
         users = payloads.user_list(_as_list(user_ids), limit=MAX_USERS_PER_CALL)
         n = payloads.count_n(n)
         chunk = payloads.MAX_USERS_PER_JOB
-        specs = [job_specs.recommend({"user_ids": users[i : i + chunk], "n": n}, self.settings) for i in range(0, len(users), chunk)]
+        specs = [
+            job_specs.recommend({"user_ids": users[i : i + chunk], "n": n}, self.settings)
+            for i in range(0, len(users), chunk)
+        ]
         jobs = self._call(lambda: self.queue(QUEUE_RECOMMEND).enqueue_many(specs))
         if not wait:
             return jobs
@@ -101,7 +108,11 @@ class Client:
 
     def refresh(self, start: int | None = None, stop: int | None = None, n: int = 10) -> Job:
         """Enqueue a refresh of every known user's entry (or users[start:stop]); returns the refresh job."""
-        kwargs = {"start": payloads.index_bound(start, "start"), "stop": payloads.index_bound(stop, "stop"), "n": payloads.count_n(n)}
+        kwargs = {
+            "start": payloads.index_bound(start, "start"),
+            "stop": payloads.index_bound(stop, "stop"),
+            "n": payloads.count_n(n),
+        }
         return self._call(lambda: self.queue(QUEUE_REFRESH).enqueue_many([job_specs.refresh(kwargs, self.settings)])[0])
 
     def refresh_progress(self, refresh_job: Job) -> tuple[int, int] | None:
@@ -112,11 +123,24 @@ class Client:
         done = self._call(lambda: self.redis.get(self.keys.refresh_done(meta["refresh_id"])))
         return int(done or 0), int(meta["users"])
 
-    def retrain(self, model: str | None = None, force: bool = False, wait: bool = False, timeout: float | None = None,
-                params: dict[str, Any] | None = None, ratings: str = "ratings.csv", books: str | None = "books.csv") -> Job | dict[str, Any]:
+    def retrain(
+        self,
+        model: str | None = None,
+        force: bool = False,
+        wait: bool = False,
+        timeout: float | None = None,
+        params: dict[str, Any] | None = None,
+        ratings: str = "ratings.csv",
+        books: str | None = "books.csv",
+    ) -> Job | dict[str, Any]:
         """Enqueue a retrain (one at a time: RetrainRunning names the running job). With `wait`, return its result."""
-        kwargs = {"model": model, "params": payloads.hyper_params(params), "ratings": payloads.data_file(ratings, "ratings"),
-                  "books": None if books is None else payloads.data_file(books, "books"), "force": bool(force)}
+        kwargs = {
+            "model": model,
+            "params": payloads.hyper_params(params),
+            "ratings": payloads.data_file(ratings, "ratings"),
+            "books": None if books is None else payloads.data_file(books, "books"),
+            "force": bool(force),
+        }
         job_id = uuid.uuid4().hex
         lock = RetrainLock(self.redis, self.keys, self.settings.retrain_lock_ttl)
         self._call(lambda: lock.take(job_id))
@@ -135,15 +159,20 @@ class Client:
         from bookrec.model_store.promotion import promote
         from bookrec.model_store.store import ModelStore
 
-        return self._call(lambda: promote(ModelStore(self.settings.model_store), self.redis, self.keys, version, reason,
-                                          refresh=self.settings))
+        return self._call(
+            lambda: promote(
+                ModelStore(self.settings.model_store), self.redis, self.keys, version, reason, refresh=self.settings
+            )
+        )
 
     def rollback(self) -> dict[str, Any]:
         """Promote the version that was in production before the current one and schedule a refresh, as `promote`."""
         from bookrec.model_store.promotion import rollback
         from bookrec.model_store.store import ModelStore
 
-        return self._call(lambda: rollback(ModelStore(self.settings.model_store), self.redis, self.keys, refresh=self.settings))
+        return self._call(
+            lambda: rollback(ModelStore(self.settings.model_store), self.redis, self.keys, refresh=self.settings)
+        )
 
     def wait(self, jobs: Iterable[Job], timeout: float | None = None) -> list[Any]:
         """Block until every job has finished; return their return values (JobFailed with the worker's reason)."""
@@ -165,7 +194,11 @@ class Client:
             if status == JobStatus.FINISHED and result is not None and result.type == Result.Type.SUCCESSFUL:
                 return result.return_value
             if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
-                reason = result.exc_string.strip().splitlines()[-1] if result is not None and result.exc_string else status.value
+                reason = (
+                    result.exc_string.strip().splitlines()[-1]
+                    if result is not None and result.exc_string
+                    else status.value
+                )
                 raise JobFailed(f"job {job.id} {status.value}: {reason}")
             if status is None:
                 raise JobFailed(f"job {job.id} no longer exists in Redis (expired or deleted)")
@@ -178,15 +211,28 @@ class Client:
         from rq.worker import Worker
 
         def collect() -> dict[str, Any]:
-            queues = {name: {"queued": self.queue(name).count, "failed": FailedJobRegistry(name, connection=self.redis, serializer=JSONSerializer).count}
-                      for name in (QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN)}
+            queues = {
+                name: {
+                    "queued": self.queue(name).count,
+                    "failed": FailedJobRegistry(name, connection=self.redis, serializer=JSONSerializer).count,
+                }
+                for name in (QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN)
+            }
             workers = []
             for worker in Worker.all(connection=self.redis, serializer=JSONSerializer):
                 state = worker_state.read(self.redis, self.keys, worker.name)
-                workers.append({"name": worker.name, "state": str(worker.get_state()), "queues": [q.name for q in worker.queues],
-                                "model_version": state.get("version") or None, "pending_version": state.get("pending_version") or None,
-                                "current_job": worker.get_current_job_id(),
-                                "pid": worker.pid, "hostname": worker.hostname})
+                workers.append(
+                    {
+                        "name": worker.name,
+                        "state": str(worker.get_state()),
+                        "queues": [q.name for q in worker.queues],
+                        "model_version": state.get("version") or None,
+                        "pending_version": state.get("pending_version") or None,
+                        "current_job": worker.get_current_job_id(),
+                        "pid": worker.pid,
+                        "hostname": worker.hostname,
+                    }
+                )
             current = self.redis.get(self.keys.model_current)
             return {
                 "redis": redact_url(self.settings.redis_url),

@@ -37,20 +37,35 @@ RETRAIN_TTL = 7 * 86400
 
 def recommend(kwargs: dict[str, Any], settings: Settings, description: str | None = None) -> EnqueueData:
     """A recommend job for `Queue.enqueue_many` (on `recommend`, or on `refresh` as a refresh chunk)."""
-    return Queue.prepare_data(RECOMMEND, kwargs=kwargs, timeout=settings.job_timeout, retry=Retry(max=RETRIES),
-                              result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, description=description)
+    return Queue.prepare_data(
+        RECOMMEND,
+        kwargs=kwargs,
+        timeout=settings.job_timeout,
+        retry=Retry(max=RETRIES),
+        result_ttl=RESULT_TTL,
+        failure_ttl=FAILURE_TTL,
+        description=description,
+    )
 
 
 def refresh(kwargs: dict[str, Any], settings: Settings, description: str | None = None) -> EnqueueData:
     """A refresh job for `Queue.enqueue_many` on `refresh`."""
-    return Queue.prepare_data(REFRESH, kwargs=kwargs, timeout=settings.job_timeout, retry=Retry(max=RETRIES),
-                              result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, description=description)
+    return Queue.prepare_data(
+        REFRESH,
+        kwargs=kwargs,
+        timeout=settings.job_timeout,
+        retry=Retry(max=RETRIES),
+        result_ttl=RESULT_TTL,
+        failure_ttl=FAILURE_TTL,
+        description=description,
+    )
 
 
 def retrain(kwargs: dict[str, Any], job_id: str) -> EnqueueData:
     """A retrain job for `Queue.enqueue_many` on `retrain`; `job_id` is the one the retrain lock names."""
-    return Queue.prepare_data(RETRAIN, kwargs=kwargs, job_id=job_id, timeout=RETRAIN_TIMEOUT,
-                              result_ttl=RETRAIN_TTL, failure_ttl=RETRAIN_TTL)
+    return Queue.prepare_data(
+        RETRAIN, kwargs=kwargs, job_id=job_id, timeout=RETRAIN_TIMEOUT, result_ttl=RETRAIN_TTL, failure_ttl=RETRAIN_TTL
+    )
 
 
 QUEUE_OF = {RECOMMEND: QUEUE_RECOMMEND, REFRESH: QUEUE_REFRESH, RETRAIN: QUEUE_RETRAIN}

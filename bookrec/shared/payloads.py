@@ -52,7 +52,9 @@ def user_list(values: Any, limit: int | None = MAX_USERS_PER_JOB) -> list[str]:
     if not values:
         raise ValidationError("the list of user ids is empty")
     if limit is not None and len(values) > limit:
-        raise ValidationError(f"{len(values)} user ids in one job; at most {limit} are allowed (the client splits longer lists)")
+        raise ValidationError(
+            f"{len(values)} user ids in one job; at most {limit} are allowed (the client splits longer lists)"
+        )
     return [user_id(v) for v in values]
 
 
@@ -94,7 +96,9 @@ def data_file(value: Any, what: str) -> str:
         raise ValidationError(f"{what} must be a file name inside BOOKREC_DATA_DIR, got {value!r}")
     path = PurePosixPath(value)
     if path.is_absolute() or ".." in path.parts:
-        raise ValidationError(f"{what} path {value!r} points outside BOOKREC_DATA_DIR; give the name of a file inside it")
+        raise ValidationError(
+            f"{what} path {value!r} points outside BOOKREC_DATA_DIR; give the name of a file inside it"
+        )
     return value
 
 
@@ -118,5 +122,7 @@ def data_path(data_dir: Path, name: Any, what: str) -> Path:
     root = data_dir.resolve()
     path = (root / name).resolve()
     if not path.is_relative_to(root):
-        raise ValidationError(f"{what} path {name!r} resolves outside BOOKREC_DATA_DIR ({root}); only files inside it can be used")
+        raise ValidationError(
+            f"{what} path {name!r} resolves outside BOOKREC_DATA_DIR ({root}); only files inside it can be used"
+        )
     return path

@@ -39,7 +39,9 @@ def unavailable(settings: Settings, exc: Exception) -> RedisUnavailable:
     """The RedisUnavailable for a connection failure: refused credentials or no answer, naming the redacted URL."""
     where = f"Redis at {redact_url(settings.redis_url)}"
     if isinstance(exc, redis.exceptions.AuthenticationError):  # a ConnectionError too, so test it first
-        return RedisUnavailable(f"{where} refused the credentials ({exc}); check the user and password in BOOKREC_REDIS_URL")
+        return RedisUnavailable(
+            f"{where} refused the credentials ({exc}); check the user and password in BOOKREC_REDIS_URL"
+        )
     return RedisUnavailable(f"{where} did not answer ({exc}); start it or set BOOKREC_REDIS_URL")
 
 
@@ -91,7 +93,9 @@ class PackedCommands:
         packed_ttl = _arg(ttl)
         for key, value in pairs:
             k, v = key.encode(), value.encode()
-            self.commands.append(b"*5\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$2\r\nEX\r\n%s" % (len(k), k, len(v), v, packed_ttl))
+            self.commands.append(
+                b"*5\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$2\r\nEX\r\n%s" % (len(k), k, len(v), v, packed_ttl)
+            )
         return self
 
     def add(self, *args: str | int) -> PackedCommands:

@@ -21,11 +21,19 @@ TTL = 15
 """Seconds a worker's hash outlives its last write (it writes about once a second)."""
 
 
-def publish(client: redis.Redis, keys: Keys, name: str, version: str | None, pending_version: str | None,
-            queues: list[str]) -> None:
+def publish(
+    client: redis.Redis, keys: Keys, name: str, version: str | None, pending_version: str | None, queues: list[str]
+) -> None:
     """Write this process's state for worker `name` and renew its expiry, in one round trip."""
-    state = {"name": name, "version": version or "", "pending_version": pending_version or "", "pid": str(os.getpid()),
-             "host": socket.gethostname(), "queues": ",".join(queues), "updated_at": str(time.time())}
+    state = {
+        "name": name,
+        "version": version or "",
+        "pending_version": pending_version or "",
+        "pid": str(os.getpid()),
+        "host": socket.gethostname(),
+        "queues": ",".join(queues),
+        "updated_at": str(time.time()),
+    }
     with client.pipeline(transaction=False) as pipe:
         pipe.hset(keys.worker(name), mapping=state)
         pipe.expire(keys.worker(name), TTL)

@@ -25,7 +25,9 @@ logger = logging.getLogger(__name__)
 REFRESH_COUNTER_TTL = 86400
 
 
-def recommend(user_ids: list, n: int = 10, refresh_id: str | None = None, model_version: str | None = None) -> dict[str, Any]:
+def recommend(
+    user_ids: list, n: int = 10, refresh_id: str | None = None, model_version: str | None = None
+) -> dict[str, Any]:
     """Compute and cache the top-`n` unseen books of each user (1 to 1,000 ids) in one batch.
 
     Ids that are not ids (wrong type, empty) are skipped and listed in `rejected`; the others
@@ -48,7 +50,9 @@ def recommend(user_ids: list, n: int = 10, refresh_id: str | None = None, model_
     batch = runtime.recommend(good, n) if good else None
     commands = PackedCommands()
     if batch:
-        commands.set_ex(((ctx.keys.recs(user), entry) for user, entry in zip(batch.user_ids, batch.entries)), ctx.settings.cache_ttl)
+        commands.set_ex(
+            ((ctx.keys.recs(user), entry) for user, entry in zip(batch.user_ids, batch.entries)), ctx.settings.cache_ttl
+        )
     if refresh_id:
         commands.add("INCRBY", ctx.keys.refresh_done(refresh_id), len(user_ids))
         commands.add("EXPIRE", ctx.keys.refresh_done(refresh_id), REFRESH_COUNTER_TTL)
@@ -81,8 +85,11 @@ def refresh(start: int | None = None, stop: int | None = None, n: int = 10, chun
     refresh_id = uuid.uuid4().hex[:12]
     queue = Queue(QUEUE_REFRESH, connection=ctx.client, serializer=JSONSerializer)
     specs = [
-        jobs.recommend({"user_ids": users[i : i + chunk], "n": n, "refresh_id": refresh_id, "model_version": runtime.version},
-                       ctx.settings, description=f"refresh {refresh_id} users {i}..{i + len(users[i:i + chunk]) - 1}")
+        jobs.recommend(
+            {"user_ids": users[i : i + chunk], "n": n, "refresh_id": refresh_id, "model_version": runtime.version},
+            ctx.settings,
+            description=f"refresh {refresh_id} users {i}..{i + len(users[i : i + chunk]) - 1}",
+        )
         for i in range(0, len(users), chunk)
     ]
     for start_at in range(0, len(specs), 500):
@@ -125,5 +132,9 @@ def retrain(
     return run_retrain(ctx, job, model, params, ratings_path, books_path, force, seed)
 
 
-FUNCTIONS: dict[str, Callable[..., dict[str, Any]]] = {jobs.RECOMMEND: recommend, jobs.REFRESH: refresh, jobs.RETRAIN: retrain}
+FUNCTIONS: dict[str, Callable[..., dict[str, Any]]] = {
+    jobs.RECOMMEND: recommend,
+    jobs.REFRESH: refresh,
+    jobs.RETRAIN: retrain,
+}
 """The allowlist: each public job name and the function a worker runs for it."""

@@ -43,15 +43,30 @@ class RedisServer:
         """Start (or restart, on the same port and empty) and wait until it accepts connections."""
         self.starts += 1
         log = self.workdir / f"redis-{self.port}-{self.starts}.log"
-        command = ["redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--logfile", str(log),
-                   "--dir", str(self.workdir), *self._port_args(), *self.extra]
+        command = [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--logfile",
+            str(log),
+            "--dir",
+            str(self.workdir),
+            *self._port_args(),
+            *self.extra,
+        ]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if log.exists() and READY in log.read_text(errors="replace"):
                 return
             if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}: {log.read_text(errors='replace')[-2000:]}")
+                raise RuntimeError(
+                    f"redis-server exited with {self.process.returncode}: {log.read_text(errors='replace')[-2000:]}"
+                )
             time.sleep(0.02)
         raise RuntimeError(f"redis-server did not start within {timeout} s; see {log}")
 
@@ -64,9 +79,20 @@ class RedisServer:
     def _port_args(self) -> list[str]:
         if self.tls is None:
             return ["--port", str(self.port)]
-        return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls / "server.crt"),  # TLS only
-                "--tls-key-file", str(self.tls / "server.key"), "--tls-ca-cert-file", str(self.tls / "ca.crt"),
-                "--tls-auth-clients", "no"]
+        return [
+            "--port",
+            "0",
+            "--tls-port",
+            str(self.port),
+            "--tls-cert-file",
+            str(self.tls / "server.crt"),  # TLS only
+            "--tls-key-file",
+            str(self.tls / "server.key"),
+            "--tls-ca-cert-file",
+            str(self.tls / "ca.crt"),
+            "--tls-auth-clients",
+            "no",
+        ]
 
 
 def make_certificates(folder: Path) -> Path:
@@ -74,10 +100,50 @@ def make_certificates(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "san.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
     steps = [
-        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "1", "-subj", "/CN=bookrec-test-ca"],
-        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"],
-        ["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt",
-         "-days", "1", "-extfile", "san.cnf"],
+        [
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=bookrec-test-ca",
+        ],
+        [
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        [
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "1",
+            "-extfile",
+            "san.cnf",
+        ],
     ]
     for step in steps:
         subprocess.run(["openssl", *step], cwd=folder, check=True, capture_output=True)

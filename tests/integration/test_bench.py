@@ -28,9 +28,22 @@ def _leaves(value) -> list[float]:
 def test_tiny_run_reports_every_figure_and_leaves_nothing_behind(redis_client, tmp_path: Path) -> None:
     books = GOODBOOKS_BOOKS if GOODBOOKS_BOOKS.exists() else None
     params = {"epochs": 2}  # the default kind, trained briefly
-    config = Config(TINY, TEST_REDIS_URL, cache_root=tmp_path, books_from=books, model_params=params, repeats=1,
-                    ceiling_users=300, throughput_users=300, latency_requests=20, cache_reads=20, seed_users=2,
-                    soak_passes=1, soak_single_jobs=20, swap_lead_s=0.5)
+    config = Config(
+        TINY,
+        TEST_REDIS_URL,
+        cache_root=tmp_path,
+        books_from=books,
+        model_params=params,
+        repeats=1,
+        ceiling_users=300,
+        throughput_users=300,
+        latency_requests=20,
+        cache_reads=20,
+        seed_users=2,
+        soak_passes=1,
+        soak_single_jobs=20,
+        swap_lead_s=0.5,
+    )
     messages: list[str] = []
 
     document = run(config, notify=messages.append).to_json()
@@ -38,7 +51,9 @@ def test_tiny_run_reports_every_figure_and_leaves_nothing_behind(redis_client, t
     keys = {figure.key for figure in FIGURES}
     assert set(document["figures"]) == keys and set(document["targets"]) == keys and set(document["references"]) == keys
     figures = document["figures"]
-    assert all(x > 0 for key, value in figures.items() if key not in ("swap_s", "worker_rss_mb") for x in _leaves(value))
+    assert all(
+        x > 0 for key, value in figures.items() if key not in ("swap_s", "worker_rss_mb") for x in _leaves(value)
+    )
     assert figures["swap_s"]["seconds"] > 0 and figures["swap_s"]["failed_jobs"] == 0
     assert figures["worker_rss_mb"]["rss_mb"] > 0
     assert document["references"]["worker_rss_mb"]["jobs"] > 0
@@ -49,35 +64,68 @@ def test_tiny_run_reports_every_figure_and_leaves_nothing_behind(redis_client, t
     again: list[str] = []
     prepared = prepare(TINY, tmp_path, books, again.append, params)
     assert not prepared.generated and prepared.base_version is not None
-    assert any("reusing the cached catalogue" in m for m in again) and any("reusing the cached base model" in m for m in again)
+    assert any("reusing the cached catalogue" in m for m in again) and any(
+        "reusing the cached base model" in m for m in again
+    )
     store = ModelStore(prepared.store)
     assert [v["version"] for v in store.list()] == [prepared.base_version] == [store.production()]
 
 
 def _report(**changes) -> Report:
     figures = {
-        "throughput_users_per_s": 6000.0, "ceiling_users_per_s": 10000.0, "latency_ms": {"p50": 5.0, "p99": 20.0},
-        "full_refresh_s": 10.0, "cache_read_ms": 0.2, "swap_s": {"seconds": 1.0, "failed_jobs": 0, "slowest_ms": 40.0},
-        "retrain_s": 100.0, "worker_rss_mb": {"rss_mb": 900.0, "growth_pct": 1.0}, "scaling_2_vs_1": 1.8,
+        "throughput_users_per_s": 6000.0,
+        "ceiling_users_per_s": 10000.0,
+        "latency_ms": {"p50": 5.0, "p99": 20.0},
+        "full_refresh_s": 10.0,
+        "cache_read_ms": 0.2,
+        "swap_s": {"seconds": 1.0, "failed_jobs": 0, "slowest_ms": 40.0},
+        "retrain_s": 100.0,
+        "worker_rss_mb": {"rss_mb": 900.0, "growth_pct": 1.0},
+        "scaling_2_vs_1": 1.8,
         "seed_path_ms_per_user": 400.0,
     }
     figures.update(changes)
     references = {
-        "throughput_users_per_s": {"ratio_of_ceiling": 0.6, "cpu_ratio_of_ceiling": 0.8, "total_users_per_s": 12000.0, "processes": 2},
+        "throughput_users_per_s": {
+            "ratio_of_ceiling": 0.6,
+            "cpu_ratio_of_ceiling": 0.8,
+            "total_users_per_s": 12000.0,
+            "processes": 2,
+        },
         "ceiling_users_per_s": {"graph_users_per_s": 20000.0},
-        "latency_ms": {"server_p50": 4.0, "server_p99": 18.0, "in_process_ms": 1.0, "max": 25.0, "requests": 2000, "lost": 0,
-                       "runs": 4, "all_p50": 5.0, "all_p99": 22.0},
+        "latency_ms": {
+            "server_p50": 4.0,
+            "server_p99": 18.0,
+            "in_process_ms": 1.0,
+            "max": 25.0,
+            "requests": 2000,
+            "lost": 0,
+            "runs": 4,
+            "all_p50": 5.0,
+            "all_p99": 22.0,
+        },
         "full_refresh_s": {"users": 53424, "ideal_s": 2.7},
         "cache_read_ms": {"ping_p50_ms": 0.1},
         "swap_s": {"slowest_vs_p99": 2.0, "model_load_s": 0.5, "stale_after_swap": 0},
         "retrain_s": {"fit_s": 80.0, "kind": "mult-dae"},
         "worker_rss_mb": {"jobs": 5000, "rss_before_mb": 890.0, "load_mb": 300.0},
-        "scaling_2_vs_1": {"one_process_users_per_s": 6600.0, "two_processes_users_per_s": 12000.0, "one_process_cores": 0.9,
-                           "two_processes_cores": 1.7},
+        "scaling_2_vs_1": {
+            "one_process_users_per_s": 6600.0,
+            "two_processes_users_per_s": 12000.0,
+            "one_process_cores": 0.9,
+            "two_processes_cores": 1.7,
+        },
         "seed_path_ms_per_user": {"service_ms_per_user": 0.1, "speedup": 4000.0, "same_top_n": 5, "users": 5},
     }
-    machine = {"date": "2026-11-28 05:00 UTC", "cores": 2, "cpu": "test cpu", "busy": True, "other_cores_during_run": 1.1,
-               "other_cores_at_start": 0.9, "load_average": [3.0, 2.0, 1.0]}
+    machine = {
+        "date": "2026-11-28 05:00 UTC",
+        "cores": 2,
+        "cpu": "test cpu",
+        "busy": True,
+        "other_cores_during_run": 1.1,
+        "other_cores_at_start": 0.9,
+        "load_average": [3.0, 2.0, 1.0],
+    }
     return Report(machine, figures, references, {"catalogue": TINY.describe(), "model": "mult-dae"})
 
 
@@ -92,7 +140,10 @@ def test_targets_mark_misses_and_references() -> None:
 
 
 def test_throughput_below_half_the_ceiling_misses_even_above_5000() -> None:
-    assert _report(throughput_users_per_s=5500.0, ceiling_users_per_s=12000.0).targets()["throughput_users_per_s"]["met"] is False
+    assert (
+        _report(throughput_users_per_s=5500.0, ceiling_users_per_s=12000.0).targets()["throughput_users_per_s"]["met"]
+        is False
+    )
 
 
 def test_markdown_names_date_cores_busy_machine_and_every_figure() -> None:

@@ -67,7 +67,9 @@ class Service:
 
     def serving_pids(self, version: str) -> set[int]:
         """Pids of the live serving workers that have `version` loaded (a killed one's state lingers up to 15 s)."""
-        return {int(s["pid"]) for s in self.worker_states().values() if s["version"] == version and alive(int(s["pid"]))}
+        return {
+            int(s["pid"]) for s in self.worker_states().values() if s["version"] == version and alive(int(s["pid"]))
+        }
 
 
 def alive(pid: int) -> bool:
@@ -122,7 +124,9 @@ def serving(service: Service) -> Iterator[Service]:
 @pytest.fixture(scope="module")
 def trainer(service: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerPool]:
     """A `bookrec worker --queues retrain` pool with one process, listening."""
-    pool = WorkerPool(service.env, queues=QUEUE_RETRAIN, processes=1, log=tmp_path_factory.mktemp("trainer") / "trainer.log")
+    pool = WorkerPool(
+        service.env, queues=QUEUE_RETRAIN, processes=1, log=tmp_path_factory.mktemp("trainer") / "trainer.log"
+    )
     try:
         wait_for(lambda: trainer_pids(service.redis), "the trainer to listen on the retrain queue", timeout=90)
         yield pool
@@ -194,7 +198,11 @@ def test_a_worker_killed_mid_batch_has_its_job_retried_and_is_restarted(serving:
     killed_at = time.monotonic()
 
     killed = Job.fetch(job_id, connection=serving.redis, serializer=JSONSerializer)
-    wait_for(lambda: killed.get_status(refresh=True) == JobStatus.FINISHED, "the killed job to finish on a retry", RECOVERY_LIMIT)
+    wait_for(
+        lambda: killed.get_status(refresh=True) == JobStatus.FINISHED,
+        "the killed job to finish on a retry",
+        RECOVERY_LIMIT,
+    )
     assert time.monotonic() - killed_at < RECOVERY_LIMIT
     killed.refresh()
     assert killed.retries_left == (1 if started else 2)  # Retry(max=2): a try is spent only if the job had started
@@ -217,10 +225,19 @@ def test_a_worker_killed_while_holding_a_swap_slot_has_it_given_back_by_its_supe
     serving.redis.set(KEYS.swap_slot(0), name, ex=60)  # what the worker holds while it loads a promoted version
     log = LogWatch(serving.log)
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: serving.redis.get(KEYS.swap_slot(0)) is None, "the supervisor to give back the dead worker's swap slot", 10)
+    wait_for(
+        lambda: serving.redis.get(KEYS.swap_slot(0)) is None,
+        "the supervisor to give back the dead worker's swap slot",
+        10,
+    )
     assert len(log.lines(f"gave back the swap slot dead worker {name} held")) == 1
     live = lambda: serving.serving_pids(serving.store.version)  # noqa: E731
-    wait_for(lambda: pid not in live() and len(live()) == 2, "the supervisor to start a new worker in place of the killed one", 60)
+    wait_for(
+        lambda: pid not in live() and len(live()) == 2,
+        "the supervisor to start a new worker in place of the killed one",
+        60,
+    )
+
 
 def test_redis_stopped_and_back_empty_workers_resume_without_restart(serving: Service) -> None:
     pids = serving.serving_pids(serving.store.version)
@@ -235,7 +252,13 @@ def test_redis_stopped_and_back_empty_workers_resume_without_restart(serving: Se
         with pytest.raises(RedisUnavailable, match=re.escape(f"Redis at {serving.server.url()} did not answer")):
             call()
     assert time.monotonic() - started < 15  # fail fast: three calls, a few short connection retries each
-    cli = subprocess.run([sys.executable, "-m", "bookrec.cli", "recommend", "3"], env=serving.env, cwd=REPO, capture_output=True, text=True)
+    cli = subprocess.run(
+        [sys.executable, "-m", "bookrec.cli", "recommend", "3"],
+        env=serving.env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert cli.returncode == 4 and cli.stdout == ""
     assert cli.stderr.startswith("bookrec: error: Redis at") and len(cli.stderr.strip().splitlines()) == 1
 
@@ -251,7 +274,10 @@ def test_redis_stopped_and_back_empty_workers_resume_without_restart(serving: Se
 
 
 DAMAGE = {
-    "truncated SavedModel": ("saved_model/variables/variables.data-00000-of-00001", lambda f: f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])),
+    "truncated SavedModel": (
+        "saved_model/variables/variables.data-00000-of-00001",
+        lambda f: f.write_bytes(f.read_bytes()[: f.stat().st_size // 2]),
+    ),
     "broken metadata.json": (METADATA, lambda f: f.write_text(f.read_text()[:100])),
     "half-copied version": ("saved_model/saved_model.pb", lambda f: f.unlink()),
 }
@@ -276,7 +302,9 @@ def test_a_damaged_version_is_never_promoted_nor_loaded(serving: Service, damage
     serving.redis.set(KEYS.model_current, bad)
     try:
         refused_by = serving.serving_pids(serving.store.version)
-        wait_for(lambda: log.pids(f"cannot load model {bad}") >= refused_by, "both workers to refuse the damaged version")
+        wait_for(
+            lambda: log.pids(f"cannot load model {bad}") >= refused_by, "both workers to refuse the damaged version"
+        )
         assert all(re.search(named, line) for line in log.lines(f"cannot load model {bad}"))
         entries = client.recommend([5, 6], wait=True, timeout=30)
         assert {e["model_version"] for e in entries} == {serving.store.version}
@@ -310,8 +338,10 @@ def test_two_promotions_at_once_leave_every_worker_on_the_recorded_version(servi
             assert errors == []
             recorded = ModelStore(store).production()
             assert serving.redis.get(KEYS.model_current).decode() == recorded
-            wait_for(lambda: serving.serving_pids(recorded) and len(serving.serving_pids(recorded)) == 2,
-                     f"both workers to serve the recorded version {recorded}")
+            wait_for(
+                lambda: serving.serving_pids(recorded) and len(serving.serving_pids(recorded)) == 2,
+                f"both workers to serve the recorded version {recorded}",
+            )
     finally:
         serving.client().promote(serving.store.version)
         serving.pool.wait_ready(serving.redis, 2, serving.store.version)
@@ -323,7 +353,9 @@ def write_bad_data(data_dir: Path) -> None:
     """Files a retrain must refuse: NaN ratings, Latin-1 text, a books file without its columns."""
     ratings = (data_dir / "ratings.csv").read_text().splitlines()
     header, rows = ratings[0], ratings[1:]
-    (data_dir / "nan.csv").write_text("\n".join([header, *rows[:50], rows[50].rsplit(",", 1)[0] + ",nan", *rows[51:]]) + "\n")
+    (data_dir / "nan.csv").write_text(
+        "\n".join([header, *rows[:50], rows[50].rsplit(",", 1)[0] + ",nan", *rows[51:]]) + "\n"
+    )
     (data_dir / "latin1.csv").write_bytes(("\n".join([header, *rows]) + "\nCafé,1,4\n").encode("latin-1"))
     (data_dir / "no_columns_books.csv").write_text("id,name\n1,A book\n")
 
@@ -336,7 +368,9 @@ BAD_DATA = {
 
 
 @pytest.mark.parametrize("case", BAD_DATA, ids=list(BAD_DATA))
-def test_a_retrain_on_bad_data_fails_naming_the_file_and_changes_nothing(serving: Service, trainer: WorkerPool, case: str) -> None:
+def test_a_retrain_on_bad_data_fails_naming_the_file_and_changes_nothing(
+    serving: Service, trainer: WorkerPool, case: str
+) -> None:
     write_bad_data(serving.store.data_dir)
     files, name, problem = BAD_DATA[case]
     before = [v["version"] for v in ModelStore(serving.store.store).list()]
@@ -356,7 +390,11 @@ def test_a_trainer_killed_while_saving_leaves_production_unchanged(serving: Serv
     job = client.retrain(params={"steps": 60})
     [pid] = trainer_pids(serving.redis)
 
-    wait_for(lambda: [p for p in store.iterdir() if p.name.startswith(".tmp-v")], "the trainer to start writing the new version", 60)
+    wait_for(
+        lambda: [p for p in store.iterdir() if p.name.startswith(".tmp-v")],
+        "the trainer to start writing the new version",
+        60,
+    )
     os.kill(pid, signal.SIGKILL)
 
     with pytest.raises(JobFailed, match="AbandonedJobError"):

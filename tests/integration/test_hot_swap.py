@@ -103,7 +103,9 @@ def wait_for_swap(client: redis.Redis, old: str, new: str, warm: list[str], time
             assert raw is not None, f"user {user}'s list vanished during the swap"
             cached = json.loads(raw)
             assert (cached["n"], cached["model_version"]) in {(WARM_N, old), (REFRESH_N, new)}
-        assert time.monotonic() < deadline, f"workers report {worker_versions(client)} {timeout} s after promoting {new}"
+        assert time.monotonic() < deadline, (
+            f"workers report {worker_versions(client)} {timeout} s after promoting {new}"
+        )
         time.sleep(0.05)
 
 
@@ -128,7 +130,9 @@ def check_jobs(sent: list[Sent], new: str) -> tuple[dict[str, str], dict[str, da
     return versions, finished, model_versions
 
 
-def test_promotion_under_a_stream_of_recommend_jobs(fresh_store: TrainedStore, redis_client: redis.Redis, start_workers) -> None:
+def test_promotion_under_a_stream_of_recommend_jobs(
+    fresh_store: TrainedStore, redis_client: redis.Redis, start_workers
+) -> None:
     old = fresh_store.version
     promote(ModelStore(fresh_store.store), redis_client, KEYS, old)
     start_workers(fresh_store.env()).wait_ready(redis_client, 2, old)
@@ -157,7 +161,9 @@ def test_promotion_under_a_stream_of_recommend_jobs(fresh_store: TrainedStore, r
     assert set(versions.values()) == {old, new}, "the stream did not run across the promotion"
     assert model_versions == {old, new}, "model-scored lists were not cached on both sides of the swap"
     last_old = max(finished[job_id] for job_id, version in versions.items() if version == old)
-    assert (last_old - promoted_at).total_seconds() < SWITCH_SECONDS, f"old-version results until {last_old - promoted_at} after promotion"
+    assert (last_old - promoted_at).total_seconds() < SWITCH_SECONDS, (
+        f"old-version results until {last_old - promoted_at} after promotion"
+    )
     assert swapped_after < SWITCH_SECONDS, f"workers swapped {swapped_after:.1f} s after promotion"
     refresh = Job.fetch(event["refresh_job"], connection=redis_client, serializer=JSONSerializer)
     assert refresh.get_status() in {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.FINISHED}
@@ -172,7 +178,14 @@ def bookrec_status(env: dict[str, str]) -> dict[str, str]:
     """What `bookrec status` and `bookrec status --json` print."""
     outputs = {}
     for form, flags in (("text", []), ("json", ["--json"])):
-        done = subprocess.run([sys.executable, "-m", "bookrec.cli", "status", *flags], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "bookrec.cli", "status", *flags],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr
         outputs[form] = done.stdout
     return outputs
@@ -185,7 +198,9 @@ def wait_until(condition, what: str, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def test_workers_load_a_promoted_version_only_while_holding_a_swap_slot(fresh_store: TrainedStore, redis_client: redis.Redis, start_workers) -> None:
+def test_workers_load_a_promoted_version_only_while_holding_a_swap_slot(
+    fresh_store: TrainedStore, redis_client: redis.Redis, start_workers
+) -> None:
     """Loads are staggered through the swap slots (BOOKREC_SWAP_SLOTS=1 here): with the only slot taken, both
     workers see the promotion but keep serving the old version; once it is free, they swap one after the other."""
     old = fresh_store.version
@@ -207,9 +222,13 @@ def test_workers_load_a_promoted_version_only_while_holding_a_swap_slot(fresh_st
     assert len({job.worker_name for job in jobs}) == 2, "the jobs did not reach both workers"
     assert worker_states(redis_client) == [(old, new), (old, new)], "a worker loaded without a swap slot"
     shown = bookrec_status(fresh_store.env())
-    assert [(w["model_version"], w["pending_version"]) for w in json.loads(shown["json"])["workers"]] == [(old, new)] * 2
+    assert [(w["model_version"], w["pending_version"]) for w in json.loads(shown["json"])["workers"]] == [
+        (old, new)
+    ] * 2
     assert shown["text"].count(f"{old} -> {new}") == 2, shown["text"]
 
     redis_client.delete(KEYS.swap_slot(0))
-    wait_until(lambda: worker_states(redis_client) == [(new, ""), (new, "")], "both workers swapped once the slot was free")
+    wait_until(
+        lambda: worker_states(redis_client) == [(new, ""), (new, "")], "both workers swapped once the slot was free"
+    )
     assert redis_client.get(KEYS.swap_slot(0)) is None, "a worker kept the swap slot after its load"

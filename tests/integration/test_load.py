@@ -35,7 +35,9 @@ def service(trained: TrainedStore, tmp_path: Path) -> Iterator[Service]:
         server.stop()
 
 
-def test_2000_single_user_jobs_all_finish_nothing_lost_memory_flat(service: Service, trained: TrainedStore, tmp_path: Path) -> None:
+def test_2000_single_user_jobs_all_finish_nothing_lost_memory_flat(
+    service: Service, trained: TrainedStore, tmp_path: Path
+) -> None:
     pool = Pool(service, 2, tmp_path / "workers.log")
     try:
         pids = pool.wait_serving(trained.version, timeout=90)

@@ -70,7 +70,9 @@ class Served:
         return Client(redis_url=url or self.url, settings=Settings.from_env(self.env))
 
 
-def serve(trained: TrainedStore, root: Path, server: RedisServer, url: str, before_start=lambda admin: None, **env: str) -> Served:
+def serve(
+    trained: TrainedStore, root: Path, server: RedisServer, url: str, before_start=lambda admin: None, **env: str
+) -> Served:
     """Start `server`, promote the trained version, run `before_start(admin)`, start one worker and wait for it."""
     store = TrainedStore(trained.data_dir, root / "models", trained.version)
     shutil.copytree(trained.store, store.store)
@@ -87,9 +89,13 @@ def serve(trained: TrainedStore, root: Path, server: RedisServer, url: str, befo
 
 def plant_pickles(admin: redis.Redis, root: Path) -> None:
     """Before the worker starts: an abandoned job whose meta is a pickle that would create `meta-unpickled`."""
-    job = Queue(QUEUE_RECOMMEND, connection=admin, serializer=JSONSerializer).create_job("worker.jobs.recommend", kwargs={"user_ids": [1]})
+    job = Queue(QUEUE_RECOMMEND, connection=admin, serializer=JSONSerializer).create_job(
+        "worker.jobs.recommend", kwargs={"user_ids": [1]}
+    )
     job.save()
-    admin.hset(job.key, mapping={"status": JobStatus.STARTED.value, "meta": pickle.dumps(CreatesFile(root / "meta-unpickled"))})
+    admin.hset(
+        job.key, mapping={"status": JobStatus.STARTED.value, "meta": pickle.dumps(CreatesFile(root / "meta-unpickled"))}
+    )
     admin.zadd(StartedJobRegistry(QUEUE_RECOMMEND, connection=admin).key, {f"{job.id}:abandoned": 1})
     admin.set("test:planted", job.id)
 
@@ -99,7 +105,13 @@ def acl(trained: TrainedStore, tmp_path_factory: pytest.TempPathFactory) -> Iter
     """A plain-TCP server with a default-user password and an ACL user; the worker connects as the ACL user."""
     root = tmp_path_factory.mktemp("acl")
     server = RedisServer(root, extra=ACL)
-    served = serve(trained, root, server, server.url(credentials=f"{USER}:{USER_PASSWORD}"), lambda admin: plant_pickles(admin, root))
+    served = serve(
+        trained,
+        root,
+        server,
+        server.url(credentials=f"{USER}:{USER_PASSWORD}"),
+        lambda admin: plant_pickles(admin, root),
+    )
     try:
         yield served
     finally:
@@ -115,7 +127,9 @@ def test_the_acl_user_and_the_default_password_both_work(acl: Served) -> None:
     assert [w["model_version"] for w in acl.client().status()["workers"]] == [acl.store.version]
 
 
-@pytest.mark.parametrize("credentials", [f"{USER}:wrong-password", ":wrong-password", ""], ids=["acl user", "default user", "none"])
+@pytest.mark.parametrize(
+    "credentials", [f"{USER}:wrong-password", ":wrong-password", ""], ids=["acl user", "default user", "none"]
+)
 def test_wrong_or_missing_credentials_are_one_clear_error_without_the_password(acl: Served, credentials: str) -> None:
     with pytest.raises(RedisUnavailable) as error:
         acl.client(acl.server.url(credentials=credentials)).recommend([1])
@@ -127,20 +141,37 @@ def test_wrong_or_missing_credentials_are_one_clear_error_without_the_password(a
 def test_no_secret_in_logs_status_or_job_data(acl: Served) -> None:
     client = acl.client()
     client.recommend([4, 5], wait=True, timeout=30)
-    status_json = subprocess.run([sys.executable, "-m", "bookrec.cli", "status", "--json"], env=acl.env, cwd=REPO, capture_output=True, text=True)
-    status_text = subprocess.run([sys.executable, "-m", "bookrec.cli", "status"], env=acl.env, cwd=REPO, capture_output=True, text=True)
+    status_json = subprocess.run(
+        [sys.executable, "-m", "bookrec.cli", "status", "--json"], env=acl.env, cwd=REPO, capture_output=True, text=True
+    )
+    status_text = subprocess.run(
+        [sys.executable, "-m", "bookrec.cli", "status"], env=acl.env, cwd=REPO, capture_output=True, text=True
+    )
     down = {**acl.env, "BOOKREC_REDIS_URL": f"redis://{USER}:{USER_PASSWORD}@127.0.0.1:{free_port()}/0"}
-    unreachable = subprocess.run([sys.executable, "-m", "bookrec.cli", "recommend", "1"], env=down, cwd=REPO, capture_output=True, text=True)
-    job_data = [json.dumps({k.decode(): v.decode(errors="replace") for k, v in acl.admin.hgetall(key).items()})
-                for key in acl.admin.scan_iter(match="rq:job:*")]
+    unreachable = subprocess.run(
+        [sys.executable, "-m", "bookrec.cli", "recommend", "1"], env=down, cwd=REPO, capture_output=True, text=True
+    )
+    job_data = [
+        json.dumps({k.decode(): v.decode(errors="replace") for k, v in acl.admin.hgetall(key).items()})
+        for key in acl.admin.scan_iter(match="rq:job:*")
+    ]
 
-    assert status_json.returncode == 0 and json.loads(status_json.stdout)["redis"] == acl.server.url(credentials=f"{USER}:***")
+    assert status_json.returncode == 0 and json.loads(status_json.stdout)["redis"] == acl.server.url(
+        credentials=f"{USER}:***"
+    )
     assert status_text.returncode == 0 and f"{USER}:***@" in status_text.stdout
     assert unreachable.returncode == 4 and f"{USER}:***@" in unreachable.stderr
-    outputs = {"worker log": acl.log.read_text(errors="replace"), "status --json": status_json.stdout + status_json.stderr,
-               "status": status_text.stdout + status_text.stderr, "error": unreachable.stderr, "jobs": "\n".join(job_data),
-               "Client.status()": json.dumps(client.status())}
-    assert job_data and {name: [s for s in SECRETS if s in text] for name, text in outputs.items()} == {name: [] for name in outputs}
+    outputs = {
+        "worker log": acl.log.read_text(errors="replace"),
+        "status --json": status_json.stdout + status_json.stderr,
+        "status": status_text.stdout + status_text.stderr,
+        "error": unreachable.stderr,
+        "jobs": "\n".join(job_data),
+        "Client.status()": json.dumps(client.status()),
+    }
+    assert job_data and {name: [s for s in SECRETS if s in text] for name, text in outputs.items()} == {
+        name: [] for name in outputs
+    }
 
 
 def test_a_pickled_job_payload_is_refused_without_being_unpickled(acl: Served, tmp_path: Path) -> None:
@@ -184,11 +215,22 @@ def test_webhooks_written_into_a_job_are_never_sent(acl: Served) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     queue = Queue(QUEUE_RECOMMEND, connection=acl.admin, serializer=JSONSerializer)
-    jobs = [queue.create_job(func, kwargs=kwargs) for func, kwargs in (("worker.jobs.recommend", {"user_ids": [8]}), ("os.getcwd", {}))]
+    jobs = [
+        queue.create_job(func, kwargs=kwargs)
+        for func, kwargs in (("worker.jobs.recommend", {"user_ids": [8]}), ("os.getcwd", {}))
+    ]
     try:
         for job in jobs:
-            hooks = [{"url": f"http://127.0.0.1:{server.server_port}/{job.id}/{status}", "job_status": status, "method": "POST",
-                      "headers": None, "timeout": 2} for status in ("finished", "failed")]
+            hooks = [
+                {
+                    "url": f"http://127.0.0.1:{server.server_port}/{job.id}/{status}",
+                    "job_status": status,
+                    "method": "POST",
+                    "headers": None,
+                    "timeout": 2,
+                }
+                for status in ("finished", "failed")
+            ]
             job.save()
             acl.admin.hset(job.key, "webhooks", json.dumps(hooks))
             queue.enqueue_job(job)
@@ -222,8 +264,13 @@ def tls(trained: TrainedStore, tmp_path_factory: pytest.TempPathFactory) -> Iter
     certificates = make_certificates(root / "certificates")
     server = RedisServer(root, extra=ACL, tls=certificates)
     try:
-        served = serve(trained, root, server, server.url("rediss", f"{USER}:{USER_PASSWORD}"),
-                       BOOKREC_REDIS_CA_CERT=str(certificates / "ca.crt"))
+        served = serve(
+            trained,
+            root,
+            server,
+            server.url("rediss", f"{USER}:{USER_PASSWORD}"),
+            BOOKREC_REDIS_CA_CERT=str(certificates / "ca.crt"),
+        )
     except RuntimeError as exc:
         server.stop()
         if "tls" in str(exc).lower():

@@ -35,7 +35,9 @@ def client_for(store: TrainedStore) -> Client:
     return Client(redis_url=TEST_REDIS_URL, settings=Settings.from_env(store.env()))
 
 
-def serve(store: TrainedStore, redis_client: redis.Redis, start_workers, processes: int = 2) -> tuple[Client, WorkerPool]:
+def serve(
+    store: TrainedStore, redis_client: redis.Redis, start_workers, processes: int = 2
+) -> tuple[Client, WorkerPool]:
     """Promote the store's version, start workers that have loaded it; return a Client and the pool."""
     promote(ModelStore(store.store), redis_client, Keys(), store.version)
     pool = start_workers(store.env(), processes=processes)
@@ -49,7 +51,9 @@ def rated_books(store: TrainedStore) -> pd.Series:
     return ratings.groupby("user_id")["book_id"].agg(set)
 
 
-def test_recommend_waits_for_lists_any_service_can_read(fresh_store: TrainedStore, redis_client: redis.Redis, start_workers) -> None:
+def test_recommend_waits_for_lists_any_service_can_read(
+    fresh_store: TrainedStore, redis_client: redis.Redis, start_workers
+) -> None:
     client, _ = serve(fresh_store, redis_client, start_workers)
     rated = rated_books(fresh_store)
     known = list(rated.index[:5])
@@ -70,43 +74,64 @@ def test_recommend_waits_for_lists_any_service_can_read(fresh_store: TrainedStor
     plain.close()
 
 
-def test_a_job_outside_the_allowlist_fails_and_the_worker_goes_on(fresh_store: TrainedStore, redis_client: redis.Redis, start_workers, tmp_path: Path) -> None:
+def test_a_job_outside_the_allowlist_fails_and_the_worker_goes_on(
+    fresh_store: TrainedStore, redis_client: redis.Redis, start_workers, tmp_path: Path
+) -> None:
     client, _ = serve(fresh_store, redis_client, start_workers, processes=1)  # one process: the same worker must go on
     target = tmp_path / "pwned"
 
-    refused = Queue(QUEUE_RECOMMEND, connection=redis_client, serializer=JSONSerializer).enqueue("os.system", f"touch {target}")
+    refused = Queue(QUEUE_RECOMMEND, connection=redis_client, serializer=JSONSerializer).enqueue(
+        "os.system", f"touch {target}"
+    )
     with pytest.raises(JobFailed, match="refused to run 'os.system'"):
         client.wait([refused], timeout=TIMEOUT)
     entries = client.recommend([1], n=3, wait=True, timeout=TIMEOUT)
 
     assert not target.exists()
-    assert refused.id in FailedJobRegistry(QUEUE_RECOMMEND, connection=redis_client, serializer=JSONSerializer).get_job_ids()
+    assert (
+        refused.id
+        in FailedJobRegistry(QUEUE_RECOMMEND, connection=redis_client, serializer=JSONSerializer).get_job_ids()
+    )
     assert entries[0]["user_id"] == 1 and len(entries[0]["items"]) == 3
 
 
-def test_status_json_describes_workers_queues_production_cache_and_failures(fresh_store: TrainedStore, redis_client: redis.Redis, start_workers) -> None:
+def test_status_json_describes_workers_queues_production_cache_and_failures(
+    fresh_store: TrainedStore, redis_client: redis.Redis, start_workers
+) -> None:
     client, _ = serve(fresh_store, redis_client, start_workers)
     client.recommend([1, 2, 3], n=5, wait=True, timeout=TIMEOUT)
-    bad = Queue(QUEUE_RECOMMEND, connection=redis_client, serializer=JSONSerializer).enqueue("worker.jobs.recommend", [1], n=0)
+    bad = Queue(QUEUE_RECOMMEND, connection=redis_client, serializer=JSONSerializer).enqueue(
+        "worker.jobs.recommend", [1], n=0
+    )
     with pytest.raises(JobFailed, match="n must be"):
         client.wait([bad], timeout=TIMEOUT)
     retrain = client.retrain()  # no trainer runs, so it stays queued
 
-    result = subprocess.run([sys.executable, "-m", "bookrec.cli", "status", "--json"], env=fresh_store.env(), cwd=REPO,
-                            capture_output=True, text=True, timeout=TIMEOUT)
+    result = subprocess.run(
+        [sys.executable, "-m", "bookrec.cli", "status", "--json"],
+        env=fresh_store.env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
 
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     assert status["production_version"] == fresh_store.version
     assert len(status["workers"]) == 2
-    assert all(w["model_version"] == fresh_store.version and w["queues"] == ["recommend", "refresh"] for w in status["workers"])
+    assert all(
+        w["model_version"] == fresh_store.version and w["queues"] == ["recommend", "refresh"] for w in status["workers"]
+    )
     assert status["queues"]["retrain"]["queued"] == 1 and status["queues"]["recommend"]["queued"] == 0
     assert status["queues"]["recommend"]["failed"] == 1 and status["failed_jobs"] == 1
     assert status["cache_entries"] == 3
     assert status["retrain_running"] == retrain.id
 
 
-def test_sigterm_stops_workers_after_their_current_job(fresh_store: TrainedStore, redis_client: redis.Redis, start_workers) -> None:
+def test_sigterm_stops_workers_after_their_current_job(
+    fresh_store: TrainedStore, redis_client: redis.Redis, start_workers
+) -> None:
     client, pool = serve(fresh_store, redis_client, start_workers)
     jobs = client.recommend([f"reader-{i}" for i in range(100_000)], n=10)  # 100 jobs of 1,000 users
     client.wait(jobs[:1], timeout=TIMEOUT)  # the workers are busy now
@@ -126,7 +151,9 @@ def test_sigterm_stops_workers_after_their_current_job(fresh_store: TrainedStore
     assert statuses.count(JobStatus.QUEUED) > 0, "the workers drained the queue instead of stopping"
 
 
-def test_a_second_retrain_is_refused_while_the_first_runs(fresh_store: TrainedStore, redis_client: redis.Redis, start_workers) -> None:
+def test_a_second_retrain_is_refused_while_the_first_runs(
+    fresh_store: TrainedStore, redis_client: redis.Redis, start_workers
+) -> None:
     promote(ModelStore(fresh_store.store), redis_client, Keys(), fresh_store.version)
     trainer = start_workers(fresh_store.env(), queues="retrain", processes=1)
     client = client_for(fresh_store)
@@ -142,7 +169,9 @@ def test_a_second_retrain_is_refused_while_the_first_runs(fresh_store: TrainedSt
     assert result["production"]["version"] == fresh_store.version
     assert decision["metric"] == "ndcg@10"
     assert decision["candidate"] == result["metrics"]["ndcg@10"] and isinstance(decision["candidate"], float)
-    assert decision["production"] == result["production"]["metrics"]["ndcg@10"] and isinstance(decision["production"], float)
+    assert decision["production"] == result["production"]["metrics"]["ndcg@10"] and isinstance(
+        decision["production"], float
+    )
     assert decision["promote"] is result["promoted"] and decision["reason"]
     assert redis_client.get("bookrec:lock:retrain") is None
     assert client.retrain().id != first.id  # the lock is free again

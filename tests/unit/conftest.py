@@ -31,12 +31,16 @@ def runtime(trained) -> ModelRuntime:
     return ModelRuntime.load(ModelStore(trained.store), trained.version)
 
 
-def install_context(trained, runtime: ModelRuntime, redis, monkeypatch: pytest.MonkeyPatch, queues: list[str], **settings) -> context.WorkerContext:
+def install_context(
+    trained, runtime: ModelRuntime, redis, monkeypatch: pytest.MonkeyPatch, queues: list[str], **settings
+) -> context.WorkerContext:
     """Install a worker context on `redis` serving `runtime` (the holder's watcher thread is not started)."""
     store = ModelStore(trained.store)
     holder = ModelHolder(store, redis, Keys(), "test-worker", queues)
     holder.current = runtime
-    ctx = context.WorkerContext(Settings(model_store=trained.store, data_dir=trained.data_dir, **settings), redis, Keys(), store, holder)
+    ctx = context.WorkerContext(
+        Settings(model_store=trained.store, data_dir=trained.data_dir, **settings), redis, Keys(), store, holder
+    )
     monkeypatch.setattr(context, "_context", None)
     context.install(ctx)
     return ctx

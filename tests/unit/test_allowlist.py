@@ -70,7 +70,9 @@ def test_the_test_helper_would_really_run_if_allowed(tmp_path: Path) -> None:
     [("os.system", "touch {path}"), ("builtins.eval", "open({path!r}, 'w').write('x')"), (HELPER, "{path}")],
     ids=["os.system", "builtins.eval", "test-helper"],
 )
-def test_a_function_outside_the_allowlist_is_refused(redis, queue: Queue, tmp_path: Path, func: str, argument: str) -> None:
+def test_a_function_outside_the_allowlist_is_refused(
+    redis, queue: Queue, tmp_path: Path, func: str, argument: str
+) -> None:
     target = tmp_path / "pwned"
     job = queue.enqueue(func, argument.format(path=str(target)))
 
@@ -94,7 +96,9 @@ def test_an_allowed_job_after_a_refused_one_still_succeeds(redis, queue: Queue, 
 
 
 # n=0 makes the allowed job fail, so its failure callback is due.
-@pytest.mark.parametrize(("kind", "n", "status"), [("on_success", 3, JobStatus.FINISHED), ("on_failure", 0, JobStatus.FAILED)])
+@pytest.mark.parametrize(
+    ("kind", "n", "status"), [("on_success", 3, JobStatus.FINISHED), ("on_failure", 0, JobStatus.FAILED)]
+)
 def test_callbacks_never_run(redis, queue: Queue, tmp_path: Path, kind: str, n: int, status: JobStatus) -> None:
     marker = tmp_path / "callback"
     # A plain RQ worker imports the function by its module path; bookrec's runs it by its public name.

@@ -81,14 +81,19 @@ CLIENT_CASES: dict[str, tuple[Callable[[Client], Any], str]] = {
     "10^6 users": (lambda c: c.recommend(range(MILLION)), "1000000 user ids"),
     "get ''": (lambda c: c.get(""), "user id '' is empty"),
     "refresh start 'a'": (lambda c: c.refresh(start="a"), "start must be a whole number"),
-    "retrain absolute path": (lambda c: c.retrain(ratings="/etc/passwd"), "'/etc/passwd' points outside BOOKREC_DATA_DIR"),
+    "retrain absolute path": (
+        lambda c: c.retrain(ratings="/etc/passwd"),
+        "'/etc/passwd' points outside BOOKREC_DATA_DIR",
+    ),
     "retrain ../ path": (lambda c: c.retrain(books="../books.csv"), "books path '../books.csv' points outside"),
     "retrain params a list": (lambda c: c.retrain(params=[1]), "params must be an object"),
 }
 
 
 @pytest.mark.parametrize("case", CLIENT_CASES, ids=list(CLIENT_CASES))
-def test_the_client_refuses_bad_input_before_enqueueing_or_locking(client_redis: fakeredis.FakeRedis, case: str) -> None:
+def test_the_client_refuses_bad_input_before_enqueueing_or_locking(
+    client_redis: fakeredis.FakeRedis, case: str
+) -> None:
     call, problem = CLIENT_CASES[case]
 
     with pytest.raises(ValidationError, match=problem):
@@ -125,9 +130,13 @@ CLI_CASES = {
 
 
 @pytest.mark.parametrize("case", CLI_CASES, ids=list(CLI_CASES))
-def test_the_cli_exits_non_zero_with_one_line_naming_the_problem(case: str, data_dir: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_cli_exits_non_zero_with_one_line_naming_the_problem(
+    case: str, data_dir: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     argv, problem = CLI_CASES[case]
-    monkeypatch.setenv("BOOKREC_REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens: input is checked before Redis is asked
+    monkeypatch.setenv(
+        "BOOKREC_REDIS_URL", "redis://127.0.0.1:1/0"
+    )  # nothing listens: input is checked before Redis is asked
 
     code, out, err = run_cli([arg.replace("{data}", str(data_dir)) for arg in argv], capsys)
 
@@ -138,8 +147,22 @@ def test_the_cli_exits_non_zero_with_one_line_naming_the_problem(case: str, data
 
 def test_training_on_a_books_file_without_its_columns_exits_2_naming_them(data_dir: Path, tmp_path: Path) -> None:
     env = {**os.environ, "BOOKREC_MODEL_STORE": str(tmp_path / "models"), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, "-m", "bookrec.cli", "train", "--ratings", str(data_dir / "ratings.csv"),
-                           "--books", str(data_dir / "no_columns_books.csv")], env=env, cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bookrec.cli",
+            "train",
+            "--ratings",
+            str(data_dir / "ratings.csv"),
+            "--books",
+            str(data_dir / "no_columns_books.csv"),
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
 
     assert done.returncode == 2 and done.stdout == ""
     assert "no_columns_books.csv: missing column(s) authors, title" in done.stderr.strip().splitlines()[-1]
@@ -150,8 +173,14 @@ def test_training_on_a_books_file_without_its_columns_exits_2_naming_them(data_d
 
 
 @pytest.fixture
-def worker_redis(trained: TrainedStore, runtime: ModelRuntime, redis: fakeredis.FakeRedis, data_dir: Path, tmp_path: Path,
-                 monkeypatch: pytest.MonkeyPatch) -> fakeredis.FakeRedis:
+def worker_redis(
+    trained: TrainedStore,
+    runtime: ModelRuntime,
+    redis: fakeredis.FakeRedis,
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> fakeredis.FakeRedis:
     """fakeredis with a worker context installed: the trained version served from a copy of its store, `data_dir`
     as BOOKREC_DATA_DIR."""
     shutil.copytree(trained.store, tmp_path / "models")
@@ -159,7 +188,9 @@ def worker_redis(trained: TrainedStore, runtime: ModelRuntime, redis: fakeredis.
     holder = ModelHolder(store, redis, KEYS, "test-worker", [QUEUE_RECOMMEND])
     holder.current = runtime
     monkeypatch.setattr(context, "_context", None)
-    context.install(context.WorkerContext(Settings(model_store=store.root, data_dir=data_dir), redis, KEYS, store, holder))
+    context.install(
+        context.WorkerContext(Settings(model_store=store.root, data_dir=data_dir), redis, KEYS, store, holder)
+    )
     return redis
 
 
@@ -189,12 +220,17 @@ RECOMMEND_CASES = {
     "n=10^6": ({"user_ids": [1], "n": MILLION}, "got 1000000"),
     "n a string": ({"user_ids": [1], "n": "5"}, "got '5'"),
     "10^6 users": ({"user_ids": list(range(MILLION))}, "ValidationError: 1000000 user ids in one job; at most 1000"),
-    "unexpected argument": ({"user_ids": [1], "users": [2]}, "TypeError: recommend\\(\\) got an unexpected keyword argument 'users'"),
+    "unexpected argument": (
+        {"user_ids": [1], "users": [2]},
+        "TypeError: recommend\\(\\) got an unexpected keyword argument 'users'",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", RECOMMEND_CASES, ids=list(RECOMMEND_CASES))
-def test_a_recommend_job_with_bad_arguments_fails_naming_them_and_caches_nothing(worker_redis: fakeredis.FakeRedis, case: str) -> None:
+def test_a_recommend_job_with_bad_arguments_fails_naming_them_and_caches_nothing(
+    worker_redis: fakeredis.FakeRedis, case: str
+) -> None:
     kwargs, problem = RECOMMEND_CASES[case]
 
     job = run_from_redis(worker_redis, QUEUE_RECOMMEND, "worker.jobs.recommend", kwargs)
@@ -209,37 +245,59 @@ def test_an_unknown_job_name_is_refused_by_name(worker_redis: fakeredis.FakeRedi
     assert "JobNotAllowed: refused to run 'bookrec.worker.jobs.recommend_all'" in failure(job)
 
 
-def test_a_batch_with_bad_ids_serves_the_good_ones_and_lists_the_bad(worker_redis: fakeredis.FakeRedis, trained: TrainedStore) -> None:
-    job = run_from_redis(worker_redis, QUEUE_RECOMMEND, "worker.jobs.recommend", {"user_ids": [1, None, "a b", 2, [3], 2.5, "x"]})
+def test_a_batch_with_bad_ids_serves_the_good_ones_and_lists_the_bad(
+    worker_redis: fakeredis.FakeRedis, trained: TrainedStore
+) -> None:
+    job = run_from_redis(
+        worker_redis, QUEUE_RECOMMEND, "worker.jobs.recommend", {"user_ids": [1, None, "a b", 2, [3], 2.5, "x"]}
+    )
 
     assert job.get_status(refresh=True) == JobStatus.FINISHED
     result = job.latest_result().return_value
     assert [bad["user_id"] for bad in result["rejected"]] == ["None", "'a b'", "[3]", "2.5"]
     assert all(bad["error"].startswith("user id ") for bad in result["rejected"])
     assert result["users"] == 3 and result["model_version"] == trained.version
-    assert sorted(k.decode() for k in worker_redis.scan_iter(match=KEYS.recs_pattern)) == [KEYS.recs(u) for u in ("1", "2", "x")]
+    assert sorted(k.decode() for k in worker_redis.scan_iter(match=KEYS.recs_pattern)) == [
+        KEYS.recs(u) for u in ("1", "2", "x")
+    ]
 
 
 RETRAIN_CASES = {
-    "absolute path": ({"ratings": "/etc/passwd"}, "ValidationError: ratings path '/etc/passwd' points outside BOOKREC_DATA_DIR"),
-    "../ path": ({"books": "../outside.csv"}, "ValidationError: books path '../outside.csv' points outside BOOKREC_DATA_DIR"),
-    "symlink out of the data dir": ({"ratings": "escape.csv"}, "ValidationError: ratings path 'escape.csv' resolves outside BOOKREC_DATA_DIR"),
+    "absolute path": (
+        {"ratings": "/etc/passwd"},
+        "ValidationError: ratings path '/etc/passwd' points outside BOOKREC_DATA_DIR",
+    ),
+    "../ path": (
+        {"books": "../outside.csv"},
+        "ValidationError: books path '../outside.csv' points outside BOOKREC_DATA_DIR",
+    ),
+    "symlink out of the data dir": (
+        {"ratings": "escape.csv"},
+        "ValidationError: ratings path 'escape.csv' resolves outside BOOKREC_DATA_DIR",
+    ),
     "params a list": ({"params": [1]}, "ValidationError: params must be an object of hyper-parameters, got list"),
     "force a string": ({"force": "false"}, "ValidationError: force must be true or false, got 'false'"),
     "seed a string": ({"seed": "x"}, "ValidationError: seed must be a whole number"),
     "NaN ratings": ({"ratings": "nan.csv"}, "DataError: .*nan.csv: 1 row has a missing or non-numeric rating"),
     "non-UTF-8 CSV": ({"ratings": "latin1.csv"}, "DataError: .*latin1.csv: not UTF-8 text"),
-    "books missing columns": ({"books": "no_columns_books.csv"}, "DataError: .*no_columns_books.csv: missing column\\(s\\) authors, title"),
+    "books missing columns": (
+        {"books": "no_columns_books.csv"},
+        "DataError: .*no_columns_books.csv: missing column\\(s\\) authors, title",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", RETRAIN_CASES, ids=list(RETRAIN_CASES))
-def test_a_retrain_job_with_bad_arguments_or_data_fails_naming_them_and_releases_the_lock(worker_redis: fakeredis.FakeRedis, case: str) -> None:
+def test_a_retrain_job_with_bad_arguments_or_data_fails_naming_them_and_releases_the_lock(
+    worker_redis: fakeredis.FakeRedis, case: str
+) -> None:
     kwargs, problem = RETRAIN_CASES[case]
     store = context.get().store
     before = (store.list(), store.production())
 
-    job = run_from_redis(worker_redis, QUEUE_RETRAIN, "worker.jobs.retrain", {"params": {"steps": 5}, **kwargs}, lock=True)
+    job = run_from_redis(
+        worker_redis, QUEUE_RETRAIN, "worker.jobs.retrain", {"params": {"steps": 5}, **kwargs}, lock=True
+    )
 
     assert re.search(problem, failure(job))
     assert worker_redis.get(KEYS.retrain_lock) is None

@@ -53,8 +53,10 @@ def closed_port() -> int:
 
 
 def test_importing_the_client_is_fast_and_loads_nothing_of_the_worker_side() -> None:
-    check = ("import time,sys; t=time.perf_counter(); from bookrec.producer import Client; s=time.perf_counter()-t; "
-             "print(s); print(','.join(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow','keras','pandas','matplotlib','numpy'})) or '-')")
+    check = (
+        "import time,sys; t=time.perf_counter(); from bookrec.producer import Client; s=time.perf_counter()-t; "
+        "print(s); print(','.join(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow','keras','pandas','matplotlib','numpy'})) or '-')"
+    )
 
     result = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, check=True)
 
@@ -73,15 +75,25 @@ def test_recommend_splits_users_into_json_jobs_of_at_most_1000(client: Client, r
     stored = [job_data(redis, job.id) for job in jobs]
     assert [len(kwargs["user_ids"]) for _, _, _, kwargs in stored] == [1000, 1000, 500]
     assert [u for _, _, _, kwargs in stored for u in kwargs["user_ids"]] == [str(u) for u in users]
-    assert {(func, instance, kwargs["n"]) for func, instance, _, kwargs in stored} == {("worker.jobs.recommend", None, 7)}
+    assert {(func, instance, kwargs["n"]) for func, instance, _, kwargs in stored} == {
+        ("worker.jobs.recommend", None, 7)
+    }
 
 
 @pytest.mark.parametrize(
     ("user_ids", "n", "problem"),
-    [([1, None, 3], 10, "None"), ([1, "a*"], 10, "'a\\*'"), ([], 10, "empty"), ([1], 0, "n must be"), (list(range(100_001)), 10, "100001 user ids")],
+    [
+        ([1, None, 3], 10, "None"),
+        ([1, "a*"], 10, "'a\\*'"),
+        ([], 10, "empty"),
+        ([1], 0, "n must be"),
+        (list(range(100_001)), 10, "100001 user ids"),
+    ],
     ids=["None-id", "glob-id", "empty", "n=0", "too-many"],
 )
-def test_invalid_request_is_rejected_whole_and_nothing_is_enqueued(client: Client, redis: fakeredis.FakeRedis, user_ids, n, problem) -> None:
+def test_invalid_request_is_rejected_whole_and_nothing_is_enqueued(
+    client: Client, redis: fakeredis.FakeRedis, user_ids, n, problem
+) -> None:
     with pytest.raises(ValidationError, match=problem):
         client.recommend(user_ids, n=n)
 
@@ -93,8 +105,14 @@ def test_get_returns_none_without_an_entry(client: Client) -> None:
 
 
 def test_get_returns_the_entry_and_whether_production_computed_it(client: Client, redis: fakeredis.FakeRedis) -> None:
-    entry = {"user_id": 5, "model_version": "v1", "generated_at": "2026-11-28T04:15:00.000000Z", "n": 1, "fallback": None,
-             "items": [{"book_id": 9, "score": 1.5, "title": "T", "authors": "A", "year": 2000, "image_url": None}]}
+    entry = {
+        "user_id": 5,
+        "model_version": "v1",
+        "generated_at": "2026-11-28T04:15:00.000000Z",
+        "n": 1,
+        "fallback": None,
+        "items": [{"book_id": 9, "score": 1.5, "title": "T", "authors": "A", "year": 2000, "image_url": None}],
+    }
     redis.set(KEYS.recs("5"), json.dumps(entry))
     redis.set(KEYS.model_current, "v1")
 
@@ -142,7 +160,13 @@ def test_promote_moves_production_and_schedules_a_refresh(redis: fakeredis.FakeR
 
 @pytest.mark.parametrize(
     "call",
-    [lambda c: c.recommend([1]), lambda c: c.get(1), lambda c: c.retrain(), lambda c: c.status(), lambda c: c.refresh()],
+    [
+        lambda c: c.recommend([1]),
+        lambda c: c.get(1),
+        lambda c: c.retrain(),
+        lambda c: c.status(),
+        lambda c: c.refresh(),
+    ],
     ids=["recommend", "get", "retrain", "status", "refresh"],
 )
 def test_redis_down_raises_redis_unavailable_without_the_password(call) -> None:

@@ -26,9 +26,15 @@ sys.exit(main(sys.argv[1:]))
 
 
 def bookrec(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    env = {"PATH": "/usr/bin:/bin", "BOOKREC_MODEL_STORE": str(tmp_path / "models"), "BOOKREC_DATA_DIR": str(tmp_path),
-           "BOOKREC_REDIS_URL": "redis://127.0.0.1:1/0"}
-    return subprocess.run([sys.executable, "-c", WITHOUT_WORKER_SIDE, *args], env=env, capture_output=True, text=True, timeout=60)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "BOOKREC_MODEL_STORE": str(tmp_path / "models"),
+        "BOOKREC_DATA_DIR": str(tmp_path),
+        "BOOKREC_REDIS_URL": "redis://127.0.0.1:1/0",
+    }
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_WORKER_SIDE, *args], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.mark.parametrize(

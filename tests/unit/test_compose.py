@@ -32,9 +32,7 @@ TRAINING_SERVICES = ("init", "trainer")  # the services that train models
 
 # ---- reading the compose file ------------------------------------------------------------------
 
-_VARIABLE = re.compile(
-    r"\$(?:(?P<escaped>\$)|\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}|(?P<bare>\w+))"
-)
+_VARIABLE = re.compile(r"\$(?:(?P<escaped>\$)|\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}|(?P<bare>\w+))")
 
 
 def interpolate(value: Any, env: Mapping[str, str]) -> Any:
@@ -140,7 +138,9 @@ def test_command_is_a_real_bookrec_command(name: str, capsys: pytest.CaptureFixt
         f"{name}: command must be a list of strings (exec form), got {command!r}"
     )
     args = parse_bookrec(command, capsys)
-    assert callable(getattr(args, "handler", None)), f"`bookrec {' '.join(command)}` parses but names no runnable command"
+    assert callable(getattr(args, "handler", None)), (
+        f"`bookrec {' '.join(command)}` parses but names no runnable command"
+    )
 
 
 def test_init_is_the_one_shot_bookrec_init() -> None:
@@ -181,7 +181,9 @@ def test_redis_has_a_healthcheck_that_pings_it() -> None:
 @pytest.mark.parametrize("name", ["worker", "trainer"])
 def test_workers_wait_for_healthy_redis_and_a_successful_init(name: str) -> None:
     depends = SERVICES[name].get("depends_on")
-    assert isinstance(depends, dict), f"{name}: depends_on needs conditions, not a plain list (which only waits for start)"
+    assert isinstance(depends, dict), (
+        f"{name}: depends_on needs conditions, not a plain list (which only waits for start)"
+    )
     assert depends.get("redis", {}).get("condition") == "service_healthy"
     assert depends.get("init", {}).get("condition") == "service_completed_successfully"
 
@@ -313,7 +315,12 @@ def dockerfile_stages() -> dict[str, dict[str, Any]]:
         if instruction == "FROM":
             parts = rest.split()
             base = stages.get(parts[0], {"entrypoint": None, "user": "root", "env": {}})
-            current = {"base": parts[0], "entrypoint": base["entrypoint"], "user": base["user"], "env": dict(base["env"])}
+            current = {
+                "base": parts[0],
+                "entrypoint": base["entrypoint"],
+                "user": base["user"],
+                "env": dict(base["env"]),
+            }
             stages[parts[2] if len(parts) > 2 and parts[1].upper() == "AS" else f"#{len(stages)}"] = current
         elif current is not None and instruction == "ENTRYPOINT":
             current["entrypoint"] = yaml.safe_load(rest)
@@ -342,7 +349,9 @@ def test_dockerfile_app_target_runs_bookrec_as_a_user_with_the_compose_paths() -
 
 def test_build_context_holds_every_package_and_no_secrets_or_data() -> None:
     patterns = [
-        line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip() and not line.startswith("#")
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
     ]
     assert patterns[0] == "*", ".dockerignore must start by excluding everything (an allow-list)"
     allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
@@ -371,5 +380,7 @@ def test_docker_compose_accepts_the_file() -> None:
     cli = _compose_cli()
     if cli is None:
         pytest.skip("Docker Compose v2 is not installed (the checks above do not need it)")
-    result = subprocess.run([*cli, "-f", str(COMPOSE_FILE), "config", "--quiet"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    result = subprocess.run(
+        [*cli, "-f", str(COMPOSE_FILE), "config", "--quiet"], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
     assert result.returncode == 0, result.stderr

@@ -100,9 +100,7 @@ def test_utf8_file_with_a_byte_order_mark_from_excel(tmp_path: Path) -> None:
     assert rows(read_ratings(path).frame) == [("1", "2", 3.0)]
 
 
-def test_duplicate_pairs_keep_the_last_rating_and_are_counted(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_duplicate_pairs_keep_the_last_rating_and_are_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = write(tmp_path / "r.csv", "user_id,book_id,rating\n1,5,1\n2,5,4\n1,5,2\n1,6,3\n1,5,5\n")
     with caplog.at_level(logging.WARNING, logger="bookrec.worker.learn.datasets"):
         data = read_ratings(path)
@@ -251,7 +249,7 @@ def test_older_release_books_use_id_as_key(tmp_path: Path) -> None:
     path = write(
         tmp_path / "books.csv",
         "id,book_id,authors,original_publication_year,original_title,title,image_url\n"
-        "1,2767052,Suzanne Collins,2008.0,The Hunger Games,\"The Hunger Games (The Hunger Games, #1)\",http://x/1.jpg\n"
+        '1,2767052,Suzanne Collins,2008.0,The Hunger Games,"The Hunger Games (The Hunger Games, #1)",http://x/1.jpg\n'
         "2,3,Homer,-750.0,,,\n",
     )
     books = read_books(path)

@@ -39,8 +39,14 @@ def test_production_on_a_reindexed_copy_of_its_own_split_scores_its_own_metrics(
     # The same data with the id maps in reverse order: every index differs from the version's own.
     users = IdMap.from_list(list(reversed(split.user_map.to_list())))
     items = IdMap.from_list(list(reversed(split.item_map.to_list())))
-    reindexed = Split(split.train_frame, split.test_frame, users, items,
-                      Interactions.from_frame(split.train_frame, users, items), Interactions.from_frame(split.test_frame, users, items))
+    reindexed = Split(
+        split.train_frame,
+        split.test_frame,
+        users,
+        items,
+        Interactions.from_frame(split.train_frame, users, items),
+        Interactions.from_frame(split.test_frame, users, items),
+    )
 
     metrics = production_metrics(store, trained.version, reindexed)
 

@@ -44,7 +44,9 @@ def model(runtime: ModelRuntime, monkeypatch: pytest.MonkeyPatch) -> CountingMod
 
 
 @pytest.fixture(autouse=True)
-def worker_context(trained, runtime: ModelRuntime, redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch) -> context.WorkerContext:
+def worker_context(
+    trained, runtime: ModelRuntime, redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> context.WorkerContext:
     """A worker context on fakeredis serving the trained version (the holder's watcher thread is not started)."""
     return install_context(trained, runtime, redis, monkeypatch, ["recommend", "refresh"], cache_ttl=CACHE_TTL)
 
@@ -65,7 +67,9 @@ def test_a_job_makes_one_batched_model_call_for_its_known_users(runtime: ModelRu
     assert summary["fallbacks"] == 1000 - len(known)
 
 
-def test_every_user_is_cached_in_the_documented_shape_with_the_configured_ttl(redis: fakeredis.FakeRedis, trained) -> None:
+def test_every_user_is_cached_in_the_documented_shape_with_the_configured_ttl(
+    redis: fakeredis.FakeRedis, trained
+) -> None:
     users = ["1", "2", "3", "new-reader"]
 
     jobs.recommend(users, n=7)
@@ -90,7 +94,9 @@ def test_cached_lists_are_best_first_and_never_hold_a_rated_book(redis: fakeredi
         scores = [item["score"] for item in items]
         assert len({item["book_id"] for item in items}) == 20
         assert scores == sorted(scores, reverse=True)
-        assert not {str(item["book_id"]) for item in items} & books_rated, f"user {user} was recommended books they rated"
+        assert not {str(item["book_id"]) for item in items} & books_rated, (
+            f"user {user} was recommended books they rated"
+        )
 
 
 def test_integer_and_string_ids_share_one_cache_entry(redis: fakeredis.FakeRedis) -> None:
@@ -122,11 +128,19 @@ def test_summary_names_the_version_and_counts(trained) -> None:
 
 @pytest.mark.parametrize(
     ("user_ids", "n", "problem"),
-    [([], 10, "non-empty list"), ("1,2", 10, "non-empty list"), (list(range(1001)), 10, "at most 1000"),
-     ([1], 0, "n must be"), ([1], -1, "n must be"), ([1], 10**6, "n must be")],
+    [
+        ([], 10, "non-empty list"),
+        ("1,2", 10, "non-empty list"),
+        (list(range(1001)), 10, "at most 1000"),
+        ([1], 0, "n must be"),
+        ([1], -1, "n must be"),
+        ([1], 10**6, "n must be"),
+    ],
     ids=["empty", "string", "1001-users", "n=0", "n=-1", "n=10**6"],
 )
-def test_invalid_jobs_fail_without_writing_anything(redis: fakeredis.FakeRedis, model: CountingModule, user_ids, n, problem) -> None:
+def test_invalid_jobs_fail_without_writing_anything(
+    redis: fakeredis.FakeRedis, model: CountingModule, user_ids, n, problem
+) -> None:
     with pytest.raises(ValidationError, match=problem):
         jobs.recommend(user_ids, n=n)
 
@@ -134,14 +148,21 @@ def test_invalid_jobs_fail_without_writing_anything(redis: fakeredis.FakeRedis, 
     assert list(redis.scan_iter(match=KEYS.recs_pattern)) == []
 
 
-def test_refresh_fans_out_json_chunks_covering_every_user_once(redis: fakeredis.FakeRedis, runtime: ModelRuntime, trained) -> None:
+def test_refresh_fans_out_json_chunks_covering_every_user_once(
+    redis: fakeredis.FakeRedis, runtime: ModelRuntime, trained
+) -> None:
     summary = jobs.refresh(n=5, chunk=128)
 
     queue = Queue(QUEUE_REFRESH, connection=redis, serializer=JSONSerializer)
     queued = [queue.fetch_job(job_id) for job_id in queue.job_ids]
     users = [u for job in queued for u in job.kwargs["user_ids"]]
     assert users == runtime.user_map.to_list()
-    assert summary == {"refresh_id": summary["refresh_id"], "users": len(users), "chunks": len(queued), "model_version": trained.version}
+    assert summary == {
+        "refresh_id": summary["refresh_id"],
+        "users": len(users),
+        "chunks": len(queued),
+        "model_version": trained.version,
+    }
     assert all(len(job.kwargs["user_ids"]) <= 128 and job.kwargs["model_version"] == trained.version for job in queued)
     raw = zlib.decompress(redis.hget(queued[0].key, "data"))
     assert json.loads(raw)[0] == "worker.jobs.recommend"  # the public name, not the module path

@@ -146,7 +146,10 @@ def test_promote_and_rollback_move_the_record_and_the_pointer(store: ModelStore,
     assert code == 0
     event = json.loads(out)
     assert (event["event"], event["version"], event["previous"], event["reason"]) == (
-        "model_promoted", second, first, "better ndcg"
+        "model_promoted",
+        second,
+        first,
+        "better ndcg",
     )
     assert redis.get(KEYS.model_current) == second.encode()
 

@@ -19,7 +19,24 @@ def test_string_ids_that_are_not_numbers_are_kept() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [True, False, None, [1], {"id": 1}, float("nan"), float("inf"), 1.5, "", "   ", "a*", "user?", "[ab]", "a b", "x\ny", "x" * 201],
+    [
+        True,
+        False,
+        None,
+        [1],
+        {"id": 1},
+        float("nan"),
+        float("inf"),
+        1.5,
+        "",
+        "   ",
+        "a*",
+        "user?",
+        "[ab]",
+        "a b",
+        "x\ny",
+        "x" * 201,
+    ],
     ids=repr,
 )
 def test_a_value_that_is_not_an_id_is_rejected_by_name(value: object) -> None:

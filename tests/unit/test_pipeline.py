@@ -21,7 +21,10 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_biased_mf_on_tiny_data_predicts_better_than_the_global_mean(data: Path, tmp_path: Path) -> None:
-    result = train_version(ModelStore(tmp_path), TrainRequest(ratings=data / "ratings.csv", kind="biased-mf", split="random", test_frac=0.2))
+    result = train_version(
+        ModelStore(tmp_path),
+        TrainRequest(ratings=data / "ratings.csv", kind="biased-mf", split="random", test_frac=0.2),
+    )
 
     assert result["metrics"]["rmse"] < result["baselines"]["global_mean"]["rmse"]
     assert set(result["baselines"]) == {"global_mean", "bias", "popularity"}
@@ -58,7 +61,10 @@ def test_an_explicit_test_file_is_used_and_unknown_ids_are_counted_not_dropped(d
     unknown_user = ~test["user_id"].isin(train["user_id"])
     unknown_item = ~test["book_id"].isin(train["book_id"])
 
-    result = train_version(ModelStore(tmp_path / "store"), TrainRequest(ratings=tmp_path / "train.csv", test=tmp_path / "test.csv", kind="mf", params={"epochs": 2}))
+    result = train_version(
+        ModelStore(tmp_path / "store"),
+        TrainRequest(ratings=tmp_path / "train.csv", test=tmp_path / "test.csv", kind="mf", params={"epochs": 2}),
+    )
 
     assert result["metrics"]["test_rows"] == len(test)
     assert result["metrics"]["unknown_user_rows"] == unknown_user.sum() >= 5
@@ -70,15 +76,32 @@ def test_parent_is_the_production_version_at_training_time(data: Path, tmp_path:
     store = ModelStore(tmp_path)
     first = train_version(store, TrainRequest(ratings=data / "ratings.csv", kind="mf", params={"epochs": 1}))["version"]
     store.set_production(first)
-    second = train_version(store, TrainRequest(ratings=data / "ratings.csv", kind="mf", params={"epochs": 1}))["version"]
+    second = train_version(store, TrainRequest(ratings=data / "ratings.csv", kind="mf", params={"epochs": 1}))[
+        "version"
+    ]
 
     assert store.metadata(second)["parent"] == first
 
 
-def test_train_cli_prints_one_json_object_with_metrics_and_baselines(data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+def test_train_cli_prints_one_json_object_with_metrics_and_baselines(
+    data: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
     monkeypatch.setenv("BOOKREC_MODEL_STORE", str(tmp_path / "store"))
 
-    code = main(["train", "--ratings", str(data / "ratings.csv"), "--books", str(data / "books.csv"), "--model", "mf", "--epochs", "2", "--json"])
+    code = main(
+        [
+            "train",
+            "--ratings",
+            str(data / "ratings.csv"),
+            "--books",
+            str(data / "books.csv"),
+            "--model",
+            "mf",
+            "--epochs",
+            "2",
+            "--json",
+        ]
+    )
 
     out = json.loads(capsys.readouterr().out)
     assert code == 0

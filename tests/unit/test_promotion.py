@@ -84,7 +84,11 @@ def test_every_promotion_path_schedules_one_refresh_of_the_cached_lists(store: M
     refresh_queue = Queue(QUEUE_REFRESH, connection=redis, serializer=JSONSerializer)
     assert refresh_queue.count == 0
 
-    event = promote(store, redis, KEYS, first, refresh=Settings()) if how == "promote" else rollback(store, redis, KEYS, refresh=Settings())
+    event = (
+        promote(store, redis, KEYS, first, refresh=Settings())
+        if how == "promote"
+        else rollback(store, redis, KEYS, refresh=Settings())
+    )
 
     assert refresh_queue.job_ids == [event["refresh_job"]]
     job = refresh_queue.fetch_job(event["refresh_job"])

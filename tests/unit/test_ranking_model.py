@@ -13,7 +13,9 @@ from bookrec.shared.payloads import DEFAULT_MODEL_KIND
 from bookrec.worker.learn.pipeline import TrainRequest, train_version
 
 
-def planted_tastes(path: Path, users: int = 600, items: int = 240, groups: int = 6, per_user: int = 24, seed: int = 0) -> Path:
+def planted_tastes(
+    path: Path, users: int = 600, items: int = 240, groups: int = 6, per_user: int = 24, seed: int = 0
+) -> Path:
     """Readers in `groups` taste groups, each rating mostly books of its own group, with a popular head shared by all."""
     rng = np.random.default_rng(seed)
     group_of_item = np.arange(items) % groups
@@ -32,7 +34,9 @@ def planted_tastes(path: Path, users: int = 600, items: int = 240, groups: int =
 def test_the_default_ranking_model_beats_popularity_on_planted_tastes(tmp_path: Path) -> None:
     ratings = planted_tastes(tmp_path / "ratings.csv")
 
-    result = train_version(ModelStore(tmp_path / "store"), TrainRequest(ratings=ratings, split="per-user", test_frac=0.25))
+    result = train_version(
+        ModelStore(tmp_path / "store"), TrainRequest(ratings=ratings, split="per-user", test_frac=0.25)
+    )
 
     popularity = result["baselines"]["popularity"]
     assert result["model"] == DEFAULT_MODEL_KIND

@@ -36,7 +36,12 @@ def test_items_carry_the_books_file_metadata(runtime: ModelRuntime, trained) -> 
         row = books.loc[item["book_id"]]
         year = None if pd.isna(row["original_publication_year"]) else int(row["original_publication_year"])
         image = None if pd.isna(row["image_url"]) else row["image_url"]
-        assert (item["title"], item["authors"], item["year"], item["image_url"]) == (row["title"], row["authors"], year, image)
+        assert (item["title"], item["authors"], item["year"], item["image_url"]) == (
+            row["title"],
+            row["authors"],
+            year,
+            image,
+        )
 
 
 def test_unknown_user_gets_the_most_popular_books(runtime: ModelRuntime, trained, ratings: pd.DataFrame) -> None:

@@ -27,8 +27,14 @@ USERS = np.arange(6, dtype=np.int32)
 K = 10
 TOLERANCE = 1e-5
 _rng = np.random.default_rng(0)
-PAIRS = (_rng.integers(0, len(USERS), 40).astype(np.int32), _rng.integers(0, 150, 40).astype(np.int32))  # (row in USERS, book)
-EXCLUDED = (np.repeat(np.arange(len(USERS), dtype=np.int32), 5), np.tile(np.arange(5, dtype=np.int32), len(USERS)))  # (row, book)
+PAIRS = (
+    _rng.integers(0, len(USERS), 40).astype(np.int32),
+    _rng.integers(0, 150, 40).astype(np.int32),
+)  # (row in USERS, book)
+EXCLUDED = (
+    np.repeat(np.arange(len(USERS), dtype=np.int32), 5),
+    np.tile(np.arange(5, dtype=np.int32), len(USERS)),
+)  # (row, book)
 
 PLAIN_TENSORFLOW = """
 import sys
@@ -73,16 +79,27 @@ def keras_scores(model, kind: str, train: Interactions) -> np.ndarray:
 @pytest.fixture(scope="module")
 def round_trips(trained, tmp_path_factory) -> dict[str, RoundTrip]:
     root = tmp_path_factory.mktemp("serving")
-    split = make_split(TrainRequest(ratings=trained.data_dir / "ratings.csv"), read_ratings(trained.data_dir / "ratings.csv"), None)
+    split = make_split(
+        TrainRequest(ratings=trained.data_dir / "ratings.csv"), read_ratings(trained.data_dir / "ratings.csv"), None
+    )
     scores = {}
     for kind in KINDS:
         spec = get_spec(kind)
         fitted = training.fit(spec, split.train, spec.params({"epochs": 2}), seed=0)
         export.save(export.ServingModule(fitted.weights), root / kind)
         scores[kind] = keras_scores(fitted.model, kind, split.train)
-    np.savez(root / "inputs.npz", users=USERS, k=np.int32(K), exclude_row=EXCLUDED[0], exclude_item=EXCLUDED[1],
-             pair_users=USERS[PAIRS[0]], pair_items=PAIRS[1])
-    result = subprocess.run([sys.executable, "-c", PLAIN_TENSORFLOW, str(root), *KINDS], cwd=root, capture_output=True, text=True)
+    np.savez(
+        root / "inputs.npz",
+        users=USERS,
+        k=np.int32(K),
+        exclude_row=EXCLUDED[0],
+        exclude_item=EXCLUDED[1],
+        pair_users=USERS[PAIRS[0]],
+        pair_items=PAIRS[1],
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", PLAIN_TENSORFLOW, str(root), *KINDS], cwd=root, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "[]", "loading the SavedModel imported bookrec code"
     return {kind: RoundTrip(scores[kind], dict(np.load(root / f"{kind}.out.npz"))) for kind in KINDS}

@@ -215,16 +215,12 @@ def _find_column(path: Path, role: str, header: list[str], options: ReadOptions)
     override = options.column_override(role)
     if override is not None:
         if override not in header:
-            raise DataError(
-                f"{path}: no column {override!r} (given by {flag}); columns found: {_listing(header)}"
-            )
+            raise DataError(f"{path}: no column {override!r} (given by {flag}); columns found: {_listing(header)}")
         return override
     wanted = {name.lower() for name in recognised}
     found = [c for c in header if c.lower() in wanted]
     if len(found) > 1:
-        raise DataError(
-            f"{path}: columns {', '.join(found)} could each be the {role} column; choose one with {flag}"
-        )
+        raise DataError(f"{path}: columns {', '.join(found)} could each be the {role} column; choose one with {flag}")
     return found[0] if found else None
 
 
@@ -272,9 +268,7 @@ def _reject(path: Path, bad: np.ndarray, values: pd.Series, problem: str, first_
     value = values.iloc[first]
     shown = "empty" if pd.isna(value) else repr(str(value))
     rows = "1 row has" if count == 1 else f"{count} rows have"
-    raise DataError(
-        f"{path}: {rows} {problem} (first at line {first + first_line}: {shown}); fix or remove those rows"
-    )
+    raise DataError(f"{path}: {rows} {problem} (first at line {first + first_line}: {shown}); fix or remove those rows")
 
 
 def _last_of_each_pair(path: Path, users: np.ndarray, items: np.ndarray) -> np.ndarray:

@@ -116,7 +116,9 @@ class ServingModule(tf.Module):
         return {"items": items, "scores": scores}
 
     @tf.function(input_signature=[_USERS, _K, _EXCLUDE_ROW, _EXCLUDE_ITEM])
-    def recommend(self, user: tf.Tensor, k: tf.Tensor, exclude_row: tf.Tensor, exclude_item: tf.Tensor) -> dict[str, tf.Tensor]:
+    def recommend(
+        self, user: tf.Tensor, k: tf.Tensor, exclude_row: tf.Tensor, exclude_item: tf.Tensor
+    ) -> dict[str, tf.Tensor]:
         """The k best items per user after masking the (row, item) pairs to exclude."""
         scores = self.scoring.all_items(user)
         pairs = tf.stack([exclude_row, exclude_item], axis=1)

@@ -24,7 +24,16 @@ LOWER_IS_BETTER = {"rmse", "mae"}
 class RemappedScorer:
     """Another version's SavedModel, scoring in the candidate's index space."""
 
-    def __init__(self, module, their_users: IdMap, their_items: IdMap, our_users: IdMap, our_items: IdMap, fallback_rating, fallback_rank) -> None:
+    def __init__(
+        self,
+        module,
+        their_users: IdMap,
+        their_items: IdMap,
+        our_users: IdMap,
+        our_items: IdMap,
+        fallback_rating,
+        fallback_rank,
+    ) -> None:
         self.scorer = SavedModelScorer(module, fallback_rating)
         self.fallback_rank = fallback_rank
         self.user_to_theirs = their_users.index(our_users.ids)
@@ -88,7 +97,9 @@ def judge(store: ModelStore, gate: Gate, split, metric: str, candidate: dict[str
     return {**decide(metric, candidate, production, gate.tolerance, gate.force), "production_metrics": production}
 
 
-def decide(metric: str, candidate: dict[str, Any], production: dict[str, Any] | None, tolerance: float, force: bool) -> dict[str, Any]:
+def decide(
+    metric: str, candidate: dict[str, Any], production: dict[str, Any] | None, tolerance: float, force: bool
+) -> dict[str, Any]:
     """Whether to promote: {"promote", "metric", "candidate", "production", "tolerance", "reason"}."""
     ours = candidate.get(metric)
     theirs = production.get(metric) if production else None
@@ -102,4 +113,8 @@ def decide(metric: str, candidate: dict[str, Any], production: dict[str, Any] | 
     else:
         passed = ours >= theirs - tolerance
     verdict = "no worse than" if passed else "worse than"
-    return {**decision, "promote": passed, "reason": f"candidate {metric} {ours:.4f} is {verdict} production's {theirs:.4f} (tolerance {tolerance})"}
+    return {
+        **decision,
+        "promote": passed,
+        "reason": f"candidate {metric} {ours:.4f} is {verdict} production's {theirs:.4f} (tolerance {tolerance})",
+    }

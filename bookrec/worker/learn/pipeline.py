@@ -63,10 +63,15 @@ def make_split(request: TrainRequest, ratings: RatingsData, test: RatingsData | 
     else:
         train_frame, test_frame = split_ratings(ratings.frame, request.split, request.test_frac, request.seed)
     if train_frame.empty or test_frame.empty:
-        raise DataError(f"{ratings.path}: too few ratings to hold out a test part; give more data or an explicit --test file")
+        raise DataError(
+            f"{ratings.path}: too few ratings to hold out a test part; give more data or an explicit --test file"
+        )
     user_map, item_map = IdMap.from_ids(train_frame["user"]), IdMap.from_ids(train_frame["item"])
     return Split(
-        train_frame, test_frame, user_map, item_map,
+        train_frame,
+        test_frame,
+        user_map,
+        item_map,
         Interactions.from_frame(train_frame, user_map, item_map),
         Interactions.from_frame(test_frame, user_map, item_map),
     )
@@ -111,8 +116,16 @@ def train_version(
         "metrics": metrics,
         "baselines": baselines,
         "history": trained.history,
-        "training": {"seconds": round(trained.seconds, 2), "seed": request.seed, "epochs": len(trained.history.get("loss", []))},
-        "split": {"how": "explicit" if test else request.split, "test_frac": None if test else request.test_frac, "seed": request.seed},
+        "training": {
+            "seconds": round(trained.seconds, 2),
+            "seed": request.seed,
+            "epochs": len(trained.history.get("loss", [])),
+        },
+        "split": {
+            "how": "explicit" if test else request.split,
+            "test_frac": None if test else request.test_frac,
+            "seed": request.seed,
+        },
         "data_fingerprint": _data_fingerprint(ratings, test, request.books, split),
         "id_maps": {"users": split.user_map.to_list(), "items": split.item_map.to_list()},
         "parent": store.production(),
@@ -145,18 +158,25 @@ def _bias_head(bias: BiasBaseline, train: Interactions) -> FactorizedWeights:
     )
 
 
-def _catalogue(split: Split, ratings: RatingsData, test: RatingsData | None, books: pd.DataFrame | None) -> artifacts.Catalogue:
+def _catalogue(
+    split: Split, ratings: RatingsData, test: RatingsData | None, books: pd.DataFrame | None
+) -> artifacts.Catalogue:
     """Seen sets over every rating in the files (train and test), popularity from train, book metadata."""
     everything = pd.concat([ratings.frame, test.frame]) if test is not None else ratings.frame
     seen_users = IdMap.from_ids(everything["user"])
     seen = UserItems.from_pairs(
         seen_users.index(everything["user"]), split.item_map.index(everything["item"]), len(seen_users)
     )
-    return artifacts.Catalogue(seen_users, seen, split.train.item_counts(), artifacts.build_catalog(split.item_map, books))
+    return artifacts.Catalogue(
+        seen_users, seen, split.train.item_counts(), artifacts.build_catalog(split.item_map, books)
+    )
 
 
-def _data_fingerprint(ratings: RatingsData, test: RatingsData | None, books: Path | None, split: Split) -> dict[str, Any]:
+def _data_fingerprint(
+    ratings: RatingsData, test: RatingsData | None, books: Path | None, split: Split
+) -> dict[str, Any]:
     """Hashes and counts of the data a version was trained on."""
+
     def describe(data: RatingsData) -> dict[str, Any]:
         return {
             "path": str(data.path),

@@ -34,7 +34,9 @@ class SavedModelScorer:
 
     def top_k_excluding(self, users: np.ndarray, k: int, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Like `top_k`, with the exclusions given as (batch row, item) pairs."""
-        result = self.module.recommend(user=users, k=np.int32(k), exclude_row=rows.astype(np.int32), exclude_item=items.astype(np.int32))
+        result = self.module.recommend(
+            user=users, k=np.int32(k), exclude_row=rows.astype(np.int32), exclude_item=items.astype(np.int32)
+        )
         top = result["items"].numpy()
         top[~np.isfinite(result["scores"].numpy())] = -1
         if top.shape[1] < k:

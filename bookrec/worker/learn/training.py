@@ -48,7 +48,9 @@ class _EpochProgress(keras.callbacks.Callback):
         self.on_epoch(epoch + 1, self.epochs, {k: float(v) for k, v in (logs or {}).items()})
 
 
-def fit(spec: ModelSpec, train: Interactions, params: dict[str, Any], seed: int, on_epoch: EpochCallback | None = None) -> Trained:
+def fit(
+    spec: ModelSpec, train: Interactions, params: dict[str, Any], seed: int, on_epoch: EpochCallback | None = None
+) -> Trained:
     """Build and fit `spec` on `train` with `params` (already merged with the defaults); repeatable for a seed."""
     keras.utils.set_random_seed(seed)
     started = time.perf_counter()
@@ -62,7 +64,9 @@ def fit(spec: ModelSpec, train: Interactions, params: dict[str, Any], seed: int,
     weights = spec.serving_weights(model, train)
     seconds = time.perf_counter() - started
     logger.info("trained %s in %.1f s over %d epochs", spec.kind, seconds, len(history.history.get("loss", [])))
-    return Trained(spec, model, params, {k: [float(x) for x in v] for k, v in history.history.items()}, seconds, weights)
+    return Trained(
+        spec, model, params, {k: [float(x) for x in v] for k, v in history.history.items()}, seconds, weights
+    )
 
 
 def _validation_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

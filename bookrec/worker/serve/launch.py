@@ -19,8 +19,18 @@ class WorkerProcesses:
         out = open(log, "ab") if log else subprocess.DEVNULL
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "bookrec.worker.serve.supervisor", "--queues", queues, "--processes", str(processes)],
-                env=env, stdout=out, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "bookrec.worker.serve.supervisor",
+                    "--queues",
+                    queues,
+                    "--processes",
+                    str(processes),
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         finally:
             if log:
@@ -44,4 +54,3 @@ class WorkerProcesses:
     def log_tail(self, chars: int = 3000) -> str:
         """The end of the log, for error messages."""
         return self.log.read_text(errors="replace")[-chars:] if self.log and self.log.exists() else "(no log)"
-

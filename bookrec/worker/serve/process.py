@@ -94,7 +94,9 @@ def serve(settings: Settings, queues: list[str], name: str, burst: bool) -> int:
         while not flag.stop:
             # Queue names, not Queue objects: the worker then builds its queues with the JSON serializer and
             # AllowlistedJob, so registry maintenance never unpickles a job's meta nor runs its callbacks.
-            worker = BookrecWorker(queues, connection=client, name=name, between_jobs=holder.swap_if_due if holder else None)
+            worker = BookrecWorker(
+                queues, connection=client, name=name, between_jobs=holder.swap_if_due if holder else None
+            )
             try:
                 worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
             except CONNECTION_ERRORS as exc:  # RQ's own teardown talks to Redis and raises again when it is gone

@@ -43,7 +43,15 @@ class _Progress:
     def epoch(self, done: int, planned: int, logs: dict[str, float]) -> None:
         elapsed = time.monotonic() - self.started
         eta = elapsed / done * (planned - done) if done else None
-        self._save({"stage": "train", "epoch": done, "epochs": planned, "loss": logs.get("loss"), "eta_s": round(eta, 1) if eta is not None else None})
+        self._save(
+            {
+                "stage": "train",
+                "epoch": done,
+                "epochs": planned,
+                "loss": logs.get("loss"),
+                "eta_s": round(eta, 1) if eta is not None else None,
+            }
+        )
 
     def _save(self, values: dict[str, Any]) -> None:
         _lock(self.ctx).keep_alive()
@@ -52,21 +60,36 @@ class _Progress:
             self.job.save_meta()
 
 
-def run_retrain(ctx: WorkerContext, job: Job | None, model: str | None, params: dict, ratings: Path, books: Path | None, force: bool, seed: int) -> dict[str, Any]:
+def run_retrain(
+    ctx: WorkerContext,
+    job: Job | None,
+    model: str | None,
+    params: dict,
+    ratings: Path,
+    books: Path | None,
+    force: bool,
+    seed: int,
+) -> dict[str, Any]:
     """Train a candidate, gate it against production on the same split, promote it if it passes."""
     job_id = job.id if job is not None else f"local-{time.time():.0f}"
     _lock(ctx).hold(job_id)  # the producer took it at enqueue time; a job enqueued by hand takes it here
     try:
         progress = _Progress(ctx, job, job_id)
         production = ctx.store.production()
-        request = TrainRequest(ratings=ratings, books=books if books and books.exists() else None, kind=model, params=params, seed=seed)
+        request = TrainRequest(
+            ratings=ratings, books=books if books and books.exists() else None, kind=model, params=params, seed=seed
+        )
         judge_with = gate.Gate(production, ctx.settings.gate_tolerance, force)
-        result = train_version(ctx.store, request, on_epoch=progress.epoch, on_stage=progress.stage, judge_with=judge_with)
+        result = train_version(
+            ctx.store, request, on_epoch=progress.epoch, on_stage=progress.stage, judge_with=judge_with
+        )
         decision = {k: v for k, v in result["decision"].items() if k != "production_metrics"}
         progress.stage("promote" if decision["promote"] else "rejected")
         refresh_job = None
         if decision["promote"]:
-            event = promote(ctx.store, ctx.client, ctx.keys, result["version"], reason=f"retrain {job_id}", refresh=ctx.settings)
+            event = promote(
+                ctx.store, ctx.client, ctx.keys, result["version"], reason=f"retrain {job_id}", refresh=ctx.settings
+            )
             refresh_job = event["refresh_job"]
         deleted = ctx.store.retain(ctx.settings.keep_versions)
         ctx.store.clean_temp()  # half-written versions left by saves killed over an hour ago

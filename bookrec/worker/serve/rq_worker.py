@@ -35,7 +35,9 @@ class AllowlistedJob(Job):
         """The allowlisted function the job names; JobNotAllowed for any other name (nothing is imported)."""
         function = FUNCTIONS.get(self.func_name) if self.instance is None else None
         if function is None:
-            raise JobNotAllowed(f"refused to run {self.func_name!r}: bookrec workers run only {', '.join(sorted(FUNCTIONS))}")
+            raise JobNotAllowed(
+                f"refused to run {self.func_name!r}: bookrec workers run only {', '.join(sorted(FUNCTIONS))}"
+            )
         return function
 
     # Callbacks are dotted paths stored in the job too; bookrec never sets them, so none ever runs.
@@ -82,11 +84,15 @@ class BookrecWorker(SimpleWorker):
         self.stop_asked = False
         self.between_jobs = between_jobs
 
-    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> tuple[Job, Queue] | None:
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
         """RQ's dequeue, in slices of IDLE_SLICE_SECONDS with `between_jobs` run before each (see the class)."""
         if self.between_jobs is not None:
             self.between_jobs()
-        if self.between_jobs is None or timeout is None or max_idle_time is not None:  # burst mode: one non-blocking pop
+        if (
+            self.between_jobs is None or timeout is None or max_idle_time is not None
+        ):  # burst mode: one non-blocking pop
             return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
         while True:
             # With max_idle_time, RQ's loop gives up (None) after one BLPOP that found nothing.

@@ -55,11 +55,15 @@ class ModelRuntime:
         path = store.verify(version)
         metadata = store.metadata(version)
         if "id_maps" not in metadata:
-            raise CorruptVersion(f"{path / 'metadata.json'} has no id_maps: this version was not written by bookrec train")
+            raise CorruptVersion(
+                f"{path / 'metadata.json'} has no id_maps: this version was not written by bookrec train"
+            )
         try:
             module = export.load(path / artifacts.SAVED_MODEL)
         except Exception as exc:  # TensorFlow raises many types for a damaged SavedModel
-            raise CorruptVersion(f"{path / artifacts.SAVED_MODEL} cannot be loaded: {str(exc).splitlines()[0][:300]}") from None
+            raise CorruptVersion(
+                f"{path / artifacts.SAVED_MODEL} cannot be loaded: {str(exc).splitlines()[0][:300]}"
+            ) from None
         runtime = cls(version, metadata, module, artifacts.read(path))
         runtime.warm_up()
         logger.info("loaded model %s (%s) in %.2f s", version, runtime.kind, time.perf_counter() - started)
@@ -110,7 +114,9 @@ class ModelRuntime:
         scores[: len(head)] = self.popularity[head]
         return items, scores
 
-    def _entry(self, user_id: str, n: int, generated_at: str, fallback: bool, items: np.ndarray, scores: np.ndarray) -> str:
+    def _entry(
+        self, user_id: str, n: int, generated_at: str, fallback: bool, items: np.ndarray, scores: np.ndarray
+    ) -> str:
         """One cache entry as JSON text, built from precomputed per-item fragments."""
         parts = [
             f"{self._item_prefix[i]}{format(float(s), '.6g')}{self._item_suffix[i]}"

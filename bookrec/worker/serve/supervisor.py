@@ -92,7 +92,15 @@ class Supervisor:
 
     def _start(self, slot: Slot) -> None:
         slot.name = f"bookrec-{socket.gethostname()}-{os.getpid()}-{slot.index}-{slot.restarts}"
-        command = [sys.executable, "-m", "bookrec.worker.serve.process", "--queues", ",".join(self.queues), "--name", slot.name]
+        command = [
+            sys.executable,
+            "-m",
+            "bookrec.worker.serve.process",
+            "--queues",
+            ",".join(self.queues),
+            "--name",
+            slot.name,
+        ]
         if self.burst:
             command.append("--burst")
         slot.process = subprocess.Popen(command)
@@ -131,7 +139,9 @@ class Supervisor:
             try:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                logger.warning("supervisor: worker pid %d did not stop in %.0f s; killing it", process.pid, STOP_GRACE_SECONDS)
+                logger.warning(
+                    "supervisor: worker pid %d did not stop in %.0f s; killing it", process.pid, STOP_GRACE_SECONDS
+                )
                 process.kill()
                 process.wait()
         codes = [s.process.returncode for s in self.slots if s.process is not None]
@@ -153,17 +163,25 @@ def recover_abandoned(client: redis.Redis | None, worker_name: str) -> str | Non
     from rq.worker import Worker
 
     try:
-        dead = Worker.find_by_key(Worker.redis_worker_namespace_prefix + worker_name, connection=client, serializer=JSONSerializer)
+        dead = Worker.find_by_key(
+            Worker.redis_worker_namespace_prefix + worker_name, connection=client, serializer=JSONSerializer
+        )
         if dead is None:
             return None
         job_id = dead.get_current_job_id()
         if job_id:
             for queue in dead.queues:
-                registry = StartedJobRegistry(queue.name, connection=client, job_class=_job_class(), serializer=JSONSerializer)
-                entries = [f"{job}:{execution}" for job, execution in registry.get_job_and_execution_ids() if job == job_id]
+                registry = StartedJobRegistry(
+                    queue.name, connection=client, job_class=_job_class(), serializer=JSONSerializer
+                )
+                entries = [
+                    f"{job}:{execution}" for job, execution in registry.get_job_and_execution_ids() if job == job_id
+                ]
                 if entries:
                     _hand_back(client, registry, queue.name, job_id, entries)
-                    logger.warning("supervisor: job %s of dead worker %s handed back to queue %s", job_id, worker_name, queue.name)
+                    logger.warning(
+                        "supervisor: job %s of dead worker %s handed back to queue %s", job_id, worker_name, queue.name
+                    )
         dead.register_death()
         return job_id
     except redis.exceptions.RedisError as exc:
@@ -192,6 +210,7 @@ def _hand_back(client: redis.Redis, registry, queue_name: str, job_id: str, entr
     client.zadd(registry.key, {entry: 1 for entry in entries})  # expired long ago: abandoned now
     registry.cleanup()
 
+
 def release_swap_slots(client: redis.Redis | None, keys: Keys, count: int, worker_name: str) -> int:
     """Give back the swap slot a dead worker held (it died loading a model), so the others need not wait for it to expire."""
     if client is None:
@@ -199,7 +218,9 @@ def release_swap_slots(client: redis.Redis | None, keys: Keys, count: int, worke
     try:
         released = SwapSlots.of(client, keys, count, worker_name).release_all()
     except redis.exceptions.RedisError as exc:
-        logger.warning("supervisor: could not check the swap slots of %s (they expire on their own): %s", worker_name, exc)
+        logger.warning(
+            "supervisor: could not check the swap slots of %s (they expire on their own): %s", worker_name, exc
+        )
         return 0
     if released:
         logger.warning("supervisor: gave back the swap slot dead worker %s held", worker_name)
@@ -210,7 +231,9 @@ def _queues(text: str) -> list[str]:
     queues = [q.strip() for q in text.split(",") if q.strip()]
     unknown = [q for q in queues if q not in KNOWN_QUEUES]
     if not queues or unknown:
-        raise argparse.ArgumentTypeError(f"queues must be a comma-separated subset of {','.join(KNOWN_QUEUES)}; got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"queues must be a comma-separated subset of {','.join(KNOWN_QUEUES)}; got {text!r}"
+        )
     return queues
 
 
@@ -226,18 +249,33 @@ def _processes(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The supervisor's flags (`--queues`, `--processes`, `--burst`), for its own entry and `bookrec worker`."""
-    parser.add_argument("--queues", type=_queues, default=[QUEUE_RECOMMEND, QUEUE_REFRESH], metavar="Q1,Q2",
-                        help="queues in priority order (default: recommend,refresh; the trainer uses: retrain)")
-    parser.add_argument("--processes", type=_processes, default=1, metavar="N", help="worker processes to run (default: 1)")
-    parser.add_argument("--burst", action="store_true", help="exit once the queues are empty instead of waiting for jobs")
+    parser.add_argument(
+        "--queues",
+        type=_queues,
+        default=[QUEUE_RECOMMEND, QUEUE_REFRESH],
+        metavar="Q1,Q2",
+        help="queues in priority order (default: recommend,refresh; the trainer uses: retrain)",
+    )
+    parser.add_argument(
+        "--processes", type=_processes, default=1, metavar="N", help="worker processes to run (default: 1)"
+    )
+    parser.add_argument(
+        "--burst", action="store_true", help="exit once the queues are empty instead of waiting for jobs"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the supervisor with parsed flags until stopped; its exit code."""
     settings = Settings.from_env()
     setup_logging(settings.log_level)
-    return Supervisor(args.queues, args.processes, burst=args.burst, client=connect(settings),
-                      keys=Keys(settings.key_prefix), swap_slots=settings.swap_slots).run()
+    return Supervisor(
+        args.queues,
+        args.processes,
+        burst=args.burst,
+        client=connect(settings),
+        keys=Keys(settings.key_prefix),
+        swap_slots=settings.swap_slots,
+    ).run()
 
 
 def main(argv: list[str] | None = None) -> int:

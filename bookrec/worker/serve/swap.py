@@ -42,8 +42,16 @@ Loader = Callable[[ModelStore, str], ModelRuntime]
 class ModelHolder:
     """The runtime in use, and the watcher that replaces it when production changes."""
 
-    def __init__(self, store: ModelStore, client: redis.Redis, keys: Keys, name: str, queues: list[str],
-                 loader: Loader = ModelRuntime.load, slots: int = 1) -> None:
+    def __init__(
+        self,
+        store: ModelStore,
+        client: redis.Redis,
+        keys: Keys,
+        name: str,
+        queues: list[str],
+        loader: Loader = ModelRuntime.load,
+        slots: int = 1,
+    ) -> None:
         self.store, self.client, self.keys, self.name, self.queues = store, client, keys, name, queues
         self.loader = loader
         self.slots = SwapSlots.of(client, keys, slots, name)

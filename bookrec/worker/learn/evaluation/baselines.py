@@ -14,9 +14,7 @@ from bookrec.shared.errors import ValidationError
 from bookrec.worker.learn.data import Interactions, UserItems
 
 
-def top_k_from_scores(
-    scores: np.ndarray, k: int, exclude_rows: np.ndarray, exclude_items: np.ndarray
-) -> np.ndarray:
+def top_k_from_scores(scores: np.ndarray, k: int, exclude_rows: np.ndarray, exclude_items: np.ndarray) -> np.ndarray:
     """The k best items of each row of `scores` [n_rows, n_items], best first; ties go to the lower index.
 
     Items at (exclude_rows[j], exclude_items[j]) and items scored -inf are never returned; where a

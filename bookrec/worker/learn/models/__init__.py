@@ -6,7 +6,9 @@ from bookrec.shared.errors import ValidationError
 from bookrec.worker.learn.models import biased_mf, deep, mf, mult_dae, softmax_mf
 from bookrec.worker.learn.models.base import RANKING, RATING, ModelSpec
 
-KINDS: dict[str, ModelSpec] = {spec.kind: spec for spec in (mult_dae.SPEC, softmax_mf.SPEC, biased_mf.SPEC, mf.SPEC, deep.SPEC)}
+KINDS: dict[str, ModelSpec] = {
+    spec.kind: spec for spec in (mult_dae.SPEC, softmax_mf.SPEC, biased_mf.SPEC, mf.SPEC, deep.SPEC)
+}
 DEFAULT_KIND = mult_dae.SPEC.kind
 
 __all__ = ["KINDS", "DEFAULT_KIND", "RANKING", "RATING", "ModelSpec", "get_spec"]

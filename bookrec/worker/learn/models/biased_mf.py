@@ -13,7 +13,9 @@ from bookrec.worker.learn.models.embeddings import RegularizedEmbedding
 class BiasedMatrixFactorization(keras.Model):
     """Rating = mean + b_u + b_i + p_u . q_i; the mean is fixed to the training mean."""
 
-    def __init__(self, n_users: int, n_items: int, dim: int, l2: float, l2_bias: float, global_mean: float, **kwargs) -> None:
+    def __init__(
+        self, n_users: int, n_items: int, dim: int, l2: float, l2_bias: float, global_mean: float, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         self.global_mean = float(global_mean)
         self.user_vectors = RegularizedEmbedding(n_users, dim, l2, init_scale=0.05, name="user_vectors")
@@ -33,7 +35,11 @@ def build(n_users: int, n_items: int, params: dict, global_mean: float) -> keras
     model = BiasedMatrixFactorization(
         n_users, n_items, int(params["dim"]), float(params["l2"]), float(params["l2_bias"]), global_mean
     )
-    model.compile(optimizer=keras.optimizers.Adam(params["learning_rate"]), loss="mse", metrics=[keras.metrics.MeanSquaredError(name="mse")])
+    model.compile(
+        optimizer=keras.optimizers.Adam(params["learning_rate"]),
+        loss="mse",
+        metrics=[keras.metrics.MeanSquaredError(name="mse")],
+    )
     return model
 
 
@@ -52,7 +58,15 @@ SPEC = ModelSpec(
     kind="biased-mf",
     task=RATING,
     feed="pairs",
-    defaults={"dim": 64, "epochs": 40, "batch_size": 512, "learning_rate": 0.002, "l2": 0.1, "l2_bias": 0.01, "patience": 3},
+    defaults={
+        "dim": 64,
+        "epochs": 40,
+        "batch_size": 512,
+        "learning_rate": 0.002,
+        "l2": 0.1,
+        "l2_bias": 0.01,
+        "patience": 3,
+    },
     build=build,
     serving_weights=serving_weights,
     description="global mean + user and book biases + dot product, per-example L2 (Funk SVD)",

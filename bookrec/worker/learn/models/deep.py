@@ -29,7 +29,11 @@ class DeepRating(keras.Model):
 def build(n_users: int, n_items: int, params: dict, global_mean: float) -> keras.Model:
     """A compiled seed `deep` model."""
     model = DeepRating(n_users, n_items, int(params["dim"]))
-    model.compile(optimizer=keras.optimizers.Adam(params["learning_rate"]), loss="mse", metrics=[keras.metrics.MeanSquaredError(name="mse")])
+    model.compile(
+        optimizer=keras.optimizers.Adam(params["learning_rate"]),
+        loss="mse",
+        metrics=[keras.metrics.MeanSquaredError(name="mse")],
+    )
     return model
 
 

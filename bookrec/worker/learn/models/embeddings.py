@@ -32,4 +32,10 @@ class RegularizedEmbedding(keras.layers.Layer):
         return rows
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "count": self.count, "dim": self.dim, "l2": self.l2, "init_scale": self.init_scale}
+        return {
+            **super().get_config(),
+            "count": self.count,
+            "dim": self.dim,
+            "l2": self.l2,
+            "init_scale": self.init_scale,
+        }

@@ -27,7 +27,11 @@ class MatrixFactorization(keras.Model):
 def build(n_users: int, n_items: int, params: dict, global_mean: float) -> keras.Model:
     """A compiled seed `mf` model."""
     model = MatrixFactorization(n_users, n_items, int(params["dim"]))
-    model.compile(optimizer=keras.optimizers.Adam(params["learning_rate"]), loss="mse", metrics=[keras.metrics.MeanSquaredError(name="mse")])
+    model.compile(
+        optimizer=keras.optimizers.Adam(params["learning_rate"]),
+        loss="mse",
+        metrics=[keras.metrics.MeanSquaredError(name="mse")],
+    )
     return model
 
 
