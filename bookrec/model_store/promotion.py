@@ -21,7 +21,7 @@ from rq.serializers import JSONSerializer
 
 from bookrec.model_store.store import ModelStore, iso, utcnow
 from bookrec.shared import jobs
-from bookrec.shared.errors import ModelStoreError, RedisUnavailable
+from bookrec.shared.errors import RedisUnavailable
 from bookrec.shared.keys import QUEUE_REFRESH, Keys
 from bookrec.shared.redis_conn import text
 from bookrec.shared.settings import Settings
@@ -32,47 +32,35 @@ _T = TypeVar("_T")
 
 
 def promote(
-    store: ModelStore, redis: Redis, keys: Keys, version: str, reason: str = "manual", refresh: Settings | None = None
+    store: ModelStore,
+    redis: Redis,
+    keys: Keys,
+    version: str,
+    reason: str = "manual",
+    refresh: Settings | None = None,
+    force: bool = False,
 ) -> dict:
     """Put `version` in production (store record, Redis pointer, `model_promoted` event) and, given the
     service's settings as `refresh`, schedule a refresh of every cached list; return the event with the
     refresh job's id as `refresh_job` (None without `refresh`: the benchmark and tests promote bare).
 
+    Unless `force`, CatalogueMismatch when `version` was trained on another catalogue than production's.
     Raises RedisUnavailable after the store record is written if Redis does not answer. The pointer
     is set under the store's lock, so two promotions at once leave pointer and record on the same version.
     """
-    event: dict = {}
-
-    def tell_redis(previous: str | None) -> None:
-        event.update(event="model_promoted", version=version, previous=previous, reason=reason, at=iso(utcnow()))
-        _call_redis(
-            lambda: _announce(redis, keys, event),
-            f"the store record was updated ({version} is in production) "
-            "and workers will pick the version up from it when Redis returns",
-        )
-
-    store.set_production(version, announce=tell_redis)
-    log.info("promoted model version %s (was %s, reason: %s)", version, event["previous"], reason)
-    refresh_job = None
-    if refresh is not None:
-        spec = jobs.refresh({}, refresh, description=f"refresh after {version}")
-        queue = Queue(QUEUE_REFRESH, connection=redis, serializer=JSONSerializer)
-        refresh_job = _call_redis(
-            lambda: queue.enqueue_many([spec])[0].id,
-            f"{version} is in production but the refresh of cached lists was not scheduled",
-        )
-    return {**event, "refresh_job": refresh_job}
+    event, tell_redis = _announcer(redis, keys, reason)
+    store.set_production(version, announce=tell_redis, reason=reason, force=force)
+    return _refreshed(event, redis, refresh)
 
 
 def rollback(store: ModelStore, redis: Redis, keys: Keys, refresh: Settings | None = None) -> dict:
-    """Promote the version that was in production before the current one, as `promote`; return the event."""
-    previous = store.previous_production()
-    if previous is None:
-        raise ModelStoreError(
-            "nothing to roll back to: no earlier production version still exists in the store "
-            "(see `bookrec models list` and promote one with `bookrec models promote VERSION`)"
-        )
-    return promote(store, redis, keys, previous, reason="rollback", refresh=refresh)
+    """Put back the version that was in production before the current one, as `promote`; return the event.
+
+    The current version is popped off production's history, so each rollback goes one step further back.
+    """
+    event, tell_redis = _announcer(redis, keys, "rollback")
+    store.roll_back(announce=tell_redis)
+    return _refreshed(event, redis, refresh)
 
 
 def current_version(store: ModelStore, redis: Redis, keys: Keys) -> str | None:
@@ -92,6 +80,36 @@ def current_version(store: ModelStore, redis: Redis, keys: Keys) -> str | None:
     # Someone set the pointer between our GET and SET NX: theirs is newer.
     pointer = _call_redis(lambda: redis.get(keys.model_current), "the pointer was not read")
     return recorded if pointer is None else text(pointer)
+
+
+def _announcer(redis: Redis, keys: Keys, reason: str) -> tuple[dict, Callable[[str, str | None], None]]:
+    """An empty event and the store's `announce(version, previous)` callback that fills it and tells Redis."""
+    event: dict = {}
+
+    def tell_redis(version: str, previous: str | None) -> None:
+        event.update(event="model_promoted", version=version, previous=previous, reason=reason, at=iso(utcnow()))
+        _call_redis(
+            lambda: _announce(redis, keys, event),
+            f"the store record was updated ({version} is in production) "
+            "and workers will pick the version up from it when Redis returns",
+        )
+
+    return event, tell_redis
+
+
+def _refreshed(event: dict, redis: Redis, refresh: Settings | None) -> dict:
+    """Log the promotion in `event`, schedule the refresh of cached lists given `refresh`; the event with its job id."""
+    version = event["version"]
+    log.info("promoted model version %s (was %s, reason: %s)", version, event["previous"], event["reason"])
+    refresh_job = None
+    if refresh is not None:
+        spec = jobs.refresh({}, refresh, description=f"refresh after {version}")
+        queue = Queue(QUEUE_REFRESH, connection=redis, serializer=JSONSerializer)
+        refresh_job = _call_redis(
+            lambda: queue.enqueue_many([spec])[0].id,
+            f"{version} is in production but the refresh of cached lists was not scheduled",
+        )
+    return {**event, "refresh_job": refresh_job}
 
 
 def _announce(redis: Redis, keys: Keys, event: dict) -> None:

@@ -3,7 +3,8 @@
 Layout of the store root:
 
     <version>/                 what the writer put there (saved_model/, seen.npz, ...) plus metadata.json
-    production.json            {"version": str | None, "history": [{"version", "promoted_at"}, ...]}, most recent last
+    <version>/decision.json    {"decision": "promoted" | "rejected", "reason", "decided_at"}, once it is decided
+    production.json            {"version": str | None, "history": [{"version", "promoted_at", "reason"}, ...]}
     .tmp-<version>-<random>/   a version being written, or one left by a crashed save; never listed
     .lock                      serialises changes to production.json and deletions across processes
 
@@ -11,7 +12,11 @@ A version becomes visible only through one `os.rename` of its complete temporary
 reader never sees half a version and a save killed midway leaves only a `.tmp-*` directory.
 metadata.json holds the writer's metadata plus `version`, `created_at` and `files`
 ({relative path: sha256}); by convention the writer also records `kind`, `params`, `metrics`,
-`baselines`, `history`, `data_fingerprint` and `parent`.
+`baselines`, `history`, `data_fingerprint`, `id_maps`, `gate_metric` and `parent`.
+
+Production's history is a stack, most recent last, whose top is the current version: a promotion
+pushes an entry, a rollback pops the current one (so each rollback goes one step further back).
+Retention always keeps the newest `keep_production` versions of that stack.
 """
 
 from __future__ import annotations
@@ -33,14 +38,26 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, Iterator
 
-from bookrec.shared.errors import CorruptVersion, ModelStoreError, NoProductionModel, ValidationError, VersionNotFound
+from bookrec.shared.errors import (
+    CatalogueMismatch,
+    CorruptVersion,
+    ModelStoreError,
+    NoProductionModel,
+    ValidationError,
+    VersionNotFound,
+)
 from bookrec.shared.files import atomic_text
 
 log = logging.getLogger(__name__)
 
 VERSION_RE = re.compile(r"v\d{8}T\d{12}Z")
 METADATA = "metadata.json"
+DECISION = "decision.json"
 PRODUCTION = "production.json"
+PROMOTED, REJECTED = "promoted", "rejected"
+MIN_SHARED_CATALOGUE = 0.5
+"""A promotion is refused (without `force`) when the candidate and production share fewer than this
+fraction of the items either of them holds (shared / union of the two item id sets)."""
 TEMP_PREFIX = ".tmp-"
 _ID_FORMAT = "v%Y%m%dT%H%M%S%fZ"
 _LOCK = ".lock"
@@ -101,6 +118,28 @@ def _read_metadata(path: Path, version: str) -> dict:
     if not isinstance(data, dict):
         raise _corrupt(version, f"{METADATA} does not hold a JSON object")
     return data
+
+
+def data_summary(metadata: dict) -> dict | None:
+    """What a version was trained on, from its data fingerprint: {"source", "rows", "users", "items"}, or None."""
+    fingerprint = metadata.get("data_fingerprint")
+    ratings = fingerprint.get("ratings") if isinstance(fingerprint, dict) else None
+    if not isinstance(ratings, dict):
+        return None
+    return {"source": ratings.get("path"), **{k: ratings.get(k) for k in ("rows", "users", "items")}}
+
+
+def _source(metadata: dict) -> str:
+    """A version's ratings file for a message: 'trained on <path>' or 'data unknown'."""
+    source = (data_summary(metadata) or {}).get("source")
+    return f"trained on {source}" if source else "data unknown"
+
+
+def _items(metadata: dict) -> set[str] | None:
+    """The item ids a version was trained on, as strings, or None if its metadata does not record them."""
+    id_maps = metadata.get("id_maps")
+    items = id_maps.get("items") if isinstance(id_maps, dict) else None
+    return {str(item) for item in items} if isinstance(items, list) else None
 
 
 def _valid_record(record: object) -> bool:
@@ -238,12 +277,20 @@ class ModelStore:
             )
         return version
 
-    def set_production(self, version: str, announce: Callable[[str | None], None] | None = None) -> str | None:
-        """Verify `version` and record it as in production; return the version it replaces.
+    def set_production(
+        self,
+        version: str,
+        announce: Callable[[str, str | None], None] | None = None,
+        reason: str = "manual",
+        force: bool = False,
+    ) -> str | None:
+        """Verify `version`, check that it was trained on production's catalogue (unless `force`), record it as
+        in production and as promoted for `reason`; return the version it replaces.
 
-        `announce(replaced)`, if given, runs after the record is written and before the lock is
+        `announce(version, replaced)`, if given, runs after the record is written and before the lock is
         released, so concurrent promotions announce (e.g. set the Redis pointer) in the order they
         were recorded and the last announcement always names the recorded version.
+        CatalogueMismatch when the catalogues differ (see `MIN_SHARED_CATALOGUE`).
         """
         with self._locked():
             self.verify(version)
@@ -252,21 +299,60 @@ class ModelStore:
             except ModelStoreError as exc:
                 log.warning("rewriting the production record: %s", exc)
                 record = {"version": None, "history": []}
-            entry = {"version": version, "promoted_at": iso(self._clock())}
-            _write_json_atomic(self.root / PRODUCTION, {"version": version, "history": [*record["history"], entry]})
+            if not force:
+                self._check_catalogue(version, record["version"])
+            history = record["history"]
+            if version != record["version"]:  # promoting the current version again adds no rollback step
+                history = [*history, {"version": version, "promoted_at": iso(self._clock()), "reason": reason}]
+            _write_json_atomic(self.root / PRODUCTION, {"version": version, "history": history})
+            self._write_decision(version, PROMOTED, reason)
             if announce is not None:
-                announce(record["version"])
+                announce(version, record["version"])
         log.info("model version %s is in production (was %s)", version, record["version"])
         return record["version"]
 
-    def previous_production(self) -> str | None:
-        """The most recently promoted version other than the current one that still exists, or None."""
-        record = self._read_record()
-        for entry in reversed(record["history"]):
-            version = entry["version"]
-            if version != record["version"] and VERSION_RE.fullmatch(version) and (self.root / version).is_dir():
-                return version
-        return None
+    def roll_back(self, announce: Callable[[str, str | None], None] | None = None) -> tuple[str, str]:
+        """Put the production version before the current one back, popping the current one off the history,
+        so the next rollback goes one step further back; return (restored, replaced).
+
+        Versions of the history that no longer exist are skipped; `announce` runs as in `set_production`.
+        ModelStoreError when no earlier production version is left.
+        """
+        with self._locked():
+            record = self._read_record()
+            current, history = record["version"], record["history"]
+            below = self._entry_below(current, history)
+            if below is None:
+                raise ModelStoreError(
+                    f"nothing to roll back to: no version that was in production before {current or 'now'} is still "
+                    "in the store (see `bookrec models list` and promote one with `bookrec models promote VERSION`)"
+                )
+            restored = history[below]["version"]
+            self.verify(restored)
+            _write_json_atomic(self.root / PRODUCTION, {"version": restored, "history": history[: below + 1]})
+            if announce is not None:
+                announce(restored, current)
+        log.info("rolled back from model version %s to %s", current, restored)
+        return restored, current
+
+    def decision(self, version: str) -> dict | None:
+        """`version`'s recorded decision {"decision": "promoted" | "rejected", "reason", "decided_at"}, or None."""
+        try:
+            data = json.loads((self._existing(version) / DECISION).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (ValueError, UnicodeDecodeError) as exc:
+            log.warning("ignoring the unreadable decision record of %s: %s", version, exc)
+            return None
+        return data if isinstance(data, dict) and data.get("decision") in (PROMOTED, REJECTED) else None
+
+    def record_decision(self, version: str, decision: str, reason: str) -> None:
+        """Record that `version` was promoted or rejected (`decision`) and why; retention drops rejected ones first."""
+        if decision not in (PROMOTED, REJECTED):
+            raise ValidationError(f"decision must be {PROMOTED!r} or {REJECTED!r}, got {decision!r}")
+        with self._locked():
+            self._existing(version)
+            self._write_decision(version, decision, reason)
 
     def delete(self, version: str) -> None:
         """Delete `version`; refuses the production version."""
@@ -279,14 +365,20 @@ class ModelStore:
                 )
             self._remove(version)
 
-    def retain(self, keep: int) -> list[str]:
-        """Delete all but the newest `keep` versions and the production one; return the deleted ids, oldest first."""
-        if keep < 0:
-            raise ValidationError(f"keep={keep} must be 0 or more")
+    def retain(self, keep_versions: int, keep_production: int) -> list[str]:
+        """Keep the newest `keep_production` versions of production's history (the current one always) and at
+        most `keep_versions` others, deleting rejected candidates first, then the oldest; return the deleted ids,
+        oldest first."""
+        if keep_versions < 0 or keep_production < 1:
+            raise ValidationError(
+                f"keep_versions={keep_versions} must be 0 or more and keep_production={keep_production} 1 or more"
+            )
         with self._locked():
-            production = self.production()
-            ids = self._ids()
-            doomed = [v for v in ids[: max(0, len(ids) - keep)] if v != production]
+            protected = self._recent_production(keep_production)
+            others = [v for v in self._ids() if v not in protected]
+            rejected = [v for v in others if (self.decision(v) or {}).get("decision") == REJECTED]
+            by_priority = rejected + [v for v in others if v not in rejected]
+            doomed = sorted(by_priority[: max(0, len(others) - keep_versions)])
             for version in doomed:
                 self._remove(version)
         return doomed
@@ -307,6 +399,54 @@ class ModelStore:
             removed.append(entry.name)
             log.info("removed stale temporary entry %s", entry)
         return removed
+
+    def _recent_production(self, count: int) -> list[str]:
+        """The newest `count` distinct versions of production's history that still exist, current first."""
+        record = self._read_record()
+        recent: list[str] = []
+        for version in [record["version"], *(e["version"] for e in reversed(record["history"]))]:
+            if len(recent) < count and version and version not in recent and self._has(version):
+                recent.append(version)
+        return recent
+
+    def _entry_below(self, current: str | None, history: list[dict]) -> int | None:
+        """The index of the newest history entry for a version other than `current` that still exists, or None."""
+        if current is None:
+            return None
+        for index in range(len(history) - 1, -1, -1):
+            if history[index]["version"] != current and self._has(history[index]["version"]):
+                return index
+        return None
+
+    def _check_catalogue(self, version: str, production: str | None) -> None:
+        """CatalogueMismatch if `version` and `production` share too few items (versions without id maps pass)."""
+        if production is None or production == version:
+            return
+        candidate = self.metadata(version)
+        try:
+            current = self.metadata(production)
+        except ModelStoreError as exc:
+            log.warning("not comparing %s's catalogue with production %s's: %s", version, production, exc)
+            return
+        ours, theirs = _items(candidate), _items(current)
+        if ours is None or theirs is None:
+            log.info("not comparing catalogues: %s or %s records no item ids", version, production)
+            return
+        shared, union = len(ours & theirs), len(ours | theirs)
+        if shared < MIN_SHARED_CATALOGUE * union:
+            raise CatalogueMismatch(
+                f"refusing to promote {version} ({_source(candidate)}, {len(ours):,} items) over production "
+                f"{production} ({_source(current)}, {len(theirs):,} items): they share {shared:,} of the {union:,} "
+                f"items in either catalogue ({shared / union:.0%}, under {MIN_SHARED_CATALOGUE:.0%}), so {version} "
+                f"was trained on another catalogue; promote it anyway with `bookrec models promote {version} --force`"
+            )
+
+    def _write_decision(self, version: str, decision: str, reason: str) -> None:
+        record = {"decision": decision, "reason": reason, "decided_at": iso(self._clock())}
+        _write_json_atomic(self.root / version / DECISION, record)
+
+    def _has(self, version: str) -> bool:
+        return bool(VERSION_RE.fullmatch(version)) and (self.root / version).is_dir()
 
     def _ids(self) -> list[str]:
         if not self.root.is_dir():
@@ -362,7 +502,8 @@ class ModelStore:
             yield
 
     def list(self) -> list[dict]:
-        """Summaries of every version, oldest first: version, kind, created_at, metrics, production, status.
+        """Summaries of every version, oldest first: version, kind, created_at, metrics, data (see `data_summary`),
+        gate_metric, decision ("promoted", "rejected" or None), decision_reason, production, status.
 
         A version whose metadata.json is missing or unparsable is listed with status "corrupt" and a reason.
         """
@@ -377,4 +518,13 @@ class ModelStore:
         summary = {"version": version, "kind": metadata.get("kind"), "created_at": metadata.get("created_at")}
         if "metrics" in metadata:
             summary["metrics"] = metadata["metrics"]
-        return {**summary, "production": version == production, "status": "ok"}
+        decision = self.decision(version) or {}
+        return {
+            **summary,
+            "data": data_summary(metadata),
+            "gate_metric": metadata.get("gate_metric"),
+            "decision": decision.get("decision"),
+            "decision_reason": decision.get("reason"),
+            "production": version == production,
+            "status": "ok",
+        }

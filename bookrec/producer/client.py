@@ -153,16 +153,16 @@ class Client:
             return job
         return self.wait([job], timeout)[0]
 
-    def promote(self, version: str, reason: str = "manual") -> dict[str, Any]:
+    def promote(self, version: str, reason: str = "manual", force: bool = False) -> dict[str, Any]:
         """Put a stored version in production (store record, pointer, event) and schedule a refresh of every
-        cached list; returns the event with the refresh job's id as `refresh_job`."""
+        cached list; returns the event with the refresh job's id as `refresh_job`. A version trained on another
+        catalogue than production's is refused (CatalogueMismatch) unless `force`."""
         from bookrec.model_store.promotion import promote
         from bookrec.model_store.store import ModelStore
 
+        store = ModelStore(self.settings.model_store)
         return self._call(
-            lambda: promote(
-                ModelStore(self.settings.model_store), self.redis, self.keys, version, reason, refresh=self.settings
-            )
+            lambda: promote(store, self.redis, self.keys, version, reason, refresh=self.settings, force=force)
         )
 
     def rollback(self) -> dict[str, Any]:

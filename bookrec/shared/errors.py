@@ -53,6 +53,10 @@ class NoProductionModel(ModelStoreError):
     """No version has been promoted yet."""
 
 
+class CatalogueMismatch(ModelStoreError):
+    """A version was trained on another catalogue than production's; promoting it needs `force`."""
+
+
 class RedisUnavailable(BookrecError):
     """Redis did not answer; the message says where it was looked for (without the password)."""
 

@@ -51,6 +51,7 @@ class Settings:
     cache_ttl: int = 86400
     tf_threads: int = 1
     keep_versions: int = 5
+    keep_production: int = 3
     gate_tolerance: float = 0.0
     retrain_lock_ttl: int = 600
     refresh_chunk: int = 500
@@ -75,6 +76,7 @@ class Settings:
             cache_ttl=_int(env, "BOOKREC_CACHE_TTL", 86400, minimum=1),
             tf_threads=_int(env, "BOOKREC_TF_THREADS", 1, minimum=0),
             keep_versions=_int(env, "BOOKREC_KEEP_VERSIONS", 5, minimum=1),
+            keep_production=_int(env, "BOOKREC_KEEP_PRODUCTION", 3, minimum=1),
             gate_tolerance=_float(env, "BOOKREC_GATE_TOLERANCE", 0.0),
             retrain_lock_ttl=_int(env, "BOOKREC_RETRAIN_LOCK_TTL", 600, minimum=10),
             refresh_chunk=_int(env, "BOOKREC_REFRESH_CHUNK", 500, minimum=1),

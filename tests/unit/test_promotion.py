@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from pathlib import Path
@@ -13,18 +14,20 @@ from rq.serializers import JSONSerializer
 
 from bookrec.model_store.promotion import current_version, promote, rollback
 from bookrec.model_store.store import ModelStore
-from bookrec.shared.errors import CorruptVersion, ModelStoreError, RedisUnavailable
+from bookrec.shared.errors import CatalogueMismatch, CorruptVersion, ModelStoreError, RedisUnavailable
 from bookrec.shared.keys import QUEUE_REFRESH, Keys
 from bookrec.shared.settings import Settings
+from bookrec.worker.serve.retrain import run_retrain
+from tests.unit.conftest import install_context
 
 KEYS = Keys("t:")
 
 
-def save(store: ModelStore) -> str:
-    """Save a one-file version and return its id."""
+def save(store: ModelStore, items: range | None = None) -> str:
+    """Save a one-file version (trained on the item ids `items`, if given) and return its id."""
     with store.new_version(kind_hint="mf") as writer:
         (writer.path / "weights.bin").write_bytes(b"weights")
-        writer.finish({})
+        writer.finish({"id_maps": {"users": [], "items": [str(i) for i in items]}} if items else {})
     return writer.version
 
 
@@ -74,6 +77,46 @@ def test_rollback_promotes_the_previous_version(store: ModelStore, redis, pubsub
     assert store.production() == first
     assert redis.get(KEYS.model_current) == first.encode()
     assert {**events(pubsub)[-1], "refresh_job": None} == event
+
+
+def test_rollback_walks_back_through_production_s_history(store: ModelStore, redis, pubsub) -> None:
+    v1, v2, v3, v4 = (save(store) for _ in range(4))
+    for version in (v1, v2, v3):
+        promote(store, redis, KEYS, version)
+
+    assert (rollback(store, redis, KEYS)["version"], redis.get(KEYS.model_current)) == (v2, v2.encode())
+    assert (rollback(store, redis, KEYS)["version"], redis.get(KEYS.model_current)) == (v1, v1.encode())
+    with pytest.raises(ModelStoreError, match="nothing to roll back to"):
+        rollback(store, redis, KEYS)
+    promote(store, redis, KEYS, v4)
+    event = rollback(store, redis, KEYS)
+
+    assert (event["version"], event["previous"], event["reason"]) == (v1, v4, "rollback")
+    assert store.production() == v1 and redis.get(KEYS.model_current) == v1.encode()
+    assert [(e["version"], e["previous"]) for e in events(pubsub)] == [
+        (v1, None),
+        (v2, v1),
+        (v3, v2),
+        (v2, v3),
+        (v1, v2),
+        (v4, v1),
+        (v1, v4),
+    ]
+
+
+def test_another_catalogue_is_refused_everywhere_unless_forced(store: ModelStore, redis, pubsub) -> None:
+    books, movies = save(store, range(1, 101)), save(store, range(500, 600))
+    promote(store, redis, KEYS, books)
+
+    with pytest.raises(CatalogueMismatch, match=f"refusing to promote {movies} .* over production {books}"):
+        promote(store, redis, KEYS, movies, refresh=Settings())
+
+    assert store.production() == books and redis.get(KEYS.model_current) == books.encode()
+    assert [e["version"] for e in events(pubsub)] == [books]
+    assert Queue(QUEUE_REFRESH, connection=redis, serializer=JSONSerializer).count == 0
+    event = promote(store, redis, KEYS, movies, reason="new catalogue", force=True)
+    assert (event["version"], event["previous"]) == (movies, books)
+    assert redis.get(KEYS.model_current) == movies.encode()
 
 
 @pytest.mark.parametrize("how", ["promote", "rollback"])
@@ -159,3 +202,37 @@ def test_current_version_with_redis_down_is_a_clear_error(store: ModelStore, red
 
     with pytest.raises(RedisUnavailable, match="Redis did not answer"):
         current_version(store, redis, KEYS)
+
+
+def another_catalogue(ratings: Path, out: Path) -> Path:
+    """`ratings` with every book id moved past the originals: the same readers and tastes, other books."""
+    with ratings.open(newline="") as source, out.open("w", newline="") as target:
+        rows = csv.DictReader(source)
+        writer = csv.DictWriter(target, fieldnames=rows.fieldnames)
+        writer.writeheader()
+        writer.writerows({**row, "book_id": int(row["book_id"]) + 100_000} for row in rows)
+    return out
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["refused and recorded", "forced"])
+def test_a_retrain_on_another_catalogue_is_rejected_unless_forced(
+    fresh_store, runtime, redis, monkeypatch, tmp_path: Path, force: bool
+) -> None:
+    store = ModelStore(fresh_store.store)
+    store.set_production(fresh_store.version)
+    ratings = another_catalogue(fresh_store.data_dir / "ratings.csv", tmp_path / "movies.csv")
+    ctx = install_context(fresh_store, runtime, redis, monkeypatch, ["retrain"], gate_tolerance=1.0)
+
+    result = run_retrain(ctx, None, "mult-dae", {"steps": 60}, ratings, None, force=force, seed=0)
+
+    candidate = result["version"]
+    assert result["promoted"] is force
+    if force:
+        assert store.production() == candidate
+        assert store.decision(candidate)["decision"] == "promoted"
+    else:
+        assert store.production() == fresh_store.version
+        assert result["decision"]["reason"].startswith(f"refusing to promote {candidate} (trained on {ratings}")
+        decision = store.decision(candidate)
+        assert (decision["decision"], decision["reason"]) == ("rejected", result["decision"]["reason"])
+        assert [v["decision"] for v in store.list() if v["version"] == candidate] == ["rejected"]

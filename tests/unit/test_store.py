@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -13,7 +14,15 @@ from pathlib import Path
 import pytest
 
 from bookrec.model_store.store import ModelStore
-from bookrec.shared.errors import CorruptVersion, ModelStoreError, NoProductionModel, ValidationError, VersionNotFound
+from bookrec.shared.errors import (
+    CatalogueMismatch,
+    CorruptVersion,
+    ModelStoreError,
+    NoProductionModel,
+    ValidationError,
+    VersionNotFound,
+)
+from tests.conftest import MOVIELENS
 
 REPO = Path(__file__).resolve().parents[2]
 WEIGHTS = "saved_model/variables/variables.data-00000-of-00001"
@@ -224,29 +233,153 @@ def test_unknown_version_is_not_found_and_names_some_available(store: ModelStore
         store.metadata("v20990101T000000000000Z")
 
 
+def items(*ids: int) -> dict:
+    """Metadata recording a catalogue of these item ids, as the pipeline does."""
+    return {"id_maps": {"users": ["1", "2"], "items": [str(i) for i in ids]}}
+
+
+def history(store: ModelStore) -> list[str]:
+    return [entry["version"] for entry in json.loads((store.root / "production.json").read_text())["history"]]
+
+
 def test_production_record_and_history(store: ModelStore) -> None:
     with pytest.raises(NoProductionModel, match="bookrec models promote"):
         store.require_production()
     first, second = save(store), save(store)
 
     assert store.set_production(first) is None
-    assert store.set_production(second) == first
+    assert store.set_production(second, reason="gate passed") == first
 
     assert store.require_production() == second
-    assert store.previous_production() == first
     record = json.loads((store.root / "production.json").read_text())
     assert record["version"] == second
-    assert [h["version"] for h in record["history"]] == [first, second]
+    assert [(h["version"], h["reason"]) for h in record["history"]] == [(first, "manual"), (second, "gate passed")]
     assert [v["version"] for v in store.list() if v["production"]] == [second]
+    assert store.decision(second)["decision"] == "promoted" and store.decision(second)["reason"] == "gate passed"
 
 
-def test_previous_production_skips_versions_that_no_longer_exist(store: ModelStore) -> None:
+def test_each_rollback_goes_one_step_further_back_and_a_promotion_starts_again_from_it(store: ModelStore) -> None:
+    v1, v2, v3, v4 = (save(store) for _ in range(4))
+    for version in (v1, v2, v3):
+        store.set_production(version)
+
+    assert store.roll_back() == (v2, v3)
+    assert store.roll_back() == (v1, v2)
+    with pytest.raises(
+        ModelStoreError, match=f"nothing to roll back to: no version that was in production before {v1}"
+    ):
+        store.roll_back()
+    assert store.production() == v1
+
+    store.set_production(v4)
+    assert store.roll_back() == (v1, v4)
+    assert history(store) == [v1]
+
+
+def test_rollback_skips_versions_that_no_longer_exist(store: ModelStore) -> None:
     oldest, middle, newest = save(store), save(store), save(store)
     for version in (oldest, middle, newest):
         store.set_production(version)
     store.delete(middle)
 
-    assert store.previous_production() == oldest
+    assert store.roll_back() == (oldest, newest)
+
+
+def test_promoting_the_current_version_again_adds_no_rollback_step(store: ModelStore) -> None:
+    first, second = save(store), save(store)
+    store.set_production(first)
+    store.set_production(second)
+
+    store.set_production(second)
+
+    assert history(store) == [first, second]
+    assert store.roll_back() == (first, second)
+
+
+def test_rollback_to_a_damaged_version_is_refused_and_changes_nothing(store: ModelStore) -> None:
+    first, second = save(store), save(store)
+    store.set_production(first)
+    store.set_production(second)
+    (store.root / first / WEIGHTS).write_bytes(b"tampered")
+
+    with pytest.raises(CorruptVersion, match=WEIGHTS):
+        store.roll_back()
+    assert (store.production(), history(store)) == (second, [first, second])
+
+
+def test_a_version_trained_on_another_catalogue_is_refused_naming_both(store: ModelStore) -> None:
+    books = save(store, **items(*range(1, 101)), data_fingerprint={"ratings": {"path": "/data/books/ratings.csv"}})
+    movies = save(store, **items(*range(61, 161)), data_fingerprint={"ratings": {"path": "/data/ml/ratings.csv"}})
+    store.set_production(books)
+
+    with pytest.raises(CatalogueMismatch) as err:
+        store.set_production(movies)
+
+    message = str(err.value)
+    assert f"refusing to promote {movies} (trained on /data/ml/ratings.csv, 100 items)" in message
+    assert f"over production {books} (trained on /data/books/ratings.csv, 100 items)" in message
+    assert "they share 40 of the 160 items in either catalogue (25%, under 50%)" in message
+    assert "--force" in message
+    assert store.production() == books and history(store) == [books]
+    assert store.decision(movies) is None
+
+
+@pytest.mark.skipif(not MOVIELENS.exists(), reason="MovieLens ratings not present")
+def test_the_movielens_model_is_refused_over_a_goodbooks_production(store: ModelStore) -> None:
+    with MOVIELENS.open(newline="") as handle:
+        movies = sorted({int(row["movieId"]) for row in csv.DictReader(handle)})
+    books = save(store, **items(*range(1, 10_001)))  # goodbooks' book ids
+    movielens = save(store, **items(*movies))
+    store.set_production(books)
+    shared = sum(movie <= 10_000 for movie in movies)
+    assert shared > len(movies) / 2  # more than half of its ids are book ids by chance
+
+    with pytest.raises(
+        CatalogueMismatch, match=f"they share {shared:,} of the {len(movies) + 10_000 - shared:,} items"
+    ):
+        store.set_production(movielens)
+
+
+def test_force_promotes_over_another_catalogue(store: ModelStore) -> None:
+    books, movies = save(store, **items(1, 2, 3, 4)), save(store, **items(7, 8, 9))
+    store.set_production(books)
+
+    assert store.set_production(movies, force=True) == books
+    assert store.production() == movies
+
+
+@pytest.mark.parametrize(
+    "candidate",
+    [range(1, 201), range(1, 51), range(26, 126)],
+    ids=["catalogue doubled", "catalogue halved", "three quarters shared"],
+)
+def test_a_catalogue_that_grew_shrank_or_changed_a_little_passes(store: ModelStore, candidate: range) -> None:
+    production, version = save(store, **items(*range(1, 101))), save(store, **items(*candidate))
+    store.set_production(production)
+
+    store.set_production(version)
+
+    assert store.production() == version
+
+
+def test_the_first_promotion_and_versions_without_item_ids_are_not_compared(store: ModelStore) -> None:
+    recorded, unknown, other = save(store, **items(1, 2)), save(store), save(store, **items(5, 6))
+
+    store.set_production(recorded)  # nothing in production yet
+    store.set_production(unknown)  # no id maps: nothing to compare
+    store.set_production(other)
+
+    assert store.production() == other
+
+
+def test_ids_are_compared_as_strings(store: ModelStore) -> None:
+    production = save(store, id_maps={"users": [], "items": [1, 2, 3]})
+    version = save(store, **items(1, 2, 3))
+    store.set_production(production)
+
+    store.set_production(version)
+
+    assert store.production() == version
 
 
 def test_corrupt_version_is_never_put_in_production(store: ModelStore) -> None:
@@ -282,11 +415,73 @@ def test_delete_removes_a_version_but_refuses_production(store: ModelStore) -> N
         store.delete(other)
 
 
+def reject(store: ModelStore, version: str) -> str:
+    store.record_decision(version, "rejected", "candidate ndcg@10 0.1000 is worse than production's 0.2000")
+    return version
+
+
 def test_retain_keeps_the_newest_and_production(store: ModelStore) -> None:
     versions = [save(store) for _ in range(5)]
     store.set_production(versions[0])
 
-    deleted = store.retain(2)
+    deleted = store.retain(keep_versions=2, keep_production=1)
 
     assert deleted == versions[1:3]
     assert [v["version"] for v in store.list()] == [versions[0], *versions[3:]]
+
+
+def test_retain_keeps_the_last_production_versions_however_old(store: ModelStore) -> None:
+    productions = [save(store) for _ in range(4)]
+    for version in productions:
+        store.set_production(version)
+    experiments = [save(store) for _ in range(3)]
+
+    deleted = store.retain(keep_versions=1, keep_production=3)
+
+    assert deleted == [productions[0], *experiments[:2]]
+    assert [v["version"] for v in store.list()] == [*productions[1:], experiments[2]]
+    assert store.roll_back()[0] == productions[2] and store.roll_back()[0] == productions[1]
+
+
+def test_retain_drops_rejected_candidates_before_older_versions(store: ModelStore) -> None:
+    production = save(store)
+    store.set_production(production)
+    experiment = save(store)  # trained by hand, never judged
+    rejected = [reject(store, save(store)) for _ in range(2)]
+    newest = save(store)
+
+    deleted = store.retain(keep_versions=2, keep_production=3)
+
+    assert deleted == rejected
+    assert [v["version"] for v in store.list()] == [production, experiment, newest]
+
+
+def test_a_rejected_version_is_recognisable_in_the_listing(store: ModelStore) -> None:
+    production, candidate, undecided = save(store), save(store), save(store)
+    store.set_production(production, reason="gate passed")
+    reject(store, candidate)
+
+    listing = {v["version"]: v for v in store.list()}
+
+    assert (listing[production]["decision"], listing[production]["decision_reason"]) == ("promoted", "gate passed")
+    assert listing[candidate]["decision"] == "rejected"
+    assert "worse than production" in listing[candidate]["decision_reason"]
+    assert listing[undecided]["decision"] is None
+    assert store.verify(candidate) == store.root / candidate  # the decision record is not one of its checked files
+
+
+def test_a_decision_is_promoted_or_rejected(store: ModelStore) -> None:
+    with pytest.raises(ValidationError, match="decision must be 'promoted' or 'rejected'"):
+        store.record_decision(save(store), "maybe", "why not")
+    with pytest.raises(VersionNotFound):
+        store.record_decision("v20990101T000000000000Z", "rejected", "gone")
+
+
+def test_listing_summarises_the_data_and_the_gate_metric(store: ModelStore) -> None:
+    fingerprint = {"ratings": {"path": "/data/ratings.csv", "rows": 6000, "users": 300, "items": 200, "bytes": 9}}
+    version = save(store, data_fingerprint=fingerprint, gate_metric="ndcg@10", metrics={"ndcg@10": 0.3})
+
+    [summary] = store.list()
+
+    assert summary["data"] == {"source": "/data/ratings.csv", "rows": 6000, "users": 300, "items": 200}
+    assert summary["gate_metric"] == "ndcg@10" and summary["version"] == version

@@ -10,6 +10,8 @@ from typing import Any
 from rq.job import Job
 
 from bookrec.model_store.promotion import promote
+from bookrec.model_store.store import REJECTED
+from bookrec.shared.errors import CatalogueMismatch
 from bookrec.shared.locks import RetrainLock
 from bookrec.worker.learn import gate
 from bookrec.worker.learn.pipeline import TrainRequest, train_version
@@ -87,11 +89,22 @@ def run_retrain(
         progress.stage("promote" if decision["promote"] else "rejected")
         refresh_job = None
         if decision["promote"]:
-            event = promote(
-                ctx.store, ctx.client, ctx.keys, result["version"], reason=f"retrain {job_id}", refresh=ctx.settings
-            )
-            refresh_job = event["refresh_job"]
-        deleted = ctx.store.retain(ctx.settings.keep_versions)
+            try:
+                event = promote(
+                    ctx.store,
+                    ctx.client,
+                    ctx.keys,
+                    result["version"],
+                    reason=f"retrain {job_id}",
+                    refresh=ctx.settings,
+                    force=force,
+                )
+                refresh_job = event["refresh_job"]
+            except CatalogueMismatch as exc:
+                decision.update(promote=False, reason=str(exc))
+        if not decision["promote"]:
+            ctx.store.record_decision(result["version"], REJECTED, decision["reason"])
+        deleted = ctx.store.retain(ctx.settings.keep_versions, ctx.settings.keep_production)
         ctx.store.clean_temp()  # half-written versions left by saves killed over an hour ago
         logger.info("retrain %s: %s", job_id, decision["reason"])
         return {
