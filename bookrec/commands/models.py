@@ -18,9 +18,6 @@ from bookrec.producer.client import Client
 from bookrec.shared.redis_conn import connect
 from bookrec.shared.settings import Settings
 
-RANKING_KEY = "ndcg@10"
-ERROR_KEY = "rmse"
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `models` command group and its actions to the `bookrec` parser."""
@@ -38,8 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "list",
         parents=[json_flag],
         help="list versions, oldest first; * marks production",
-        description="List every version in the store, oldest first, with kind, creation time and key metrics. "
-        "`*` marks the version in production; damaged versions are listed as corrupt with the reason.",
+        description="List every version in the store, oldest first, with kind, creation time, the data it was "
+        "trained on (ratings file, rows, users, items), its gate metric and its state: production, promoted or "
+        "rejected. `*` marks the version in production; damaged versions are listed as corrupt with the reason.",
     )
     listing.set_defaults(handler=_list)
 
@@ -47,8 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "show",
         parents=[json_flag],
         help="show one version's metadata and metrics against the baselines",
-        description="Show a version's kind, creation time, parent, hyper-parameters, data fingerprint and "
-        "its metrics beside the baselines'. --json prints the whole metadata.json.",
+        description="Show a version's kind, creation time, parent, hyper-parameters, decision, data fingerprint "
+        "and its metrics beside the baselines'. --json prints the whole metadata.json plus `decision`.",
     )
     show.add_argument("version", metavar="VERSION", help="version id, as printed by `bookrec models list`")
     show.add_argument("--plot", metavar="FILE.png", type=Path, help="also draw learning curves and metrics into FILE")
@@ -59,18 +57,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parents=[json_flag],
         help="put a version in production",
         description="Verify a version's files, record it as in production, point Redis at it and tell the workers, "
-        "which load it beside the old one and swap. If Redis is down the store record is still updated "
-        "and the command exits non-zero.",
+        "which load it beside the old one and swap. A version trained on another catalogue than production's "
+        "(sharing fewer than half of the items either holds) is refused unless --force. If Redis is down the "
+        "store record is still updated and the command exits non-zero.",
     )
     promote_cmd.add_argument("version", metavar="VERSION", help="version id, as printed by `bookrec models list`")
     promote_cmd.add_argument("--reason", default="manual", help="why, recorded in the event (default: manual)")
+    promote_cmd.add_argument(
+        "--force", action="store_true", help="promote even if it was trained on another catalogue than production"
+    )
     promote_cmd.set_defaults(handler=_promote)
 
     rollback_cmd = actions.add_parser(
         "rollback",
         parents=[json_flag],
         help="put the previous production version back",
-        description="Promote the version that was in production before the current one (if it still exists).",
+        description="Put back the version that was in production before the current one. The current one leaves "
+        "production's history, so each rollback goes one step further back; after a promotion, rollback returns "
+        "to the version it replaced.",
     )
     rollback_cmd.set_defaults(handler=_rollback)
 
@@ -110,10 +114,11 @@ def _show(args: argparse.Namespace) -> int:
         from bookrec.plot import plot_version
 
         plot_version(metadata, args.plot)
+    decision = store.decision(args.version)
     if args.json:
-        print_json(metadata)
+        print_json({**metadata, "decision": decision})
         return 0
-    print(_describe(metadata, in_production=store.production() == args.version))
+    print(_describe(metadata, decision, in_production=store.production() == args.version))
     if args.plot is not None:
         print(f"\nplot written to {args.plot}")
     return 0
@@ -121,7 +126,7 @@ def _show(args: argparse.Namespace) -> int:
 
 def _promote(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    event = Client(settings=settings, connection=_connect(settings)).promote(args.version, args.reason)
+    event = Client(settings=settings, connection=_connect(settings)).promote(args.version, args.reason, args.force)
     _report_event(event, args.json, "promoted")
     return 0
 
@@ -154,29 +159,74 @@ def _list_table(versions: list[dict]) -> str:
     for v in versions:
         marker = "*" if v["production"] else " "
         if v["status"] == "corrupt":
-            rows.append([f"{marker} {v['version']}", "CORRUPT", "-", "-", "-"])
+            rows.append([f"{marker} {v['version']}", "CORRUPT", *["-"] * 7])
             continue
-        metrics = v.get("metrics") or {}
         created = (v.get("created_at") or "-")[:19].replace("T", " ")
-        ranking, error = number(metrics.get(RANKING_KEY)), number(metrics.get(ERROR_KEY))
-        rows.append([f"{marker} {v['version']}", v.get("kind") or "-", created, ranking, error])
+        rows.append(
+            [f"{marker} {v['version']}", v.get("kind") or "-", created, *_data_cells(v), _gate_cell(v), _state(v)]
+        )
     notes = [v["reason"] for v in versions if v["status"] == "corrupt"]
-    text = table(["  VERSION", "KIND", "CREATED (UTC)", RANKING_KEY.upper(), ERROR_KEY.upper()], rows)
-    return "\n".join([text, "* = in production", *notes])
+    headers = ["  VERSION", "KIND", "CREATED (UTC)", "DATA", "ROWS", "USERS", "ITEMS", "GATE METRIC", "STATE"]
+    return "\n".join([table(headers, rows), "* = in production", *notes])
 
 
-def _describe(metadata: dict, in_production: bool) -> str:
+def _data_cells(summary: dict) -> list[str]:
+    """The DATA, ROWS, USERS and ITEMS cells of a version's row: its ratings file's name and counts."""
+    data = summary.get("data") or {}
+    source = Path(data["source"]).name if data.get("source") else "-"
+    return [source, *(_count(data.get(k)) for k in ("rows", "users", "items"))]
+
+
+def _gate_cell(summary: dict) -> str:
+    """`metric value` of the metric the retrain gate compares for this version, or '-'."""
+    metric = summary.get("gate_metric")
+    if not metric:
+        return "-"
+    return f"{metric} {number((summary.get('metrics') or {}).get(metric))}"
+
+
+def _state(summary: dict) -> str:
+    """production, promoted (in production before), rejected (by a retrain) or '-' (never decided)."""
+    return "production" if summary["production"] else summary.get("decision") or "-"
+
+
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else "-"
+
+
+def _describe(metadata: dict, decision: dict | None, in_production: bool) -> str:
     fields = [
         ("version", f"{metadata.get('version')}{'  (in production)' if in_production else ''}"),
         ("kind", metadata.get("kind")),
         ("created_at", metadata.get("created_at")),
         ("parent", metadata.get("parent")),
         ("params", metadata.get("params")),
-        ("data", metadata.get("data_fingerprint")),
+        ("decision", f"{decision['decision']} ({decision.get('reason')})" if decision else None),
         ("files", len(metadata.get("files") or {})),
     ]
     lines = [f"{name:<11} {_inline(value)}" for name, value in fields]
-    return "\n".join([*lines, "", _metrics_table(metadata)])
+    return "\n".join([*lines, "", _data_table(metadata.get("data_fingerprint")), "", _metrics_table(metadata)])
+
+
+def _data_table(fingerprint: Any) -> str:
+    """The data fingerprint as a table: one row per file (ratings, test, books), then the split's sizes."""
+    if not isinstance(fingerprint, dict):
+        return f"data        {_inline(fingerprint)}"
+    files = [(name, fingerprint.get(name)) for name in ("ratings", "test", "books")]
+    rows = [
+        [name, str(f.get("path") or "-"), *(_count(f.get(k)) for k in ("rows", "users", "items", "bytes")), _digest(f)]
+        for name, f in files
+        if isinstance(f, dict)
+    ]
+    split = (
+        f"split: {_count(fingerprint.get('train_rows'))} train rows, {_count(fingerprint.get('test_rows'))} test rows"
+    )
+    return "\n".join([table(["DATA", "PATH", "ROWS", "USERS", "ITEMS", "BYTES", "SHA256"], rows), split])
+
+
+def _digest(file: dict) -> str:
+    """The first 12 hex digits of a file's sha256, enough to tell two files apart at a glance."""
+    return str(file["sha256"])[:12] if file.get("sha256") else "-"
 
 
 def _metrics_table(metadata: dict) -> str:

@@ -17,9 +17,26 @@ from bookrec.shared.keys import Keys
 
 KEYS = Keys("t:")
 UNKNOWN = "v20990101T000000000000Z"
+FINGERPRINT = {
+    "ratings": {
+        "path": "/srv/data/ratings.csv",
+        "sha256": "abc123def4567890",
+        "bytes": 81234,
+        "rows": 6000,
+        "users": 300,
+        "items": 200,
+        "duplicates_dropped": 0,
+    },
+    "test": None,
+    "books": {"path": "/srv/data/books.csv", "sha256": "fedcba9876543210", "bytes": 5120},
+    "train_rows": 4500,
+    "test_rows": 1500,
+}
 METADATA = {
     "params": {"dim": 10, "epochs": 3},
-    "data_fingerprint": "sha256:abc123",
+    "gate_metric": "ndcg@10",
+    "id_maps": {"users": ["1", "2"], "items": [str(i) for i in range(1, 201)]},
+    "data_fingerprint": FINGERPRINT,
     "history": {"loss": [1.0, 0.8], "val_loss": [1.1, 0.9]},
     "metrics": {"ndcg@10": 0.1234, "precision@10": 0.05, "rmse": 0.8765},
     "baselines": {"popularity": {"ndcg@10": 0.0456}, "global_mean": {"rmse": 1.0101}},
@@ -39,11 +56,11 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: fakeredis.Fak
     return ModelStore(tmp_path / "models")
 
 
-def save(store: ModelStore) -> str:
-    """Save a one-file version carrying METADATA and return its id."""
+def save(store: ModelStore, **changes: object) -> str:
+    """Save a one-file version carrying METADATA (with `changes`) and return its id."""
     with store.new_version(kind_hint="deep") as writer:
         (writer.path / "weights.bin").write_bytes(b"weights")
-        writer.finish(METADATA)
+        writer.finish({**METADATA, **changes})
     return writer.version
 
 
@@ -53,18 +70,39 @@ def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_list_prints_a_table_with_metrics_and_the_production_marker(store: ModelStore, capsys) -> None:
-    old, new = save(store), save(store)
+def test_list_prints_data_gate_metric_and_state_and_the_production_marker(store: ModelStore, capsys) -> None:
+    old, rejected, new, undecided = save(store), save(store), save(store), save(store)
+    store.set_production(old)
+    store.record_decision(rejected, "rejected", "candidate ndcg@10 0.1 is worse than production's 0.2")
     store.set_production(new)
 
     code, out, _ = run(capsys, "list")
 
     assert code == 0
-    header, _rule, *rows = out.splitlines()
-    assert header.split() == ["VERSION", "KIND", "CREATED", "(UTC)", "NDCG@10", "RMSE"]
-    assert rows[0].split()[:2] == [old, "deep"] and rows[0].startswith(" ")
-    assert rows[1].split()[:3] == ["*", new, "deep"]
-    assert rows[1].split()[-2:] == ["0.1234", "0.8765"]
+    header, _rule, *rows, legend = out.splitlines()
+    assert header.split() == [
+        "VERSION",
+        "KIND",
+        "CREATED",
+        "(UTC)",
+        "DATA",
+        "ROWS",
+        "USERS",
+        "ITEMS",
+        "GATE",
+        "METRIC",
+        "STATE",
+    ]
+    cells = {row[2:].split()[0]: (row[0], row[2:].split()[1:]) for row in rows}
+    assert list(cells) == [old, rejected, new, undecided]
+    assert cells[old] == (
+        " ",
+        ["deep", *cells[old][1][1:3], "ratings.csv", "6,000", "300", "200", "ndcg@10", "0.1234", "promoted"],
+    )
+    assert cells[rejected][1][-1] == "rejected"
+    assert cells[new][0] == "*" and cells[new][1][-1] == "production"
+    assert cells[undecided][1][-1] == "-"
+    assert legend == "* = in production"
 
 
 def test_list_json_gives_one_summary_per_version(store: ModelStore, capsys) -> None:
@@ -80,6 +118,9 @@ def test_list_json_gives_one_summary_per_version(store: ModelStore, capsys) -> N
     assert summary["production"] is True
     assert summary["status"] == "ok"
     assert summary["metrics"] == METADATA["metrics"]
+    assert summary["data"] == {"source": "/srv/data/ratings.csv", "rows": 6000, "users": 300, "items": 200}
+    assert summary["gate_metric"] == "ndcg@10"
+    assert (summary["decision"], summary["decision_reason"]) == ("promoted", "manual")
 
 
 def test_list_of_an_empty_store_says_so(store: ModelStore, capsys) -> None:
@@ -96,7 +137,21 @@ def test_show_summarises_metadata_and_compares_with_baselines(store: ModelStore,
 
     assert code == 0
     assert "dim=10, epochs=3" in out
-    assert "sha256:abc123" in out
+    lines = out.splitlines()
+    data_header = next(i for i, line in enumerate(lines) if line.startswith("DATA"))
+    assert lines[data_header].split() == ["DATA", "PATH", "ROWS", "USERS", "ITEMS", "BYTES", "SHA256"]
+    assert lines[data_header + 2].split() == [
+        "ratings",
+        "/srv/data/ratings.csv",
+        "6,000",
+        "300",
+        "200",
+        "81,234",
+        "abc123def456",
+    ]
+    assert lines[data_header + 3].split() == ["books", "/srv/data/books.csv", "-", "-", "-", "5,120", "fedcba987654"]
+    assert lines[data_header + 4] == "split: 4,500 train rows, 1,500 test rows"
+    assert "{" not in out  # no raw dict
     header = next(line for line in out.splitlines() if line.startswith("METRIC"))
     assert header.split() == ["METRIC", "MODEL", "POPULARITY", "GLOBAL_MEAN"]
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if "@10" in line or "rmse" in line}
@@ -104,13 +159,18 @@ def test_show_summarises_metadata_and_compares_with_baselines(store: ModelStore,
     assert rows["rmse"] == ["0.8765", "-", "1.0101"]
 
 
-def test_show_json_is_the_whole_metadata(store: ModelStore, capsys) -> None:
+def test_show_json_is_the_whole_metadata_with_the_decision(store: ModelStore, capsys) -> None:
     version = save(store)
+    store.record_decision(version, "rejected", "worse than production")
 
     code, out, _ = run(capsys, "show", version, "--json")
+    _, text, _ = run(capsys, "show", version)
 
     assert code == 0
-    assert json.loads(out) == store.metadata(version)
+    shown = json.loads(out)
+    assert shown["decision"] == store.decision(version) and shown["decision"]["decision"] == "rejected"
+    assert {k: v for k, v in shown.items() if k != "decision"} == store.metadata(version)
+    assert "decision    rejected (worse than production)" in text
 
 
 def test_show_plot_writes_a_png(store: ModelStore, tmp_path: Path, capsys) -> None:
@@ -159,6 +219,37 @@ def test_promote_and_rollback_move_the_record_and_the_pointer(store: ModelStore,
     assert (json.loads(out)["version"], json.loads(out)["reason"]) == (first, "rollback")
     assert store.production() == first
     assert redis.get(KEYS.model_current) == first.encode()
+
+
+def test_rollback_goes_back_one_step_at_a_time_then_says_there_is_nothing_left(store: ModelStore, capsys) -> None:
+    v1, v2, v3 = save(store), save(store), save(store)
+    for version in (v1, v2, v3):
+        assert run(capsys, "promote", version)[0] == 0
+
+    assert run(capsys, "rollback")[1] == f"rolled back to {v2} (previously {v3}); workers are switching to it\n"
+    assert run(capsys, "rollback")[1].startswith(f"rolled back to {v1} (previously {v2})")
+    code, out, err = run(capsys, "rollback")
+
+    assert (code, out) == (3, "")
+    assert err.startswith("bookrec: error: nothing to roll back to") and err.count("\n") == 1
+    assert store.production() == v1
+
+
+def test_promote_refuses_another_catalogue_unless_forced(store: ModelStore, server, capsys) -> None:
+    books = save(store)
+    movies = save(store, id_maps={"users": [], "items": [str(i) for i in range(1000, 1200)]})
+    assert run(capsys, "promote", books)[0] == 0
+
+    code, out, err = run(capsys, "promote", movies)
+
+    assert (code, out) == (3, "")
+    assert err.startswith(f"bookrec: error: refusing to promote {movies} (trained on /srv/data/ratings.csv")
+    assert f"over production {books}" in err and f"bookrec models promote {movies} --force" in err
+    assert err.count("\n") == 1
+    assert store.production() == books
+    code, out, _ = run(capsys, "promote", movies, "--force", "--json")
+    assert (code, json.loads(out)["version"]) == (0, movies)
+    assert fakeredis.FakeRedis(server=server).get(KEYS.model_current) == movies.encode()
 
 
 def test_promote_with_redis_down_updates_the_store_and_fails_clearly(store: ModelStore, server, capsys) -> None:
