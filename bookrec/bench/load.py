@@ -182,7 +182,7 @@ def _record(
     }
     result.queued_left = service.queue(QUEUE_RECOMMEND).count
     result.started_left = StartedJobRegistry(
-        QUEUE_RECOMMEND, connection=service.client, serializer=JSONSerializer
+        service.keys.queue(QUEUE_RECOMMEND), connection=service.client, serializer=JSONSerializer
     ).get_job_count(cleanup=False)
     distinct = sorted(set(users))
     result.users_requested = len(distinct)

@@ -159,7 +159,9 @@ def cache_reads(client: Client, users: list[str]) -> dict[str, float]:
 
 def failed_jobs(service: Service) -> int:
     """Jobs in the recommend queue's failed registry."""
-    return FailedJobRegistry(QUEUE_RECOMMEND, connection=service.client).get_job_count(cleanup=False)
+    return FailedJobRegistry(service.keys.queue(QUEUE_RECOMMEND), connection=service.client).get_job_count(
+        cleanup=False
+    )
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The service under test: a Redis database of its own and real `bookrec worker` supervisors in subprocesses.
 
-RQ's queue keys (`rq:*`) take no prefix, so the benchmark needs a whole database, not just the
-`bench:` key prefix: it claims one that is empty (or left by an earlier benchmark), marks it,
+RQ keeps global keys (`rq:workers`, `rq:queues`) and the benchmark flushes what it wrote, so it
+needs a whole database, not just the `bench:` key prefix (which also names its queues,
+`bench:recommend`...): it claims one that is empty (or left by an earlier benchmark), marks it,
 and flushes it when done.
 """
 
@@ -79,8 +80,8 @@ class Service:
         return env
 
     def queue(self, name: str) -> Queue:
-        """An RQ queue of this service (JSON serializer)."""
-        return Queue(name, connection=self.client, serializer=JSONSerializer)
+        """This service's RQ queue for logical queue `name` (JSON serializer)."""
+        return Queue(self.keys.queue(name), connection=self.client, serializer=JSONSerializer)
 
     def serving_workers(self) -> dict[str, dict[str, str]]:
         """State of each live serving worker process: {name: {"version", "pid", ...}} (a SCAN: not for tight loops)."""

@@ -2,8 +2,10 @@
 
 Redis: BOOKREC_REDIS_URL if it answers, else a `redis-server` started under ./var/demo, else an
 embedded in-process fake Redis served over TCP (so worker processes can still connect); it says which.
-Then: synthesise data, train, start 2 worker processes and a trainer, request recommendations, print
-them from the cache, retrain, show the hot swap, stop the workers cleanly.
+Everything runs under its own key prefix, `demo:` (its keys and its queues, `demo:recommend`...), so a
+deployment on the same Redis is never touched; the demo refuses to start if `demo:` keys exist that it
+did not write. Then: synthesise data, train, start 2 worker processes and a trainer, request
+recommendations, print them from the cache, retrain, show the hot swap, stop the workers cleanly.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Iterator
 import redis
 
 from bookrec.commands.common import needs_worker_side, table
+from bookrec.shared.errors import BookrecError
 from bookrec.shared.keys import Keys
 from bookrec.shared.worker_state import read_all as worker_states
 from bookrec.worker.serve.launch import WorkerProcesses
@@ -29,6 +32,10 @@ from bookrec.worker.serve.launch import WorkerProcesses
 DEMO_ROOT = Path("var/demo")
 REAL_BOOKS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "goodbooks" / "books.csv"
 DEMO_USERS = ["1", "2", "3", "no-such-reader"]
+DEMO_PREFIX = "demo:"
+DEMO_KEYS = Keys(DEMO_PREFIX)
+MARK_KEY = f"{DEMO_PREFIX}written-by"
+MARK = "bookrec demo"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -115,6 +122,28 @@ def _redis() -> Iterator[str]:
         server.shutdown()
 
 
+def claim_prefix(client: redis.Redis) -> None:
+    """Empty the demo's key prefix for a fresh run and mark it as the demo's; BookrecError if other keys use it.
+
+    Keys under `demo:` that carry no demo mark belong to something else (a deployment that chose that
+    prefix), so they are left alone and the demo stops with a message instead.
+    """
+    found = list(client.scan_iter(match=f"{DEMO_PREFIX}*", count=1000))
+    if found and client.get(MARK_KEY) is None:
+        raise BookrecError(
+            f"Redis at {_where(client)} holds {len(found)} key(s) under {DEMO_PREFIX!r} that the demo did not write "
+            f"(e.g. {found[0].decode()!r}); the demo leaves them alone: point BOOKREC_REDIS_URL at another database"
+        )
+    if found:
+        client.delete(*found)
+    client.set(MARK_KEY, MARK)
+
+
+def _where(client: redis.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
+
+
 def _bookrec(*args: str, env: dict[str, str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "bookrec.cli", *args], env=env, check=True, **kwargs)
 
@@ -128,7 +157,7 @@ def _wait_for_version(client: redis.Redis, version: str, count: int, timeout: fl
     """Seconds until `count` serving workers report `version`."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        if sum(1 for s in worker_states(client, Keys()) if s.get("version") == version) >= count:
+        if sum(1 for s in worker_states(client, DEMO_KEYS) if s.get("version") == version) >= count:
             return time.monotonic() - started
         time.sleep(0.05)
     raise TimeoutError(f"workers did not load {version} within {timeout} s (see {DEMO_ROOT}/workers.log)")
@@ -166,12 +195,13 @@ def run(args: argparse.Namespace) -> int:
             "BOOKREC_REDIS_URL": url,
             "BOOKREC_MODEL_STORE": str((DEMO_ROOT / "models").resolve()),
             "BOOKREC_DATA_DIR": str((DEMO_ROOT / "data").resolve()),
-            "BOOKREC_KEY_PREFIX": "bookrec:",
+            "BOOKREC_KEY_PREFIX": DEMO_PREFIX,
             "BOOKREC_LOG_LEVEL": "WARNING",
         }
         settings = Settings.from_env(env)
         client = Client(settings=settings)
-        client.redis.delete(*(list(client.redis.scan_iter(match="bookrec:*")) or ["bookrec:none"]))
+        claim_prefix(client.redis)
+        print(f"keys and queues under the prefix {DEMO_PREFIX!r}: nothing outside it is read or written")
 
         _step("1. synthesise a small goodbooks-shaped catalogue (2,000 readers, 1,000 books, 60,000 ratings)")
         books_from = ["--books-from", str(REAL_BOOKS)] if REAL_BOOKS.exists() else []
@@ -182,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
         _bookrec(
             "train", "--ratings", str(data / "ratings.csv"), "--books", str(data / "books.csv"), "--promote", env=env
         )
-        first = client.redis.get("bookrec:model:current").decode()
+        first = client.redis.get(DEMO_KEYS.model_current).decode()
 
         _step("3. start 2 worker processes (recommend, refresh) and a trainer (retrain)")
         workers = _workers({**env, "BOOKREC_TF_THREADS": "1"}, "recommend,refresh", 2, DEMO_ROOT / "workers.log")
@@ -192,8 +222,8 @@ def run(args: argparse.Namespace) -> int:
 
         _step(f"4. request recommendations for users {', '.join(DEMO_USERS)} and read them back from the cache")
         client.recommend(DEMO_USERS, n=10, wait=True, timeout=60)
-        raw = client.redis.get("bookrec:recs:1")
-        print(f"plain GET bookrec:recs:1 -> {len(raw)} bytes of JSON: {raw[:120].decode()}...")
+        raw = client.redis.get(DEMO_KEYS.recs("1"))
+        print(f"plain GET {DEMO_KEYS.recs('1')} -> {len(raw)} bytes of JSON: {raw[:120].decode()}...")
         _print_lists([client.get(u).entry for u in DEMO_USERS])
 
         _step("5. retrain (forced past the gate so the swap always shows) while recommend jobs keep flowing")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from typing import Any
 
 from bookrec.commands.common import number, print_json, progress_bar, show_progress, table
-from bookrec.shared.errors import BookrecError
+from bookrec.shared.errors import BookrecError, NotCached
 from bookrec.shared.payloads import MODEL_KINDS
 
 
@@ -36,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "get",
         parents=[json_flag],
         help="print a user's cached list",
-        description="Read bookrec:recs:{USER} from Redis (what any service can GET) and print it.",
+        description="Read bookrec:recs:{USER} from Redis (what any service can GET) and print it. "
+        "Exits 8 when the user has no cached list.",
     )
     get.add_argument("user", metavar="USER")
     get.set_defaults(handler=_get)
@@ -109,11 +109,7 @@ def _recommend(args: argparse.Namespace) -> int:
 def _get(args: argparse.Namespace) -> int:
     cached = _client().get(args.user)
     if cached is None:
-        print(
-            f"bookrec: no cached list for user {args.user}; request one with `bookrec recommend {args.user}`",
-            file=sys.stderr,
-        )
-        return 1
+        raise NotCached(f"no cached list for user {args.user}; request one with `bookrec recommend {args.user}`")
     if args.json:
         print_json({**cached.entry, "is_current": cached.is_current})
     else:

@@ -50,7 +50,7 @@ def promote(
     """
     event, tell_redis = _announcer(redis, keys, reason)
     store.set_production(version, announce=tell_redis, reason=reason, force=force)
-    return _refreshed(event, redis, refresh)
+    return _refreshed(event, redis, keys, refresh)
 
 
 def rollback(store: ModelStore, redis: Redis, keys: Keys, refresh: Settings | None = None) -> dict:
@@ -60,7 +60,7 @@ def rollback(store: ModelStore, redis: Redis, keys: Keys, refresh: Settings | No
     """
     event, tell_redis = _announcer(redis, keys, "rollback")
     store.roll_back(announce=tell_redis)
-    return _refreshed(event, redis, refresh)
+    return _refreshed(event, redis, keys, refresh)
 
 
 def current_version(store: ModelStore, redis: Redis, keys: Keys) -> str | None:
@@ -97,14 +97,14 @@ def _announcer(redis: Redis, keys: Keys, reason: str) -> tuple[dict, Callable[[s
     return event, tell_redis
 
 
-def _refreshed(event: dict, redis: Redis, refresh: Settings | None) -> dict:
+def _refreshed(event: dict, redis: Redis, keys: Keys, refresh: Settings | None) -> dict:
     """Log the promotion in `event`, schedule the refresh of cached lists given `refresh`; the event with its job id."""
     version = event["version"]
     log.info("promoted model version %s (was %s, reason: %s)", version, event["previous"], event["reason"])
     refresh_job = None
     if refresh is not None:
         spec = jobs.refresh({}, refresh, description=f"refresh after {version}")
-        queue = Queue(QUEUE_REFRESH, connection=redis, serializer=JSONSerializer)
+        queue = Queue(keys.queue(QUEUE_REFRESH), connection=redis, serializer=JSONSerializer)
         refresh_job = _call_redis(
             lambda: queue.enqueue_many([spec])[0].id,
             f"{version} is in production but the refresh of cached lists was not scheduled",

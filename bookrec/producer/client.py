@@ -5,7 +5,7 @@ No TensorFlow here: a client enqueues JSON jobs into Redis and reads JSON entrie
     from bookrec.producer import Client
     client = Client()                       # BOOKREC_REDIS_URL, or pass redis_url=
     client.recommend([1, 2, 3], n=10)       # job handles; wait=True returns the cache entries
-    entry = client.get(1)                   # CachedRecommendations or None
+    entry = client.get(1, n=10)             # CachedRecommendations (its top 10) or None
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from rq.serializers import JSONSerializer
 
 from bookrec.shared import jobs as job_specs
 from bookrec.shared import payloads, worker_state
-from bookrec.shared.entries import parse_entry
+from bookrec.shared.entries import parse_entry, take
 from bookrec.shared.errors import JobFailed, Timeout
-from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN, Keys
+from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN, QUEUES, Keys
 from bookrec.shared.locks import RetrainLock
 from bookrec.shared.redis_conn import CONNECTION_ERRORS, connect, text, unavailable
 from bookrec.shared.settings import Settings, redact_url
@@ -71,8 +71,8 @@ class Client:
         self.redis = connection if connection is not None else connect(self.settings)
 
     def queue(self, name: str) -> Queue:
-        """The RQ queue `name` with the JSON serializer."""
-        return Queue(name, connection=self.redis, serializer=JSONSerializer)
+        """This deployment's RQ queue for logical queue `name` (`recommend`, `refresh`, `retrain`), JSON serializer."""
+        return Queue(self.keys.queue(name), connection=self.redis, serializer=JSONSerializer)
 
     def recommend(
         self, user_ids: Sequence[int | str], n: int = 10, wait: bool = False, timeout: float | None = None
@@ -80,8 +80,8 @@ class Client:
         """Request top-`n` lists for `user_ids`, in jobs of at most 1,000 users.
 
         A list with any invalid id is rejected whole (ValidationError naming it), nothing enqueued.
-        Returns the job handles, or with `wait` the users' cache entries (in request order) once
-        every job has finished (JobFailed if one failed, Timeout after `timeout` seconds).
+        Returns the job handles, or with `wait` the users' cache entries (in request order, each cut to
+        its first `n` items) once every job has finished (JobFailed if one failed, Timeout after `timeout` s).
         """
         users = payloads.user_list(_as_list(user_ids), limit=MAX_USERS_PER_CALL)
         n = payloads.count_n(n)
@@ -95,15 +95,23 @@ class Client:
             return jobs
         self.wait(jobs, timeout)
         raw = self._call(lambda: self.redis.mget([self.keys.recs(u) for u in users]))
-        return [parse_entry(r) if r is not None else None for r in raw]
+        return [take(parse_entry(r), n) if r is not None else None for r in raw]
 
-    def get(self, user_id: int | str) -> CachedRecommendations | None:
-        """The cached entry of one user (None if there is none), with whether its model is in production."""
+    def get(self, user_id: int | str, n: int | None = None) -> CachedRecommendations | None:
+        """The cached entry of one user, with whether its model is in production; None if there is none.
+
+        With `n`, the entry's first `n` items (every list is computed at least as long as any request
+        asked for), and None if the entry was computed shorter than `n`: request that length then.
+        """
         key = self.keys.recs(payloads.user_id(user_id))
+        n = None if n is None else payloads.count_n(n)
         raw, current = self._call(lambda: self.redis.mget([key, self.keys.model_current]))
         if raw is None:
             return None
         entry = parse_entry(raw)
+        entry = entry if n is None else take(entry, n)
+        if entry is None:
+            return None
         return CachedRecommendations(entry, entry.get("model_version") == text(current))
 
     def refresh(self, start: int | None = None, stop: int | None = None, n: int = 10) -> Job:
@@ -208,18 +216,20 @@ class Client:
     def status(self) -> dict[str, Any]:
         """Queues and lengths, workers and the version each serves, production version, cache size, failed jobs."""
         from rq.registry import FailedJobRegistry
-        from rq.worker import Worker
 
         def collect() -> dict[str, Any]:
             queues = {
                 name: {
+                    "rq_name": self.keys.queue(name),
                     "queued": self.queue(name).count,
-                    "failed": FailedJobRegistry(name, connection=self.redis, serializer=JSONSerializer).count,
+                    "failed": FailedJobRegistry(
+                        self.keys.queue(name), connection=self.redis, serializer=JSONSerializer
+                    ).count,
                 }
-                for name in (QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN)
+                for name in QUEUES
             }
             workers = []
-            for worker in Worker.all(connection=self.redis, serializer=JSONSerializer):
+            for worker in self._workers():
                 state = worker_state.read(self.redis, self.keys, worker.name)
                 workers.append(
                     {
@@ -245,6 +255,16 @@ class Client:
             }
 
         return self._call(collect)
+
+    def _workers(self) -> list:
+        """This deployment's RQ workers: those listening on its queues (RQ's `rq:workers` set holds every deployment's)."""
+        from rq.worker import Worker
+
+        found = {}
+        for name in QUEUES:
+            for worker in Worker.all(queue=self.queue(name), serializer=JSONSerializer):
+                found.setdefault(worker.name, worker)
+        return list(found.values())
 
     def _call(self, action):
         """Run a Redis action, turning connection failures into RedisUnavailable."""

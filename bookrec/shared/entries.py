@@ -5,6 +5,10 @@
 
 Ids that are canonical integers ("42") are written as JSON numbers, any other id as a string,
 so goodbooks consumers get numbers and catalogues with string ids keep them.
+
+`n` is the length the list was computed at (every list of a deployment is computed at its `cache:n`,
+the largest n asked for), so one entry serves every request for n or fewer books: a reader takes
+the first n items (`take`). `items` may be shorter than `n` for a reader who has rated nearly every book.
 """
 
 from __future__ import annotations
@@ -24,6 +28,13 @@ def json_id(original: str) -> int | str:
         if str(number) == original:
             return number
     return original
+
+
+def take(entry: dict[str, Any], n: int) -> dict[str, Any] | None:
+    """The entry as a reader of the top `n` sees it (its first `n` items); None if it was computed shorter than `n`."""
+    if entry["n"] < n:
+        return None
+    return {**entry, "items": entry["items"][:n]}
 
 
 def parse_entry(raw: bytes | str) -> dict[str, Any]:

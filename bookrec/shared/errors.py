@@ -83,3 +83,9 @@ class Timeout(BookrecError):
     """Waiting for a job or an event took longer than the caller allowed."""
 
     exit_code = 7
+
+
+class NotCached(BookrecError):
+    """A reader has no cached list (never requested, expired, or cached under another prefix)."""
+
+    exit_code = 8

@@ -4,17 +4,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+DEFAULT_PREFIX = "bookrec:"
 QUEUE_RECOMMEND = "recommend"
 QUEUE_REFRESH = "refresh"
 QUEUE_RETRAIN = "retrain"
 SERVING_QUEUES = (QUEUE_RECOMMEND, QUEUE_REFRESH)
+QUEUES = (QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN)
+"""The logical queue names (what `bookrec worker --queues` takes); `Keys.queue` gives each one's RQ name."""
 
 
 @dataclass(frozen=True)
 class Keys:
     """Key names under one prefix (default `bookrec:`)."""
 
-    prefix: str = "bookrec:"
+    prefix: str = DEFAULT_PREFIX
+
+    def queue(self, name: str) -> str:
+        """The RQ queue name of logical queue `name` (`recommend`, `refresh`, `retrain`) in this deployment.
+
+        The default deployment keeps the bare names other services enqueue into (`Queue("recommend")`);
+        any other prefix puts its queues under it (`staging:recommend`), so deployments sharing one Redis
+        never take each other's jobs. RQ's registries (started, failed, ...) follow the queue name.
+        """
+        if name not in QUEUES:
+            raise ValueError(f"unknown queue {name!r}; bookrec's queues are {', '.join(QUEUES)}")
+        return name if self.prefix == DEFAULT_PREFIX else f"{self.prefix}{name}"
 
     def recs(self, user_id: str) -> str:
         """String key holding one user's cached recommendation list (JSON)."""
@@ -24,6 +38,11 @@ class Keys:
     def recs_pattern(self) -> str:
         """SCAN pattern matching every cached list."""
         return f"{self.prefix}recs:*"
+
+    @property
+    def cache_n(self) -> str:
+        """Integer: the length every cached list is computed at, the largest n asked for (at least BOOKREC_CACHE_N)."""
+        return f"{self.prefix}cache:n"
 
     @property
     def model_current(self) -> str:

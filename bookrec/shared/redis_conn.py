@@ -88,8 +88,13 @@ class PackedCommands:
     def __init__(self) -> None:
         self.commands: list[bytes] = []
 
-    def set_ex(self, pairs: Iterable[tuple[str, str]], ttl: int) -> PackedCommands:
-        """Add `SET key value EX ttl` for each (key, value)."""
+    def set_many(self, pairs: Iterable[tuple[str, str]], ttl: int | None) -> PackedCommands:
+        """Add `SET key value EX ttl` for each (key, value); one `MSET` of them all (no expiry) when `ttl` is None."""
+        if ttl is None:
+            packed = [b"$%d\r\n%s\r\n" % (len(b), b) for key, value in pairs for b in (key.encode(), value.encode())]
+            if packed:
+                self.commands.append(b"*%d\r\n$4\r\nMSET\r\n%s" % (len(packed) + 1, b"".join(packed)))
+            return self
         packed_ttl = _arg(ttl)
         for key, value in pairs:
             k, v = key.encode(), value.encode()
@@ -100,7 +105,7 @@ class PackedCommands:
 
     def add(self, *args: str | int) -> PackedCommands:
         """Add one command."""
-        self.commands.append(b"*%d\r\n" % len(args) + b"".join(_arg(a) for a in args))
+        self.commands.append(_command(*args))
         return self
 
     def send(self, client: redis.Redis) -> None:
@@ -131,6 +136,57 @@ class PackedCommands:
             client.connection_pool.release(connection)
         if errors:
             raise errors[0]
+
+    def send_unless_above(self, client: redis.Redis, key: str, value: int) -> int | None:
+        """Run the commands as one transaction only while the integer at `key` is at most `value`, raising it to `value`.
+
+        Returns None once they ran, or the larger integer found at `key` (then nothing ran). WATCH makes the
+        check and the write atomic without a Lua script; a transaction aborted because `key` changed meanwhile
+        is tried again. Retried like `send` when the connection drops.
+        """
+        connection = client.connection_pool.get_connection()
+        try:
+            while True:
+                found = connection.retry.call_with_retry(
+                    lambda: self._transaction(connection, key, value), lambda error: connection.disconnect()
+                )
+                if found != _ABORTED:
+                    return found
+        except BaseException:
+            connection.disconnect()  # replies may be left unread, or a WATCH still set
+            raise
+        finally:
+            client.connection_pool.release(connection)
+
+    def _transaction(self, connection: Any, key: str, value: int) -> int | None:
+        """One WATCH, check, MULTI ... EXEC round; None if it ran, the larger value found, or _ABORTED."""
+        connection.send_packed_command([_command("WATCH", key) + _command("GET", key)])
+        connection.read_response()
+        found = int(connection.read_response() or 0)
+        if found > value:
+            connection.send_packed_command([_command("UNWATCH")])
+            connection.read_response()
+            return found
+        body = self.commands + ([_command("SET", key, value)] if value > found else [])
+        connection.send_packed_command([_command("MULTI") + b"".join(body) + _command("EXEC")])
+        connection.read_response()
+        for _ in body:
+            connection.read_response()  # QUEUED
+        replies = connection.read_response()
+        if replies is None:
+            return _ABORTED
+        errors = [reply for reply in replies if isinstance(reply, redis.ResponseError)]
+        if errors:
+            raise errors[0]
+        return None
+
+
+_ABORTED = -1  # a transaction EXEC refused because the watched key changed
+
+
+def _command(*args: str | int) -> bytes:
+    """One command in RESP."""
+    return b"*%d\r\n" % len(args) + b"".join(_arg(a) for a in args)
 
 
 def _arg(value: str | int) -> bytes:

@@ -13,11 +13,12 @@ from typing import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from bookrec.shared.errors import ConfigError
+from bookrec.shared.payloads import MAX_N
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -27,6 +28,8 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
         raise ConfigError(f"{name}={raw!r} is not a whole number") from None
     if value < minimum:
         raise ConfigError(f"{name}={value} must be at least {minimum}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name}={value} must be at most {maximum}")
     return value
 
 
@@ -40,6 +43,20 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
 
 
+def _key_prefix(prefix: str) -> str:
+    """BOOKREC_KEY_PREFIX, checked: it also names the queues (RQ joins a worker's queue names with commas)
+    and starts the SCAN patterns, so whitespace, commas and glob characters are refused."""
+    if not prefix:
+        raise ConfigError("BOOKREC_KEY_PREFIX must not be empty")
+    bad = sorted({c for c in prefix if c.isspace() or c in ",*?[]\\"})
+    if bad:
+        raise ConfigError(
+            f"BOOKREC_KEY_PREFIX={prefix!r} holds {' '.join(repr(c) for c in bad)}; "
+            "use letters, digits and punctuation such as ':', '-', '_', '.'"
+        )
+    return prefix
+
+
 @dataclass(frozen=True)
 class Settings:
     """bookrec's configuration. Field names match the env vars without the `BOOKREC_` prefix."""
@@ -48,7 +65,8 @@ class Settings:
     model_store: Path = Path("./var/models")
     data_dir: Path = Path("./var/data")
     key_prefix: str = "bookrec:"
-    cache_ttl: int = 86400
+    cache_ttl: int = 0
+    cache_n: int = 10
     tf_threads: int = 1
     keep_versions: int = 5
     keep_production: int = 3
@@ -65,15 +83,14 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         """Build settings from `env` (default: `os.environ`), raising ConfigError on a malformed value."""
         env = os.environ if env is None else env
-        prefix = env.get("BOOKREC_KEY_PREFIX", "bookrec:")
-        if not prefix:
-            raise ConfigError("BOOKREC_KEY_PREFIX must not be empty")
+        prefix = _key_prefix(env.get("BOOKREC_KEY_PREFIX", "bookrec:"))
         return cls(
             redis_url=env.get("BOOKREC_REDIS_URL") or DEFAULT_REDIS_URL,
             model_store=Path(env.get("BOOKREC_MODEL_STORE") or "./var/models"),
             data_dir=Path(env.get("BOOKREC_DATA_DIR") or "./var/data"),
             key_prefix=prefix,
-            cache_ttl=_int(env, "BOOKREC_CACHE_TTL", 86400, minimum=1),
+            cache_ttl=_int(env, "BOOKREC_CACHE_TTL", 0, minimum=0),
+            cache_n=_int(env, "BOOKREC_CACHE_N", 10, minimum=1, maximum=MAX_N),
             tf_threads=_int(env, "BOOKREC_TF_THREADS", 1, minimum=0),
             keep_versions=_int(env, "BOOKREC_KEEP_VERSIONS", 5, minimum=1),
             keep_production=_int(env, "BOOKREC_KEEP_PRODUCTION", 3, minimum=1),
@@ -89,6 +106,11 @@ class Settings:
     def with_overrides(self, **changes: object) -> "Settings":
         """Return a copy with some fields replaced (used by tests and the demo)."""
         return replace(self, **changes)
+
+    @property
+    def cache_expiry(self) -> int | None:
+        """Seconds a cached list lives (BOOKREC_CACHE_TTL), None when it never expires (0, the default)."""
+        return self.cache_ttl or None
 
     @property
     def redis_url_redacted(self) -> str:

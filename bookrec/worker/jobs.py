@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from rq import Queue, get_current_job
 from rq.serializers import JSONSerializer
@@ -20,6 +20,9 @@ from bookrec.shared.keys import QUEUE_REFRESH
 from bookrec.shared.redis_conn import PackedCommands
 from bookrec.worker.serve import context
 
+if TYPE_CHECKING:
+    from bookrec.worker.serve.runtime import Batch
+
 logger = logging.getLogger(__name__)
 
 REFRESH_COUNTER_TTL = 86400
@@ -28,11 +31,14 @@ REFRESH_COUNTER_TTL = 86400
 def recommend(
     user_ids: list, n: int = 10, refresh_id: str | None = None, model_version: str | None = None
 ) -> dict[str, Any]:
-    """Compute and cache the top-`n` unseen books of each user (1 to 1,000 ids) in one batch.
+    """Compute and cache the top unseen books of each user (1 to 1,000 ids) in one batch.
 
-    Ids that are not ids (wrong type, empty) are skipped and listed in `rejected`; the others
-    are served. With `model_version` (set by refresh after a promotion) a worker still on an
-    older version swaps before computing. Returns {"users", "fallbacks", "rejected", "model_version", "seconds"}.
+    Each list holds the deployment's list length (`cache:n`: the largest n ever asked for, at least
+    BOOKREC_CACHE_N and at least `n`), so a short request never shrinks a longer list another caller
+    relies on; readers take the first n items. Ids that are not ids (wrong type, empty) are skipped and
+    listed in `rejected`; the others are served. With `model_version` (set by refresh after a promotion)
+    a worker still on an older version swaps before computing.
+    Returns {"users", "fallbacks", "rejected", "model_version", "n", "seconds"}.
     """
     started = time.perf_counter()
     if isinstance(user_ids, (str, bytes)) or not isinstance(user_ids, (list, tuple)) or not user_ids:
@@ -47,23 +53,40 @@ def recommend(
     if model_version is not None and ctx.holder.version != model_version:
         ctx.holder.check()
     runtime = ctx.holder.current  # read once: the whole job runs on this version
-    batch = runtime.recommend(good, n) if good else None
-    commands = PackedCommands()
-    if batch:
-        commands.set_ex(
-            ((ctx.keys.recs(user), entry) for user, entry in zip(batch.user_ids, batch.entries)), ctx.settings.cache_ttl
+    length = max(n, ctx.settings.cache_n, ctx.cache_n)
+    while True:
+        batch = runtime.recommend(good, length) if good else None
+        larger = _cache_commands(ctx, batch, refresh_id, len(user_ids)).send_unless_above(
+            ctx.client, ctx.keys.cache_n, length
         )
-    if refresh_id:
-        commands.add("INCRBY", ctx.keys.refresh_done(refresh_id), len(user_ids))
-        commands.add("EXPIRE", ctx.keys.refresh_done(refresh_id), REFRESH_COUNTER_TTL)
-    commands.send(ctx.client)
+        if larger is None:
+            break
+        logger.info("lists are now %d long (cache:n), not %d: computing this batch again", larger, length)
+        ctx.cache_n = length = larger
     return {
         "users": len(good),
         "fallbacks": batch.fallbacks if batch else 0,
         "rejected": rejected,
         "model_version": runtime.version,
+        "n": length,
         "seconds": round(time.perf_counter() - started, 4),
     }
+
+
+def _cache_commands(
+    ctx: context.WorkerContext, batch: Batch | None, refresh_id: str | None, users: int
+) -> PackedCommands:
+    """The writes of one recommend job: its users' entries and, for a refresh chunk, the refresh's progress."""
+    commands = PackedCommands()
+    if batch:
+        commands.set_many(
+            ((ctx.keys.recs(user), entry) for user, entry in zip(batch.user_ids, batch.entries)),
+            ctx.settings.cache_expiry,
+        )
+    if refresh_id:
+        commands.add("INCRBY", ctx.keys.refresh_done(refresh_id), users)
+        commands.add("EXPIRE", ctx.keys.refresh_done(refresh_id), REFRESH_COUNTER_TTL)
+    return commands
 
 
 def refresh(start: int | None = None, stop: int | None = None, n: int = 10, chunk: int | None = None) -> dict[str, Any]:
@@ -83,7 +106,7 @@ def refresh(start: int | None = None, stop: int | None = None, n: int = 10, chun
         raise ValidationError(f"chunk must be from 1 to {payloads.MAX_USERS_PER_JOB}, got {chunk}")
     users = runtime.user_map.to_list()[slice(payloads.index_bound(start, "start"), payloads.index_bound(stop, "stop"))]
     refresh_id = uuid.uuid4().hex[:12]
-    queue = Queue(QUEUE_REFRESH, connection=ctx.client, serializer=JSONSerializer)
+    queue = Queue(ctx.keys.queue(QUEUE_REFRESH), connection=ctx.client, serializer=JSONSerializer)
     specs = [
         jobs.recommend(
             {"user_ids": users[i : i + chunk], "n": n, "refresh_id": refresh_id, "model_version": runtime.version},

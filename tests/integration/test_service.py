@@ -70,7 +70,7 @@ def test_recommend_waits_for_lists_any_service_can_read(
     plain = redis.Redis.from_url(TEST_REDIS_URL)  # as another service would read it: GET + a JSON parser
     assert json.loads(plain.get(f"bookrec:recs:{known[0]}")) == entries[0]
     assert json.loads(plain.get("bookrec:recs:cold-reader")) == entries[-1]
-    assert plain.ttl(f"bookrec:recs:{known[0]}") > 0
+    assert plain.ttl(f"bookrec:recs:{known[0]}") == -1  # BOOKREC_CACHE_TTL=0 (the default): lists never expire
     plain.close()
 
 

@@ -72,13 +72,13 @@ def test_every_user_is_cached_in_the_documented_shape_with_the_configured_ttl(
 ) -> None:
     users = ["1", "2", "3", "new-reader"]
 
-    jobs.recommend(users, n=7)
+    jobs.recommend(users, n=12)
 
     for user in users:
         entry = cached(redis, user)
         assert tuple(entry) == ENTRY_FIELDS
         assert all(tuple(item) == ITEM_FIELDS for item in entry["items"])
-        assert (entry["model_version"], entry["n"], len(entry["items"])) == (trained.version, 7, 7)
+        assert (entry["model_version"], entry["n"], len(entry["items"])) == (trained.version, 12, 12)
         assert datetime.fromisoformat(entry["generated_at"]).utcoffset() == timedelta(0)
         assert CACHE_TTL - 5 < redis.ttl(KEYS.recs(user)) <= CACHE_TTL
 
@@ -100,12 +100,12 @@ def test_cached_lists_are_best_first_and_never_hold_a_rated_book(redis: fakeredi
 
 
 def test_integer_and_string_ids_share_one_cache_entry(redis: fakeredis.FakeRedis) -> None:
-    jobs.recommend([42], n=3)
+    jobs.recommend([42], n=13)
     first = cached(redis, "42")
-    jobs.recommend(["42"], n=4)
+    jobs.recommend(["42"], n=14)
 
     assert first["user_id"] == 42
-    assert cached(redis, "42")["n"] == 4
+    assert cached(redis, "42")["n"] == 14
     assert [k.decode() for k in redis.scan_iter(match=KEYS.recs_pattern)] == [KEYS.recs("42")]
 
 
@@ -176,3 +176,60 @@ def test_refresh_fans_out_json_chunks_covering_every_user_once(
 def test_retrain_reads_only_files_inside_the_data_dir(path: str) -> None:
     with pytest.raises(ValidationError, match="outside BOOKREC_DATA_DIR"):
         jobs.retrain(ratings=path)
+
+
+def test_a_short_request_never_shrinks_a_longer_list_another_caller_asked_for(redis: fakeredis.FakeRedis) -> None:
+    jobs.recommend(["1"], n=50)
+    long_list = cached(redis, "1")["items"]
+
+    summary = jobs.recommend(["1"], n=5)
+
+    entry = cached(redis, "1")
+    assert (summary["n"], entry["n"], len(entry["items"])) == (50, 50, 50)
+    assert [item["book_id"] for item in entry["items"]] == [item["book_id"] for item in long_list]
+
+
+def test_every_list_is_computed_at_the_largest_n_asked_for_and_at_least_cache_n(redis: fakeredis.FakeRedis) -> None:
+    jobs.recommend(["1"], n=3)
+    assert cached(redis, "1")["n"] == 10  # BOOKREC_CACHE_N's default
+
+    jobs.recommend(["1"], n=30)
+    jobs.recommend(["2", "new-reader"], n=5)
+
+    assert [cached(redis, u)["n"] for u in ("1", "2", "new-reader")] == [30, 30, 30]
+    assert redis.get(KEYS.cache_n) == b"30"
+
+
+def test_cache_n_sets_the_floor_of_every_list(
+    trained, runtime: ModelRuntime, redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install_context(trained, runtime, redis, monkeypatch, ["recommend"], cache_n=25)
+
+    jobs.recommend(["1"], n=10)
+
+    assert len(cached(redis, "1")["items"]) == 25
+
+
+def test_a_batch_computed_shorter_than_a_longer_request_meanwhile_is_computed_again(
+    redis: fakeredis.FakeRedis, model: CountingModule
+) -> None:
+    jobs.recommend(["1"], n=10)
+    redis.set(KEYS.cache_n, 40)  # another worker took a request for 40 while this one knew only 10
+    model.batch_sizes.clear()
+
+    summary = jobs.recommend(["2"], n=10)
+
+    assert model.batch_sizes == [1, 1]  # computed at 10, refused, computed at 40
+    assert (summary["n"], cached(redis, "2")["n"], len(cached(redis, "2")["items"])) == (40, 40, 40)
+    jobs.recommend(["3"], n=10)
+    assert len(model.batch_sizes) == 3  # the worker now knows: one call
+
+
+def test_with_cache_ttl_0_lists_never_expire(
+    trained, runtime: ModelRuntime, redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install_context(trained, runtime, redis, monkeypatch, ["recommend"], cache_ttl=0)
+
+    jobs.recommend(["1", "new-reader"], n=10)
+
+    assert [redis.ttl(KEYS.recs(u)) for u in ("1", "new-reader")] == [-1, -1]  # a key without expiry

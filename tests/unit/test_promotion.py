@@ -124,7 +124,7 @@ def test_every_promotion_path_schedules_one_refresh_of_the_cached_lists(store: M
     first, second = save(store), save(store)
     promote(store, redis, KEYS, first)
     promote(store, redis, KEYS, second)
-    refresh_queue = Queue(QUEUE_REFRESH, connection=redis, serializer=JSONSerializer)
+    refresh_queue = Queue(KEYS.queue(QUEUE_REFRESH), connection=redis, serializer=JSONSerializer)  # under the prefix
     assert refresh_queue.count == 0
 
     event = (

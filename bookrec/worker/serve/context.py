@@ -28,6 +28,7 @@ class WorkerContext:
     keys: Keys
     store: ModelStore
     holder: "ModelHolder | None"  # None in a trainer process that serves no recommend queue
+    cache_n: int = 0  # the largest `cache:n` this process has seen: lists are computed at least this long
 
 
 _context: WorkerContext | None = None

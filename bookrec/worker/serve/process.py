@@ -70,7 +70,7 @@ def _retire(worker: BaseWorker) -> None:
 
 
 def serve(settings: Settings, queues: list[str], name: str, burst: bool) -> int:
-    """Run the worker loop; return the process exit code."""
+    """Run the worker loop on logical `queues` (`recommend`, `refresh`, `retrain`); return the process exit code."""
     from bookrec.worker.serve.rq_worker import BookrecWorker
     from bookrec.worker.serve.swap import ModelHolder
 
@@ -85,8 +85,9 @@ def serve(settings: Settings, queues: list[str], name: str, burst: bool) -> int:
     gc.collect()
     gc.freeze()
     holder = None
+    rq_queues = [keys.queue(q) for q in queues]  # this deployment's RQ queues (see Keys.queue)
     if any(q != QUEUE_RETRAIN for q in queues):
-        holder = ModelHolder(store, client, keys, name, queues, slots=settings.swap_slots)
+        holder = ModelHolder(store, client, keys, name, rq_queues, slots=settings.swap_slots)
         holder.load_initial()
         holder.start()
     context.install(context.WorkerContext(settings, client, keys, store, holder))
@@ -95,7 +96,7 @@ def serve(settings: Settings, queues: list[str], name: str, burst: bool) -> int:
             # Queue names, not Queue objects: the worker then builds its queues with the JSON serializer and
             # AllowlistedJob, so registry maintenance never unpickles a job's meta nor runs its callbacks.
             worker = BookrecWorker(
-                queues, connection=client, name=name, between_jobs=holder.swap_if_due if holder else None
+                rq_queues, connection=client, name=name, between_jobs=holder.swap_if_due if holder else None
             )
             try:
                 worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import redis
 
 from bookrec.shared.errors import BookrecError
-from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN, Keys
+from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUES, Keys
 from bookrec.shared.logs import setup_logging
 from bookrec.shared.redis_conn import connect
 from bookrec.shared.settings import Settings
@@ -35,7 +35,6 @@ logger = logging.getLogger(__name__)
 
 RESTART_BACKOFF_MAX = 30.0
 STOP_GRACE_SECONDS = 30.0
-KNOWN_QUEUES = (QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN)
 DESCRIPTION = (
     "Start N worker processes. Each loads the production model, the book metadata and every "
     "user's rated books once, then serves jobs from the given queues in priority order, swapping to a newly "
@@ -229,11 +228,9 @@ def release_swap_slots(client: redis.Redis | None, keys: Keys, count: int, worke
 
 def _queues(text: str) -> list[str]:
     queues = [q.strip() for q in text.split(",") if q.strip()]
-    unknown = [q for q in queues if q not in KNOWN_QUEUES]
+    unknown = [q for q in queues if q not in QUEUES]
     if not queues or unknown:
-        raise argparse.ArgumentTypeError(
-            f"queues must be a comma-separated subset of {','.join(KNOWN_QUEUES)}; got {text!r}"
-        )
+        raise argparse.ArgumentTypeError(f"queues must be a comma-separated subset of {','.join(QUEUES)}; got {text!r}")
     return queues
 
 
