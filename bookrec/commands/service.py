@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from typing import Any
 
@@ -46,10 +47,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parents=[json_flag],
         help="train a new model version on the trainer and promote it if it passes the gate",
         description="Enqueue a retrain on the `retrain` queue (served by `bookrec worker --queues retrain`). "
-        "Trains on ratings.csv/books.csv in BOOKREC_DATA_DIR, evaluates candidate and production on the same "
-        "split, and promotes the candidate only if it is no worse (ndcg@10 for ranking kinds, rmse for rating kinds).",
+        "Trains on ratings.csv/books.csv in BOOKREC_DATA_DIR, evaluates candidate and production on ratings "
+        "neither trained on, and promotes the candidate only if it is no worse (ndcg@10 for ranking kinds, rmse "
+        "for rating kinds, ndcg@10 when the kinds' tasks differ). With the ratings file production was trained "
+        "on, nothing is trained unless --force.",
     )
     retrain.add_argument("--model", choices=MODEL_KINDS, help="model kind (default: mult-dae)")
+    retrain.add_argument(
+        "--params",
+        type=_json_object,
+        metavar="JSON",
+        help="hyper-parameters as a JSON object, e.g. '{\"dim\": 128}' (the README lists each kind's)",
+    )
     retrain.add_argument("--force", action="store_true", help="skip the gate and promote the candidate")
     retrain.add_argument("--wait", action="store_true", help="wait for the result, with a progress bar")
     retrain.add_argument(
@@ -137,9 +146,20 @@ def _describe(entry: dict[str, Any]) -> str:
     return head + "\n" + table(["#", "book_id", "title", "authors", "year", "score"], rows)
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    """A --params value: a JSON object (argparse turns the error into one line and exit 2)."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"a JSON object of hyper-parameters is needed, got {text!r}")
+    return value
+
+
 def _retrain(args: argparse.Namespace) -> int:
     client = _client()
-    job = client.retrain(model=args.model, force=args.force)
+    job = client.retrain(model=args.model, force=args.force, params=args.params)
     if not args.wait:
         print_json({"job": job.id}) if args.json else print(
             f"retrain enqueued as job {job.id}; follow it with `bookrec status`"
@@ -151,7 +171,8 @@ def _retrain(args: argparse.Namespace) -> int:
         print_json(result)
     else:
         decision = result["decision"]
-        print(f"candidate {result['version']} ({result['model']}): {decision['reason']}")
+        candidate = f"candidate {result['version']} ({result['model']})" if result["version"] else "no candidate"
+        print(f"{candidate}: {decision['reason']}")
         print(
             "promoted to production"
             if result["promoted"]

@@ -18,7 +18,7 @@ from bookrec.commands.common import (
     show_progress,
     table,
 )
-from bookrec.shared.payloads import MODEL_KINDS
+from bookrec.shared.payloads import MODEL_KINDS, hyper_params
 from bookrec.shared.settings import Settings
 from bookrec.worker.learn.inputs import ReadOptions, add_read_options
 
@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from bookrec.worker.serve.tf_setup import configure_tensorflow
 
     settings = Settings.from_env()
+    params = hyper_params({"dim": args.dim, "epochs": args.epochs}, args.model)  # refused before TensorFlow loads
     configure_tensorflow(threads=0)
     from bookrec.model_store.store import ModelStore
     from bookrec.worker.learn.pipeline import TrainRequest, train_version
@@ -84,11 +85,12 @@ def run(args: argparse.Namespace) -> int:
         books=args.books,
         test=args.test,
         kind=args.model,
-        params={"dim": args.dim, "epochs": args.epochs},
+        params=params,
         split=args.split,
         test_frac=args.test_frac,
         seed=args.seed,
         read_options=ReadOptions.from_args(args),
+        memory_mb=settings.train_memory_mb,
     )
     store = ModelStore(settings.model_store)
     with progress_bar(None, "training", show_progress(args.json), unit="epoch") as bar:

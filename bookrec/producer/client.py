@@ -139,12 +139,17 @@ class Client:
         timeout: float | None = None,
         params: dict[str, Any] | None = None,
         ratings: str = "ratings.csv",
-        books: str | None = "books.csv",
+        books: str | None = None,
     ) -> Job | dict[str, Any]:
-        """Enqueue a retrain (one at a time: RetrainRunning names the running job). With `wait`, return its result."""
+        """Enqueue a retrain (one at a time: RetrainRunning names the running job). With `wait`, return its result.
+
+        `params` are checked against the kind's rules (known keys, types, ranges) before anything is
+        enqueued. `books` None uses BOOKREC_DATA_DIR's books.csv if it is there; a named books file must exist.
+        """
+        kind = payloads.model_kind(model)
         kwargs = {
-            "model": model,
-            "params": payloads.hyper_params(params),
+            "model": kind,
+            "params": payloads.hyper_params(params, kind),
             "ratings": payloads.data_file(ratings, "ratings"),
             "books": None if books is None else payloads.data_file(books, "books"),
             "force": bool(force),

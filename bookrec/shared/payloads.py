@@ -7,6 +7,7 @@ string form used as the cache key (`42` and `"42"` are the same user).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -15,6 +16,59 @@ from bookrec.shared.errors import ValidationError
 MODEL_KINDS = ("mult-dae", "softmax-mf", "biased-mf", "mf", "deep")
 """The model kinds a train or retrain may name, default first (the worker defines them in worker/models/)."""
 DEFAULT_MODEL_KIND = MODEL_KINDS[0]
+
+
+@dataclass(frozen=True)
+class Param:
+    """The rule for one hyper-parameter: a whole number (`int`) or any number (`float`) from `low` to `high`."""
+
+    type: type
+    low: float
+    high: float
+
+    def check(self, kind: str, name: str, value: Any) -> int | float:
+        """`value` if it follows the rule; ValidationError naming the kind, the parameter and the range otherwise."""
+        whole = self.type is int
+        numeric = (int,) if whole else (int, float)
+        if isinstance(value, bool) or not isinstance(value, numeric) or not self.low <= value <= self.high:
+            what = "a whole number" if whole else "a number"
+            raise ValidationError(
+                f"{kind} hyper-parameter {name} must be {what} from {self.low:g} to {self.high:g}, got {value!r}"
+            )
+        return value
+
+
+_DIM = Param(int, 1, 4096)
+_EPOCHS = Param(int, 1, 200)
+_BATCH = Param(int, 1, 65536)
+_RATE = Param(float, 1e-6, 1.0)
+_L2 = Param(float, 0.0, 1.0)
+_PATIENCE = Param(int, 0, 50)
+_FACTOR_PARAMS = {"dim": _DIM, "epochs": _EPOCHS, "batch_size": _BATCH, "learning_rate": _RATE, "patience": _PATIENCE}
+
+PARAMS: dict[str, dict[str, Param]] = {
+    "mult-dae": {
+        "dim": _DIM,
+        "dropout": Param(float, 0.0, 0.95),
+        "l2": _L2,
+        "learning_rate": _RATE,
+        "batch_size": _BATCH,
+        "steps": Param(int, 1, 20000),
+        "epochs": _EPOCHS,
+        "max_epochs": Param(int, 1, 1000),
+    },
+    "softmax-mf": {**_FACTOR_PARAMS, "l2": _L2},
+    "biased-mf": {**_FACTOR_PARAMS, "l2": _L2, "l2_bias": _L2},
+    "mf": _FACTOR_PARAMS,
+    "deep": _FACTOR_PARAMS,
+}
+"""Each kind's hyper-parameters and their ranges (README: Models); worker/learn/models hold the defaults.
+
+The ranges bound what a request can ask for without seeing the data; the trainer also refuses a
+model whose estimated size on the catalogue exceeds BOOKREC_TRAIN_MEMORY_MB."""
+
+DEFAULT_BOOKS = "books.csv"
+"""The books file a retrain uses when none is named, if it exists (a named one must exist)."""
 MAX_USERS_PER_JOB = 1000
 MAX_N = 100
 MAX_USER_ID_LENGTH = 200
@@ -78,13 +132,33 @@ def index_bound(value: Any, name: str) -> int | None:
     return value
 
 
-def hyper_params(value: Any) -> dict[str, Any]:
-    """Training hyper-parameters: a JSON object (None means the kind's defaults); ValidationError otherwise."""
+def model_kind(value: Any) -> str:
+    """A model kind from MODEL_KINDS (None means the default); ValidationError naming the known kinds otherwise."""
+    if value is None:
+        return DEFAULT_MODEL_KIND
+    if value not in MODEL_KINDS:
+        raise ValidationError(f"unknown model kind {value!r}; choose one of: {', '.join(MODEL_KINDS)}")
+    return value
+
+
+def hyper_params(value: Any, kind: Any = None) -> dict[str, Any]:
+    """Hyper-parameters of `kind` (None: the default kind): a JSON object of known keys, each in its range.
+
+    None (as the object or as a value) means the kind's default. ValidationError names the first
+    unknown key, with the known ones, or the value out of range, with the range.
+    """
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise ValidationError(f"params must be an object of hyper-parameters, got {type(value).__name__}")
-    return value
+    kind = model_kind(kind)
+    rules = PARAMS[kind]
+    unknown = sorted(str(key) for key in value if key not in rules)
+    if unknown:
+        raise ValidationError(
+            f"unknown {kind} hyper-parameter(s) {', '.join(unknown)}; {kind} takes: {', '.join(rules)}"
+        )
+    return {key: None if v is None else rules[key].check(kind, key, v) for key, v in value.items()}
 
 
 def data_file(value: Any, what: str) -> str:

@@ -18,7 +18,9 @@ from bookrec.shared.payloads import MAX_N
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
+def _int(
+    env: Mapping[str, str], name: str, default: int | None, minimum: int = 0, maximum: int | None = None
+) -> int | None:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -67,10 +69,11 @@ class Settings:
     key_prefix: str = "bookrec:"
     cache_ttl: int = 0
     cache_n: int = 10
-    tf_threads: int = 1
+    tf_threads: int | None = None
     keep_versions: int = 5
     keep_production: int = 3
     gate_tolerance: float = 0.0
+    train_memory_mb: int = 4096
     retrain_lock_ttl: int = 600
     refresh_chunk: int = 500
     job_timeout: int = 600
@@ -91,10 +94,11 @@ class Settings:
             key_prefix=prefix,
             cache_ttl=_int(env, "BOOKREC_CACHE_TTL", 0, minimum=0),
             cache_n=_int(env, "BOOKREC_CACHE_N", 10, minimum=1, maximum=MAX_N),
-            tf_threads=_int(env, "BOOKREC_TF_THREADS", 1, minimum=0),
+            tf_threads=_int(env, "BOOKREC_TF_THREADS", None, minimum=0),
             keep_versions=_int(env, "BOOKREC_KEEP_VERSIONS", 5, minimum=1),
             keep_production=_int(env, "BOOKREC_KEEP_PRODUCTION", 3, minimum=1),
             gate_tolerance=_float(env, "BOOKREC_GATE_TOLERANCE", 0.0),
+            train_memory_mb=_int(env, "BOOKREC_TRAIN_MEMORY_MB", 4096, minimum=1),
             retrain_lock_ttl=_int(env, "BOOKREC_RETRAIN_LOCK_TTL", 600, minimum=10),
             refresh_chunk=_int(env, "BOOKREC_REFRESH_CHUNK", 500, minimum=1),
             job_timeout=_int(env, "BOOKREC_JOB_TIMEOUT", 600, minimum=1),

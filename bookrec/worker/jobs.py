@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from rq import Queue, get_current_job
@@ -130,7 +131,7 @@ def retrain(
     model: str | None = None,
     params: dict | None = None,
     ratings: str = "ratings.csv",
-    books: str | None = "books.csv",
+    books: str | None = None,
     force: bool = False,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -144,15 +145,25 @@ def retrain(
     ctx = context.get()
     job = get_current_job()
     try:
-        params = payloads.hyper_params(params)
+        model = payloads.model_kind(model)
+        params = payloads.hyper_params(params, model)
         ratings_path = payloads.data_path(ctx.settings.data_dir, ratings, "ratings")
-        books_path = payloads.data_path(ctx.settings.data_dir, books, "books") if books is not None else None
+        books_path = _books_path(ctx.settings.data_dir, books)
         force, seed = payloads.flag(force, "force"), payloads.seed(seed)
     except ValidationError:
         if job is not None:
             release_lock(ctx, job.id)  # the producer took the lock for this job when it enqueued it
         raise
     return run_retrain(ctx, job, model, params, ratings_path, books_path, force, seed)
+
+
+def _books_path(data_dir: Path, books: str | None) -> Path | None:
+    """A named books file (it must exist: the retrain fails naming it otherwise), or for None the default
+    books.csv when it is there and no books at all when it is not."""
+    if books is not None:
+        return payloads.data_path(data_dir, books, "books")
+    default = payloads.data_path(data_dir, payloads.DEFAULT_BOOKS, "books")
+    return default if default.exists() else None
 
 
 FUNCTIONS: dict[str, Callable[..., dict[str, Any]]] = {

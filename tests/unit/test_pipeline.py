@@ -47,7 +47,7 @@ def test_metadata_records_what_a_version_was_trained_on(trained: TrainedStore) -
     assert metadata["data_fingerprint"]["train_rows"] + metadata["data_fingerprint"]["test_rows"] == len(frame)
     assert set(metadata["id_maps"]["users"]) == {str(u) for u in frame["user_id"].unique()}
     assert metadata["history"]["loss"] and len(metadata["history"]["loss"]) == metadata["training"]["epochs"]
-    assert metadata["split"] == {"how": "per-user", "test_frac": 0.25, "seed": 0}
+    assert metadata["split"] == {"how": "per-user", "test_frac": 0.25, "seed": 0, "kept_in_train": None}
     for name in ("rmse", "mae", "precision@10", "recall@10", "ndcg@10", "map@10", "coverage@10"):
         assert name in metadata["metrics"] and all(name in b for b in metadata["baselines"].values())
 

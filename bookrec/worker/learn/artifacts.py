@@ -5,6 +5,8 @@
                    users are all users of the data files, including any the model never trained on
     catalog.json   one entry per item index: book_id, title, authors, year, image_url
     popularity.npy number of training ratings of each item index (the cold-start fallback ranks by it)
+    trained_pairs.npy  sorted distinct uint32 keys of the (user, item) pairs trained on (evaluation.pair_keys),
+                   so the next retrain's gate tests both versions only on ratings this one never saw
 
 Arrays are read with `allow_pickle=False` and JSON with `json`: a version's files are data only.
 """
@@ -25,6 +27,7 @@ SAVED_MODEL = "saved_model"
 SEEN = "seen.npz"
 CATALOG = "catalog.json"
 POPULARITY = "popularity.npy"
+TRAINED_PAIRS = "trained_pairs.npy"
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,22 @@ def write(directory: Path, catalogue: Catalogue) -> None:
     )
     np.save(directory / POPULARITY, catalogue.popularity.astype(np.int64))
     (directory / CATALOG).write_text(json.dumps(catalogue.books, ensure_ascii=False), encoding="utf-8")
+
+
+def write_trained_pairs(directory: Path, keys: np.ndarray) -> None:
+    """Write the sorted distinct keys of the pairs a version trained on into its directory being built."""
+    np.save(directory / TRAINED_PAIRS, np.unique(keys.astype(np.uint32)))
+
+
+def read_trained_pairs(directory: Path) -> np.ndarray | None:
+    """The keys `write_trained_pairs` wrote, or None for a version made before versions recorded them."""
+    path = directory / TRAINED_PAIRS
+    if not path.exists():
+        return None
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CorruptVersion(f"{path} cannot be read: {exc}") from None
 
 
 def read(directory: Path) -> Catalogue:

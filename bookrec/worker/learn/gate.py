@@ -1,8 +1,17 @@
-"""The retrain gate: the candidate goes to production only if it is no worse than production on the same split.
+"""The retrain gate: the candidate goes to production only if it is no worse than production, like with like,
+on ratings neither of them trained on.
 
-Production is evaluated afresh on the candidate's held-out split through its own SavedModel,
-with ids translated between the two versions' index spaces, so the comparison is fair even
-when the data changed between versions.
+Fair test rows: every version records the (user, item) pairs it trained on (artifacts.TRAINED_PAIRS).
+The candidate's split keeps every rating production trained on in the candidate's train part, so its
+test part holds only ratings production never saw (production's own held-out rows and ratings newer
+than production) and that the candidate did not train on either. Production is evaluated afresh on
+that test part through its own SavedModel, with ids translated between the two versions' index spaces.
+
+Like with like: the metric is the candidate's kind's (rmse for rating kinds, ndcg@10 for ranking kinds)
+when both are of the same task; a candidate of another task than production is judged on ndcg@10,
+the ranking readers see.
+
+No new ratings: a ratings file with the sha256 production was trained on is not retrained on.
 """
 
 from __future__ import annotations
@@ -11,14 +20,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from bookrec.model_store.store import ModelStore
 from bookrec.worker.learn import artifacts, export
 from bookrec.worker.learn.data import IdMap, UserItems
 from bookrec.worker.learn.evaluation import BiasBaseline, Popularity, evaluate
+from bookrec.worker.learn.evaluation.splits import pair_keys
+from bookrec.worker.learn.models import ModelSpec
 from bookrec.worker.learn.scoring import SavedModelScorer
 
 LOWER_IS_BETTER = {"rmse", "mae"}
+CROSS_TASK_METRIC = "ndcg@10"
+"""What a candidate of another task than production's is judged on: the top-N lists readers see."""
 
 
 class RemappedScorer:
@@ -90,11 +104,54 @@ class Gate:
     force: bool = False
 
 
-def judge(store: ModelStore, gate: Gate, split, metric: str, candidate: dict[str, Any]) -> dict[str, Any]:
-    """The gate's whole verdict on a candidate with `candidate` metrics on `split`: production evaluated on the
-    same split, then `decide`; the decision with production's metrics as `production_metrics`."""
-    production = production_metrics(store, gate.production, split) if gate.production else None
-    return {**decide(metric, candidate, production, gate.tolerance, gate.force), "production_metrics": production}
+def trained_by_production(store: ModelStore, gate: Gate | None, frame: pd.DataFrame) -> np.ndarray | None:
+    """Which rows of a ratings frame production trained on (a boolean mask), or None when there is no production
+    or it predates the record of trained pairs (the candidate's split is then drawn as for a first version)."""
+    if gate is None or gate.production is None:
+        return None
+    trained = artifacts.read_trained_pairs(store.verify(gate.production))
+    return None if trained is None else np.isin(pair_keys(frame), trained)
+
+
+def no_new_ratings(store: ModelStore, production: str | None, ratings_sha256: str) -> str | None:
+    """Why there is nothing to retrain on (the ratings file production was trained on, byte for byte), or None."""
+    if production is None:
+        return None
+    recorded = store.metadata(production).get("data_fingerprint", {}).get("ratings", {})
+    if recorded.get("sha256") != ratings_sha256:
+        return None
+    return (
+        f"no new ratings since production {production}: the ratings file is the one it was trained on "
+        f"(sha256 {ratings_sha256[:12]}…, {recorded.get('rows')} rows); nothing was trained (force trains and promotes)"
+    )
+
+
+def gate_metric(spec: ModelSpec, production_task: str | None) -> str:
+    """The metric a candidate of `spec` is judged on against a production of `production_task` (None: none yet)."""
+    return spec.gate_metric if production_task in (None, spec.task) else CROSS_TASK_METRIC
+
+
+def judge(
+    store: ModelStore, gate: Gate, split, spec: ModelSpec, candidate: dict[str, Any], fair: bool
+) -> dict[str, Any]:
+    """The gate's whole verdict on a candidate of `spec` with `candidate` metrics on `split`: production evaluated
+    on the same split and the metric chosen like with like, then `decide`. `fair` says the split's test rows are
+    ones production never trained on. The decision carries production's metrics as `production_metrics`."""
+    production, task = None, None
+    if gate.production:
+        task = store.metadata(gate.production).get("task")
+        production = production_metrics(store, gate.production, split)
+    metric = gate_metric(spec, task)
+    decision = decide(metric, candidate, production, gate.tolerance, gate.force)
+    if metric != spec.gate_metric:
+        decision["reason"] += f"; a {spec.task} candidate against a {task} production is judged on {metric}"
+    return {
+        **decision,
+        "no_new_ratings": False,
+        "test_rows": len(split.test),
+        "test_rows_unseen_by_production": fair if gate.production else None,
+        "production_metrics": production,
+    }
 
 
 def decide(

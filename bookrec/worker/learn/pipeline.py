@@ -14,12 +14,14 @@ import numpy as np
 import pandas as pd
 
 from bookrec.model_store.store import ModelStore
-from bookrec.shared.errors import DataError
+from bookrec.shared.errors import DataError, ValidationError
+from bookrec.shared.payloads import hyper_params
 from bookrec.worker.learn import artifacts, export, gate, training
 from bookrec.worker.learn.data import IdMap, Interactions, UserItems
 from bookrec.worker.learn.datasets import RatingsData, ReadOptions, fingerprint, read_books, read_ratings
 from bookrec.worker.learn.evaluation import BiasBaseline, evaluate_with_baselines, split_ratings
-from bookrec.worker.learn.models import get_spec
+from bookrec.worker.learn.evaluation.splits import pair_keys
+from bookrec.worker.learn.models import ModelSpec, get_spec
 from bookrec.worker.learn.models.base import RANKING, FactorizedWeights
 from bookrec.worker.learn.scoring import SavedModelScorer
 
@@ -42,6 +44,8 @@ class TrainRequest:
     test_frac: float = 0.25
     seed: int = 0
     read_options: ReadOptions = ReadOptions()
+    memory_mb: int | None = None
+    """Refuse a model whose estimated training size on the data exceeds this (BOOKREC_TRAIN_MEMORY_MB); None: no limit."""
 
 
 @dataclass(frozen=True)
@@ -56,12 +60,18 @@ class Split:
     test: Interactions
 
 
-def make_split(request: TrainRequest, ratings: RatingsData, test: RatingsData | None) -> Split:
-    """Split (or take the explicit test file) and index both parts with the train part's maps."""
+def make_split(
+    request: TrainRequest, ratings: RatingsData, test: RatingsData | None, keep_in_train: np.ndarray | None = None
+) -> Split:
+    """Split (or take the explicit test file) and index both parts with the train part's maps.
+
+    `keep_in_train` (a mask over the ratings' rows) keeps those rows out of the test part."""
     if test is not None:
         train_frame, test_frame = ratings.frame, test.frame
     else:
-        train_frame, test_frame = split_ratings(ratings.frame, request.split, request.test_frac, request.seed)
+        train_frame, test_frame = split_ratings(
+            ratings.frame, request.split, request.test_frac, request.seed, keep_in_train
+        )
     if train_frame.empty or test_frame.empty:
         raise DataError(
             f"{ratings.path}: too few ratings to hold out a test part; give more data or an explicit --test file"
@@ -86,17 +96,21 @@ def train_version(
 ) -> dict[str, Any]:
     """Train, evaluate and save one model version; return `{"version", "model", "metrics", "baselines", ...}`.
 
-    With `judge_with`, the gate judges the candidate on the same split (`gate.judge`): its verdict is
-    returned as `decision`, production's metrics as `production_metrics` (both None without it).
+    With `judge_with`, the candidate's test rows leave out every rating production trained on and the
+    gate judges it on them (`gate.judge`): its verdict is returned as `decision`, production's metrics as
+    `production_metrics` (both None without it). Hyper-parameters are checked against the kind's rules
+    and the model's estimated size on the data against `request.memory_mb` before anything is trained.
     """
     stage = on_stage or (lambda name: None)
     spec = get_spec(request.kind)
-    params = spec.params(request.params)
+    params = spec.params(hyper_params(request.params, spec.kind))
     stage("read")
     ratings = read_ratings(request.ratings, request.read_options)
     test = read_ratings(request.test, request.read_options) if request.test else None
     books = read_books(request.books) if request.books else None
-    split = make_split(request, ratings, test)
+    keep = gate.trained_by_production(store, judge_with, ratings.frame) if test is None else None
+    split = make_split(request, ratings, test, keep)
+    check_memory(spec, params, split.train.n_users, split.train.n_items, request.memory_mb)
     stage("train")
     trained = training.fit(spec, split.train, params, request.seed, on_epoch)
     stage("evaluate")
@@ -105,7 +119,7 @@ def train_version(
     metrics, baselines = evaluate_with_baselines(
         SavedModelScorer(module, bias), split.train, split.test, test_user_ids=split.test_frame["user"].to_numpy()
     )
-    decision = gate.judge(store, judge_with, split, spec.gate_metric, metrics) if judge_with else None
+    decision = gate.judge(store, judge_with, split, spec, metrics, fair=keep is not None) if judge_with else None
     stage("save")
     catalogue = _catalogue(split, ratings, test, books)
     metadata = {
@@ -125,6 +139,7 @@ def train_version(
             "how": "explicit" if test else request.split,
             "test_frac": None if test else request.test_frac,
             "seed": request.seed,
+            "kept_in_train": int(keep.sum()) if keep is not None else None,
         },
         "data_fingerprint": _data_fingerprint(ratings, test, request.books, split),
         "id_maps": {"users": split.user_map.to_list(), "items": split.item_map.to_list()},
@@ -133,6 +148,7 @@ def train_version(
     with store.new_version(spec.kind) as writer:
         export.save(module, writer.path / artifacts.SAVED_MODEL)
         artifacts.write(writer.path, catalogue)
+        artifacts.write_trained_pairs(writer.path, pair_keys(split.train_frame))
         writer.finish(metadata)
     logger.info("saved %s version %s: %s", spec.kind, writer.version, {k: metrics[k] for k in ("rmse", "ndcg@10")})
     return {
@@ -145,6 +161,17 @@ def train_version(
         "decision": decision,
         "production_metrics": decision["production_metrics"] if decision else None,
     }
+
+
+def check_memory(spec: ModelSpec, params: dict[str, Any], n_users: int, n_items: int, limit_mb: int | None) -> None:
+    """ValidationError if `spec` with `params` on n_users x n_items is estimated to need more than `limit_mb`."""
+    need_mb = spec.memory(n_users, n_items, params) / 2**20
+    if limit_mb is not None and need_mb > limit_mb:
+        sizes = ", ".join(f"{k} {params[k]}" for k in ("dim", "batch_size") if k in params)
+        raise ValidationError(
+            f"{spec.kind} with {sizes} on {n_users} users x {n_items} books needs about {need_mb:,.0f} MB to train, "
+            f"more than the trainer's {limit_mb:,} MB (BOOKREC_TRAIN_MEMORY_MB); lower dim or batch_size"
+        )
 
 
 def _bias_head(bias: BiasBaseline, train: Interactions) -> FactorizedWeights:

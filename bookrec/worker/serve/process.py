@@ -26,7 +26,7 @@ from bookrec.shared.logs import setup_logging
 from bookrec.shared.redis_conn import CONNECTION_ERRORS, connect
 from bookrec.shared.settings import Settings
 from bookrec.worker.serve import context
-from bookrec.worker.serve.tf_setup import configure_tensorflow
+from bookrec.worker.serve.tf_setup import configure_tensorflow, threads_for
 
 if TYPE_CHECKING:
     from rq.worker import BaseWorker
@@ -126,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bookrec worker: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(settings.log_level)
-    configure_tensorflow(settings.tf_threads)
     queues = [q for q in args.queues.split(",") if q]
+    configure_tensorflow(threads_for(queues, settings.tf_threads))
     try:
         return serve(settings, queues, args.name, args.burst)
     except BookrecError as exc:

@@ -11,9 +11,11 @@ from rq.job import Job
 
 from bookrec.model_store.promotion import promote
 from bookrec.model_store.store import REJECTED
+from bookrec.shared import payloads
 from bookrec.shared.errors import CatalogueMismatch
 from bookrec.shared.locks import RetrainLock
 from bookrec.worker.learn import gate
+from bookrec.worker.learn.datasets import fingerprint
 from bookrec.worker.learn.pipeline import TrainRequest, train_version
 from bookrec.worker.serve.context import WorkerContext
 
@@ -72,15 +74,31 @@ def run_retrain(
     force: bool,
     seed: int,
 ) -> dict[str, Any]:
-    """Train a candidate, gate it against production on the same split, promote it if it passes."""
+    """Train a candidate, gate it against production on ratings neither trained on, promote it if it passes.
+
+    `books` None means none; callers that default to books.csv pass None when it is absent. With the
+    ratings file production was trained on (and no `force`), nothing is trained: `skipped`.
+    """
     job_id = job.id if job is not None else f"local-{time.time():.0f}"
     _lock(ctx).hold(job_id)  # the producer took it at enqueue time; a job enqueued by hand takes it here
     try:
         progress = _Progress(ctx, job, job_id)
         production = ctx.store.production()
+        kind = payloads.model_kind(model)
         request = TrainRequest(
-            ratings=ratings, books=books if books and books.exists() else None, kind=model, params=params, seed=seed
+            ratings=ratings,
+            books=books,
+            kind=kind,
+            params=params,
+            seed=seed,
+            memory_mb=ctx.settings.train_memory_mb,
         )
+        if books is not None:
+            fingerprint(books)  # a named books file that is missing fails here, naming it, before any training
+        unchanged = None if force else gate.no_new_ratings(ctx.store, production, fingerprint(ratings)["sha256"])
+        if unchanged:
+            logger.info("retrain %s: %s", job_id, unchanged)
+            return skipped(ctx, production, kind, unchanged)
         judge_with = gate.Gate(production, ctx.settings.gate_tolerance, force)
         result = train_version(
             ctx.store, request, on_epoch=progress.epoch, on_stage=progress.stage, judge_with=judge_with
@@ -121,3 +139,30 @@ def run_retrain(
         }
     finally:
         release_lock(ctx, job_id)
+
+
+def skipped(ctx: WorkerContext, production: str, kind: str, reason: str) -> dict[str, Any]:
+    """The result of a retrain with no new ratings: the same fields as a trained one, nothing trained or promoted."""
+    decision = {
+        "promote": False,
+        "metric": None,
+        "candidate": None,
+        "production": None,
+        "tolerance": ctx.settings.gate_tolerance,
+        "reason": reason,
+        "no_new_ratings": True,
+        "test_rows": None,
+        "test_rows_unseen_by_production": None,
+    }
+    return {
+        "version": None,
+        "model": kind,
+        "metrics": None,
+        "baselines": None,
+        "production": {"version": production, "metrics": None},
+        "decision": decision,
+        "promoted": False,
+        "refresh_job": None,
+        "deleted_versions": [],
+        "seconds": 0.0,
+    }

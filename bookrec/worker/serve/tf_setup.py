@@ -7,6 +7,8 @@ import sys
 from contextlib import contextmanager
 from typing import Iterator
 
+from bookrec.shared.keys import QUEUE_RETRAIN
+
 
 @contextmanager
 def _native_stderr_silenced() -> Iterator[None]:
@@ -21,6 +23,14 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def threads_for(queues: list[str], configured: int | None) -> int:
+    """TensorFlow threads for a worker on `queues`: BOOKREC_TF_THREADS if set, else 0 (all cores) for a
+    trainer (only the retrain queue) and 1 for a serving worker (one process per core)."""
+    if configured is not None:
+        return configured
+    return 0 if queues and all(q == QUEUE_RETRAIN for q in queues) else 1
 
 
 def configure_tensorflow(threads: int) -> None:

@@ -15,6 +15,16 @@ import numpy as np
 RATING = "rating"
 RANKING = "ranking"
 
+FLOAT_BYTES = 4
+WEIGHT_COPIES = 6
+"""Copies of each weight a fit and export hold at once: the weight, its gradient, Adam's two moments, the
+serving module's copy and the SavedModel being written."""
+
+
+def training_bytes(n_weights: int, activations: int = 0) -> int:
+    """Estimated bytes to fit and export `n_weights` float32 weights, plus `activations` float32 values of a batch."""
+    return (n_weights * WEIGHT_COPIES + activations) * FLOAT_BYTES
+
 
 @dataclass(frozen=True)
 class FactorizedWeights:
@@ -51,6 +61,7 @@ class ModelSpec:
             multi-hot row of rated items -> the same row).
         build: (n_users, n_items, params, global_mean) -> compiled keras.Model.
         serving_weights: (trained keras.Model, training Interactions) -> the weights the SavedModel serves.
+        memory: (n_users, n_items, params) -> estimated bytes to fit and export the model (see `training_bytes`).
         description: one line for `--help` and the README.
     """
 
@@ -60,6 +71,7 @@ class ModelSpec:
     defaults: dict[str, Any]
     build: Callable[..., Any]
     serving_weights: Callable[[Any, Any], FactorizedWeights | MLPWeights]
+    memory: Callable[[int, int, dict[str, Any]], int]
     description: str = ""
     gate_metric: str = field(init=False)
 

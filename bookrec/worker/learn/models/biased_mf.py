@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from bookrec.worker.learn.data import Interactions
-from bookrec.worker.learn.models.base import RATING, FactorizedWeights, ModelSpec
+from bookrec.worker.learn.models.base import RATING, FactorizedWeights, ModelSpec, training_bytes
 from bookrec.worker.learn.models.embeddings import RegularizedEmbedding
 
 
@@ -54,6 +54,11 @@ def serving_weights(model: BiasedMatrixFactorization, train: Interactions) -> Fa
     )
 
 
+def memory(n_users: int, n_items: int, params: dict) -> int:
+    """User and book vectors and biases."""
+    return training_bytes((n_users + n_items) * (int(params["dim"]) + 1))
+
+
 SPEC = ModelSpec(
     kind="biased-mf",
     task=RATING,
@@ -69,5 +74,6 @@ SPEC = ModelSpec(
     },
     build=build,
     serving_weights=serving_weights,
+    memory=memory,
     description="global mean + user and book biases + dot product, per-example L2 (Funk SVD)",
 )

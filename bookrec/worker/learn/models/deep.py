@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from bookrec.worker.learn.data import Interactions
-from bookrec.worker.learn.models.base import RATING, MLPWeights, ModelSpec
+from bookrec.worker.learn.models.base import RATING, MLPWeights, ModelSpec, training_bytes
 
 
 class DeepRating(keras.Model):
@@ -48,6 +48,12 @@ def serving_weights(model: DeepRating, train: Interactions) -> MLPWeights:
     )
 
 
+def memory(n_users: int, n_items: int, params: dict) -> int:
+    """User and book embeddings and the dense layers."""
+    dim = int(params["dim"])
+    return training_bytes((n_users + n_items) * dim + 2 * dim * 128 + 128 + 128 * 32 + 32 + 33)
+
+
 SPEC = ModelSpec(
     kind="deep",
     task=RATING,
@@ -55,5 +61,6 @@ SPEC = ModelSpec(
     defaults={"dim": 10, "epochs": 30, "batch_size": 1024, "learning_rate": 0.001, "patience": 2},
     build=build,
     serving_weights=serving_weights,
+    memory=memory,
     description="the seed's deep model: concatenated embeddings, Dense 128 -> 32 -> 1, MSE",
 )

@@ -7,7 +7,7 @@ import numpy as np
 from keras import ops
 
 from bookrec.worker.learn.data import Interactions
-from bookrec.worker.learn.models.base import RATING, FactorizedWeights, ModelSpec
+from bookrec.worker.learn.models.base import RATING, FactorizedWeights, ModelSpec, training_bytes
 
 
 class MatrixFactorization(keras.Model):
@@ -42,6 +42,11 @@ def serving_weights(model: MatrixFactorization, train: Interactions) -> Factoriz
     return FactorizedWeights(users, items, np.zeros(len(users), np.float32), np.zeros(len(items), np.float32), 0.0)
 
 
+def memory(n_users: int, n_items: int, params: dict) -> int:
+    """User and book vectors."""
+    return training_bytes((n_users + n_items) * int(params["dim"]))
+
+
 SPEC = ModelSpec(
     kind="mf",
     task=RATING,
@@ -49,5 +54,6 @@ SPEC = ModelSpec(
     defaults={"dim": 10, "epochs": 30, "batch_size": 1024, "learning_rate": 0.003, "patience": 2},
     build=build,
     serving_weights=serving_weights,
+    memory=memory,
     description="the seed's matrix factorisation: user . book embeddings (dim 10), MSE",
 )

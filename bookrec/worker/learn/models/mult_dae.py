@@ -15,7 +15,7 @@ import numpy as np
 from keras import ops
 
 from bookrec.worker.learn.data import Interactions
-from bookrec.worker.learn.models.base import RANKING, FactorizedWeights, ModelSpec
+from bookrec.worker.learn.models.base import RANKING, FactorizedWeights, ModelSpec, training_bytes
 from bookrec.worker.learn.models.feeds import UserRows
 
 
@@ -68,6 +68,12 @@ def serving_weights(model: MultDAE, train: Interactions) -> FactorizedWeights:
     )
 
 
+def memory(n_users: int, n_items: int, params: dict) -> int:
+    """Encoder and decoder (2 x books x dim), every user's encoding, and a batch of dense rows through the net."""
+    dim, batch = int(params["dim"]), int(params["batch_size"])
+    return training_bytes(2 * n_items * dim + dim + n_items, activations=6 * batch * n_items + n_users * dim)
+
+
 SPEC = ModelSpec(
     kind="mult-dae",
     task=RANKING,
@@ -84,5 +90,6 @@ SPEC = ModelSpec(
     },
     build=build,
     serving_weights=serving_weights,
+    memory=memory,
     description="denoising autoencoder over each user's books, multinomial likelihood (Mult-DAE): trained to rank",
 )

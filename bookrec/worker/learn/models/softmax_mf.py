@@ -13,7 +13,7 @@ import numpy as np
 from keras import ops
 
 from bookrec.worker.learn.data import Interactions
-from bookrec.worker.learn.models.base import RANKING, FactorizedWeights, ModelSpec
+from bookrec.worker.learn.models.base import RANKING, FactorizedWeights, ModelSpec, training_bytes
 from bookrec.worker.learn.models.embeddings import RegularizedEmbedding
 
 
@@ -58,6 +58,12 @@ def serving_weights(model: SoftmaxMatrixFactorization, train: Interactions) -> F
     )
 
 
+def memory(n_users: int, n_items: int, params: dict) -> int:
+    """User and book vectors, book biases, and a batch's logits over the whole catalogue."""
+    dim, batch = int(params["dim"]), int(params["batch_size"])
+    return training_bytes((n_users + n_items) * dim + n_items, activations=3 * batch * n_items)
+
+
 SPEC = ModelSpec(
     kind="softmax-mf",
     task=RANKING,
@@ -65,5 +71,6 @@ SPEC = ModelSpec(
     defaults={"dim": 64, "epochs": 30, "batch_size": 1024, "learning_rate": 0.005, "l2": 0.0, "patience": 2},
     build=build,
     serving_weights=serving_weights,
+    memory=memory,
     description="factor model trained to rank: full-catalogue softmax over each user's rated books",
 )
