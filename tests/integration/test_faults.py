@@ -387,7 +387,7 @@ def test_a_trainer_killed_while_saving_leaves_production_unchanged(serving: Serv
     store = serving.store.store
     before = [v["version"] for v in ModelStore(store).list()]
     client = serving.client()
-    job = client.retrain(params={"steps": 60})
+    job = client.retrain(params={"steps": 60}, force=True)  # the data production was trained on: only forced trains
     [pid] = trainer_pids(serving.redis)
 
     wait_for(

@@ -152,10 +152,18 @@ def test_sigterm_stops_workers_after_their_current_job(
 
 
 def test_a_second_retrain_is_refused_while_the_first_runs(
-    fresh_store: TrainedStore, redis_client: redis.Redis, start_workers
+    fresh_store: TrainedStore, redis_client: redis.Redis, start_workers, tmp_path: Path
 ) -> None:
+    # Production was trained on ratings.csv; the trainer's data dir holds a changed copy (5% of the rows gone),
+    # so the retrain trains, and is judged on rows production held out.
+    data = tmp_path / "data"
+    data.mkdir()
+    pd.read_csv(fresh_store.data_dir / "ratings.csv").sample(frac=0.95, random_state=0).to_csv(
+        data / "ratings.csv", index=False
+    )
+    fresh_store = TrainedStore(data, fresh_store.store, fresh_store.version)
     promote(ModelStore(fresh_store.store), redis_client, Keys(), fresh_store.version)
-    trainer = start_workers(fresh_store.env(), queues="retrain", processes=1)
+    trainer = start_workers({**fresh_store.env(), "BOOKREC_TF_THREADS": ""}, queues="retrain", processes=1)
     client = client_for(fresh_store)
 
     first = client.retrain(params={"steps": 60})
@@ -173,5 +181,8 @@ def test_a_second_retrain_is_refused_while_the_first_runs(
         decision["production"], float
     )
     assert decision["promote"] is result["promoted"] and decision["reason"]
+    assert decision["test_rows_unseen_by_production"] is True and decision["no_new_ratings"] is False
+    assert ModelStore(fresh_store.store).metadata(result["version"])["split"]["kept_in_train"] > 0
     assert redis_client.get("bookrec:lock:retrain") is None
+    assert "TensorFlow uses all cores" in trainer.log.read_text(), "a trainer uses every core by default"
     assert client.retrain().id != first.id  # the lock is free again

@@ -87,6 +87,20 @@ CLIENT_CASES: dict[str, tuple[Callable[[Client], Any], str]] = {
     ),
     "retrain ../ path": (lambda c: c.retrain(books="../books.csv"), "books path '../books.csv' points outside"),
     "retrain params a list": (lambda c: c.retrain(params=[1]), "params must be an object"),
+    "retrain unknown param": (
+        lambda c: c.retrain(params={"dimm": 8}),
+        r"unknown mult-dae hyper-parameter\(s\) dimm; mult-dae takes: dim, dropout",
+    ),
+    "retrain batch_size 0": (
+        lambda c: c.retrain(model="biased-mf", params={"batch_size": 0}),
+        "biased-mf hyper-parameter batch_size must be a whole number from 1 to 65536, got 0",
+    ),
+    "retrain dim a string": (lambda c: c.retrain(params={"dim": "64"}), "dim must be a whole number .* got '64'"),
+    "retrain learning_rate 0": (
+        lambda c: c.retrain(model="mf", params={"learning_rate": 0}),
+        "mf hyper-parameter learning_rate must be a number from 1e-06 to 1, got 0",
+    ),
+    "retrain unknown kind": (lambda c: c.retrain(model="svd"), "unknown model kind 'svd'; choose one of: mult-dae"),
 }
 
 
@@ -126,6 +140,19 @@ CLI_CASES = {
     "unknown command": (["recommnd", "1"], "invalid choice: 'recommnd'"),
     "NaN ratings": (["data", "inspect", "{data}/nan.csv"], "nan.csv: 1 row has a missing or non-numeric rating"),
     "non-UTF-8 CSV": (["data", "inspect", "{data}/latin1.csv"], "latin1.csv: not UTF-8 text"),
+    "train --dim 0": (
+        ["train", "--ratings", "{data}/nan.csv", "--dim", "0"],
+        "mult-dae hyper-parameter dim must be a whole number from 1 to 4096, got 0",
+    ),
+    "train --epochs 10^9": (
+        ["train", "--ratings", "{data}/nan.csv", "--model", "mf", "--epochs", str(10**9)],
+        "mf hyper-parameter epochs must be a whole number from 1 to 200, got 1000000000",
+    ),
+    "retrain --params unknown key": (
+        ["retrain", "--params", '{"dimm": 8}'],
+        r"unknown mult-dae hyper-parameter\(s\) dimm",
+    ),
+    "retrain --params not JSON": (["retrain", "--params", "dim=8"], "argument --params: not JSON"),
 }
 
 
@@ -284,6 +311,9 @@ RETRAIN_CASES = {
         {"books": "no_columns_books.csv"},
         "DataError: .*no_columns_books.csv: missing column\\(s\\) authors, title",
     ),
+    "books file missing": ({"books": "missing.csv"}, "DataError: .*missing.csv: no such file"),
+    "unknown param": ({"params": {"dimm": 8}}, "ValidationError: unknown mult-dae hyper-parameter\\(s\\) dimm"),
+    "epochs 10^9": ({"params": {"epochs": 10**9}}, "ValidationError: mult-dae hyper-parameter epochs must be"),
 }
 
 

@@ -233,3 +233,12 @@ def test_with_cache_ttl_0_lists_never_expire(
     jobs.recommend(["1", "new-reader"], n=10)
 
     assert [redis.ttl(KEYS.recs(u)) for u in ("1", "new-reader")] == [-1, -1]  # a key without expiry
+
+
+def test_a_retrain_uses_the_default_books_file_only_if_it_is_there_and_a_named_one_always(tmp_path) -> None:
+    from bookrec.worker.jobs import _books_path
+
+    assert _books_path(tmp_path, None) is None  # no books.csv: titles stay null, the retrain goes on
+    assert _books_path(tmp_path, "mine.csv") == (tmp_path / "mine.csv").resolve()  # named: read, so it must exist
+    (tmp_path / "books.csv").write_text("book_id,title,authors\n")
+    assert _books_path(tmp_path, None) == (tmp_path / "books.csv").resolve()

@@ -98,3 +98,36 @@ def test_the_kinds_clients_may_name_are_exactly_the_kinds_workers_train() -> Non
 
     assert set(MODEL_KINDS) == set(KINDS)
     assert DEFAULT_MODEL_KIND == DEFAULT_KIND
+
+
+def test_the_hyper_parameter_rules_cover_exactly_each_kinds_defaults_and_accept_them() -> None:
+    from bookrec.worker.learn.models import KINDS
+
+    assert set(payloads.PARAMS) == set(KINDS) == set(payloads.MODEL_KINDS)
+    for kind, spec in KINDS.items():
+        assert set(payloads.PARAMS[kind]) == set(spec.defaults), kind
+        assert payloads.hyper_params(spec.defaults, kind) == spec.defaults, kind
+
+
+@pytest.mark.parametrize(
+    ("kind", "params", "problem"),
+    [
+        ("mult-dae", {"dropout": 1.0}, "mult-dae hyper-parameter dropout must be a number from 0 to 0.95, got 1.0"),
+        ("biased-mf", {"l2": -0.1}, "biased-mf hyper-parameter l2 must be a number from 0 to 1, got -0.1"),
+        ("deep", {"patience": True}, "deep hyper-parameter patience must be a whole number from 0 to 50, got True"),
+        ("mf", {"dim": 8.0}, "mf hyper-parameter dim must be a whole number from 1 to 4096, got 8.0"),
+        ("mf", {"steps": 10, "dropout": 0.1}, "unknown mf hyper-parameter(s) dropout, steps; mf takes: dim, epochs,"),
+    ],
+)
+def test_a_hyper_parameter_of_the_wrong_type_range_or_kind_is_refused_by_name(
+    kind: str, params: dict, problem: str
+) -> None:
+    with pytest.raises(ValidationError) as refused:
+        payloads.hyper_params(params, kind)
+
+    assert str(refused.value).startswith(problem)
+
+
+def test_null_hyper_parameters_mean_the_defaults() -> None:
+    assert payloads.hyper_params(None, "mf") == {}
+    assert payloads.hyper_params({"dim": None, "epochs": 3}, "mf") == {"dim": None, "epochs": 3}

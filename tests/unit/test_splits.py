@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from bookrec.shared.errors import ValidationError
-from bookrec.worker.learn.evaluation.splits import split_ratings
+from bookrec.worker.learn.evaluation.splits import pair_keys, split_ratings
 
 
 @pytest.fixture
@@ -63,3 +63,28 @@ def test_per_user_split_rounds_half_up(ratings):
 def test_bad_arguments_are_rejected(ratings, how, test_frac):
     with pytest.raises(ValidationError):
         split_ratings(ratings, how, test_frac, seed=0)
+
+
+@pytest.mark.parametrize("how", ["random", "per-user"])
+def test_rows_kept_in_train_never_reach_test_and_the_rest_of_the_draw_is_unchanged(ratings, how):
+    keep = np.random.default_rng(1).random(len(ratings)) < 0.5
+    _, plain_test = split_ratings(ratings, how, 0.3, seed=4)
+
+    train, test = split_ratings(ratings, how, 0.3, seed=4, keep_in_train=keep)
+
+    kept = ratings[keep]
+    pairs = lambda frame: set(zip(frame["user"], frame["item"]))  # noqa: E731
+    assert not pairs(test) & pairs(kept) and pairs(kept) <= pairs(train)
+    assert pairs(test) == pairs(plain_test) - pairs(kept)
+    assert len(train) + len(test) == len(ratings)
+
+
+def test_pair_keys_name_a_pair_by_its_ids_whatever_the_row_order_or_the_id_type():
+    frame = pd.DataFrame({"user": ["1", "2", "reader-3"], "item": ["10", "20", "30"]})
+    again = pd.DataFrame({"user": ["reader-3", 1, 2], "item": ["30", 10, 20]})
+
+    keys = pair_keys(frame)
+
+    assert keys.dtype == np.uint32 and len(set(keys.tolist())) == 3
+    assert pair_keys(again).tolist() == keys[[2, 0, 1]].tolist()
+    assert pair_keys(pd.DataFrame({"user": ["10"], "item": ["1"]}))[0] not in keys  # (user, item) is ordered

@@ -113,6 +113,10 @@ def serve(settings: Settings, queues: list[str], name: str, burst: bool) -> int:
     return 0
 
 
+def _threads_text(threads: int) -> str:
+    return "all cores" if threads == 0 else f"{threads} thread{'s' if threads > 1 else ''}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of one worker process."""
     parser = argparse.ArgumentParser(prog="python -m bookrec.worker.serve.process")
@@ -127,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     setup_logging(settings.log_level)
     queues = [q for q in args.queues.split(",") if q]
-    configure_tensorflow(threads_for(queues, settings.tf_threads))
+    threads = threads_for(queues, settings.tf_threads)
+    configure_tensorflow(threads)
+    logger.info("worker %s on %s: TensorFlow uses %s", args.name, ",".join(queues), _threads_text(threads))
     try:
         return serve(settings, queues, args.name, args.burst)
     except BookrecError as exc:
