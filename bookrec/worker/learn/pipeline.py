@@ -170,7 +170,7 @@ def check_memory(spec: ModelSpec, params: dict[str, Any], n_users: int, n_items:
         sizes = ", ".join(f"{k} {params[k]}" for k in ("dim", "batch_size") if k in params)
         raise ValidationError(
             f"{spec.kind} with {sizes} on {n_users} users x {n_items} books needs about {need_mb:,.0f} MB to train, "
-            f"more than the trainer's {limit_mb:,} MB (BOOKREC_TRAIN_MEMORY_MB); lower dim or batch_size"
+            f"more than the {limit_mb:,} MB BOOKREC_TRAIN_MEMORY_MB allows; lower dim or batch_size"
         )
 
 

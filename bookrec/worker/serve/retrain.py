@@ -77,7 +77,7 @@ def run_retrain(
     """Train a candidate, gate it against production on ratings neither trained on, promote it if it passes.
 
     `books` None means none; callers that default to books.csv pass None when it is absent. With the
-    ratings file production was trained on (and no `force`), nothing is trained: `skipped`.
+    ratings file production was trained on (and no `force`), nothing is trained.
     """
     job_id = job.id if job is not None else f"local-{time.time():.0f}"
     _lock(ctx).hold(job_id)  # the producer took it at enqueue time; a job enqueued by hand takes it here
@@ -98,7 +98,7 @@ def run_retrain(
         unchanged = None if force else gate.no_new_ratings(ctx.store, production, fingerprint(ratings)["sha256"])
         if unchanged:
             logger.info("retrain %s: %s", job_id, unchanged)
-            return skipped(ctx, production, kind, unchanged)
+            return _untrained_result(ctx, production, kind, unchanged)
         judge_with = gate.Gate(production, ctx.settings.gate_tolerance, force)
         result = train_version(
             ctx.store, request, on_epoch=progress.epoch, on_stage=progress.stage, judge_with=judge_with
@@ -141,7 +141,7 @@ def run_retrain(
         release_lock(ctx, job_id)
 
 
-def skipped(ctx: WorkerContext, production: str, kind: str, reason: str) -> dict[str, Any]:
+def _untrained_result(ctx: WorkerContext, production: str, kind: str, reason: str) -> dict[str, Any]:
     """The result of a retrain with no new ratings: the same fields as a trained one, nothing trained or promoted."""
     decision = {
         "promote": False,
