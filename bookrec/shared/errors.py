@@ -89,3 +89,9 @@ class NotCached(BookrecError):
     """A reader has no cached list (never requested, expired, or cached under another prefix)."""
 
     exit_code = 8
+
+
+class RetrainCancelled(JobFailed):
+    """A retrain was cancelled on request (`bookrec retrain cancel`): the trainer stopped it, or it never started."""
+
+    exit_code = 9

@@ -79,3 +79,12 @@ class Keys:
     def refresh_done(self, refresh_id: str) -> str:
         """Counter of users done by the chunks of one refresh."""
         return f"{self.prefix}refresh:{refresh_id}:done"
+
+    def retrain_cancel(self, job_id: str) -> str:
+        """Flag asking the retrain `job_id` to stop: the trainer checks it between training steps and stages."""
+        return f"{self.prefix}retrain:{job_id}:cancel"
+
+    @property
+    def retrain_last(self) -> str:
+        """String key holding the id of the latest retrain job (the default of `bookrec retrain status`)."""
+        return f"{self.prefix}retrain:last"

@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import keras
 import numpy as np
@@ -25,6 +27,22 @@ EpochCallback = Callable[[int, int, dict[str, float]], None]
 """Called as on_epoch(epoch_done (1-based), epochs_planned, logs) after every epoch."""
 
 VALIDATION_FRACTION = 0.05
+
+StopCheck = Callable[[], None]
+"""Called between training steps; raises to stop the fit (a cancelled retrain raises RetrainCancelled)."""
+STOP_CHECK_S = 0.5
+"""Least seconds between two stop checks inside an epoch (each epoch's end is always checked)."""
+_stop_check: ContextVar[StopCheck | None] = ContextVar("stop_check", default=None)
+
+
+@contextmanager
+def stop_check(check: StopCheck) -> Iterator[None]:
+    """Run `check` between the steps and at each epoch's end of every `fit` inside the block; it raises to stop."""
+    token = _stop_check.set(check)
+    try:
+        yield
+    finally:
+        _stop_check.reset(token)
 
 
 @dataclass(frozen=True)
@@ -48,6 +66,25 @@ class _EpochProgress(keras.callbacks.Callback):
         self.on_epoch(epoch + 1, self.epochs, {k: float(v) for k, v in (logs or {}).items()})
 
 
+class _StopCheck(keras.callbacks.Callback):
+    """Calls a StopCheck after a step at most every STOP_CHECK_S seconds, and after every epoch."""
+
+    def __init__(self, check: StopCheck) -> None:
+        super().__init__()
+        self.check, self.checked = check, time.monotonic()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if time.monotonic() - self.checked >= STOP_CHECK_S:
+            self._check()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._check()
+
+    def _check(self) -> None:
+        self.checked = time.monotonic()
+        self.check()
+
+
 def fit(
     spec: ModelSpec, train: Interactions, params: dict[str, Any], seed: int, on_epoch: EpochCallback | None = None
 ) -> Trained:
@@ -60,6 +97,8 @@ def fit(
     callbacks = list(fit_args.pop("callbacks"))
     if on_epoch is not None:
         callbacks.append(_EpochProgress(on_epoch, fit_args["epochs"]))
+    if (check := _stop_check.get()) is not None:
+        callbacks.append(_StopCheck(check))
     history = model.fit(verbose=0, callbacks=callbacks, **fit_args)
     weights = spec.serving_weights(model, train)
     seconds = time.perf_counter() - started

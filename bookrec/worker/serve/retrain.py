@@ -1,4 +1,9 @@
-"""The retrain job's body: one at a time, progress in job meta, train, gate, promote, refresh, retain."""
+"""The retrain job's body: one at a time, progress in job meta, train, gate, promote, refresh, retain.
+
+A retrain stops on request (`retrain:{job}:cancel`, set by `Client.cancel_retrain`): the flag is
+checked when it starts, at every stage and between training steps; it then raises RetrainCancelled
+(the job ends FAILED with stage `cancelled`) and releases the lock. Once saving has begun it runs to the end.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,9 @@ from rq.job import Job
 from bookrec.model_store.promotion import promote
 from bookrec.model_store.store import REJECTED
 from bookrec.shared import payloads
-from bookrec.shared.errors import CatalogueMismatch
-from bookrec.shared.locks import RetrainLock
-from bookrec.worker.learn import gate
+from bookrec.shared.errors import CatalogueMismatch, RetrainCancelled
+from bookrec.shared.locks import CANCELLED_STAGE, RetrainLock
+from bookrec.worker.learn import gate, training
 from bookrec.worker.learn.datasets import fingerprint
 from bookrec.worker.learn.pipeline import TrainRequest, train_version
 from bookrec.worker.serve.context import WorkerContext
@@ -35,16 +40,31 @@ def release_lock(ctx: WorkerContext, job_id: str) -> None:
 
 
 class _Progress:
-    """Writes stage, epoch, loss and ETA into the job's meta, and keeps the lock alive while training."""
+    """Writes stage, epoch, loss and ETA into the job's meta, keeps the lock alive while training, and stops the
+    retrain (RetrainCancelled) when it is asked to."""
 
     def __init__(self, ctx: WorkerContext, job: Job | None, job_id: str) -> None:
         self.ctx, self.job, self.job_id = ctx, job, job_id
         self.started = time.monotonic()
+        self.epoch_done: tuple[int, int] | None = None
+        self.saving = False
 
     def stage(self, name: str) -> None:
+        self.saving = self.saving or name == "save"  # from "save" on, the version is written: it runs to the end
+        if not self.saving:
+            self.check_cancel()
         self._save({"stage": name})
 
+    def check_cancel(self) -> None:
+        """Raise RetrainCancelled, noting it in the job's meta, if this retrain was asked to stop."""
+        if not _lock(self.ctx).cancel_requested(self.job_id):
+            return
+        where = f" after epoch {self.epoch_done[0]} of {self.epoch_done[1]}" if self.epoch_done else ""
+        self._save({"stage": CANCELLED_STAGE, "eta_s": None})
+        raise RetrainCancelled(f"retrain {self.job_id} cancelled on request{where}; production unchanged")
+
     def epoch(self, done: int, planned: int, logs: dict[str, float]) -> None:
+        self.epoch_done = (done, planned)
         elapsed = time.monotonic() - self.started
         eta = elapsed / done * (planned - done) if done else None
         self._save(
@@ -83,6 +103,7 @@ def run_retrain(
     _lock(ctx).hold(job_id)  # the producer took it at enqueue time; a job enqueued by hand takes it here
     try:
         progress = _Progress(ctx, job, job_id)
+        progress.check_cancel()  # cancelled while RQ handed it to this trainer
         production = ctx.store.production()
         kind = payloads.model_kind(model)
         request = TrainRequest(
@@ -100,9 +121,10 @@ def run_retrain(
             logger.info("retrain %s: %s", job_id, unchanged)
             return _untrained_result(ctx, production, kind, unchanged)
         judge_with = gate.Gate(production, ctx.settings.gate_tolerance, force)
-        result = train_version(
-            ctx.store, request, on_epoch=progress.epoch, on_stage=progress.stage, judge_with=judge_with
-        )
+        with training.stop_check(progress.check_cancel):
+            result = train_version(
+                ctx.store, request, on_epoch=progress.epoch, on_stage=progress.stage, judge_with=judge_with
+            )
         decision = {k: v for k, v in result["decision"].items() if k != "production_metrics"}
         progress.stage("promote" if decision["promote"] else "rejected")
         refresh_job = None
