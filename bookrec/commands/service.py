@@ -8,7 +8,9 @@ import time
 from typing import Any
 
 from bookrec.commands.common import number, print_json, progress_bar, show_progress, table
-from bookrec.shared.errors import BookrecError, NotCached
+from bookrec.commands.jobs import follow_retrain, register_retrain_actions, warn_if_unserved
+from bookrec.shared.errors import NotCached
+from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN
 from bookrec.shared.payloads import MODEL_KINDS
 
 
@@ -50,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Trains on ratings.csv/books.csv in BOOKREC_DATA_DIR, evaluates candidate and production on ratings "
         "neither trained on, and promotes the candidate only if it is no worse (ndcg@10 for ranking kinds, rmse "
         "for rating kinds, ndcg@10 when the kinds' tasks differ). With the ratings file production was trained "
-        "on, nothing is trained unless --force.",
+        "on, nothing is trained unless --force. "
+        "`bookrec retrain status` and `bookrec retrain cancel` show and cancel a retrain.",
     )
     retrain.add_argument("--model", choices=MODEL_KINDS, help="model kind (default: mult-dae)")
     retrain.add_argument(
@@ -65,6 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--timeout", type=float, default=None, metavar="S", help="seconds to wait with --wait (default: no limit)"
     )
     retrain.set_defaults(handler=_retrain)
+    register_retrain_actions(retrain)
 
     refresh = subparsers.add_parser(
         "refresh",
@@ -107,6 +111,7 @@ def _recommend(args: argparse.Namespace) -> int:
                 f"enqueued {len(jobs)} recommend job(s) for {len(args.users)} user(s): {', '.join(job.id for job in jobs)}"
             )
         return 0
+    warn_if_unserved(client, QUEUE_RECOMMEND)
     entries = client.recommend(args.users, n=args.n, wait=True, timeout=args.timeout)
     if args.json:
         print_json(entries)
@@ -165,8 +170,10 @@ def _retrain(args: argparse.Namespace) -> int:
             f"retrain enqueued as job {job.id}; follow it with `bookrec status`"
         )
         return 0
+    warn_if_unserved(client, QUEUE_RETRAIN)
     with progress_bar(None, "retrain", show_progress(args.json), unit="epoch") as bar:
-        result = _follow(client, job, bar, args.timeout)
+        follow_retrain(client, job.id, bar, args.timeout)
+    result = client.wait([job])[0]
     if args.json:
         print_json(result)
     else:
@@ -181,34 +188,13 @@ def _retrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _follow(client, job, bar, timeout: float | None) -> Any:
-    """Wait for a retrain job, moving the bar with the epochs in its meta."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        try:
-            return client.wait([job], timeout=1.0)[0]
-        except BookrecError as exc:
-            if type(exc).__name__ != "Timeout":
-                raise
-        meta = job.get_meta(refresh=True)
-        if meta.get("epochs"):
-            bar.total = meta["epochs"]
-            bar.update(meta.get("epoch", 0) - bar.n)
-        bar.set_description(f"retrain: {meta.get('stage', 'queued')}")
-        if meta.get("loss") is not None:
-            bar.set_postfix(loss=f"{meta['loss']:.4f}", eta_s=meta.get("eta_s"))
-        if deadline is not None and time.monotonic() > deadline:
-            from bookrec.shared.errors import Timeout
-
-            raise Timeout(f"retrain job {job.id} still running after {timeout} s; it goes on in the background")
-
-
 def _refresh(args: argparse.Namespace) -> int:
     client = _client()
     job = client.refresh(n=args.n)
     if not args.wait:
         print_json({"job": job.id}) if args.json else print(f"refresh enqueued as job {job.id}")
         return 0
+    warn_if_unserved(client, QUEUE_REFRESH)
     summary = client.wait([job], timeout=args.timeout)[0]
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     with progress_bar(summary["users"], "refresh", show_progress(args.json), unit="user") as bar:
@@ -237,14 +223,16 @@ def _status(args: argparse.Namespace) -> int:
         return 0
     print(f"redis: {status['redis']}\nproduction model: {status['production_version'] or '(none)'}")
     print(
-        f"cached lists: {status['cache_entries']}   failed jobs: {status['failed_jobs']}   retrain running: {status['retrain_running'] or 'no'}\n"
+        f"cached lists: {status['cache_entries']}   failed jobs: {status['failed_jobs']}   retrain: {_retrain_cell(status['retrain'])}\n"
     )
     print(
         table(
-            ["queue", "queued", "failed"],
-            [[q, str(v["queued"]), str(v["failed"])] for q, v in status["queues"].items()],
+            ["queue", "queued", "failed", "workers"],
+            [[q, str(v["queued"]), str(v["failed"]), str(v["workers"])] for q, v in status["queues"].items()],
         )
     )
+    for warning in status["warnings"]:
+        print(f"warning: {warning}")
     print()
     rows = [
         [w["name"], w["state"], ",".join(w["queues"]), _model_cell(w), w["current_job"] or "-"]
@@ -258,3 +246,8 @@ def _model_cell(worker: dict) -> str:
     """The worker's model version, and the one it is about to swap to (waiting for a swap slot or its next job)."""
     served = worker["model_version"] or "-"
     return f"{served} -> {worker['pending_version']}" if worker.get("pending_version") else served
+
+
+def _retrain_cell(retrain: dict | None) -> str:
+    """The retrain holding the lock: its state (queued, running, cancelling) and job id; 'no' without one."""
+    return f"{retrain['state'] or 'unknown'} (job {retrain['job']})" if retrain else "no"

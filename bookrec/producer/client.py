@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import redis
 from rq import Queue
+from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.results import Result
 from rq.serializers import JSONSerializer
@@ -24,15 +25,20 @@ from rq.serializers import JSONSerializer
 from bookrec.shared import jobs as job_specs
 from bookrec.shared import payloads, worker_state
 from bookrec.shared.entries import parse_entry, take
-from bookrec.shared.errors import JobFailed, Timeout
+from bookrec.shared.errors import JobFailed, Timeout, ValidationError
 from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN, QUEUES, Keys
-from bookrec.shared.locks import RetrainLock
+from bookrec.shared.locks import CANCELLED, CANCELLING, QUEUED, RUNNING, RetrainLock, retrain_state
 from bookrec.shared.redis_conn import CONNECTION_ERRORS, connect, text, unavailable
 from bookrec.shared.settings import Settings, redact_url
 
 MAX_USERS_PER_CALL = 100_000
 WAIT_BLOCK_S = 2  # seconds one result read blocks in Redis
 FINISHED = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
+
+
+def no_listener_warning(queue: str) -> str:
+    """What to tell someone whose job went to `queue` while no live worker listens on it."""
+    return f"no worker listens on '{queue}': start one with bookrec worker --queues {queue}"
 
 
 def _as_list(values: Any) -> Any:
@@ -199,7 +205,7 @@ class Client:
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                raise Timeout(f"job {job.id} did not finish in time (status: {job.get_status()})")
+                raise Timeout(f"job {job.id} did not finish in time (status: {job.get_status().value})")
             # Block well under the connection's 5 s socket timeout, or the read times out before the server answers.
             block = WAIT_BLOCK_S if remaining is None else max(1, min(WAIT_BLOCK_S, int(remaining + 0.999)))
             result = self._call(lambda: job.latest_result(timeout=block))
@@ -230,6 +236,7 @@ class Client:
                     "failed": FailedJobRegistry(
                         self.keys.queue(name), connection=self.redis, serializer=JSONSerializer
                     ).count,
+                    "workers": len(self.listeners(name)),
                 }
                 for name in QUEUES
             }
@@ -249,6 +256,8 @@ class Client:
                     }
                 )
             current = self.redis.get(self.keys.model_current)
+            lock = RetrainLock(self.redis, self.keys, self.settings.retrain_lock_ttl)
+            retrain = lock.holder()
             return {
                 "redis": redact_url(self.settings.redis_url),
                 "production_version": current.decode() if current else None,
@@ -256,7 +265,13 @@ class Client:
                 "workers": sorted(workers, key=lambda w: w["name"]),
                 "cache_entries": sum(1 for _ in self.redis.scan_iter(match=self.keys.recs_pattern, count=1000)),
                 "failed_jobs": sum(q["failed"] for q in queues.values()),
-                "retrain_running": RetrainLock(self.redis, self.keys, self.settings.retrain_lock_ttl).holder(),
+                "retrain_running": retrain,
+                "retrain": None if retrain is None else {"job": retrain, "state": self._retrain_state(lock, retrain)},
+                "warnings": [
+                    f"{no_listener_warning(name)} ({q['queued']} job(s) waiting)"
+                    for name, q in queues.items()
+                    if q["queued"] and not q["workers"]
+                ],
             }
 
         return self._call(collect)
@@ -271,9 +286,97 @@ class Client:
                 found.setdefault(worker.name, worker)
         return list(found.values())
 
+    def listeners(self, queue: str) -> list[str]:
+        """The names of the live workers listening on `queue` (`recommend`, `refresh` or `retrain`)."""
+        from rq.worker import Worker
+
+        return self._call(
+            lambda: sorted(w.name for w in Worker.all(queue=self.queue(queue), serializer=JSONSerializer))
+        )
+
+    def retrain_status(self, job_id: str | None = None) -> dict[str, Any]:
+        """A retrain's state, stage, epoch, loss and ETA, and once it finished the gate's decision with both metrics.
+
+        `job_id` defaults to the running (or queued) retrain, else the latest one; ValidationError if there is none.
+        `state` is `queued`, `running`, `cancelling`, `finished`, `failed` or `cancelled`.
+        """
+        lock = RetrainLock(self.redis, self.keys, self.settings.retrain_lock_ttl)
+        job = self._retrain_job(lock, job_id)
+
+        def collect() -> dict[str, Any]:
+            meta, result = job.get_meta(refresh=True), job.latest_result()
+            value = result.return_value if result is not None and result.type == Result.Type.SUCCESSFUL else None
+            error = result.exc_string.strip().splitlines()[-1] if result is not None and result.exc_string else None
+            return {
+                "job": job.id,
+                "state": self._retrain_state(lock, job.id),
+                **{key: meta.get(key) for key in ("stage", "epoch", "epochs", "loss", "eta_s")},
+                "enqueued_at": _iso(job.enqueued_at),
+                "started_at": _iso(job.started_at),
+                "ended_at": _iso(job.ended_at),
+                "version": value and value.get("version"),
+                "promoted": value and value.get("promoted"),
+                "decision": value and value.get("decision"),
+                "production_version": value and value["production"]["version"],
+                "error": error,
+            }
+
+        return self._call(collect)
+
+    def cancel_retrain(self, job_id: str | None = None) -> dict[str, Any]:
+        """Cancel a queued or running retrain (default: the one holding the lock); returns {"job", "was", "state"}.
+
+        A queued one is cancelled with RQ's own cancel and its lock released at once (`state` "cancelled"); a
+        running one is asked to stop through `retrain:{job}:cancel` and stops at its trainer's next epoch or step,
+        releasing the lock itself (`state` "cancelling" until then). ValidationError if it has already ended.
+        """
+        lock = RetrainLock(self.redis, self.keys, self.settings.retrain_lock_ttl)
+        job = self._retrain_job(lock, job_id or self._call(lock.holder))
+
+        def cancel() -> dict[str, Any]:
+            was = retrain_state(job, lock.cancel_requested(job.id))
+            if was not in (QUEUED, RUNNING, CANCELLING):
+                raise ValidationError(f"retrain {job.id} is {was}; there is nothing to cancel")
+            lock.request_cancel(job.id)  # first, so a trainer taking the job meanwhile stops at its first check
+            if was == QUEUED and job.get_status(refresh=True) in (JobStatus.QUEUED, JobStatus.DEFERRED):
+                job.cancel()
+            state = retrain_state(job, True)
+            if state == CANCELLED:
+                lock.release(job.id)
+            return {"job": job.id, "was": was, "state": state}
+
+        return self._call(cancel)
+
+    def _retrain_job(self, lock: RetrainLock, job_id: str | None) -> Job:
+        """The RQ job of retrain `job_id` (default: the running or latest one); ValidationError if there is none."""
+        days = job_specs.RETRAIN_TTL // 86400
+        job_id = job_id or self._call(lock.latest)
+        if job_id is None:
+            raise ValidationError(
+                f"no retrain found: none is queued or running and none ended in the last {days} days; "
+                "start one with `bookrec retrain`"
+            )
+        try:
+            job = self._call(lambda: Job.fetch(job_id, connection=self.redis, serializer=JSONSerializer))
+        except NoSuchJobError:
+            raise ValidationError(f"no job {job_id!r} in Redis (a retrain is kept {days} days after it ends)") from None
+        if job.func_name != job_specs.RETRAIN:
+            raise ValidationError(f"job {job_id!r} is not a retrain (it runs {job.func_name})")
+        return job
+
+    def _retrain_state(self, lock: RetrainLock, job_id: str) -> str | None:
+        return retrain_state(
+            Job(job_id, connection=self.redis, serializer=JSONSerializer), lock.cancel_requested(job_id)
+        )
+
     def _call(self, action):
         """Run a Redis action, turning connection failures into RedisUnavailable."""
         try:
             return action()
         except CONNECTION_ERRORS as exc:
             raise unavailable(self.settings, exc) from None
+
+
+def _iso(moment: Any) -> str | None:
+    """A job timestamp as ISO 8601 text (None when unset)."""
+    return moment.isoformat() if moment is not None else None
