@@ -95,9 +95,9 @@ def _client():
 def _status(args: argparse.Namespace) -> int:
     client = _client()
     status = client.retrain_status(args.job)
+    if status["state"] == QUEUED:
+        warn_if_unserved(client, QUEUE_RETRAIN)
     if args.follow and status["state"] not in ENDED:
-        if status["state"] == QUEUED:
-            warn_if_unserved(client, QUEUE_RETRAIN)
         with progress_bar(None, "retrain", show_progress(args.json), unit="epoch") as bar:
             try:
                 follow_retrain(client, status["job"], bar, None)
@@ -140,8 +140,8 @@ def describe(status: dict[str, Any]) -> str:
     decision = status["decision"]
     if decision:
         lines.append(
-            f"  candidate {status['version']}: {decision['metric']} {number(decision['candidate'])}, "
-            f"production {status['production_version'] or '(none)'}: {number(decision['production'])}"
+            f"  {decision['metric']}: candidate {status['version']} {number(decision['candidate'])}, "
+            f"production {status['production_version'] or '(none)'} {number(decision['production'])}"
         )
         lines.append(f"  gate: {decision['reason']}; {'promoted' if status['promoted'] else 'not promoted'}")
     if status["error"]:

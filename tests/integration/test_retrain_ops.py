@@ -64,6 +64,15 @@ def test_a_running_retrain_cancelled_stops_within_an_epoch_and_frees_the_lock(
 
     wait_for(lambda: (client.retrain_status(job.id)["epoch"] or 0) >= 2, "the retrain to train two epochs")
     assert client.status()["retrain"] == {"job": job.id, "state": "running"}
+    follower = subprocess.Popen(  # an operator re-attaching to the running retrain
+        [sys.executable, "-m", "bookrec.cli", "retrain", "status", "--follow", "--json"],
+        env=fresh_store.env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: (client.retrain_status(job.id)["epoch"] or 0) >= 4, "two more epochs")
     seen = client.retrain_status(job.id)["epoch"]
     asked = client.cancel_retrain()
 
@@ -78,6 +87,9 @@ def test_a_running_retrain_cancelled_stops_within_an_epoch_and_frees_the_lock(
     assert store.production() == fresh_store.version
     assert client.status()["retrain"] is None
     assert trainer.exit_code() is None  # the trainer goes on, ready for the next retrain
+    out, err = follower.communicate(timeout=TIMEOUT)
+    assert follower.returncode == 0, err
+    assert json.loads(out)["state"] == "cancelled"
 
 
 def test_a_queued_retrain_is_shown_queued_and_cancelled_through_redis_alone(
@@ -146,6 +158,8 @@ def test_a_finished_retrain_s_status_shows_the_gate_s_decision_with_both_metrics
     assert status["decision"] == decision and status["promoted"] is result["promoted"]
     assert status["production_version"] == fresh_store.version
     assert isinstance(decision["candidate"], float) and isinstance(decision["production"], float)
-    assert f"ndcg@10 {decision['candidate']:.4f}" in text.stdout
-    assert f"production {fresh_store.version}: {decision['production']:.4f}" in text.stdout
+    assert (
+        f"ndcg@10: candidate {result['version']} {decision['candidate']:.4f}, "
+        f"production {fresh_store.version} {decision['production']:.4f}"
+    ) in text.stdout
     assert decision["reason"] in text.stdout

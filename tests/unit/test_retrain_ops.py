@@ -145,7 +145,8 @@ def test_the_cli_shows_and_cancels_a_queued_retrain(client: Client, capsys: pyte
     assert f"warning: {NO_TRAINER} (1 job(s) waiting)" in out
 
     code, out, err = run_cli(["retrain", "status"], capsys)
-    assert (code, err) == (0, "") and out.splitlines()[0] == f"retrain {job.id}: queued"
+    assert code == 0 and out.splitlines()[0] == f"retrain {job.id}: queued"
+    assert err == f"bookrec: warning: {NO_TRAINER}\n"
 
     code, out, err = run_cli(["retrain", "cancel"], capsys)
     assert code == 0 and out.startswith(f"retrain {job.id} cancelled (it was queued)")
