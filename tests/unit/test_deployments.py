@@ -81,8 +81,8 @@ def test_status_lists_only_this_deployment_s_workers_and_queues(redis: fakeredis
 
     assert [w["name"] for w in staging["workers"]] == ["staging-0"]
     assert [w["name"] for w in production["workers"]] == ["prod-0"]
-    assert staging["queues"]["recommend"] == {"rq_name": "staging:recommend", "queued": 0, "failed": 0}
-    assert production["queues"]["recommend"] == {"rq_name": "recommend", "queued": 1, "failed": 0}
+    assert staging["queues"]["recommend"] == {"rq_name": "staging:recommend", "queued": 0, "failed": 0, "workers": 1}
+    assert production["queues"]["recommend"] == {"rq_name": "recommend", "queued": 1, "failed": 0, "workers": 1}
 
 
 def test_get_with_n_takes_the_first_n_items_of_the_one_entry(redis: fakeredis.FakeRedis) -> None:
