@@ -63,6 +63,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--promote", action="store_true", help="put the new version in production (store record, Redis pointer, event)"
     )
     parser.add_argument(
+        "--force", action="store_true", help="with --promote: promote even a version trained on another catalogue"
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print one JSON object instead of a table; no progress output"
     )
     add_read_options(parser)
@@ -106,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         from bookrec.producer.client import Client
 
         Client(settings=settings, connection=redis_client(settings)).promote(
-            result["version"], reason="bookrec train --promote"
+            result["version"], reason="bookrec train --promote", force=args.force
         )
         result["promoted"] = True
     if args.json:

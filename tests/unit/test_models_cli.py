@@ -294,3 +294,31 @@ def test_a_path_instead_of_a_version_is_refused(store: ModelStore, capsys) -> No
 
     assert code == 2
     assert "not a model version id" in err
+
+
+def ratings_file(path: Path, first_item: int) -> Path:
+    """A tiny ratings file whose 40 books are ids first_item..first_item+39."""
+    rows = [f"{u},{first_item + (u * 7 + k) % 40},{1 + (u + k) % 5}" for u in range(1, 61) for k in range(8)]
+    path.write_text("user_id,book_id,rating\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def test_train_promote_refuses_another_catalogue_unless_forced(
+    store: ModelStore, server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from bookrec.commands import train as train_command
+
+    monkeypatch.setattr(train_command, "redis_client", lambda settings: fakeredis.FakeRedis(server=server))
+    train = ["train", "--model", "mf", "--dim", "4", "--epochs", "1", "--promote"]
+    assert main([*train, "--ratings", str(ratings_file(tmp_path / "books.csv", 1))]) == 0
+    books_version = store.production()
+    other = str(ratings_file(tmp_path / "movies.csv", 5000))
+    capsys.readouterr()
+
+    refused = main([*train, "--ratings", other])
+
+    assert refused == 3 and store.production() == books_version
+    assert "catalogue" in capsys.readouterr().err
+    assert len(store.list()) == 2  # the refused version stays saved
+    assert main([*train, "--ratings", other, "--force"]) == 0
+    assert store.production() != books_version
