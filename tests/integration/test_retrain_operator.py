@@ -6,8 +6,10 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
+import pandas as pd
 import pytest
 import redis
 
@@ -60,7 +62,9 @@ def test_a_running_retrain_cancelled_stops_within_an_epoch_and_frees_the_lock(
     promote(store, redis_client, KEYS, fresh_store.version)
     trainer = start_workers(fresh_store.env(), queues="retrain", processes=1)
     client = client_for(fresh_store)
-    job = client.retrain(params={"epochs": 5000, "batch_size": 8})  # far more epochs than the test waits for
+    # Forced (production's own data trains only when forced); 200 epochs, the most a request may ask, is far more
+    # than the test waits for.
+    job = client.retrain(params={"epochs": 200, "batch_size": 8}, force=True)
 
     wait_for(lambda: (client.retrain_status(job.id)["epoch"] or 0) >= 2, "the retrain to train two epochs")
     assert client.status()["retrain"] == {"job": job.id, "state": "running"}
@@ -103,7 +107,7 @@ def test_a_queued_retrain_is_shown_queued_and_cancelled_through_redis_alone(
     after = bookrec(fresh_store, "retrain", "status", job.id, "--json")
 
     assert status["retrain"] == {"job": job.id, "state": "queued"}
-    assert status["queues"]["retrain"] == {"queued": 1, "failed": 0, "workers": 0}
+    assert status["queues"]["retrain"] == {"rq_name": "retrain", "queued": 1, "failed": 0, "workers": 0}
     assert status["warnings"] == [f"{NO_TRAINER} (1 job(s) waiting)"]
     assert f"retrain: queued (job {job.id})" in text and f"warning: {NO_TRAINER}" in text
     assert cancel.returncode == 0, cancel.stderr
@@ -141,8 +145,16 @@ def test_every_wait_warns_at_once_when_no_worker_listens(fresh_store: TrainedSto
 
 
 def test_a_finished_retrain_s_status_shows_the_gate_s_decision_with_both_metrics(
-    fresh_store: TrainedStore, redis_client: redis.Redis, start_workers
+    fresh_store: TrainedStore, redis_client: redis.Redis, start_workers, tmp_path: Path
 ) -> None:
+    # The trainer's data dir holds a changed copy of production's ratings (5% of the rows gone), so the retrain
+    # trains and the gate judges it against production.
+    data = tmp_path / "data"
+    data.mkdir()
+    pd.read_csv(fresh_store.data_dir / "ratings.csv").sample(frac=0.95, random_state=0).to_csv(
+        data / "ratings.csv", index=False
+    )
+    fresh_store = TrainedStore(data, fresh_store.store, fresh_store.version)
     promote(ModelStore(fresh_store.store), redis_client, KEYS, fresh_store.version)
     start_workers(fresh_store.env(), queues="retrain", processes=1)
     wait_for(lambda: client_for(fresh_store).listeners("retrain"), "the trainer to listen on 'retrain'")

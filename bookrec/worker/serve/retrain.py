@@ -20,7 +20,7 @@ from bookrec.shared import payloads
 from bookrec.shared.errors import CatalogueMismatch, RetrainCancelled
 from bookrec.shared.locks import CANCELLED_STAGE, RetrainLock
 from bookrec.worker.learn import gate, training
-from bookrec.worker.learn.datasets import fingerprint
+from bookrec.worker.learn.datasets import fingerprint, read_books
 from bookrec.worker.learn.pipeline import TrainRequest, train_version
 from bookrec.worker.serve.context import WorkerContext
 
@@ -115,7 +115,7 @@ def run_retrain(
             memory_mb=ctx.settings.train_memory_mb,
         )
         if books is not None:
-            fingerprint(books)  # a named books file that is missing fails here, naming it, before any training
+            read_books(books)  # a books file that is missing or unreadable fails here, naming it, before any training
         unchanged = None if force else gate.no_new_ratings(ctx.store, production, fingerprint(ratings)["sha256"])
         if unchanged:
             logger.info("retrain %s: %s", job_id, unchanged)
