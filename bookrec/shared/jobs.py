@@ -37,21 +37,18 @@ RETRAIN_TTL = 7 * 86400
 
 def recommend(kwargs: dict[str, Any], settings: Settings, description: str | None = None) -> EnqueueData:
     """A recommend job for `Queue.enqueue_many` (on `recommend`, or on `refresh` as a refresh chunk)."""
-    return Queue.prepare_data(
-        RECOMMEND,
-        kwargs=kwargs,
-        timeout=settings.job_timeout,
-        retry=Retry(max=RETRIES),
-        result_ttl=RESULT_TTL,
-        failure_ttl=FAILURE_TTL,
-        description=description,
-    )
+    return _serving_job(RECOMMEND, kwargs, settings, description)
 
 
 def refresh(kwargs: dict[str, Any], settings: Settings, description: str | None = None) -> EnqueueData:
     """A refresh job for `Queue.enqueue_many` on `refresh`."""
+    return _serving_job(REFRESH, kwargs, settings, description)
+
+
+def _serving_job(name: str, kwargs: dict[str, Any], settings: Settings, description: str | None) -> EnqueueData:
+    """A job for the serving workers: the service's timeout, RETRIES tries, RESULT_TTL and FAILURE_TTL."""
     return Queue.prepare_data(
-        REFRESH,
+        name,
         kwargs=kwargs,
         timeout=settings.job_timeout,
         retry=Retry(max=RETRIES),
