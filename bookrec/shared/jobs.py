@@ -12,7 +12,7 @@ from typing import Any
 from rq import Queue, Retry
 from rq.queue import EnqueueData
 
-from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN
+from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN, SERVING_QUEUES
 from bookrec.shared.settings import Settings
 
 RECOMMEND = "worker.jobs.recommend"
@@ -33,6 +33,10 @@ RETRAIN_TIMEOUT = 6 * 3600
 """Seconds a retrain may run before RQ stops it."""
 RETRAIN_TTL = 7 * 86400
 """Seconds a retrain's result or failure stays readable (`bookrec retrain --wait`, the versions' history)."""
+MAX_TIMEOUT = RETRAIN_TIMEOUT
+"""The longest timeout a worker accepts from a job hash: a longer one, or RQ's -1 (no limit), is clamped to it."""
+MAX_TTL = RETRAIN_TTL
+"""The longest `result_ttl`, `failure_ttl` or `ttl` a worker accepts from a job hash: a longer one is clamped to it."""
 
 
 def recommend(kwargs: dict[str, Any], settings: Settings, description: str | None = None) -> EnqueueData:
@@ -67,3 +71,11 @@ def retrain(kwargs: dict[str, Any], job_id: str) -> EnqueueData:
 
 QUEUE_OF = {RECOMMEND: QUEUE_RECOMMEND, REFRESH: QUEUE_REFRESH, RETRAIN: QUEUE_RETRAIN}
 """The queue each job name is enqueued on by default (refresh chunks are recommend jobs on `refresh`)."""
+
+RUNS_ON: dict[str, tuple[str, ...]] = {
+    RECOMMEND: SERVING_QUEUES,
+    REFRESH: SERVING_QUEUES,
+    RETRAIN: (QUEUE_RETRAIN,),
+}
+"""The logical queues each job name may run on: the job functions that need the served model on the serving
+queues, retrain only on `retrain` (its trainer). A worker fails a job that arrives on any other queue."""

@@ -72,30 +72,40 @@ DEFAULT_BOOKS = "books.csv"
 MAX_USERS_PER_JOB = 1000
 MAX_N = 100
 MAX_USER_ID_LENGTH = 200
+MAX_SHOWN = 60
+"""Characters of a bad value a message quotes: a message never grows with the value it refuses."""
+
+
+def shown(value: Any, limit: int = MAX_SHOWN) -> str:
+    """`repr(value)` for a message, cut to `limit` characters (with its full length) when longer."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text):,} characters)"
 
 
 def user_id(value: Any) -> str:
     """The canonical string form of one user id; ValidationError naming the value if it is not an id."""
     if isinstance(value, bool) or value is None:
-        raise ValidationError(f"user id {value!r} is not an integer or a string")
+        raise ValidationError(f"user id {shown(value)} is not an integer or a string")
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
         if math.isfinite(value) and value.is_integer():
             return str(int(value))
-        raise ValidationError(f"user id {value!r} is not an integer or a string")
+        raise ValidationError(f"user id {shown(value)} is not an integer or a string")
     if isinstance(value, str):
         text = value.strip()
         if not text or len(text) > MAX_USER_ID_LENGTH or any(c in text for c in "\r\n\t *?[]"):
-            raise ValidationError(f"user id {value!r} is empty, too long or holds whitespace or glob characters")
+            raise ValidationError(f"user id {shown(value)} is empty, too long or holds whitespace or glob characters")
         return text
-    raise ValidationError(f"user id {value!r} is a {type(value).__name__}, not an integer or a string")
+    raise ValidationError(f"user id {shown(value)} is a {type(value).__name__}, not an integer or a string")
 
 
 def count_n(value: Any) -> int:
     """A list length n in 1..MAX_N; ValidationError otherwise."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_N:
-        raise ValidationError(f"n must be a whole number from 1 to {MAX_N}, got {value!r}")
+        raise ValidationError(f"n must be a whole number from 1 to {MAX_N}, got {shown(value)}")
     return value
 
 
@@ -119,7 +129,7 @@ def split_valid(values: list[Any]) -> tuple[list[str], list[dict[str, str]]]:
         try:
             good.append(user_id(value))
         except ValidationError as exc:
-            bad.append({"user_id": repr(value)[:100], "error": str(exc)})
+            bad.append({"user_id": shown(value), "error": str(exc)})
     return good, bad
 
 
@@ -128,7 +138,7 @@ def index_bound(value: Any, name: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationError(f"{name} must be a whole number or null, got {value!r}")
+        raise ValidationError(f"{name} must be a whole number or null, got {shown(value)}")
     return value
 
 
@@ -137,7 +147,7 @@ def model_kind(value: Any) -> str:
     if value is None:
         return DEFAULT_MODEL_KIND
     if value not in MODEL_KINDS:
-        raise ValidationError(f"unknown model kind {value!r}; choose one of: {', '.join(MODEL_KINDS)}")
+        raise ValidationError(f"unknown model kind {shown(value)}; choose one of: {', '.join(MODEL_KINDS)}")
     return value
 
 
@@ -167,11 +177,11 @@ def data_file(value: Any, what: str) -> str:
     The worker also resolves it, symlinks included, and refuses anything that lands outside the folder.
     """
     if not isinstance(value, str) or not value.strip() or "\0" in value:
-        raise ValidationError(f"{what} must be a file name inside BOOKREC_DATA_DIR, got {value!r}")
+        raise ValidationError(f"{what} must be a file name inside BOOKREC_DATA_DIR, got {shown(value)}")
     path = PurePosixPath(value)
     if path.is_absolute() or ".." in path.parts:
         raise ValidationError(
-            f"{what} path {value!r} points outside BOOKREC_DATA_DIR; give the name of a file inside it"
+            f"{what} path {shown(value)} points outside BOOKREC_DATA_DIR; give the name of a file inside it"
         )
     return value
 
@@ -179,14 +189,14 @@ def data_file(value: Any, what: str) -> str:
 def flag(value: Any, name: str) -> bool:
     """A JSON true/false; ValidationError naming `name` otherwise."""
     if not isinstance(value, bool):
-        raise ValidationError(f"{name} must be true or false, got {value!r}")
+        raise ValidationError(f"{name} must be true or false, got {shown(value)}")
     return value
 
 
 def seed(value: Any) -> int:
     """A random seed, a whole number from 0 to 2**32 - 1; ValidationError otherwise."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
-        raise ValidationError(f"seed must be a whole number from 0 to {2**32 - 1}, got {value!r}")
+        raise ValidationError(f"seed must be a whole number from 0 to {2**32 - 1}, got {shown(value)}")
     return value
 
 
@@ -197,6 +207,6 @@ def data_path(data_dir: Path, name: Any, what: str) -> Path:
     path = (root / name).resolve()
     if not path.is_relative_to(root):
         raise ValidationError(
-            f"{what} path {name!r} resolves outside BOOKREC_DATA_DIR ({root}); only files inside it can be used"
+            f"{what} path {shown(name)} resolves outside BOOKREC_DATA_DIR ({root}); only files inside it can be used"
         )
     return path

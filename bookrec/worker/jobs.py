@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 REFRESH_COUNTER_TTL = 86400
+MAX_REJECTED_LISTED = 20
+"""Bad ids a recommend job's result lists (each quoting a short prefix); `rejected_count` counts them all."""
 
 
 def recommend(
@@ -37,9 +39,10 @@ def recommend(
     Each list holds the deployment's list length (`cache:n`: the largest n ever asked for, at least
     BOOKREC_CACHE_N and at least `n`), so a short request never shrinks a longer list another caller
     relies on; readers take the first n items. Ids that are not ids (wrong type, empty) are skipped and
-    listed in `rejected`; the others are served. With `model_version` (set by refresh after a promotion)
+    listed in `rejected` (the first MAX_REJECTED_LISTED of them; `rejected_count` counts all); the others are
+    served. With `model_version` (set by refresh after a promotion)
     a worker still on an older version swaps before computing.
-    Returns {"users", "fallbacks", "rejected", "model_version", "n", "seconds"}.
+    Returns {"users", "fallbacks", "rejected", "rejected_count", "model_version", "n", "seconds"}.
     """
     started = time.perf_counter()
     if isinstance(user_ids, (str, bytes)) or not isinstance(user_ids, (list, tuple)) or not user_ids:
@@ -67,7 +70,8 @@ def recommend(
     return {
         "users": len(good),
         "fallbacks": batch.fallbacks if batch else 0,
-        "rejected": rejected,
+        "rejected": rejected[:MAX_REJECTED_LISTED],
+        "rejected_count": len(rejected),
         "model_version": runtime.version,
         "n": length,
         "seconds": round(time.perf_counter() - started, 4),

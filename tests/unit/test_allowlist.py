@@ -1,4 +1,5 @@
-"""BookrecWorker runs only bookrec's job functions: whoever can write to Redis cannot run other code in a worker.
+"""BookrecWorker runs only bookrec's job functions, each on its own queues: whoever can write to Redis cannot run
+other code in a worker, nor a retrain in a serving worker.
 
 Each test runs a real `BookrecWorker` in burst mode on fakeredis. The refused jobs name
 functions that would create a file, so "refused" is checked by the file not existing.
@@ -10,13 +11,16 @@ from pathlib import Path
 
 import fakeredis
 import pytest
-from rq import Callback, Queue
+from rq import Callback, Queue, Retry
 from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.utils import import_attribute
 from rq.worker import SimpleWorker
 
-from bookrec.shared.keys import QUEUE_RECOMMEND
+from bookrec.model_store.store import ModelStore
+from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN, Keys
+from bookrec.worker.serve import context
 from bookrec.worker.serve.rq_worker import BookrecWorker
 from bookrec.worker.serve.runtime import ModelRuntime
 from tests.unit.conftest import install_context
@@ -123,3 +127,49 @@ def test_a_pickled_job_is_not_run(redis, tmp_path: Path) -> None:
 
     assert job.get_status(refresh=True) == JobStatus.FAILED
     assert not target.exists()
+
+
+MISQUEUED = [
+    ("worker.jobs.retrain", QUEUE_RECOMMEND, "'retrain'"),
+    ("worker.jobs.retrain", QUEUE_REFRESH, "'retrain'"),
+    ("worker.jobs.recommend", QUEUE_RETRAIN, "'recommend' or 'refresh'"),
+    ("worker.jobs.refresh", QUEUE_RETRAIN, "'recommend' or 'refresh'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("func", "queue_name", "allowed"), MISQUEUED, ids=[f"{f[12:]} on {q}" for f, q, _ in MISQUEUED]
+)
+def test_a_job_function_runs_only_on_its_own_queues(
+    redis: fakeredis.FakeRedis, trained, func: str, queue_name: str, allowed: str
+) -> None:
+    store = ModelStore(trained.store)
+    before = store.list()
+    misplaced = Queue(queue_name, connection=redis, serializer=JSONSerializer).enqueue(
+        func, kwargs={"params": {"steps": 5}} if func.endswith("retrain") else {}, retry=Retry(max=2)
+    )
+
+    BookrecWorker([queue_name], connection=redis).work(burst=True, with_scheduler=False)
+
+    assert outcome(misplaced) == (
+        JobStatus.FAILED,
+        f"bookrec.worker.serve.rq_worker.JobNotAllowed: refused to run {func!r} from queue {queue_name!r}: "
+        f"it runs only on {allowed}",
+    )
+    assert store.list() == before  # nothing was trained
+    assert FailedJobRegistry(queue_name, connection=redis).get_job_ids() == [misplaced.id]  # not retried
+
+
+def test_under_a_prefix_jobs_pair_with_the_deployment_s_queues(redis: fakeredis.FakeRedis) -> None:
+    keys = Keys("staging:")
+    context.get().keys = keys
+    queue = Queue(keys.queue(QUEUE_RECOMMEND), connection=redis, serializer=JSONSerializer)
+    served = queue.enqueue("worker.jobs.recommend", kwargs={"user_ids": [1]})
+    refused = queue.enqueue("worker.jobs.retrain")
+
+    BookrecWorker([queue.name], connection=redis).work(burst=True, with_scheduler=False)
+
+    assert outcome(served) == (JobStatus.FINISHED, "")
+    assert outcome(refused)[1].endswith(
+        "refused to run 'worker.jobs.retrain' from queue 'staging:recommend': it runs only on 'staging:retrain'"
+    )

@@ -8,6 +8,7 @@ bad ids serves the good ones and lists the bad ones in its result's `rejected`.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -26,11 +27,13 @@ import bookrec.producer.client
 from bookrec import cli
 from bookrec.model_store.store import ModelStore
 from bookrec.producer import Client
+from bookrec.shared import payloads
 from bookrec.shared.errors import ValidationError
 from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_RETRAIN, Keys
 from bookrec.shared.settings import Settings
+from bookrec.worker.jobs import MAX_REJECTED_LISTED
 from bookrec.worker.serve import context
-from bookrec.worker.serve.rq_worker import BookrecWorker
+from bookrec.worker.serve.rq_worker import MAX_FAILURE_CHARS, MAX_FAILURE_LINE, BookrecWorker
 from bookrec.worker.serve.runtime import ModelRuntime
 from bookrec.worker.serve.swap import ModelHolder
 from tests.conftest import REPO, TrainedStore
@@ -332,3 +335,39 @@ def test_a_retrain_job_with_bad_arguments_or_data_fails_naming_them_and_releases
     assert re.search(problem, failure(job))
     assert worker_redis.get(KEYS.retrain_lock) is None
     assert (store.list(), store.production()) == before
+
+
+# ---------------------------------------------------------------- bounded messages and results
+
+HUGE = 100_000  # characters of each hostile value: what a message or a result may quote is far shorter
+
+
+def test_a_bad_value_is_quoted_by_a_short_prefix_and_its_length() -> None:
+    with pytest.raises(ValidationError) as refused:
+        payloads.user_id("a" * HUGE)
+
+    message = str(refused.value)
+    assert message.startswith("user id 'aaaa") and "(100,002 characters)" in message
+    assert len(message) < 200
+
+
+def test_a_job_of_a_thousand_huge_bad_ids_lists_a_few_and_counts_them_all(worker_redis: fakeredis.FakeRedis) -> None:
+    bad = [f"{i} " + "x" * HUGE for i in range(payloads.MAX_USERS_PER_JOB - 1)]  # whitespace: every one is refused
+
+    job = run_from_redis(worker_redis, QUEUE_RECOMMEND, "worker.jobs.recommend", {"user_ids": [*bad, 1]})
+
+    assert job.get_status(refresh=True) == JobStatus.FINISHED
+    result = job.latest_result().return_value
+    assert result["users"] == 1 and result["rejected_count"] == len(bad)
+    assert [r["user_id"][:6] for r in result["rejected"]] == [repr(v)[:6] for v in bad[:MAX_REJECTED_LISTED]]
+    assert len(json.dumps(result)) < 20_000  # 134 MB before: every message quoted its whole id
+    assert worker_redis.exists(KEYS.recs("1"))
+
+
+def test_a_failure_quoting_a_huge_value_is_stored_bounded(worker_redis: fakeredis.FakeRedis) -> None:
+    job = run_from_redis(worker_redis, QUEUE_RECOMMEND, "worker.jobs.recommend", {"user_ids": [1], "k" * HUGE: 1})
+
+    reason = failure(job)
+    assert reason.startswith("TypeError: recommend() got an unexpected keyword argument 'kkkk")
+    assert len(reason) <= MAX_FAILURE_LINE + 1
+    assert len(job.latest_result().exc_string) <= MAX_FAILURE_CHARS + 1
