@@ -24,8 +24,8 @@ from rq.serializers import JSONSerializer
 
 from bookrec.shared import jobs as job_specs
 from bookrec.shared import payloads, worker_state
-from bookrec.shared.entries import parse_entry, take
-from bookrec.shared.errors import JobFailed, Timeout, ValidationError
+from bookrec.shared.entries import MAX_ENTRY_BYTES, parse_entry, take
+from bookrec.shared.errors import JobFailed, MalformedEntry, Timeout, ValidationError
 from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN, QUEUES, Keys
 from bookrec.shared.locks import CANCELLED, CANCELLING, QUEUED, RUNNING, RetrainLock, retrain_state
 from bookrec.shared.redis_conn import CONNECTION_ERRORS, connect, text, unavailable
@@ -87,7 +87,8 @@ class Client:
 
         A list with any invalid id is rejected whole (ValidationError naming it), nothing enqueued.
         Returns the job handles, or with `wait` the users' cache entries (in request order, each cut to
-        its first `n` items) once every job has finished (JobFailed if one failed, Timeout after `timeout` s).
+        its first `n` items) once every job has finished (JobFailed if one failed, Timeout after `timeout` s;
+        MalformedEntry if a key holds something else than an entry, as `get`).
         """
         users = payloads.user_list(_as_list(user_ids), limit=MAX_USERS_PER_CALL)
         n = payloads.count_n(n)
@@ -100,25 +101,55 @@ class Client:
         if not wait:
             return jobs
         self.wait(jobs, timeout)
-        raw = self._call(lambda: self.redis.mget([self.keys.recs(u) for u in users]))
-        return [take(parse_entry(r), n) if r is not None else None for r in raw]
+        keys = [self.keys.recs(u) for u in users]
+        raw, _ = self._read_cache(keys)
+        return [take(parse_entry(r, key), n) if r is not None else None for key, r in zip(keys, raw)]
 
     def get(self, user_id: int | str, n: int | None = None) -> CachedRecommendations | None:
         """The cached entry of one user, with whether its model is in production; None if there is none.
 
         With `n`, the entry's first `n` items (every list is computed at least as long as any request
         asked for), and None if the entry was computed shorter than `n`: request that length then.
+        MalformedEntry (naming the key and the problem) if the key holds something else than a bookrec entry:
+        not JSON, not of the entry's shape (`shared.entries`), over MAX_ENTRY_BYTES, or not a string.
         """
         key = self.keys.recs(payloads.user_id(user_id))
         n = None if n is None else payloads.count_n(n)
-        raw, current = self._call(lambda: self.redis.mget([key, self.keys.model_current]))
+        (raw,), current = self._read_cache([key])
         if raw is None:
             return None
-        entry = parse_entry(raw)
+        entry = parse_entry(raw, key)
         entry = entry if n is None else take(entry, n)
         if entry is None:
             return None
         return CachedRecommendations(entry, entry.get("model_version") == text(current))
+
+    def _read_cache(self, keys: list[str]) -> tuple[list[bytes | None], bytes | None]:
+        """(the value of each cache key, None where absent; the production version) in one round trip.
+
+        Each value is read only up to MAX_ENTRY_BYTES + 1 bytes (GETRANGE), so an oversized one costs no more
+        than that and `parse_entry` refuses it; MalformedEntry for a key holding another type than a string.
+        """
+
+        def read() -> list[Any]:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.exists(key)
+                    pipe.getrange(key, 0, MAX_ENTRY_BYTES)
+                pipe.get(self.keys.model_current)
+                replies = pipe.execute(raise_on_error=False)
+            for reply in replies:
+                if isinstance(reply, Exception) and not _wrong_type(reply):
+                    raise reply
+            return replies
+
+        *replies, current = self._call(read)
+        values = []
+        for key, exists, value in zip(keys, replies[0::2], replies[1::2]):
+            if _wrong_type(value):
+                raise MalformedEntry(f"{key} is not a bookrec entry: it holds another type than a string ({value})")
+            values.append(value if exists else None)
+        return values, None if _wrong_type(current) else current
 
     def refresh(self, start: int | None = None, stop: int | None = None, n: int = 10) -> Job:
         """Enqueue a refresh of every known user's entry (or users[start:stop]); returns the refresh job."""
@@ -375,6 +406,11 @@ class Client:
             return action()
         except CONNECTION_ERRORS as exc:
             raise unavailable(self.settings, exc) from None
+
+
+def _wrong_type(reply: Any) -> bool:
+    """Whether a pipeline reply is Redis's WRONGTYPE error (the key holds a hash, a list...)."""
+    return isinstance(reply, redis.exceptions.ResponseError) and str(reply).startswith("WRONGTYPE")
 
 
 def _iso(moment: Any) -> str | None:

@@ -95,3 +95,9 @@ class RetrainCancelled(JobFailed):
     """A retrain was cancelled on request (`bookrec retrain cancel`): the trainer stopped it, or it never started."""
 
     exit_code = 9
+
+
+class MalformedEntry(BookrecError):
+    """A reader's cache key holds something that is not a bookrec entry (written by someone else, or damaged)."""
+
+    exit_code = 10

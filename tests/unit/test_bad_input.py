@@ -28,7 +28,7 @@ from bookrec import cli
 from bookrec.model_store.store import ModelStore
 from bookrec.producer import Client
 from bookrec.shared import payloads
-from bookrec.shared.errors import ValidationError
+from bookrec.shared.errors import MalformedEntry, ValidationError
 from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_RETRAIN, Keys
 from bookrec.shared.settings import Settings
 from bookrec.worker.jobs import MAX_REJECTED_LISTED
@@ -371,3 +371,78 @@ def test_a_failure_quoting_a_huge_value_is_stored_bounded(worker_redis: fakeredi
     assert reason.startswith("TypeError: recommend() got an unexpected keyword argument 'kkkk")
     assert len(reason) <= MAX_FAILURE_LINE + 1
     assert len(job.latest_result().exc_string) <= MAX_FAILURE_CHARS + 1
+
+
+# ---------------------------------------------------------------- cache entries written by someone else
+
+GOOD_ITEM = {"book_id": 8, "score": 2.5, "title": "A", "authors": "B", "year": 1951, "image_url": None}
+GOOD_ENTRY = {
+    "user_id": 42,
+    "model_version": "v1",
+    "generated_at": "t",
+    "n": 10,
+    "fallback": None,
+    "items": [GOOD_ITEM],
+}
+
+
+def entry_with(**changes: Any) -> bytes:
+    return json.dumps({**GOOD_ENTRY, **changes}).encode()
+
+
+MALFORMED_ENTRIES: dict[str, tuple[Any, str]] = {
+    "not JSON": (b"{not json", r"not JSON text \(JSONDecodeError\)"),
+    "not UTF-8": (b'{"user_id": "\xff"}', r"not JSON text \(UnicodeDecodeError\)"),
+    "nested 100,000 deep": (b"[" * 100_000 + b"]" * 100_000, r"not JSON text \(RecursionError\)"),
+    "a JSON list": (b"[1, 2]", "a JSON list, not an object"),
+    "no items": (json.dumps({k: v for k, v in GOOD_ENTRY.items() if k != "items"}).encode(), "no items"),
+    "an item without book_id": (entry_with(items=[{"title": "x"}]), "item 0 has no book_id, score"),
+    "a score that is text": (entry_with(items=[{**GOOD_ITEM, "score": "high"}]), "item 0 has score 'high'"),
+    "items an object": (entry_with(items={"book_id": 1}), "items is {'book_id': 1}"),
+    "n a string": (entry_with(n="10"), "n is '10'"),
+    "over the size cap": (entry_with(items=[GOOD_ITEM], pad="x" * 2_000_000), "longer than 1,000,000 bytes"),
+}
+
+
+def plant(redis: fakeredis.FakeRedis, value: Any) -> None:
+    """What someone else's code might leave at reader 42's cache key."""
+    if isinstance(value, dict):
+        redis.hset(KEYS.recs("42"), mapping=value)
+    else:
+        redis.set(KEYS.recs("42"), value)
+
+
+@pytest.mark.parametrize("case", [*MALFORMED_ENTRIES, "a hash"], ids=[*MALFORMED_ENTRIES, "a hash"])
+def test_a_malformed_cache_entry_is_one_clear_error_for_the_client(
+    client_redis: fakeredis.FakeRedis, case: str
+) -> None:
+    value, problem = MALFORMED_ENTRIES.get(case, ({"user_id": "42"}, "holds another type than a string"))
+    plant(client_redis, value)
+
+    with pytest.raises(MalformedEntry, match=problem) as refused:
+        Client(settings=Settings()).get(42)
+
+    assert str(refused.value).startswith("bookrec:recs:42 is not a bookrec entry: ")
+    assert len(str(refused.value)) < 300
+
+
+@pytest.mark.parametrize("case", MALFORMED_ENTRIES, ids=list(MALFORMED_ENTRIES))
+def test_bookrec_get_of_a_malformed_entry_exits_10_with_one_line(
+    client_redis: fakeredis.FakeRedis, case: str, capsys: pytest.CaptureFixture
+) -> None:
+    value, problem = MALFORMED_ENTRIES[case]
+    plant(client_redis, value)
+
+    code, out, err = run_cli(["get", "42"], capsys)
+
+    assert (code, out) == (MalformedEntry.exit_code, "") and MalformedEntry.exit_code == 10
+    assert len(err.strip().splitlines()) == 1 and err.startswith(
+        "bookrec: error: bookrec:recs:42 is not a bookrec entry"
+    )
+    assert re.search(problem, err)
+
+
+def test_a_well_formed_entry_is_still_read(client_redis: fakeredis.FakeRedis) -> None:
+    plant(client_redis, entry_with())
+
+    assert Client(settings=Settings()).get(42).entry == GOOD_ENTRY
