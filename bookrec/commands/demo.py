@@ -26,6 +26,7 @@ import redis
 from bookrec.commands.common import needs_worker_side, table
 from bookrec.shared.errors import BookrecError
 from bookrec.shared.keys import Keys
+from bookrec.shared.settings import redact_url
 from bookrec.shared.worker_state import read_all as worker_states
 from bookrec.worker.serve.launch import WorkerProcesses
 
@@ -75,7 +76,7 @@ def _redis() -> Iterator[str]:
     """Yield a Redis URL: the configured one, a private redis-server, or an embedded fake; clean up after."""
     url = os.environ.get("BOOKREC_REDIS_URL", "redis://localhost:6379/0")
     if _answers(url):
-        print(f"Redis: using BOOKREC_REDIS_URL ({url.split('@')[-1]})")
+        print(f"Redis: using BOOKREC_REDIS_URL ({redact_url(url)})")
         yield url
         return
     port = _free_port()

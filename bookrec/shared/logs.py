@@ -5,15 +5,17 @@ from __future__ import annotations
 import logging
 import re
 
-_PASSWORD_IN_URL = re.compile(r"(rediss?://[^:/@\s]*:)[^@\s]+@")
+from bookrec.shared.settings import redact_url
+
+_REDIS_URL = re.compile(r"(?:rediss?|unix)://[^\s'\"]+")
 
 
 class RedactSecrets(logging.Filter):
-    """Replace passwords inside Redis URLs with `***` in every log record."""
+    """Replace the credentials inside Redis URLs (as `redact_url` does) with `***` in every log record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        redacted = _PASSWORD_IN_URL.sub(r"\1***@", message)
+        redacted = _REDIS_URL.sub(lambda match: redact_url(match.group()), message)
         if redacted != message:
             record.msg, record.args = redacted, ()
         return True

@@ -7,10 +7,10 @@ reads them once; parts receive a `Settings` instead of reading `os.environ` them
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
-from urllib.parse import urlsplit, urlunsplit
 
 from bookrec.shared.errors import ConfigError
 from bookrec.shared.payloads import MAX_N
@@ -122,14 +122,22 @@ class Settings:
         return redact_url(self.redis_url)
 
 
+SECRET_QUERY_PARAMETERS = ("password", "username")
+"""Query parameters that carry credentials in a Redis URL (redis-py passes every query parameter to the
+connection: `redis://host:6379/0?password=…&username=…`)."""
+_SECRET_IN_QUERY = re.compile(r"(?i)([?&;])((?:%s)=)[^&;#]*" % "|".join(SECRET_QUERY_PARAMETERS))
+
+
 def redact_url(url: str) -> str:
-    """Return `url` with the password (if any) replaced by `***`."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    netloc = f"{user}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """`url` with every credential replaced by `***`: the password of its user part (`redis://user:***@host`,
+    `redis://:***@host`) and the values of its `password=` and `username=` query parameters."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    cut = min((i for i in (rest.find(c) for c in "?#") if i >= 0), default=len(rest))
+    # The user part ends at the last '@' before the query: a password holding '/' or '@' is still all hidden.
+    userinfo, at, host_path = rest[:cut].rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    head = f"{user}:***{at}{host_path}" if colon else rest[:cut]
+    query = _SECRET_IN_QUERY.sub(r"\1\2***", rest[cut:])
+    return f"{scheme}{sep}{head}{query}"
