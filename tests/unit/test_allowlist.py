@@ -19,7 +19,9 @@ from rq.utils import import_attribute
 from rq.worker import SimpleWorker
 
 from bookrec.model_store.store import ModelStore
+from bookrec.shared import jobs
 from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN, Keys
+from bookrec.worker.jobs import FUNCTIONS
 from bookrec.worker.serve import context
 from bookrec.worker.serve.rq_worker import BookrecWorker
 from bookrec.worker.serve.runtime import ModelRuntime
@@ -173,3 +175,9 @@ def test_under_a_prefix_jobs_pair_with_the_deployment_s_queues(redis: fakeredis.
     assert outcome(refused)[1].endswith(
         "refused to run 'worker.jobs.retrain' from queue 'staging:recommend': it runs only on 'staging:retrain'"
     )
+
+
+def test_every_allowlisted_function_is_paired_with_its_queues() -> None:
+    assert set(jobs.RUNS_ON) == set(FUNCTIONS)
+    assert jobs.RUNS_ON[jobs.RETRAIN] == (QUEUE_RETRAIN,)
+    assert all(QUEUE_RETRAIN not in queues for name, queues in jobs.RUNS_ON.items() if name != jobs.RETRAIN)
