@@ -16,14 +16,14 @@ from typing import Callable, TypeVar
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import WatchError
 from rq import Queue
 from rq.serializers import JSONSerializer
 
 from bookrec.model_store.store import ModelStore, iso, utcnow
 from bookrec.shared import jobs
-from bookrec.shared.errors import RedisUnavailable
+from bookrec.shared.errors import ModelStoreError, RedisUnavailable
 from bookrec.shared.keys import QUEUE_REFRESH, Keys
-from bookrec.shared.redis_conn import text
 from bookrec.shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,22 +64,81 @@ def rollback(store: ModelStore, redis: Redis, keys: Keys, refresh: Settings | No
 
 
 def current_version(store: ModelStore, redis: Redis, keys: Keys) -> str | None:
-    """The production version from the Redis pointer; if Redis lost it, restore it from the store record."""
-    pointer = _call_redis(lambda: redis.get(keys.model_current), "the store record still names the production model")
-    if pointer is not None:
-        return text(pointer)
-    recorded = store.production()
+    """The production version: the Redis pointer when it names a version the store holds, else the store's
+    record, which the pointer is then set back to (a lost or garbage pointer is repaired, with a warning).
+    None when neither names a version in the store (nothing promoted yet, or production's directory is gone).
+    """
+    raw = _call_redis(lambda: redis.get(keys.model_current), "the store record still names the production model")
+    pointer = _decoded(raw)
+    if store.holds(pointer):
+        return pointer
+    recorded = servable_production(store)
     if recorded is None:
         return None
-    restored = _call_redis(
-        lambda: redis.set(keys.model_current, recorded, nx=True), "the pointer was not restored from the store"
-    )
-    if restored:
-        log.warning("Redis had lost %s; restored it to %s from the store record", keys.model_current, recorded)
+    if _repair_pointer(redis, keys, raw, recorded):
+        if pointer is None:
+            log.warning("Redis had lost %s; restored it to %s from the store record", keys.model_current, recorded)
+        else:
+            log.warning(
+                "%s named %r, which is no version in the store; set it back to %s from the store record",
+                keys.model_current,
+                pointer[:80],
+                recorded,
+            )
         return recorded
-    # Someone set the pointer between our GET and SET NX: theirs is newer.
-    pointer = _call_redis(lambda: redis.get(keys.model_current), "the pointer was not read")
-    return recorded if pointer is None else text(pointer)
+    # Someone set the pointer between our GET and the repair: read theirs.
+    now = _decoded(_call_redis(lambda: redis.get(keys.model_current), "the pointer was not read"))
+    return now if store.holds(now) else recorded
+
+
+def _decoded(raw: bytes | None) -> str | None:
+    """The pointer's value as text (bytes that are not UTF-8 are replaced: such a pointer names no version)."""
+    return raw.decode(errors="replace") if raw is not None else None
+
+
+def servable_production(store: ModelStore) -> str | None:
+    """The store's recorded production version if its directory is there, else None."""
+    recorded = store.production()
+    return recorded if store.holds(recorded) else None
+
+
+def production_problem(store: ModelStore, redis: Redis, keys: Keys) -> str:
+    """Why there is no servable production version, in one line for logs and `bookrec status`."""
+    try:
+        recorded = store.production()
+    except ModelStoreError as exc:
+        return str(exc)
+    if recorded is None:
+        return "no model in production yet; waiting for `bookrec train --promote` or a retrain"
+    return (
+        f"production version {recorded} is recorded in {store.root} but its directory is missing; "
+        "waiting for it to come back, a promotion or a retrain"
+    )
+
+
+def _repair_pointer(redis: Redis, keys: Keys, seen: bytes | None, version: str) -> bool:
+    """Set the pointer to `version` if it still holds `seen` (None: absent); False if someone changed it meanwhile."""
+    if seen is None:
+        return bool(
+            _call_redis(
+                lambda: redis.set(keys.model_current, version, nx=True), "the pointer was not restored from the store"
+            )
+        )
+
+    def compare_and_set() -> bool:
+        with redis.pipeline() as pipe:
+            try:
+                pipe.watch(keys.model_current)
+                if pipe.get(keys.model_current) != seen:
+                    return False
+                pipe.multi()
+                pipe.set(keys.model_current, version)
+                pipe.execute()
+                return True
+            except WatchError:
+                return False
+
+    return _call_redis(compare_and_set, "the pointer was not repaired from the store")
 
 
 def _announcer(redis: Redis, keys: Keys, reason: str) -> tuple[dict, Callable[[str, str | None], None]]:

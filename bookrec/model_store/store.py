@@ -267,6 +267,10 @@ class ModelStore:
         """The version recorded as in production, or None if none has been promoted."""
         return self._read_record()["version"]
 
+    def holds(self, version: object) -> bool:
+        """Whether `version` is a well-formed version id with a directory in the store (not whether it is intact)."""
+        return isinstance(version, str) and self._has(version)
+
     def require_production(self) -> str:
         """The production version; NoProductionModel if none has been promoted yet."""
         version = self.production()

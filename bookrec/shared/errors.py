@@ -101,3 +101,7 @@ class MalformedEntry(BookrecError):
     """A reader's cache key holds something that is not a bookrec entry (written by someone else, or damaged)."""
 
     exit_code = 10
+
+
+class VersionNotServed(ModelStoreError):
+    """A job must run on a model version this worker could not load (yet); the message says why."""

@@ -2,7 +2,8 @@
 
 Fields (all strings; see the README's Redis contract): `name`, `version` (the version loaded),
 `pending_version` (production names a version this worker will swap to between jobs, else empty),
-`pid`, `host`, `queues` (comma-separated), `updated_at` (epoch seconds). The hash expires
+`load_error` (why the pending version, or any production at all, could not be loaded yet; empty otherwise:
+the worker retries with backoff), `pid`, `host`, `queues` (comma-separated), `updated_at` (epoch seconds). The hash expires
 `TTL` seconds after the worker's last write, so a dead worker drops out by itself.
 """
 
@@ -22,13 +23,20 @@ TTL = 15
 
 
 def publish(
-    client: redis.Redis, keys: Keys, name: str, version: str | None, pending_version: str | None, queues: list[str]
+    client: redis.Redis,
+    keys: Keys,
+    name: str,
+    version: str | None,
+    pending_version: str | None,
+    queues: list[str],
+    load_error: str | None = None,
 ) -> None:
     """Write this process's state for worker `name` and renew its expiry, in one round trip."""
     state = {
         "name": name,
         "version": version or "",
         "pending_version": pending_version or "",
+        "load_error": load_error or "",
         "pid": str(os.getpid()),
         "host": socket.gethostname(),
         "queues": ",".join(queues),

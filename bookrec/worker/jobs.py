@@ -40,8 +40,8 @@ def recommend(
     BOOKREC_CACHE_N and at least `n`), so a short request never shrinks a longer list another caller
     relies on; readers take the first n items. Ids that are not ids (wrong type, empty) are skipped and
     listed in `rejected` (the first MAX_REJECTED_LISTED of them; `rejected_count` counts all); the others are
-    served. With `model_version` (set by refresh after a promotion)
-    a worker still on an older version swaps before computing.
+    served. With `model_version` (set by refresh) a worker still on an older version swaps before computing,
+    and one that cannot serve that version fails with VersionNotServed.
     Returns {"users", "fallbacks", "rejected", "rejected_count", "model_version", "n", "seconds"}.
     """
     started = time.perf_counter()
@@ -54,9 +54,9 @@ def recommend(
     ctx = context.get()
     if ctx.holder is None or ctx.holder.current is None:
         raise RuntimeError("this worker has no model loaded; recommend jobs belong on the recommend/refresh queues")
-    if model_version is not None and ctx.holder.version != model_version:
-        ctx.holder.check()
-    runtime = ctx.holder.current  # read once: the whole job runs on this version
+    # Read once: the whole job runs on this version. A refresh chunk runs on the version its refresh is for or
+    # fails (VersionNotServed, retried by RQ) without counting its users, so a refresh is done only on that version.
+    runtime = ctx.holder.current if model_version is None else ctx.holder.runtime_for(model_version)
     length = max(n, ctx.settings.cache_n, ctx.cache_n)
     while True:
         batch = runtime.recommend(good, length) if good else None
@@ -98,14 +98,14 @@ def refresh(start: int | None = None, stop: int | None = None, n: int = 10, chun
     """Recompute every known user's entry (or users[start:stop] in model order) by fanning out recommend jobs.
 
     Chunks go on the `refresh` queue, shared by all replicas; each adds its user count to
-    `refresh:{id}:done`. Returns {"refresh_id", "users", "chunks", "model_version"}; job meta holds the same.
+    `refresh:{id}:done` once it has run on the production version this job fanned out for (VersionNotServed
+    if this worker cannot serve that version). Returns {"refresh_id", "users", "chunks", "model_version"}; job meta holds the same.
     """
     n = payloads.count_n(n)
     ctx = context.get()
     if ctx.holder is None or ctx.holder.current is None:
         raise RuntimeError("this worker has no model loaded, so it does not know the users to refresh")
-    ctx.holder.check()  # right after a promotion this worker may not have swapped yet
-    runtime = ctx.holder.current
+    runtime = ctx.holder.runtime_for()  # production's version: swapped to first, or VersionNotServed
     chunk = int(chunk or ctx.settings.refresh_chunk)
     if not 1 <= chunk <= payloads.MAX_USERS_PER_JOB:
         raise ValidationError(f"chunk must be from 1 to {payloads.MAX_USERS_PER_JOB}, got {chunk}")

@@ -7,15 +7,19 @@ job as its current one), then the job's status STARTED. The worker here is a rea
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+
 import fakeredis
 from rq import Queue, Retry
 from rq.job import JobStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from bookrec.shared.keys import QUEUE_RECOMMEND
+from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH
 from bookrec.worker.serve.rq_worker import BookrecWorker
-from bookrec.worker.serve.supervisor import recover_abandoned
+from bookrec.worker.serve.supervisor import Recovery, recover_abandoned
 
 JOB = "worker.jobs.recommend"
 
@@ -55,3 +59,88 @@ def test_a_started_job_is_retried_through_rq_with_one_try_spent(redis) -> None:
     job.refresh()
     assert job.get_status() == JobStatus.QUEUED and job.retries_left == 1
     assert StartedJobRegistry(QUEUE_RECOMMEND, connection=redis).get_job_ids() == []
+
+
+# A supervisor that starts after a whole pool died (its supervisor too) never saw those workers die:
+# `Recovery` finds their jobs from Redis alone.
+
+
+def process_gone() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    return done.pid
+
+
+def process_named(name: str) -> subprocess.Popen:
+    """A live process whose command line names worker `name`, as a real worker's does."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)", "--name", name],
+        stdout=subprocess.PIPE,
+    )
+    assert process.stdout.readline() == b"up\n"
+    return process
+
+
+def registered(redis, worker: BookrecWorker, pid: int, host: str = socket.gethostname()) -> None:
+    """Make RQ's record of `worker` say it runs as `pid` on `host`."""
+    redis.hset(worker.key, mapping={"pid": pid, "hostname": host})
+
+
+def pop_without_claiming(redis) -> tuple[Queue, str]:
+    """Enqueue a job and pop it as a worker's BLPOP does, then 'die' before registering its execution."""
+    queue = Queue(QUEUE_RECOMMEND, connection=redis, serializer=JSONSerializer)
+    job = queue.enqueue(JOB, ["1"], retry=Retry(max=2))
+    queue.enqueue(JOB, ["2"])
+    refresh = Queue(QUEUE_REFRESH, connection=redis, serializer=JSONSerializer)
+    popped, _ = Queue.dequeue_any([queue, refresh], None, connection=redis, serializer=JSONSerializer)
+    assert popped.id == job.id and job.id not in queue.job_ids
+    return queue, job.id
+
+
+def test_a_job_popped_by_a_worker_that_died_before_claiming_it_goes_back_after_a_second_sweep(redis) -> None:
+    queue, job_id = pop_without_claiming(redis)
+    recovery = Recovery(redis, [QUEUE_RECOMMEND, QUEUE_REFRESH])
+
+    assert recovery.sweep() == [], "handed back at the first sight: a live worker may be registering it right now"
+    assert job_id not in queue.job_ids
+    assert recovery.sweep() == [job_id]
+    assert queue.job_ids[0] == job_id
+    job = queue.fetch_job(job_id)
+    assert job.get_status() == JobStatus.QUEUED and job.retries_left == 2
+    assert recovery.sweep() == [] and queue.job_ids.count(job_id) == 1
+
+
+def test_jobs_of_dead_workers_of_this_host_go_back_whichever_claim_step_they_died_at(redis) -> None:
+    queue, unstarted = claimed_by_a_dead_worker(redis, started=False)
+    registered(redis, BookrecWorker([queue], connection=redis, name="dead-worker"), process_gone())
+    other = Queue(QUEUE_REFRESH, connection=redis, serializer=JSONSerializer)
+    started_job = other.enqueue(JOB, ["3"], retry=Retry(max=2))
+    worker = BookrecWorker([other], connection=redis, name="dead-worker-2")
+    worker.register_birth()
+    job, _ = worker.dequeue_job_and_maintain_ttl(timeout=None)
+    worker.prepare_execution(job)
+    worker.prepare_job_execution(job)
+    redis.delete(worker.key)  # its record expired: RQ no longer knows the worker at all
+
+    recovered = Recovery(redis, [QUEUE_RECOMMEND, QUEUE_REFRESH]).sweep()
+
+    assert sorted(recovered) == sorted([unstarted.id, started_job.id])
+    assert queue.job_ids[0] == unstarted.id and started_job.id in other.job_ids
+    for name in (QUEUE_RECOMMEND, QUEUE_REFRESH):
+        assert StartedJobRegistry(name, connection=redis).get_job_ids() == []
+
+
+def test_jobs_of_live_workers_here_and_of_workers_on_other_hosts_are_left_alone(redis) -> None:
+    queue, job = claimed_by_a_dead_worker(redis, started=True)
+    live = process_named("dead-worker")  # the name of claimed_by_a_dead_worker's worker: alive after all
+    try:
+        registered(redis, BookrecWorker([queue], connection=redis, name="dead-worker"), live.pid)
+        recovery = Recovery(redis, [QUEUE_RECOMMEND])
+        assert recovery.sweep() == [] and recovery.sweep() == []
+        registered(redis, BookrecWorker([queue], connection=redis, name="dead-worker"), process_gone(), "elsewhere")
+        assert recovery.sweep() == [], "a worker on another host is alive while RQ has its record"
+        assert StartedJobRegistry(QUEUE_RECOMMEND, connection=redis).get_job_ids() == [job.id]
+    finally:
+        live.kill()
+        live.wait()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import threading
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -118,17 +121,81 @@ def test_a_job_that_needs_the_new_version_waits_for_a_slot_then_loads_anyway(ver
     assert redis.get(KEYS.swap_slot(0)) == b"stuck-worker", "it released a slot it did not hold"
 
 
-def test_a_version_that_fails_to_load_is_skipped_and_the_old_one_keeps_serving(versions, redis) -> None:
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_version_that_fails_to_load_stays_pending_and_is_retried_with_backoff(versions, redis) -> None:
     store, old, new = versions
     promote(store, redis, KEYS, old)
-    loader = Loader(broken=(new,))
-    holder = serving(store, redis, old, loader)
+    loader, clock = Loader(broken=(new,)), Clock()
+    holder = ModelHolder(store, redis, KEYS, "w1", [QUEUE_RECOMMEND], loader=loader, clock=clock)
+    holder.current = FakeRuntime(old)
     promote(store, redis, KEYS, new)
     holder.notice()
     assert holder.swap_if_due() is False and holder.version == old
     holder.notice()
-    assert holder.pending_version is None, "a version that failed to load is due again"
+    assert (holder.pending_version, holder.load_error) == (new, f"{new} is corrupt"), "status must show it pending"
+    state = redis.hgetall(KEYS.worker("w1"))
+    assert (state[b"version"], state[b"pending_version"], state[b"load_error"]) == (
+        old.encode(),
+        new.encode(),
+        f"{new} is corrupt".encode(),
+    )
+    assert holder.swap_if_due() is False, "tried again before its backoff"
+    clock.now += 1.0
+    assert holder.swap_if_due() is False, "the second try (still broken) was not made"
+    clock.now += 1.0
+    assert holder.swap_if_due() is False, "the backoff did not double after a second failure"
     assert redis.get(KEYS.swap_slot(0)) is None
+
+    loader.broken = ()  # the version's directory is back
+    clock.now += 1.0
+    assert holder.swap_if_due() is True
+    assert (holder.version, holder.pending_version, holder.load_error) == (new, None, None)
+    assert redis.hget(KEYS.worker("w1"), "load_error") == b""
+
+
+def test_a_worker_with_no_servable_production_waits_saying_why_then_loads(versions, redis) -> None:
+    store, old, _ = versions
+    promote(store, redis, KEYS, old)
+    hidden = store.root.parent / "hidden"
+    shutil.move(store.root / old, hidden)  # production's directory moved away
+    holder = ModelHolder(store, redis, KEYS, "w1", [QUEUE_RECOMMEND], loader=Loader())
+    loading = threading.Thread(target=holder.load_initial)
+    loading.start()
+    try:
+        waiting = lambda: redis.hget(KEYS.worker("w1"), "load_error") or b""  # noqa: E731
+        deadline = time.monotonic() + 10
+        while b"directory is missing" not in waiting() and time.monotonic() < deadline:
+            time.sleep(0.05)  # the holder publishes its state from its own thread: poll it as `bookrec status` does
+        assert b"directory is missing" in waiting() and holder.current is None
+        shutil.move(hidden, store.root / old)
+        loading.join(timeout=10)
+        assert holder.version == old and redis.hget(KEYS.worker("w1"), "load_error") == b""
+    finally:
+        holder.stop()
+        loading.join(timeout=10)
+
+
+def test_a_job_that_needs_a_version_this_worker_cannot_load_fails_naming_why(versions, redis) -> None:
+    from bookrec.shared.errors import VersionNotServed
+
+    store, old, new = versions
+    promote(store, redis, KEYS, old)
+    holder = serving(store, redis, old, Loader(broken=(new,)))
+    assert holder.runtime_for(old).version == old
+    promote(store, redis, KEYS, new)
+    with pytest.raises(VersionNotServed, match=f"serves {old}, not {new}: {new} is corrupt"):
+        holder.runtime_for(new)
+    with pytest.raises(VersionNotServed, match=f"not {new}"):
+        holder.runtime_for()  # a refresh fans out for production's version only
 
 
 def test_lost_redis_postpones_the_swap_instead_of_stopping_the_worker(versions, redis, server) -> None:

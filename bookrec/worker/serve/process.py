@@ -2,16 +2,20 @@
 
 A promotion is taken between jobs (see worker/swap.py), so no job runs beside a model load.
 
-Started by the supervisor (`bookrec worker`, see worker/pool.py) as
-`python -m bookrec.worker.serve.process --queues recommend,refresh --name NAME [--burst]`.
-If Redis goes away, the process waits with backoff and resumes with the model still loaded.
+Started by the supervisor (`bookrec worker`, see supervisor.py) as
+`python -m bookrec.worker.serve.process --queues recommend,refresh --name NAME --supervisor PID [--burst]`.
+If Redis goes away, the process waits with backoff and resumes with the model still loaded. If its
+supervisor dies (even by SIGKILL), the process gets SIGTERM from the kernel (PR_SET_PDEATHSIG) and stops
+after its current job, so no worker outlives its supervisor unsupervised.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import logging
+import os
 import signal
 import sys
 import time
@@ -34,6 +38,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("bookrec.worker.serve.process")
 
 EXIT_CONFIG = 3
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): the signal this process gets when its parent dies
 
 
 class _StopFlag:
@@ -59,6 +64,19 @@ def wait_for_redis(client: redis.Redis, flag: _StopFlag) -> None:
             logger.warning("Redis unavailable (%s); retrying in %.1f s", exc, delay)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def die_with_parent(parent: int) -> bool:
+    """Ask the kernel to SIGTERM this process when its parent dies (a warm stop after the current job); False if
+    the parent `parent` is already gone (it died before the request), so the caller stops at once."""
+    try:
+        if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            logger.warning(
+                "prctl(PR_SET_PDEATHSIG) failed (errno %d): this worker may outlive its supervisor", ctypes.get_errno()
+            )
+    except (OSError, AttributeError):  # not Linux
+        logger.warning("no prctl(PR_SET_PDEATHSIG) here: this worker may outlive its supervisor")
+    return os.getppid() == parent
 
 
 def _retire(worker: BaseWorker) -> None:
@@ -88,7 +106,10 @@ def serve(settings: Settings, queues: list[str], name: str, burst: bool) -> int:
     rq_queues = [keys.queue(q) for q in queues]  # this deployment's RQ queues (see Keys.queue)
     if any(q != QUEUE_RETRAIN for q in queues):
         holder = ModelHolder(store, client, keys, name, rq_queues, slots=settings.swap_slots)
-        holder.load_initial()
+        holder.load_initial(stopped=lambda: flag.stop)
+        if flag.stop:
+            holder.stop()
+            return 0
         holder.start()
     context.install(context.WorkerContext(settings, client, keys, store, holder))
     try:
@@ -123,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queues", required=True)
     parser.add_argument("--name", required=True)
     parser.add_argument("--burst", action="store_true")
+    parser.add_argument("--supervisor", type=int, help="the supervisor's pid: stop when it dies")
     args = parser.parse_args(argv)
+    if args.supervisor is not None and not die_with_parent(args.supervisor):
+        print(f"bookrec worker: supervisor {args.supervisor} is gone; not starting", file=sys.stderr)
+        return 0
     try:
         settings = Settings.from_env()
     except BookrecError as exc:

@@ -7,7 +7,10 @@ The supervisor itself never imports TensorFlow: each worker is a fresh interpret
 (`python -m bookrec.worker.serve.process`), so no process ever forks with TensorFlow loaded. When a worker
 dies mid-job (killed, out of memory), the job it held is handed back to the queue at once
 (see `recover_abandoned`) instead of waiting for RQ's timeout-based cleanup, and a swap slot it
-held while loading a model is given back (see `release_swap_slots`).
+held while loading a model is given back (see `release_swap_slots`). When it starts, and every minute,
+it also hands back the jobs of workers it never knew that died (a whole pool SIGKILLed with its
+supervisor, a host lost), wherever in RQ's claim they died (see `Recovery`). Its workers die with it:
+each gets SIGTERM from the kernel when the supervisor dies, and stops after its current job.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 RESTART_BACKOFF_MAX = 30.0
 STOP_GRACE_SECONDS = 30.0
+RECOVERY_INTERVAL = 60.0  # how often the supervisor looks for jobs that dead workers held
+CLAIM_GRACE_SECONDS = 2.0  # a job popped by no live worker for this long (two sweeps apart) is handed back
+JOB_KEY_PREFIX = "rq:job:"
 DESCRIPTION = (
     "Start N worker processes. Each loads the production model, the book metadata and every "
     "user's rated books once, then serves jobs from the given queues in priority order, swapping to a newly "
@@ -70,18 +76,23 @@ class Supervisor:
     swap_slots: int = 1  # BOOKREC_SWAP_SLOTS: which slot keys a dead worker may have held
     slots: list[Slot] = field(default_factory=list)
     stopping: bool = False
+    recovery: Recovery | None = None
 
     def run(self) -> int:
         """Start the processes and supervise until SIGTERM/SIGINT (or, with --burst, until all finish)."""
         signal.signal(signal.SIGTERM, self._request_stop)
         signal.signal(signal.SIGINT, self._request_stop)
         self.slots = [Slot(i) for i in range(self.processes)]
+        if self.client is not None:
+            self.recovery = Recovery(self.client, [self.keys.queue(q) for q in self.queues])
         for slot in self.slots:
             self._start(slot)
         while not self.stopping:
             if self.burst and all(slot.finished for slot in self.slots):
                 break
             self._check()
+            if self.recovery is not None:
+                self.recovery.sweep_if_due()
             time.sleep(0.2)
         return self._stop_all()
 
@@ -99,6 +110,8 @@ class Supervisor:
             ",".join(self.queues),
             "--name",
             slot.name,
+            "--supervisor",
+            str(os.getpid()),
         ]
         if self.burst:
             command.append("--burst")
@@ -145,6 +158,155 @@ class Supervisor:
                 process.wait()
         codes = [s.process.returncode for s in self.slots if s.process is not None]
         return 0 if all(c in (0, -signal.SIGTERM) for c in codes) else 1
+
+
+@dataclass
+class Recovery:
+    """Hands back to `queues` (RQ names) every job a dead worker held, whichever supervisor it belonged to.
+
+    A worker is dead when RQ no longer has its record, its record says it died, or it ran on this host and
+    its process is gone. RQ claims a job in steps, and a worker can die after each: (1) the job is popped
+    off its queue, in no list at all; (2) an execution is in the started registry; (3) the job is STARTED.
+    (2) and (3) are found in the started registries; (1) as a job still `queued` that is in neither its
+    queue nor its started registry in two sweeps CLAIM_GRACE_SECONDS apart (a live worker registers the
+    execution within milliseconds). Sweeps run at start, CLAIM_GRACE_SECONDS later, then every RECOVERY_INTERVAL.
+    """
+
+    client: redis.Redis
+    queues: list[str]
+    host: str = field(default_factory=socket.gethostname)
+    suspects: set[str] = field(default_factory=set)
+    next_sweep: float = 0.0
+
+    def sweep_if_due(self) -> list[str]:
+        """Run a sweep if one is due; the ids of the jobs it handed back."""
+        now = time.monotonic()
+        if now < self.next_sweep:
+            return []
+        first = self.next_sweep == 0.0
+        self.next_sweep = now + (CLAIM_GRACE_SECONDS if first else RECOVERY_INTERVAL)
+        try:
+            return self.sweep()
+        except redis.exceptions.RedisError as exc:
+            logger.warning("supervisor: could not look for the jobs of dead workers: %s", exc)
+            return []
+
+    def sweep(self) -> list[str]:
+        """Hand back the jobs of dead workers now (unclaimed ones only if they were unclaimed last sweep too)."""
+        recovered = self._retire_dead_workers()
+        for queue_name in self.queues:
+            recovered += self._held_by_the_dead(queue_name)
+        unclaimed = self._unclaimed()
+        for job_id, queue_name in sorted(unclaimed.items()):
+            if job_id in self.suspects and _requeue_unclaimed(self.client, queue_name, job_id):
+                logger.warning(
+                    "supervisor: job %s, popped by a worker that died, handed back to %s", job_id, queue_name
+                )
+                recovered.append(job_id)
+        self.suspects = set(unclaimed) - set(recovered)
+        return recovered
+
+    def _retire_dead_workers(self) -> list[str]:
+        """Recover the current job of every dead worker of this host still registered on the queues, and retire it."""
+        from rq import Queue
+        from rq.serializers import JSONSerializer
+        from rq.worker import Worker
+
+        found = {}
+        for queue_name in self.queues:
+            queue = Queue(queue_name, connection=self.client, serializer=JSONSerializer)
+            for worker in Worker.all(queue=queue, serializer=JSONSerializer):
+                found.setdefault(worker.name, worker)
+        recovered = []
+        for name in sorted(found):
+            if worker_is_dead(self.client, name, self.host):
+                logger.warning("supervisor: worker %s is dead; handing back its job", name)
+                recovered += [job for job in [recover_abandoned(self.client, name)] if job]
+        return recovered
+
+    def _held_by_the_dead(self, queue_name: str) -> list[str]:
+        """Hand back the started-registry entries of `queue_name` whose worker is dead; their job ids."""
+        from rq.registry import StartedJobRegistry
+        from rq.serializers import JSONSerializer
+
+        registry = StartedJobRegistry(
+            queue_name, connection=self.client, job_class=_job_class(), serializer=JSONSerializer
+        )
+        held: dict[str, list[str]] = {}
+        for job_id, execution_id in registry.get_job_and_execution_ids():
+            worker = self.client.hget(f"rq:execution:{job_id}:{execution_id}", "worker_name")
+            if worker_is_dead(self.client, worker.decode() if worker else None, self.host):
+                held.setdefault(job_id, []).append(f"{job_id}:{execution_id}")
+        for job_id, entries in held.items():
+            _hand_back(self.client, registry, queue_name, job_id, entries)
+            logger.warning("supervisor: job %s of a dead worker handed back to queue %s", job_id, queue_name)
+        return list(held)
+
+    def _unclaimed(self) -> dict[str, str]:
+        """{job id: queue} of the jobs still `queued` on these queues that are neither in their queue nor started."""
+        from rq.registry import StartedJobRegistry
+
+        queued = {}
+        ids = [
+            key[len(JOB_KEY_PREFIX) :]
+            for key in map(bytes.decode, self.client.scan_iter(match=f"{JOB_KEY_PREFIX}*", count=1000))
+        ]
+        ids = [i for i in ids if ":" not in i]  # rq:job:{id}:dependents and the like are not jobs
+        with self.client.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hmget(JOB_KEY_PREFIX + job_id, "status", "origin")
+            for job_id, (status, origin) in zip(ids, pipe.execute()):
+                if status == b"queued" and origin is not None and origin.decode() in self.queues:
+                    queued[job_id] = origin.decode()
+        for queue_name in set(queued.values()):
+            listed = {i.decode() for i in self.client.lrange(f"rq:queue:{queue_name}", 0, -1)}
+            listed |= set(StartedJobRegistry(queue_name, connection=self.client).get_job_ids())
+            queued = {j: q for j, q in queued.items() if q != queue_name or j not in listed}
+        return queued
+
+
+def worker_is_dead(client: redis.Redis, name: str | None, host: str) -> bool:
+    """Whether RQ worker `name` is dead: no record, a recorded death, or on `host` with its process gone."""
+    if not name:
+        return True
+    hostname, pid, death = client.hmget(f"rq:worker:{name}", "hostname", "pid", "death")
+    if hostname is None or death is not None:
+        return True
+    return hostname.decode() == host and not _running(int(pid or 0), name)
+
+
+def _running(pid: int, name: str) -> bool:
+    """Whether process `pid` runs and is the worker `name` (its command line names it, where /proc shows it)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            arguments = fh.read().split(b"\0")
+    except OSError:
+        return True  # no /proc: the pid is alive, assume it is the worker
+    return arguments == [b""] or name.encode() in arguments  # empty while a process is being set up: assume it is
+
+
+def _requeue_unclaimed(client: redis.Redis, queue_name: str, job_id: str) -> bool:
+    """Put a job a dead worker popped but never registered back at the front of its queue (no try spent)."""
+    from rq import Queue
+    from rq.intermediate_queue import IntermediateQueue
+    from rq.job import JobStatus
+    from rq.serializers import JSONSerializer
+
+    queue = Queue(queue_name, connection=client, job_class=_job_class(), serializer=JSONSerializer)
+    job = queue.fetch_job(job_id)
+    if job is None or job.get_status() != JobStatus.QUEUED:
+        return False
+    client.lrem(IntermediateQueue.get_intermediate_queue_key(queue.key), 0, job_id)
+    queue.enqueue_job(job, at_front=True)
+    return True
 
 
 def recover_abandoned(client: redis.Redis | None, worker_name: str) -> str | None:
