@@ -245,7 +245,8 @@ def _status(args: argparse.Namespace) -> int:
 def _model_cell(worker: dict) -> str:
     """The worker's model version, and the one it is about to swap to (waiting for a swap slot or its next job)."""
     served = worker["model_version"] or "-"
-    return f"{served} -> {worker['pending_version']}" if worker.get("pending_version") else served
+    cell = f"{served} -> {worker['pending_version']}" if worker.get("pending_version") else served
+    return f"{cell} (not loaded yet: see the warning)" if worker.get("load_error") else cell
 
 
 def _retrain_cell(retrain: dict | None) -> str:

@@ -66,29 +66,31 @@ def rollback(store: ModelStore, redis: Redis, keys: Keys, refresh: Settings | No
 def current_version(store: ModelStore, redis: Redis, keys: Keys) -> str | None:
     """The production version: the Redis pointer when it names a version the store holds, else the store's
     record, which the pointer is then set back to (a lost or garbage pointer is repaired, with a warning).
-    None when neither names a version in the store (nothing promoted yet, or production's directory is gone).
+    None when neither names a version in the store (nothing promoted yet, or production's directory is gone);
+    a pointer naming no version is then removed, so nobody reads it as production.
     """
     raw = _call_redis(lambda: redis.get(keys.model_current), "the store record still names the production model")
     pointer = _decoded(raw)
     if store.holds(pointer):
         return pointer
     recorded = servable_production(store)
-    if recorded is None:
+    if pointer is None and recorded is None:
         return None
-    if _repair_pointer(redis, keys, raw, recorded):
-        if pointer is None:
-            log.warning("Redis had lost %s; restored it to %s from the store record", keys.model_current, recorded)
-        else:
-            log.warning(
-                "%s named %r, which is no version in the store; set it back to %s from the store record",
-                keys.model_current,
-                pointer[:80],
-                recorded,
-            )
-        return recorded
-    # Someone set the pointer between our GET and the repair: read theirs.
-    now = _decoded(_call_redis(lambda: redis.get(keys.model_current), "the pointer was not read"))
-    return now if store.holds(now) else recorded
+    if not _repair_pointer(redis, keys, raw, recorded):
+        # Someone set the pointer between our GET and the repair: theirs is newer.
+        now = _decoded(_call_redis(lambda: redis.get(keys.model_current), "the pointer was not read"))
+        return now if store.holds(now) else recorded
+    if pointer is None:
+        log.warning("Redis had lost %s; restored it to %s from the store record", keys.model_current, recorded)
+    else:
+        log.warning(
+            "%s named %r, which is no version in %s; %s",
+            keys.model_current,
+            pointer[:80],
+            store.root,
+            f"set it back to {recorded} from the store record" if recorded else "removed it (no servable production)",
+        )
+    return recorded
 
 
 def _decoded(raw: bytes | None) -> str | None:
@@ -116,8 +118,9 @@ def production_problem(store: ModelStore, redis: Redis, keys: Keys) -> str:
     )
 
 
-def _repair_pointer(redis: Redis, keys: Keys, seen: bytes | None, version: str) -> bool:
-    """Set the pointer to `version` if it still holds `seen` (None: absent); False if someone changed it meanwhile."""
+def _repair_pointer(redis: Redis, keys: Keys, seen: bytes | None, version: str | None) -> bool:
+    """Set the pointer to `version` (None: delete it) if it still holds `seen` (None: absent); False if someone
+    changed it meanwhile."""
     if seen is None:
         return bool(
             _call_redis(
@@ -132,7 +135,10 @@ def _repair_pointer(redis: Redis, keys: Keys, seen: bytes | None, version: str) 
                 if pipe.get(keys.model_current) != seen:
                     return False
                 pipe.multi()
-                pipe.set(keys.model_current, version)
+                if version is None:
+                    pipe.delete(keys.model_current)
+                else:
+                    pipe.set(keys.model_current, version)
                 pipe.execute()
                 return True
             except WatchError:

@@ -281,11 +281,17 @@ class Client:
                         "queues": [q.name for q in worker.queues],
                         "model_version": state.get("version") or None,
                         "pending_version": state.get("pending_version") or None,
+                        "load_error": state.get("load_error") or None,
                         "current_job": worker.get_current_job_id(),
                         "pid": worker.pid,
                         "hostname": worker.hostname,
                     }
                 )
+            listed = {w["name"] for w in workers}
+            waiting = (
+                _waiting_worker(s) for s in worker_state.read_all(self.redis, self.keys) if s["name"] not in listed
+            )
+            workers += [w for w in waiting if w is not None]
             current = self.redis.get(self.keys.model_current)
             lock = RetrainLock(self.redis, self.keys, self.settings.retrain_lock_ttl)
             retrain = lock.holder()
@@ -302,7 +308,8 @@ class Client:
                     f"{no_listener_warning(name)} ({q['queued']} job(s) waiting)"
                     for name, q in queues.items()
                     if q["queued"] and not q["workers"]
-                ],
+                ]
+                + [_load_warning(w) for w in sorted(workers, key=lambda w: w["name"]) if w["load_error"]],
             }
 
         return self._call(collect)
@@ -416,3 +423,28 @@ def _wrong_type(reply: Any) -> bool:
 def _iso(moment: Any) -> str | None:
     """A job timestamp as ISO 8601 text (None when unset)."""
     return moment.isoformat() if moment is not None else None
+
+
+def _waiting_worker(state: dict[str, str]) -> dict[str, Any] | None:
+    """A worker process not serving yet (no model loaded, so not an RQ worker yet), from its worker hash, as
+    `status` lists workers; None for a hash with a version (a worker that died: its hash is about to expire)."""
+    if state.get("version"):
+        return None
+    return {
+        "name": state["name"],
+        "state": "waiting",
+        "queues": [q for q in state.get("queues", "").split(",") if q],
+        "model_version": None,
+        "pending_version": state.get("pending_version") or None,
+        "load_error": state.get("load_error") or None,
+        "current_job": None,
+        "pid": int(state["pid"]) if state.get("pid", "").isdigit() else None,
+        "hostname": state.get("host") or None,
+    }
+
+
+def _load_warning(worker: dict[str, Any]) -> str:
+    """The status warning for a worker that cannot serve production."""
+    pending = worker["pending_version"]
+    doing = f"cannot load {pending}" if pending else "is not serving"
+    return f"worker {worker['name']} {doing}: {worker['load_error']}"

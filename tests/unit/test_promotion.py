@@ -197,6 +197,40 @@ def test_current_version_is_none_before_any_promotion(store: ModelStore, redis) 
     assert redis.get(KEYS.model_current) is None
 
 
+@pytest.mark.parametrize(
+    "garbage",
+    [b"garbage", b"v20991231T000000000000Z", b"../etc", b"\xff\xfe"],
+    ids=["word", "absent id", "path", "bytes"],
+)
+def test_a_pointer_naming_no_version_is_ignored_and_set_back_to_the_store_record(
+    store: ModelStore, redis, caplog, garbage: bytes
+) -> None:
+    version = save(store)
+    promote(store, redis, KEYS, version)
+    redis.set(KEYS.model_current, garbage)
+
+    with caplog.at_level(logging.WARNING, logger="bookrec.model_store.promotion"):
+        assert current_version(store, redis, KEYS) == version
+
+    assert redis.get(KEYS.model_current) == version.encode()
+    assert any("no version in" in r.getMessage() and version in r.getMessage() for r in caplog.records)
+
+
+def test_with_production_s_directory_gone_there_is_no_current_version_and_a_garbage_pointer_is_removed(
+    store: ModelStore, redis
+) -> None:
+    import shutil
+
+    version = save(store)
+    promote(store, redis, KEYS, version)
+    shutil.move(store.root / version, store.root.parent / "moved-away")
+
+    assert current_version(store, redis, KEYS) is None
+    assert redis.get(KEYS.model_current) is None, "the pointer still names a version the store does not hold"
+    shutil.move(store.root.parent / "moved-away", store.root / version)
+    assert current_version(store, redis, KEYS) == version and redis.get(KEYS.model_current) == version.encode()
+
+
 def test_current_version_with_redis_down_is_a_clear_error(store: ModelStore, redis, server) -> None:
     server.connected = False
 

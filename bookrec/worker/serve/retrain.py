@@ -14,7 +14,7 @@ from typing import Any
 
 from rq.job import Job
 
-from bookrec.model_store.promotion import promote
+from bookrec.model_store.promotion import promote, servable_production
 from bookrec.model_store.store import REJECTED
 from bookrec.shared import payloads
 from bookrec.shared.errors import CatalogueMismatch, RetrainCancelled
@@ -97,14 +97,21 @@ def run_retrain(
     """Train a candidate, gate it against production on ratings neither trained on, promote it if it passes.
 
     `books` None means none; callers that default to books.csv pass None when it is absent. With the
-    ratings file production was trained on (and no `force`), nothing is trained.
+    ratings file production was trained on (and no `force`), nothing is trained. A production version whose
+    directory is gone is no production for the gate: the candidate is judged as the first one.
     """
     job_id = job.id if job is not None else f"local-{time.time():.0f}"
     _lock(ctx).hold(job_id)  # the producer took it at enqueue time; a job enqueued by hand takes it here
     try:
         progress = _Progress(ctx, job, job_id)
         progress.check_cancel()  # cancelled while RQ handed it to this trainer
-        production = ctx.store.production()
+        production = servable_production(ctx.store)
+        if production is None and ctx.store.production() is not None:
+            logger.warning(
+                "retrain %s: production %s's directory is missing; the candidate has nothing to be compared with",
+                job_id,
+                ctx.store.production(),
+            )
         kind = payloads.model_kind(model)
         request = TrainRequest(
             ratings=ratings,
