@@ -22,7 +22,7 @@ from rq.serializers import JSONSerializer
 
 from bookrec.model_store.store import ModelStore, iso, utcnow
 from bookrec.shared import jobs
-from bookrec.shared.errors import ModelStoreError, RedisUnavailable
+from bookrec.shared.errors import RedisUnavailable
 from bookrec.shared.keys import QUEUE_REFRESH, Keys
 from bookrec.shared.settings import Settings
 
@@ -64,18 +64,20 @@ def rollback(store: ModelStore, redis: Redis, keys: Keys, refresh: Settings | No
 
 
 def current_version(store: ModelStore, redis: Redis, keys: Keys) -> str | None:
-    """The production version: the Redis pointer when it names a version the store holds, else the store's
-    record, which the pointer is then set back to (a lost or garbage pointer is repaired, with a warning).
-    None when neither names a version in the store (nothing promoted yet, or production's directory is gone);
-    a pointer naming no version is then removed, so nobody reads it as production.
+    """The production version: the Redis pointer when it names a version the store holds or the one its record
+    names, else the store's record, which the pointer is then set back to (a lost or garbage pointer is
+    repaired, with a warning; with nothing recorded it is removed). None when nothing is in production.
+
+    The recorded version is returned even if its directory is missing: loading it then fails naming the
+    problem, which the worker retries and shows (`load_error`), instead of serving nothing silently.
     """
     raw = _call_redis(lambda: redis.get(keys.model_current), "the store record still names the production model")
     pointer = _decoded(raw)
     if store.holds(pointer):
         return pointer
-    recorded = servable_production(store)
-    if pointer is None and recorded is None:
-        return None
+    recorded = store.production()
+    if pointer == recorded:
+        return recorded
     if not _repair_pointer(redis, keys, raw, recorded):
         # Someone set the pointer between our GET and the repair: theirs is newer.
         now = _decoded(_call_redis(lambda: redis.get(keys.model_current), "the pointer was not read"))
@@ -88,7 +90,7 @@ def current_version(store: ModelStore, redis: Redis, keys: Keys) -> str | None:
             keys.model_current,
             pointer[:80],
             store.root,
-            f"set it back to {recorded} from the store record" if recorded else "removed it (no servable production)",
+            f"set it back to {recorded} from the store record" if recorded else "removed it (nothing is in production)",
         )
     return recorded
 
@@ -102,20 +104,6 @@ def servable_production(store: ModelStore) -> str | None:
     """The store's recorded production version if its directory is there, else None."""
     recorded = store.production()
     return recorded if store.holds(recorded) else None
-
-
-def production_problem(store: ModelStore, redis: Redis, keys: Keys) -> str:
-    """Why there is no servable production version, in one line for logs and `bookrec status`."""
-    try:
-        recorded = store.production()
-    except ModelStoreError as exc:
-        return str(exc)
-    if recorded is None:
-        return "no model in production yet; waiting for `bookrec train --promote` or a retrain"
-    return (
-        f"production version {recorded} is recorded in {store.root} but its directory is missing; "
-        "waiting for it to come back, a promotion or a retrain"
-    )
 
 
 def _repair_pointer(redis: Redis, keys: Keys, seen: bytes | None, version: str | None) -> bool:

@@ -212,11 +212,14 @@ def test_with_production_s_directory_gone_workers_wait_saying_so_and_a_retrain_s
     def both_waiting() -> bool:
         workers = [w for w in client.status()["workers"] if QUEUE_RETRAIN not in w["queues"]]
         return len(workers) == 2 and all(
-            w["state"] == "waiting" and "directory is missing" in (w["load_error"] or "") for w in workers
+            w["state"] == "waiting"
+            and w["pending_version"] == fresh_store.version
+            and f"model version {fresh_store.version} not found" in (w["load_error"] or "")
+            for w in workers
         )
 
     wait_for(both_waiting, "status to show both workers waiting for a servable production", 120)
-    assert client.status()["production_version"] is None
+    assert client.status()["production_version"] == fresh_store.version  # what the store records, missing or not
     wait_for(lambda: client.listeners(QUEUE_RETRAIN), "the trainer to listen", 120)
 
     result = client.retrain(params={"steps": 60}, wait=True, timeout=180)  # not forced: the gate has nothing to compare

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import fakeredis
@@ -216,19 +217,24 @@ def test_a_pointer_naming_no_version_is_ignored_and_set_back_to_the_store_record
     assert any("no version in" in r.getMessage() and version in r.getMessage() for r in caplog.records)
 
 
-def test_with_production_s_directory_gone_there_is_no_current_version_and_a_garbage_pointer_is_removed(
+def test_with_production_s_directory_gone_a_garbage_pointer_is_still_set_back_to_the_record(
     store: ModelStore, redis
 ) -> None:
-    import shutil
-
     version = save(store)
     promote(store, redis, KEYS, version)
     shutil.move(store.root / version, store.root.parent / "moved-away")
+    redis.set(KEYS.model_current, "garbage")
+
+    assert current_version(store, redis, KEYS) == version, "loading it fails naming the missing directory"
+    assert redis.get(KEYS.model_current) == version.encode()
+
+
+def test_a_garbage_pointer_with_nothing_in_production_is_removed(store: ModelStore, redis) -> None:
+    save(store)
+    redis.set(KEYS.model_current, "garbage")
 
     assert current_version(store, redis, KEYS) is None
-    assert redis.get(KEYS.model_current) is None, "the pointer still names a version the store does not hold"
-    shutil.move(store.root.parent / "moved-away", store.root / version)
-    assert current_version(store, redis, KEYS) == version and redis.get(KEYS.model_current) == version.encode()
+    assert redis.get(KEYS.model_current) is None
 
 
 def test_current_version_with_redis_down_is_a_clear_error(store: ModelStore, redis, server) -> None:

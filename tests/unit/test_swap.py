@@ -27,7 +27,7 @@ class FakeRuntime:
 
 
 class Loader:
-    """Records every load; refuses the versions in `broken`."""
+    """Records every load; refuses the versions in `broken`, and those the store cannot verify."""
 
     def __init__(self, broken: tuple[str, ...] = ()) -> None:
         self.loaded: list[str] = []
@@ -36,6 +36,7 @@ class Loader:
     def __call__(self, store: ModelStore, version: str) -> FakeRuntime:
         if version in self.broken:
             raise BookrecError(f"{version} is corrupt")
+        store.verify(version)  # as ModelRuntime.load does first: VersionNotFound for a missing directory
         self.loaded.append(version)
         return FakeRuntime(version)
 
@@ -173,9 +174,9 @@ def test_a_worker_with_no_servable_production_waits_saying_why_then_loads(versio
     try:
         waiting = lambda: redis.hget(KEYS.worker("w1"), "load_error") or b""  # noqa: E731
         deadline = time.monotonic() + 10
-        while b"directory is missing" not in waiting() and time.monotonic() < deadline:
+        while b"not found" not in waiting() and time.monotonic() < deadline:
             time.sleep(0.05)  # the holder publishes its state from its own thread: poll it as `bookrec status` does
-        assert b"directory is missing" in waiting() and holder.current is None
+        assert b"not found" in waiting() and holder.current is None
         shutil.move(hidden, store.root / old)
         loading.join(timeout=10)
         assert holder.version == old and redis.hget(KEYS.worker("w1"), "load_error") == b""

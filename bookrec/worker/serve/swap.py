@@ -27,7 +27,7 @@ from typing import Callable
 
 import redis
 
-from bookrec.model_store.promotion import current_version, production_problem
+from bookrec.model_store.promotion import current_version
 from bookrec.model_store.store import ModelStore
 from bookrec.shared import worker_state
 from bookrec.shared.errors import BookrecError, VersionNotServed
@@ -41,6 +41,7 @@ POLL_SECONDS = 1.0
 SLOT_WAIT_SECONDS = 30  # a job that needs the new version waits this long for a slot, then loads without one
 LOAD_RETRY_FIRST = 1.0  # a version that failed to load is tried again after this many seconds, doubling each time
 LOAD_RETRY_MAX = 30.0  # up to this, for as long as it is the production version
+NO_PRODUCTION = "no model in production yet; waiting for `bookrec train --promote` or a retrain"
 INITIAL_POLL_SECONDS = 0.5  # how often a worker with no model yet looks for a production version it can load
 
 Loader = Callable[[ModelStore, str], ModelRuntime]
@@ -89,7 +90,7 @@ class ModelHolder:
         while not (stopped() or self._stop.is_set()):
             try:
                 version = current_version(self.store, self.client, self.keys)
-                problem = None if version is not None else production_problem(self.store, self.client, self.keys)
+                problem = None if version is not None else NO_PRODUCTION
             except BookrecError as exc:
                 version, problem = None, str(exc)
             if version is not None and self._due(version) and self._load(version):
