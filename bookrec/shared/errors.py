@@ -63,6 +63,10 @@ class RedisUnavailable(BookrecError):
     exit_code = 4
 
 
+class RedisRefusingWrites(RedisUnavailable):
+    """Redis answers but refuses writes (out of memory under noeviction, a read-only replica, a failed snapshot)."""
+
+
 class RetrainRunning(BookrecError):
     """A retrain is already running; the message names its job id."""
 
@@ -77,6 +81,10 @@ class JobFailed(BookrecError):
     """A job that the caller waited for ended FAILED; the message carries the worker's reason."""
 
     exit_code = 6
+
+
+class RefreshIncomplete(JobFailed):
+    """A refresh can no longer finish: some of its chunks failed for good, or its records vanished from Redis."""
 
 
 class Timeout(BookrecError):

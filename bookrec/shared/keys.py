@@ -76,9 +76,22 @@ class Keys:
         """SCAN pattern matching every live worker's hash."""
         return f"{self.prefix}worker:*"
 
+    @property
+    def status_probe(self) -> str:
+        """Key `bookrec status` writes (with a 10 s expiry) to learn whether Redis accepts writes right now."""
+        return f"{self.prefix}status:probe"
+
     def refresh_done(self, refresh_id: str) -> str:
         """Counter of users done by the chunks of one refresh."""
         return f"{self.prefix}refresh:{refresh_id}:done"
+
+    def refresh_users(self, refresh_id: str) -> str:
+        """How many users one refresh fanned out, written once by the fan-out (its chunks never write it)."""
+        return f"{self.prefix}refresh:{refresh_id}:users"
+
+    def refresh_failed(self, refresh_id: str) -> str:
+        """Counter of users in the chunks of one refresh that failed for good (no retry left)."""
+        return f"{self.prefix}refresh:{refresh_id}:failed"
 
     def retrain_cancel(self, job_id: str) -> str:
         """Flag asking the retrain `job_id` to stop: the trainer checks it between training steps and stages."""

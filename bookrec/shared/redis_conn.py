@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from typing import Any, Iterable
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from bookrec.shared.errors import ConfigError, RedisUnavailable
+from bookrec.shared.errors import ConfigError, RedisRefusingWrites, RedisUnavailable
 from bookrec.shared.settings import Settings, redact_url
 
 CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
@@ -43,6 +46,61 @@ def unavailable(settings: Settings, exc: Exception) -> RedisUnavailable:
             f"{where} refused the credentials ({exc}); check the user and password in BOOKREC_REDIS_URL"
         )
     return RedisUnavailable(f"{where} did not answer ({exc}); start it or set BOOKREC_REDIS_URL")
+
+
+def refuses_writes(exc: BaseException) -> bool:
+    """Whether `exc` is Redis refusing a write: out of memory (noeviction), a read-only replica, or MISCONF."""
+    if isinstance(exc, (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)):
+        return True
+    return isinstance(exc, redis.exceptions.ResponseError) and _reason(exc).startswith("MISCONF")
+
+
+def refusing(settings: Settings, exc: Exception) -> RedisRefusingWrites:
+    """The RedisRefusingWrites for a refused write, naming the redacted URL, Redis's reason and the fix."""
+    return RedisRefusingWrites(
+        f"Redis at {redact_url(settings.redis_url)} refuses writes ({_reason(exc)}); "
+        f"{_fix_for(exc)}, then retry (workers resume on their own)"
+    )
+
+
+def _fix_for(exc: Exception) -> str:
+    """What an operator does about a refused write."""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return "free memory in Redis or raise its maxmemory"
+    if isinstance(exc, redis.exceptions.ReadOnlyError):
+        return "point BOOKREC_REDIS_URL at the primary, not a replica"
+    return "fix Redis's snapshot disk (see its log) or set stop-writes-on-bgsave-error no"
+
+
+class Backoff:
+    """Capped exponential pauses between tries of a Redis call that keeps failing, logged once per pause."""
+
+    def __init__(self, logger: logging.Logger, first: float = 0.2, cap: float = 5.0) -> None:
+        self.logger, self.first, self.cap = logger, first, cap
+        self.delay = first
+
+    def pause(self, what: str, exc: BaseException, stop: threading.Event | None = None) -> None:
+        """Log why `what` failed and sleep the current delay (or until `stop` is set), then double it up to the cap."""
+        self.logger.warning("%s: %s; retrying in %.1f s", what, _one_line(exc), self.delay)
+        if stop is None:
+            time.sleep(self.delay)
+        else:
+            stop.wait(self.delay)
+        self.delay = min(self.delay * 2, self.cap)
+
+    def reset(self) -> None:
+        """Start again from the first delay (the call went through)."""
+        self.delay = self.first
+
+
+def _reason(exc: BaseException) -> str:
+    """Redis's own words in an error, without redis-py's pipeline preamble (`Command # 1 (SET …) caused error:`)."""
+    return str(exc).rsplit("caused error: ", 1)[-1].strip()
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one short line: its type and Redis's own words."""
+    return f"{type(exc).__name__}: {_reason(exc)}"
 
 
 def ping(client: redis.Redis, settings: Settings) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from rq import Queue, get_current_job
+from rq.exceptions import DeserializationError
 from rq.serializers import JSONSerializer
 
 from bookrec.shared import jobs, payloads
@@ -22,6 +23,8 @@ from bookrec.shared.redis_conn import PackedCommands
 from bookrec.worker.serve import context
 
 if TYPE_CHECKING:
+    from rq.job import Job
+
     from bookrec.worker.serve.runtime import Batch
 
 logger = logging.getLogger(__name__)
@@ -111,6 +114,9 @@ def refresh(start: int | None = None, stop: int | None = None, n: int = 10, chun
         raise ValidationError(f"chunk must be from 1 to {payloads.MAX_USERS_PER_JOB}, got {chunk}")
     users = runtime.user_map.to_list()[slice(payloads.index_bound(start, "start"), payloads.index_bound(stop, "stop"))]
     refresh_id = uuid.uuid4().hex[:12]
+    # Written before any chunk and by nothing else: if it vanishes (Redis flushed or restarted empty), the
+    # chunks went with it, which is how `refresh --wait` tells a lost refresh from a slow one.
+    ctx.client.set(ctx.keys.refresh_users(refresh_id), len(users), ex=REFRESH_COUNTER_TTL)
     queue = Queue(ctx.keys.queue(QUEUE_REFRESH), connection=ctx.client, serializer=JSONSerializer)
     specs = [
         jobs.recommend(
@@ -129,6 +135,23 @@ def refresh(start: int | None = None, stop: int | None = None, n: int = 10, chun
         job.save_meta()
     logger.info("refresh %s: %d users in %d chunks", refresh_id, len(users), len(specs))
     return summary
+
+
+def refresh_chunk_failed(job: Job) -> None:
+    """Count a refresh chunk that failed for good: its users go to `refresh:{id}:failed`, so the refresh can end."""
+    try:
+        refresh_id = job.kwargs.get("refresh_id") if job.func_name == jobs.RECOMMEND else None
+        users = len(job.kwargs.get("user_ids") or [])
+    except (DeserializationError, AttributeError, TypeError):
+        return
+    if not refresh_id:
+        return
+    ctx = context.get()
+    with ctx.client.pipeline(transaction=False) as pipe:
+        pipe.incrby(ctx.keys.refresh_failed(refresh_id), users)
+        pipe.expire(ctx.keys.refresh_failed(refresh_id), REFRESH_COUNTER_TTL)
+        pipe.execute()
+    logger.warning("refresh %s: a chunk of %d users failed for good", refresh_id, users)
 
 
 def retrain(

@@ -4,9 +4,10 @@ A promotion is taken between jobs (see worker/swap.py), so no job runs beside a 
 
 Started by the supervisor (`bookrec worker`, see supervisor.py) as
 `python -m bookrec.worker.serve.process --queues recommend,refresh --name NAME --supervisor PID [--burst]`.
-If Redis goes away, the process waits with backoff and resumes with the model still loaded. If its
-supervisor dies (even by SIGKILL), the process gets SIGTERM from the kernel (PR_SET_PDEATHSIG) and stops
-after its current job, so no worker outlives its supervisor unsupervised.
+If Redis goes away, or refuses writes (out of memory, a read-only replica, MISCONF), the process waits
+with backoff and resumes with the model still loaded: it never exits for it. If its supervisor dies
+(even by SIGKILL), the process gets SIGTERM from the kernel (PR_SET_PDEATHSIG) and stops after its
+current job, so no worker outlives its supervisor unsupervised.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from bookrec.model_store.store import ModelStore
 from bookrec.shared.errors import BookrecError
 from bookrec.shared.keys import QUEUE_RETRAIN, Keys
 from bookrec.shared.logs import setup_logging
-from bookrec.shared.redis_conn import CONNECTION_ERRORS, connect
+from bookrec.shared.redis_conn import CONNECTION_ERRORS, Backoff, connect, refuses_writes
 from bookrec.shared.settings import Settings
 from bookrec.worker.serve import context
 from bookrec.worker.serve.tf_setup import configure_tensorflow, threads_for
@@ -79,12 +80,23 @@ def die_with_parent(parent: int) -> bool:
     return os.getppid() == parent
 
 
-def _retire(worker: BaseWorker) -> None:
-    """Mark a worker whose loop ended as dead in Redis, so its successor can register under the same name."""
-    try:
-        worker.register_death()
-    except CONNECTION_ERRORS as exc:
-        logger.warning("could not retire worker %s: %s", worker.name, exc)
+def _retire(worker: BaseWorker, flag: _StopFlag) -> None:
+    """Mark a worker whose loop ended as dead in Redis, so its successor can register under the same name.
+
+    While Redis refuses writes it retries with backoff (RQ refuses to register a name still alive).
+    """
+    backoff = Backoff(logger)
+    while not flag.stop:
+        try:
+            worker.register_death()
+            return
+        except CONNECTION_ERRORS as exc:
+            logger.warning("could not retire worker %s: %s", worker.name, exc)
+            return
+        except redis.exceptions.ResponseError as exc:
+            if not refuses_writes(exc):
+                raise
+            backoff.pause(f"retiring worker {worker.name}: Redis refuses writes", exc)
 
 
 def serve(settings: Settings, queues: list[str], name: str, burst: bool) -> int:
@@ -112,6 +124,7 @@ def serve(settings: Settings, queues: list[str], name: str, burst: bool) -> int:
             return 0
         holder.start()
     context.install(context.WorkerContext(settings, client, keys, store, holder))
+    refused = Backoff(logger)
     try:
         while not flag.stop:
             # Queue names, not Queue objects: the worker then builds its queues with the JSON serializer and
@@ -123,11 +136,17 @@ def serve(settings: Settings, queues: list[str], name: str, burst: bool) -> int:
                 worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
             except CONNECTION_ERRORS as exc:  # RQ's own teardown talks to Redis and raises again when it is gone
                 logger.warning("worker loop lost Redis: %s", exc)
+            except redis.exceptions.ResponseError as exc:  # e.g. registering the worker while Redis refuses writes
+                if not refuses_writes(exc):
+                    raise
+                refused.pause("worker loop: Redis refuses writes", exc)
             if burst or worker.stop_asked:
                 break
-            logger.warning("worker loop ended (Redis lost?); waiting for Redis and resuming with the model loaded")
+            logger.warning(
+                "worker loop ended (Redis lost or refusing writes?); waiting for Redis and resuming with the model loaded"
+            )
             wait_for_redis(client, flag)
-            _retire(worker)
+            _retire(worker, flag)
     finally:
         if holder is not None:
             holder.stop()

@@ -12,8 +12,11 @@ unreadable field) fails that one job with its reason instead of stopping the wor
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+import threading
+import time
+from typing import Any, Callable, TypeVar
 
+import redis
 from redis.client import Pipeline
 from rq import worker_registration
 from rq.exceptions import TimeoutFormatError
@@ -26,7 +29,8 @@ from rq.worker import SimpleWorker
 
 from bookrec.shared import jobs
 from bookrec.shared.payloads import shown
-from bookrec.worker.jobs import FUNCTIONS
+from bookrec.shared.redis_conn import Backoff, refuses_writes
+from bookrec.worker.jobs import FUNCTIONS, refresh_chunk_failed
 from bookrec.worker.serve import context
 
 logger = logging.getLogger(__name__)
@@ -34,6 +38,11 @@ logger = logging.getLogger(__name__)
 IDLE_SLICE_SECONDS = 0.25  # an idle worker wakes this often to take a due model swap (BLPOP accepts fractions)
 MAX_FAILURE_LINE = 500  # characters kept of each line of a failed job's traceback
 MAX_FAILURE_CHARS = 8000  # characters kept of a failed job's traceback (its end: the exception and its message)
+HEARTBEAT_SECONDS = 1.0
+"""How often a worker's heartbeat thread writes RQ's `last_heartbeat`, even in the middle of a long job."""
+REFUSAL_LOG_SECONDS = 5.0  # a heartbeat or state write refused by Redis is logged at most this often
+
+T = TypeVar("T")
 
 
 class JobNotAllowed(Exception):
@@ -178,6 +187,12 @@ class BookrecWorker(SimpleWorker):
 
     `between_jobs`, if given, runs before each dequeue (after every job, and every
     IDLE_SLICE_SECONDS while idle): the model swap happens there, never beside a job.
+
+    While Redis refuses writes (out of memory under noeviction, a read-only replica, MISCONF) the
+    worker stays up: it takes no new job, and a job that could not record its start, result or
+    failure waits, retrying with backoff, until Redis accepts writes again, so it is then finished,
+    retried or failed with its reason instead of being left in the started registry. A thread
+    writes the heartbeat every HEARTBEAT_SECONDS, so `bookrec status` can tell a stuck worker.
     """
 
     job_class = AllowlistedJob
@@ -192,20 +207,135 @@ class BookrecWorker(SimpleWorker):
         super().__init__(*args, **kwargs)
         self.stop_asked = False
         self.between_jobs = between_jobs
+        self._backoff = Backoff(self.log)
+        self._beating = threading.Event()
+        self._beat_thread: threading.Thread | None = None
+        self._refusal_logged_at = 0.0
+
+    def bootstrap(self, *args, **kwargs) -> None:
+        """RQ's bootstrap (registers the worker), then start the heartbeat thread."""
+        super().bootstrap(*args, **kwargs)
+        self._beat_thread = threading.Thread(target=self._beat, name="rq-heartbeat", daemon=True)
+        self._beat_thread.start()
+
+    def _beat(self) -> None:
+        while not self._beating.wait(HEARTBEAT_SECONDS):
+            try:
+                self.heartbeat()
+            except redis.exceptions.RedisError:
+                pass  # the worker loop's own Redis calls fail the same way and report it
+
+    def teardown(self) -> None:
+        """Stop the heartbeat thread, then unregister; a Redis refusing the unregistration is logged, not raised."""
+        self._beating.set()
+        if self._beat_thread is not None:
+            self._beat_thread.join(timeout=5)
+        try:
+            super().teardown()
+        except redis.exceptions.ResponseError as exc:
+            if not refuses_writes(exc):
+                raise
+            self.log.warning("Worker %s: could not unregister (%s); its record expires by itself", self.name, exc)
+
+    def _until_accepted(self, action: Callable[[], T], what: str) -> T:
+        """Run `action` (a Redis write safe to repeat); while Redis refuses writes, retry it with backoff.
+
+        Gives up (raising the refusal) only when the worker is asked to stop.
+        """
+        while True:
+            try:
+                result = action()
+            except redis.exceptions.ResponseError as exc:
+                if not refuses_writes(exc) or self._stop_requested:
+                    raise
+                self._backoff.pause(f"Worker {self.name}: Redis refuses writes while {what}", exc)
+                continue
+            self._backoff.reset()
+            return result
+
+    def _log_refusal(self, what: str, exc: BaseException) -> None:
+        """Log a refused write that is skipped (heartbeat, state), at most once per REFUSAL_LOG_SECONDS."""
+        if time.monotonic() - self._refusal_logged_at >= REFUSAL_LOG_SECONDS:
+            self._refusal_logged_at = time.monotonic()
+            self.log.warning("Worker %s: Redis refuses writes (%s); %s skipped, retried later", self.name, exc, what)
+
+    def check_for_suspension(self, burst: bool) -> None:
+        """RQ's suspension check (a read in a transaction, which Redis refuses when out of memory), waiting meanwhile."""
+        parent = super().check_for_suspension
+        self._until_accepted(lambda: parent(burst), "checking for suspension")
+
+    def run_maintenance_tasks(self) -> None:
+        """RQ's registry maintenance, waiting while Redis refuses writes."""
+        parent = super().run_maintenance_tasks
+        self._until_accepted(parent, "cleaning registries")
+
+    def prepare_execution(self, job: Job) -> Execution:
+        """RQ's execution record for `job`, waiting while Redis refuses writes (the job is already dequeued)."""
+        parent = super().prepare_execution
+        return self._until_accepted(lambda: parent(job), f"starting job {job.id}")
+
+    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
+        """RQ's end-of-execution mark, waiting while Redis refuses writes."""
+        parent = super().handle_execution_ended
+        self._until_accepted(lambda: parent(job, queue, heartbeat_ttl), f"ending job {job.id}")
+
+    def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any, execution: Execution) -> None:
+        """RQ's result write (one transaction, discarded whole when refused), waiting while Redis refuses writes."""
+        parent = super().handle_job_success
+        self._until_accepted(
+            lambda: parent(job, queue, started_job_registry, execution), f"saving the result of job {job.id}"
+        )
+
+    def handle_job_failure(
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry=None,
+        exc_string: str = "",
+        execution: Execution | None = None,
+    ) -> None:
+        """RQ's failure handling (retry or FAILED with the reason) once Redis accepts writes, with the traceback
+        bounded (`bounded_failure`): a message quoting a huge value never makes a huge failure record.
+
+        RQ logs and drops a failure it cannot write, which would leave the job in the started
+        registry: so first wait until a write (this worker's heartbeat) goes through. A refresh
+        chunk that fails for good adds its users to its refresh's `failed` counter.
+        """
+        self._until_accepted(self._write_heartbeat, f"recording the failure of job {job.id}")
+        final = not job.should_retry or self._stopped_job_id == job.id
+        super().handle_job_failure(job, queue, started_job_registry, bounded_failure(exc_string), execution)
+        if final:
+            self._until_accepted(lambda: refresh_chunk_failed(job), f"counting job {job.id}")
+
+    def _write_heartbeat(self) -> None:
+        """RQ's heartbeat, raising when Redis refuses it."""
+        super().heartbeat()
+
+    def set_state(self, state: str, pipeline: Pipeline | None = None) -> None:
+        """RQ's worker state (idle, busy); a write Redis refuses is logged and skipped (it is written again later)."""
+        try:
+            super().set_state(state, pipeline)
+        except redis.exceptions.ResponseError as exc:
+            if not refuses_writes(exc):
+                raise
+            self._log_refusal("state update", exc)
 
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> tuple[Job, Queue] | None:
-        """RQ's dequeue, in slices of IDLE_SLICE_SECONDS with `between_jobs` run before each (see the class)."""
+        """RQ's dequeue, in slices of IDLE_SLICE_SECONDS with `between_jobs` run before each (see the class).
+
+        While Redis refuses writes (a dequeue is one), it waits with backoff and takes no job.
+        """
         if self.between_jobs is not None:
             self.between_jobs()
         if (
             self.between_jobs is None or timeout is None or max_idle_time is not None
         ):  # burst mode: one non-blocking pop
-            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            return self._dequeue(timeout, max_idle_time)
         while True:
             # With max_idle_time, RQ's loop gives up (None) after one BLPOP that found nothing.
-            result = super().dequeue_job_and_maintain_ttl(IDLE_SLICE_SECONDS, max_idle_time=IDLE_SLICE_SECONDS)
+            result = self._dequeue(IDLE_SLICE_SECONDS, IDLE_SLICE_SECONDS)
             if result is not None or self._stop_requested:
                 return result
             self.between_jobs()
@@ -216,17 +346,10 @@ class BookrecWorker(SimpleWorker):
         job.dequeued_from = job.origin = queue.name
         return super().perform_job(job, queue, execution)
 
-    def handle_job_failure(
-        self,
-        job: Job,
-        queue: Queue,
-        started_job_registry=None,
-        exc_string: str = "",
-        execution: Execution | None = None,
-    ) -> None:
-        """RQ's failure handling with the traceback bounded (`bounded_failure`): a message quoting a huge value
-        never makes a huge failure record."""
-        super().handle_job_failure(job, queue, started_job_registry, bounded_failure(exc_string), execution)
+    def _dequeue(self, timeout: int | float | None, max_idle_time: int | float | None) -> tuple[Job, Queue] | None:
+        """One RQ dequeue, waiting with backoff while Redis refuses writes."""
+        parent = super().dequeue_job_and_maintain_ttl
+        return self._until_accepted(lambda: parent(timeout, max_idle_time), "waiting for a job")
 
     def request_stop(self, signum, frame) -> None:
         """Warm shutdown (finish the current job, then stop), remembered so the process does not resume."""
@@ -235,11 +358,20 @@ class BookrecWorker(SimpleWorker):
 
     def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
         """RQ's heartbeat in one round trip (RQ sends its three commands one by one, three times a job); if Redis
-        lost this worker's record (it restarted empty), register the worker again, so `bookrec status` lists it
-        and its supervisor can hand its job back should it die."""
+        lost this worker's record (it restarted empty, or was flushed), register the worker again with its state,
+        so `bookrec status` lists it and its supervisor can hand its job back should it die. A heartbeat Redis
+        refuses to write is logged (at most every REFUSAL_LOG_SECONDS) and skipped."""
         if pipeline is not None:
             super().heartbeat(timeout, pipeline)
             return
+        try:
+            self._beat_and_register(timeout)
+        except redis.exceptions.ResponseError as exc:
+            if not refuses_writes(exc):
+                raise
+            self._log_refusal("heartbeat", exc)
+
+    def _beat_and_register(self, timeout: int | None) -> None:
         with self.connection.pipeline(transaction=False) as pipe:
             super().heartbeat(timeout, pipe)
             pipe.hexists(self.key, "birth")
@@ -247,7 +379,7 @@ class BookrecWorker(SimpleWorker):
         if self.birth_date is not None and not registered:
             self.log.warning("Worker %s: Redis lost this worker's record; registering it again", self.name)
             with self.connection.pipeline() as pipe:
-                pipe.hset(self.key, mapping=self.serialize())
+                pipe.hset(self.key, mapping={**self.serialize(), "state": self.get_state()})
                 worker_registration.register(self, pipe)
                 pipe.expire(self.key, timeout or self.worker_ttl + 60)
                 pipe.execute()

@@ -38,6 +38,7 @@ from bookrec.worker.serve.swap_slots import SwapSlots
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
+WATCH_BACKOFF_FIRST = 0.5  # the watcher's first pause after a Redis failure; doubled up to 10 s while it lasts
 SLOT_WAIT_SECONDS = 30  # a job that needs the new version waits this long for a slot, then loads without one
 LOAD_RETRY_FIRST = 1.0  # a version that failed to load is tried again after this many seconds, doubling each time
 LOAD_RETRY_MAX = 30.0  # up to this, for as long as it is the production version
@@ -80,6 +81,7 @@ class ModelHolder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._swap_lock = threading.Lock()
+        self._backoff = WATCH_BACKOFF_FIRST  # seconds the watcher waits after its next Redis failure
         self.pending_version: str | None = None  # set by the watcher: production names a version not served here yet
 
     def load_initial(self, stopped: Callable[[], bool] = lambda: False) -> None:
@@ -225,17 +227,17 @@ class ModelHolder:
             logger.debug("worker state not published: %s", exc)
 
     def _watch(self) -> None:
-        backoff = 0.5
         while not self._stop.is_set():
             try:
                 with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
                     pubsub.subscribe(self.keys.events)
-                    backoff = 0.5
                     self._listen(pubsub)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, BookrecError) as exc:
-                logger.warning("model watcher lost Redis (%s); retrying in %.1f s", exc, backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+            except (redis.exceptions.RedisError, BookrecError) as exc:  # gone, refusing writes, or another error
+                lost = isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, BookrecError))
+                what = "lost Redis" if lost else f"got {type(exc).__name__} from Redis"
+                logger.warning("model watcher %s (%s); retrying in %.1f s", what, exc, self._backoff)
+                self._stop.wait(self._backoff)
+                self._backoff = min(self._backoff * 2, 10.0)
 
     def _listen(self, pubsub: redis.client.PubSub) -> None:
         while not self._stop.is_set():
@@ -244,6 +246,7 @@ class ModelHolder:
                 _log_event(message)
             self.notice()
             self.publish_state()
+            self._backoff = WATCH_BACKOFF_FIRST  # Redis answered and accepted the write: the next failure starts over
 
 
 def _log_event(message: dict) -> None:
