@@ -89,7 +89,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parents=[json_flag],
         help="queues, workers, production version, cache size",
         description="Show queue lengths, failed jobs, live workers with the model version each has "
-        "loaded, the production version, the number of cached lists and any running retrain.",
+        "loaded (a worker whose heartbeat is late is `unresponsive`; one silent for a minute is left out), "
+        "whether Redis accepts writes, the production version, the number of cached lists and any running retrain.",
     )
     status.set_defaults(handler=_status)
 
@@ -199,7 +200,7 @@ def _refresh(args: argparse.Namespace) -> int:
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     with progress_bar(summary["users"], "refresh", show_progress(args.json), unit="user") as bar:
         while True:
-            done, total = client.refresh_progress(job)
+            done, total = client.refresh_counts(summary["refresh_id"], summary["users"], seen=bar.n)
             bar.update(done - bar.n)
             if done >= total:
                 break
@@ -221,7 +222,9 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print_json(status)
         return 0
-    print(f"redis: {status['redis']}\nproduction model: {status['production_version'] or '(none)'}")
+    print(
+        f"redis: {status['redis']} (writes {status['redis_writes']})\nproduction model: {status['production_version'] or '(none)'}"
+    )
     print(
         f"cached lists: {status['cache_entries']}   failed jobs: {status['failed_jobs']}   retrain: {_retrain_cell(status['retrain'])}\n"
     )

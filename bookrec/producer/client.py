@@ -25,15 +25,19 @@ from rq.serializers import JSONSerializer
 from bookrec.shared import jobs as job_specs
 from bookrec.shared import payloads, worker_state
 from bookrec.shared.entries import MAX_ENTRY_BYTES, parse_entry, take
-from bookrec.shared.errors import JobFailed, MalformedEntry, Timeout, ValidationError
+from bookrec.shared.errors import JobFailed, MalformedEntry, RefreshIncomplete, Timeout, ValidationError
 from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN, QUEUES, Keys
 from bookrec.shared.locks import CANCELLED, CANCELLING, QUEUED, RUNNING, RetrainLock, retrain_state
-from bookrec.shared.redis_conn import CONNECTION_ERRORS, connect, text, unavailable
+from bookrec.shared.redis_conn import CONNECTION_ERRORS, connect, refuses_writes, refusing, text, unavailable
 from bookrec.shared.settings import Settings, redact_url
 
 MAX_USERS_PER_CALL = 100_000
 WAIT_BLOCK_S = 2  # seconds one result read blocks in Redis
 FINISHED = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
+UNRESPONSIVE_AFTER_S = 5.0
+"""A worker whose last heartbeat (written every second, even mid-job) is older than this is `unresponsive`."""
+DEAD_AFTER_S = 60.0
+"""A worker silent this long is presumed dead: `status` leaves it out and names it in a warning."""
 
 
 def no_listener_warning(queue: str) -> str:
@@ -161,12 +165,49 @@ class Client:
         return self._call(lambda: self.queue(QUEUE_REFRESH).enqueue_many([job_specs.refresh(kwargs, self.settings)])[0])
 
     def refresh_progress(self, refresh_job: Job) -> tuple[int, int] | None:
-        """(users done, users total) of a refresh whose fan-out has happened, else None."""
+        """(users done, users total) of a refresh whose fan-out has happened, else None.
+
+        RefreshIncomplete when it can no longer finish (see `refresh_counts`), or its job vanished from Redis.
+        """
         meta = self._call(lambda: refresh_job.get_meta(refresh=True))
-        if "refresh_id" not in meta:
-            return None
-        done = self._call(lambda: self.redis.get(self.keys.refresh_done(meta["refresh_id"])))
-        return int(done or 0), int(meta["users"])
+        if "refresh_id" in meta:
+            return self.refresh_counts(meta["refresh_id"], int(meta["users"]))
+        if self._call(lambda: refresh_job.get_status(refresh=True)) is None:
+            raise RefreshIncomplete(
+                f"refresh job {refresh_job.id} vanished from Redis (flushed, or restarted empty); "
+                "run `bookrec refresh` again"
+            )
+        return None
+
+    def refresh_counts(self, refresh_id: str, users: int, seen: int = 0) -> tuple[int, int]:
+        """(users done, `users`) of refresh `refresh_id` (its fan-out summary names both).
+
+        RefreshIncomplete, naming how many users were not refreshed, when it can no longer finish: every
+        chunk has ended but some failed for good, or its records vanished (Redis flushed or restarted empty,
+        taking its chunks with them). `seen` is the last count the caller saw, for that message.
+        """
+        fanned_out, done, failed = self._call(
+            lambda: self.redis.mget(
+                [
+                    self.keys.refresh_users(refresh_id),
+                    self.keys.refresh_done(refresh_id),
+                    self.keys.refresh_failed(refresh_id),
+                ]
+            )
+        )
+        if fanned_out is None:
+            raise RefreshIncomplete(
+                f"refresh {refresh_id} was lost with {users - seen} of {users} users not refreshed: its chunks and "
+                "progress vanished from Redis (flushed, or restarted empty); run `bookrec refresh` again"
+            )
+        done, failed = int(done or 0), int(failed or 0)
+        if failed and done + failed >= users:
+            raise RefreshIncomplete(
+                f"refresh {refresh_id} ended with {users - done} of {users} users not refreshed: chunks of {failed} "
+                "users failed for good (their reasons are in the refresh queue's failed jobs, see `bookrec status`); "
+                "run `bookrec refresh` again"
+            )
+        return done, users
 
     def retrain(
         self,
@@ -260,29 +301,37 @@ class Client:
         from rq.registry import FailedJobRegistry
 
         def collect() -> dict[str, Any]:
+            refused = self._refused_writes()
             queues = {
                 name: {
                     "rq_name": self.keys.queue(name),
                     "queued": self.queue(name).count,
                     "failed": FailedJobRegistry(
                         self.keys.queue(name), connection=self.redis, serializer=JSONSerializer
-                    ).count,
+                    ).get_job_count(cleanup=refused is None),
                     "workers": len(self.listeners(name)),
                 }
                 for name in QUEUES
             }
-            workers = []
+            seconds, micro = self.redis.time()
+            workers, silent = [], []
             for worker in self._workers():
+                age = _heartbeat_age(worker, seconds + micro / 1e6)
+                if age is not None and age > DEAD_AFTER_S and refused is None:
+                    silent.append(f"{worker.name} ({age:.0f} s)")
+                    continue
                 state = worker_state.read(self.redis, self.keys, worker.name)
+                late = refused is None and (age is None or age > UNRESPONSIVE_AFTER_S)
                 workers.append(
                     {
                         "name": worker.name,
-                        "state": str(worker.get_state()),
+                        "state": "unresponsive" if late else str(worker.get_state()),
+                        "heartbeat_age_s": None if age is None else round(age, 1),
                         "queues": [q.name for q in worker.queues],
                         "model_version": state.get("version") or None,
                         "pending_version": state.get("pending_version") or None,
                         "load_error": state.get("load_error") or None,
-                        "current_job": worker.get_current_job_id(),
+                        "current_job": _current_job(worker),
                         "pid": worker.pid,
                         "hostname": worker.hostname,
                     }
@@ -297,6 +346,7 @@ class Client:
             retrain = lock.holder()
             return {
                 "redis": redact_url(self.settings.redis_url),
+                "redis_writes": "accepted" if refused is None else "refused",
                 "production_version": current.decode() if current else None,
                 "queues": queues,
                 "workers": sorted(workers, key=lambda w: w["name"]),
@@ -309,10 +359,21 @@ class Client:
                     for name, q in queues.items()
                     if q["queued"] and not q["workers"]
                 ]
+                + _liveness_warnings(refused, silent)
                 + [_load_warning(w) for w in sorted(workers, key=lambda w: w["name"]) if w["load_error"]],
             }
 
         return self._call(collect)
+
+    def _refused_writes(self) -> str | None:
+        """None if Redis accepts a write now (a 10 s probe key), else the RedisRefusingWrites message saying why not."""
+        try:
+            self.redis.set(self.keys.status_probe, "1", ex=10)
+        except redis.exceptions.ResponseError as exc:
+            if not refuses_writes(exc):
+                raise
+            return str(refusing(self.settings, exc))
+        return None
 
     def _workers(self) -> list:
         """This deployment's RQ workers: those listening on its queues (RQ's `rq:workers` set holds every deployment's)."""
@@ -408,11 +469,44 @@ class Client:
         )
 
     def _call(self, action):
-        """Run a Redis action, turning connection failures into RedisUnavailable."""
+        """Run a Redis action, turning connection failures into RedisUnavailable and refused writes (out of
+        memory, a read-only replica, MISCONF) into RedisRefusingWrites."""
         try:
             return action()
         except CONNECTION_ERRORS as exc:
             raise unavailable(self.settings, exc) from None
+        except redis.exceptions.ResponseError as exc:
+            if refuses_writes(exc):
+                raise refusing(self.settings, exc) from None
+            raise
+
+
+def _heartbeat_age(worker: Any, now: float) -> float | None:
+    """Seconds since an RQ worker's last heartbeat, by Redis's clock (None if it never sent one)."""
+    return None if worker.last_heartbeat is None else max(0.0, now - worker.last_heartbeat.timestamp())
+
+
+def _current_job(worker: Any) -> str | None:
+    """The id of the job an RQ worker holds; None when idle, or unknown because Redis is out of memory (RQ reads
+    it in a transaction, and Redis then refuses every command queued in one, reads too)."""
+    try:
+        return worker.get_current_job_id()
+    except redis.exceptions.ResponseError as exc:
+        if not refuses_writes(exc):
+            raise
+        return None
+
+
+def _liveness_warnings(refused: str | None, silent: list[str]) -> list[str]:
+    """What `status` says about Redis refusing writes and about workers presumed dead."""
+    warnings = []
+    if refused is not None:
+        warnings.append(f"{refused}; workers wait and retry meanwhile, so heartbeats are not judged")
+    if silent:
+        warnings.append(
+            f"left out {len(silent)} worker(s) silent for over {DEAD_AFTER_S:.0f} s, presumed dead: {', '.join(silent)}"
+        )
+    return warnings
 
 
 def _wrong_type(reply: Any) -> bool:
