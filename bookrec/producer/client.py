@@ -301,7 +301,7 @@ class Client:
         from rq.registry import FailedJobRegistry
 
         def collect() -> dict[str, Any]:
-            refused = self._refused_writes()
+            refused = self._refused_writes()  # RQ's registry count cleans up (a write) only when Redis takes writes
             queues = {
                 name: {
                     "rq_name": self.keys.queue(name),

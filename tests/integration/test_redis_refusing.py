@@ -79,14 +79,14 @@ def alive(pid: int) -> bool:
     return True
 
 
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 30.0) -> object:
-    """Poll `condition` until it returns something truthy; fail naming `what` after `timeout` seconds."""
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 30.0, every: float = 0.05) -> object:
+    """Poll `condition` every `every` seconds until it returns something truthy; fail naming `what` after `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
-        time.sleep(0.05)
+        time.sleep(every)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
@@ -236,6 +236,7 @@ def test_a_frozen_worker_is_unresponsive_and_a_killed_one_is_dropped(serving: Se
 
 def test_a_refresh_whose_chunks_are_flushed_ends_with_the_number_of_users_not_refreshed(serving: Service) -> None:
     pids = serving.pids()
+    earlier = set(serving.redis.keys(KEYS.refresh_users("*")))  # the first test's refresh
     refresh = subprocess.Popen(
         [sys.executable, "-m", "bookrec.cli", "refresh", "--wait"],
         env=serving.env,
@@ -244,15 +245,21 @@ def test_a_refresh_whose_chunks_are_flushed_ends_with_the_number_of_users_not_re
         stderr=subprocess.PIPE,
         text=True,
     )
-    users_key = wait_for(lambda: next(iter(serving.redis.keys(KEYS.refresh_users("*"))), None), "the fan-out", 60)
-    # Hold the refresh mid-way: workers take the recommend queue first, so while these slow jobs (1,000 cold-start
-    # users each) last, no more refresh chunks are served. Then flush, as someone's FLUSHDB would.
-    serving.client().recommend(list(range(100_001, 130_001)), n=10)
-    # `refresh --wait` polls the counters (MGET) once the fan-out job's result is written.
-    wait_for(lambda: any(c.get("cmd") == "mget" for c in serving.redis.client_list()), "refresh --wait to poll")
-    users, done = (int(v or 0) for v in serving.redis.mget([users_key, users_key.replace(b":users", b":done")]))
-    assert done < users
-    serving.redis.flushdb()
+    # `refresh --wait` polls the counters (MGET) as soon as the fan-out job's result is written; the chunks
+    # (300 one-user jobs) are then being served. Freeze both workers at once to hold the refresh mid-way.
+    wait_for(
+        lambda: any(c.get("cmd") == "mget" for c in serving.redis.client_list()), "refresh --wait to poll", every=0
+    )
+    try:
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        [users_key] = set(serving.redis.keys(KEYS.refresh_users("*"))) - earlier
+        users, done = (int(v or 0) for v in serving.redis.mget([users_key, users_key.replace(b":users", b":done")]))
+        assert done < users
+        serving.redis.flushdb()
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
     out, err = refresh.communicate(timeout=60)
 
     assert refresh.returncode == RefreshIncomplete.exit_code and out == ""
@@ -276,3 +283,18 @@ def test_a_refresh_whose_chunks_are_flushed_ends_with_the_number_of_users_not_re
     assert again.returncode == 0, again.stderr
     readers = ModelStore(serving.store.store).metadata(serving.store.version)["id_maps"]["users"]
     assert None not in serving.redis.mget([KEYS.recs(str(u)) for u in readers])
+
+
+def test_a_read_only_replica_is_one_clear_error_naming_the_fix(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        replica = redis.Redis.from_url(server.url())
+        replica.replicaof("127.0.0.1", server.port + 1 if server.port < 65535 else 1)  # a primary that never answers
+        client = Client(settings=Settings.from_env({"BOOKREC_REDIS_URL": server.url()}))
+
+        with pytest.raises(RedisRefusingWrites, match="refuses writes .*point BOOKREC_REDIS_URL at the primary"):
+            client.recommend([1])
+        assert client.status()["redis_writes"] == "refused"
+    finally:
+        server.stop()
