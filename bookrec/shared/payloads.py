@@ -33,7 +33,7 @@ class Param:
         if isinstance(value, bool) or not isinstance(value, numeric) or not self.low <= value <= self.high:
             what = "a whole number" if whole else "a number"
             raise ValidationError(
-                f"{kind} hyper-parameter {name} must be {what} from {self.low:g} to {self.high:g}, got {value!r}"
+                f"{kind} hyper-parameter {name} must be {what} from {self.low:g} to {self.high:g}, got {shown(value)}"
             )
         return value
 
@@ -166,7 +166,8 @@ def hyper_params(value: Any, kind: Any = None) -> dict[str, Any]:
     unknown = sorted(str(key) for key in value if key not in rules)
     if unknown:
         raise ValidationError(
-            f"unknown {kind} hyper-parameter(s) {', '.join(unknown)}; {kind} takes: {', '.join(rules)}"
+            f"unknown {kind} hyper-parameter(s) {', '.join(k if len(k) <= MAX_SHOWN else shown(k) for k in unknown[:5])}"
+            f"{f' and {len(unknown) - 5} more' if len(unknown) > 5 else ''}; {kind} takes: {', '.join(rules)}"
         )
     return {key: None if v is None else rules[key].check(kind, key, v) for key, v in value.items()}
 

@@ -131,3 +131,11 @@ def test_a_hyper_parameter_of_the_wrong_type_range_or_kind_is_refused_by_name(
 def test_null_hyper_parameters_mean_the_defaults() -> None:
     assert payloads.hyper_params(None, "mf") == {}
     assert payloads.hyper_params({"dim": None, "epochs": 3}, "mf") == {"dim": None, "epochs": 3}
+
+
+def test_a_hyper_parameter_message_quotes_a_huge_key_or_value_only_in_part() -> None:
+    huge = "x" * 100_000
+    for params in ({huge: 1}, {"dim": huge}, {f"k{i}": 1 for i in range(1000)}):
+        with pytest.raises(ValidationError) as refused:
+            payloads.hyper_params(params, "mf")
+        assert len(str(refused.value)) < 600, str(refused.value)[:200]
