@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "bookrec.commands.service",
     "bookrec.commands.worker",
     "bookrec.commands.init",
+    "bookrec.commands.db",
     "bookrec.commands.demo",
     "bookrec.commands.bench",
 )

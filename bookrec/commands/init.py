@@ -1,4 +1,5 @@
-"""`bookrec init`: first-run setup — synthesise data if there is none, train and promote the first model.
+"""`bookrec init`: first-run setup — migrate the ratings store, synthesise data if there is none, train and promote
+the first model.
 
 Does nothing when the store already has a production model, so it is safe as a one-shot
 service in docker compose that runs on every `up`.
@@ -10,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from bookrec.commands.common import needs_worker_side, redis_client
+from bookrec.commands.db import upgrade_store
 from bookrec.shared.keys import Keys
 from bookrec.shared.settings import Settings
 from bookrec.worker.learn.inputs import PRESETS
@@ -41,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from bookrec.model_store.store import ModelStore
 
     settings = Settings.from_env()
+    print(f"ratings store is at revision {upgrade_store(settings)}")
     client = redis_client(settings)
     keys = Keys(settings.key_prefix)
     store = ModelStore(settings.model_store)

@@ -113,3 +113,9 @@ class MalformedEntry(BookrecError):
 
 class VersionNotServed(ModelStoreError):
     """A job must run on a model version this worker could not load (yet); the message says why."""
+
+
+class RatingsStoreError(BookrecError):
+    """The ratings store (BOOKREC_DATABASE_URL) cannot be reached or refused a statement; the message says why."""
+
+    exit_code = 11

@@ -16,6 +16,7 @@ from bookrec.shared.errors import ConfigError
 from bookrec.shared.payloads import MAX_N
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+DEFAULT_DATABASE_URL = "sqlite:///var/bookrec.db"
 
 
 def _int(
@@ -80,6 +81,7 @@ class Settings:
     swap_slots: int = 1
     redis_ca_cert: str | None = None
     log_level: str = "INFO"
+    database_url: str = DEFAULT_DATABASE_URL
     extra: dict = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -105,6 +107,7 @@ class Settings:
             swap_slots=_int(env, "BOOKREC_SWAP_SLOTS", 1, minimum=1),
             redis_ca_cert=env.get("BOOKREC_REDIS_CA_CERT") or None,
             log_level=(env.get("BOOKREC_LOG_LEVEL") or "INFO").upper(),
+            database_url=env.get("BOOKREC_DATABASE_URL") or DEFAULT_DATABASE_URL,
         )
 
     def with_overrides(self, **changes: object) -> "Settings":

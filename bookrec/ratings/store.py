@@ -1,0 +1,382 @@
+"""RatingsStore: apply rating events (latest ts wins, each event once), read consistent snapshots, keep the catalogue.
+
+SQLite (the embedded default, WAL mode) and PostgreSQL (`postgresql+psycopg://…`) share one schema
+(schema.py) and one code path; only the upsert statement is built per dialect.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from bookrec.ratings.events import DELETE, RATE, RatingEvent
+from bookrec.ratings.schema import (
+    BOOK_COLUMNS,
+    ID_LENGTH,
+    RATINGS_STREAM,
+    applied_events,
+    books,
+    ratings,
+    stream_state,
+)
+from bookrec.shared.errors import ConfigError, RatingsStoreError, ValidationError
+from bookrec.shared.settings import redact_url
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+_LOOKUP_CHUNK = 500  # ids per IN (...) query, well under SQLite's bound-parameter limit
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What one `apply` did: events applied (newer or older than the row, each recorded once) and duplicates skipped."""
+
+    applied: int
+    duplicate: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The live ratings (user_id, book_id, rating) of one consistent read, and its summary."""
+
+    rows: list[tuple[str, str, float]]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def frame(self) -> Any:
+        """The rows as a pandas DataFrame with columns user, item, rating (needs bookrec[worker])."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows, columns=["user", "item", "rating"])
+
+
+def stream_id_key(stream_id: str) -> tuple[int, int]:
+    """A Redis stream id `ms-seq` (or `ms`) as a sortable pair; ValidationError if it is not one."""
+    ms, _, seq = stream_id.partition("-")
+    try:
+        return int(ms), int(seq or 0)
+    except ValueError:
+        raise ValidationError(f"stream id {stream_id!r} is not a Redis stream id (ms-seq)") from None
+
+
+class RatingsStore:
+    """The durable ratings store at a SQLAlchemy URL (BOOKREC_DATABASE_URL)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = _engine(url)
+
+    def __repr__(self) -> str:
+        return f"RatingsStore({redact_url(self.url)!r})"
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    def upgrade(self, revision: str = "head") -> str:
+        """Migrate the schema to `revision` (default the newest) with Alembic; return the revision now current."""
+        from alembic import command
+        from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self._begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, revision)
+            current = MigrationContext.configure(conn).get_current_revision()
+        log.info("ratings store %s is at revision %s", redact_url(self.url), current)
+        return current or ""
+
+    def apply(self, events: Sequence[RatingEvent]) -> ApplyResult:
+        """Write one batch of events in one transaction: for each (user, book) the latest ts wins, whatever the
+        arrival order, a delete leaves a tombstone, and an event whose event_id or stream id was applied before
+        is skipped. ValidationError (nothing written) for a malformed event."""
+        for event in events:
+            _check(event)
+        now = time.time()
+        with self._begin(write=True) as conn:
+            fresh = _unseen(conn, events)
+            _record_applied(conn, fresh, now)
+            winners = _latest_per_pair(fresh)
+            if winners:
+                conn.execute(_upsert(conn.dialect.name), [_row(e, now) for e in winners])
+            _advance_stream(conn, fresh, now)
+        return ApplyResult(applied=len(fresh), duplicate=len(events) - len(fresh))
+
+    def snapshot(self) -> Snapshot:
+        """The live ratings and their summary {rows, users, items, newest_updated_at, last_stream_id}, all read in
+        one transaction so a concurrent apply is either wholly in it or not at all."""
+        with self._begin(snapshot=True) as conn:
+            live = ratings.c.rating.is_not(None)
+            rows = [
+                (r.user_id, r.book_id, float(r.rating))
+                for r in conn.execute(
+                    sa.select(ratings.c.user_id, ratings.c.book_id, ratings.c.rating)
+                    .where(live)
+                    .order_by(ratings.c.user_id, ratings.c.book_id)
+                )
+            ]
+            newest = conn.execute(sa.select(sa.func.max(ratings.c.updated_at))).scalar()
+            last = _last_stream_id(conn)
+        summary = {
+            "rows": len(rows),
+            "users": len({r[0] for r in rows}),
+            "items": len({r[1] for r in rows}),
+            "newest_updated_at": newest,
+            "last_stream_id": last,
+        }
+        return Snapshot(rows=rows, summary=summary)
+
+    def last_stream_id(self) -> str | None:
+        """The newest stream id applied so far, None before the first."""
+        with self._begin() as conn:
+            return _last_stream_id(conn)
+
+    def upsert_books(self, rows: Iterable[dict[str, Any]]) -> int:
+        """Insert or replace catalogue rows (dicts keyed by books.csv column names; others ignored) in one
+        transaction; return how many. ValidationError for a row without a book_id."""
+        now = time.time()
+        values = [_book_row(row, now) for row in rows]
+        if values:
+            stmt = _dialect_insert(self.engine.dialect.name, books)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[books.c.book_id],
+                set_={c: stmt.excluded[c] for c in (*BOOK_COLUMNS[1:], "updated_at")},
+            )
+            with self._begin(write=True) as conn:
+                conn.execute(stmt, values)
+        return len(values)
+
+    def books(self) -> dict[str, dict[str, Any]]:
+        """The catalogue: each book's columns keyed by book_id."""
+        with self._begin() as conn:
+            return {row.book_id: dict(row._mapping) for row in conn.execute(sa.select(books))}
+
+    def prune_applied(self, older_than_s: float) -> int:
+        """Forget applied event and stream ids recorded more than `older_than_s` seconds ago; return how many."""
+        with self._begin(write=True) as conn:
+            cutoff = time.time() - older_than_s
+            return conn.execute(sa.delete(applied_events).where(applied_events.c.applied_at < cutoff)).rowcount
+
+    def _begin(self, write: bool = False, snapshot: bool = False) -> "_transaction":
+        return _transaction(self, write=write, snapshot=snapshot)
+
+
+class _transaction:
+    """A context manager around one transaction that turns driver errors into RatingsStoreError."""
+
+    def __init__(self, store: RatingsStore, write: bool, snapshot: bool) -> None:
+        self.store, self.write, self.snapshot = store, write, snapshot
+
+    def __enter__(self) -> Connection:
+        try:
+            options: dict[str, Any] = {"bookrec_write": self.write}
+            if self.snapshot and self.store.engine.dialect.name == "postgresql":
+                options["isolation_level"] = "REPEATABLE READ"
+            self.conn = self.store.engine.connect().execution_options(**options)
+            self.trans = self.conn.begin()
+        except SQLAlchemyError as exc:
+            raise _store_error(self.store.url, exc) from exc
+        return self.conn
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: Any) -> None:
+        try:
+            if kind is None:
+                self.trans.commit()
+            else:
+                self.trans.rollback()
+        except SQLAlchemyError as error:
+            raise _store_error(self.store.url, error) from error
+        finally:
+            self.conn.close()
+        if isinstance(exc, SQLAlchemyError):
+            raise _store_error(self.store.url, exc) from exc
+
+
+def _store_error(url: str, exc: SQLAlchemyError) -> RatingsStoreError:
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    return RatingsStoreError(f"ratings store at {redact_url(url)} failed: {reason}")
+
+
+def _engine(url: str) -> Engine:
+    """An engine for `url`: SQLite in WAL mode with explicit BEGINs (so a snapshot is one read), or PostgreSQL."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(
+            f"BOOKREC_DATABASE_URL={redact_url(url)!r} is not a database URL; use sqlite:///PATH or "
+            "postgresql+psycopg://USER@HOST/DB"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError(f"BOOKREC_DATABASE_URL: {backend!r} is not supported; use sqlite or postgresql+psycopg")
+    if backend == "postgresql":
+        if parsed.drivername == "postgresql":  # SQLAlchemy's default driver is psycopg2; bookrec ships psycopg 3
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return sa.create_engine(parsed, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(parsed, connect_args={"timeout": 30})
+    sa.event.listen(engine, "connect", _sqlite_connect)
+    sa.event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # pysqlite's own BEGIN handling off: _sqlite_begin emits it
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # A writer takes the write lock at once, so it never fails upgrading a stale read snapshot to a write.
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("bookrec_write") else "BEGIN")
+
+
+def _check(event: RatingEvent) -> None:
+    """ValidationError naming what is wrong with `event`."""
+    if event.op not in (RATE, DELETE):
+        raise ValidationError(f"event op {event.op!r} is neither {RATE!r} nor {DELETE!r}")
+    if event.op == RATE and event.rating is None:
+        raise ValidationError(f"rate event for user {event.user_id} book {event.book_id} has no rating")
+    for name in ("user_id", "book_id", "event_id", "stream_id"):
+        value = getattr(event, name)
+        if value is not None and not 0 < len(str(value)) <= ID_LENGTH:
+            raise ValidationError(f"event {name} {value!r} must be 1 to {ID_LENGTH} characters")
+    if not isinstance(event.ts, (int, float)) or not math.isfinite(event.ts):
+        raise ValidationError(
+            f"event ts {event.ts!r} for user {event.user_id} book {event.book_id} is not epoch seconds"
+        )
+    if event.stream_id is not None:
+        stream_id_key(event.stream_id)
+
+
+def _ids(event: RatingEvent) -> list[tuple[str, str]]:
+    """The (kind, id) keys that identify `event` for idempotency."""
+    keys = []
+    if event.event_id is not None:
+        keys.append(("event", str(event.event_id)))
+    if event.stream_id is not None:
+        keys.append(("stream", event.stream_id))
+    return keys
+
+
+def _unseen(conn: Connection, events: Sequence[RatingEvent]) -> list[RatingEvent]:
+    """The events none of whose ids was applied before (in the store or earlier in this batch)."""
+    wanted = {key for event in events for key in _ids(event)}
+    seen = set()
+    for kind in ("event", "stream"):
+        ids = sorted(i for k, i in wanted if k == kind)
+        for start in range(0, len(ids), _LOOKUP_CHUNK):
+            chunk = ids[start : start + _LOOKUP_CHUNK]
+            query = sa.select(applied_events.c.id).where(applied_events.c.kind == kind, applied_events.c.id.in_(chunk))
+            seen.update((kind, i) for i in conn.execute(query).scalars())
+    fresh = []
+    for event in events:
+        keys = _ids(event)
+        if not seen.intersection(keys):
+            fresh.append(event)
+        seen.update(keys)
+    return fresh
+
+
+def _record_applied(conn: Connection, events: Sequence[RatingEvent], now: float) -> None:
+    """Remember the ids of `events`; a concurrent writer applying one of them too makes this transaction fail."""
+    rows = [{"kind": kind, "id": i, "applied_at": now} for event in events for kind, i in _ids(event)]
+    if rows:
+        conn.execute(sa.insert(applied_events), rows)
+
+
+def _latest_per_pair(events: Sequence[RatingEvent]) -> list[RatingEvent]:
+    """For each (user, book) the event with the latest ts (the later one in the batch on a tie)."""
+    latest: dict[tuple[str, str], RatingEvent] = {}
+    for event in events:
+        key = (str(event.user_id), str(event.book_id))
+        if key not in latest or event.ts >= latest[key].ts:
+            latest[key] = event
+    return list(latest.values())
+
+
+def _row(event: RatingEvent, now: float) -> dict[str, Any]:
+    rating = None if event.op == DELETE else float(event.rating)
+    return {
+        "user_id": str(event.user_id),
+        "book_id": str(event.book_id),
+        "rating": rating,
+        "ts": event.ts,
+        "updated_at": now,
+    }
+
+
+def _dialect_insert(dialect: str, table: sa.Table) -> Any:
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+def _upsert(dialect: str) -> Any:
+    """INSERT … ON CONFLICT (user_id, book_id) DO UPDATE only where the incoming ts is not older than the row's."""
+    stmt = _dialect_insert(dialect, ratings)
+    return stmt.on_conflict_do_update(
+        index_elements=[ratings.c.user_id, ratings.c.book_id],
+        set_={"rating": stmt.excluded.rating, "ts": stmt.excluded.ts, "updated_at": stmt.excluded.updated_at},
+        where=stmt.excluded.ts >= ratings.c.ts,
+    )
+
+
+def _last_stream_id(conn: Connection) -> str | None:
+    query = sa.select(stream_state.c.last_stream_id).where(stream_state.c.stream == RATINGS_STREAM)
+    return conn.execute(query).scalar()
+
+
+def _advance_stream(conn: Connection, events: Sequence[RatingEvent], now: float) -> None:
+    """Move stream_state's last_stream_id to the newest stream id among `events` if it is newer."""
+    ids = [e.stream_id for e in events if e.stream_id is not None]
+    if not ids:
+        return
+    newest = max(ids, key=stream_id_key)
+    query = sa.select(stream_state.c.last_stream_id).where(stream_state.c.stream == RATINGS_STREAM).with_for_update()
+    current = conn.execute(query).scalar()
+    if current is None:
+        conn.execute(sa.insert(stream_state).values(stream=RATINGS_STREAM, last_stream_id=newest, updated_at=now))
+    elif stream_id_key(newest) > stream_id_key(current):
+        conn.execute(
+            sa.update(stream_state)
+            .where(stream_state.c.stream == RATINGS_STREAM)
+            .values(last_stream_id=newest, updated_at=now)
+        )
+
+
+def _book_row(row: dict[str, Any], now: float) -> dict[str, Any]:
+    """A books-table row from a books.csv record: known columns only, blanks as NULL."""
+    book_id = row.get("book_id")
+    if book_id is None or str(book_id).strip() == "":
+        raise ValidationError(f"book row without a book_id: {dict(list(row.items())[:3])}")
+    values = {c: _typed(books.c[c], row.get(c), book_id) for c in BOOK_COLUMNS}
+    values["book_id"] = str(book_id).strip()
+    values["updated_at"] = now
+    return values
+
+
+def _typed(column: sa.Column, value: Any, book_id: Any) -> Any:
+    """`value` as `column` stores it (text as text, "2008.0" as 2008), blanks and NaN as NULL."""
+    if value is None or (isinstance(value, str) and value.strip() == "") or value != value:  # NaN != NaN
+        return None
+    try:
+        if isinstance(column.type, sa.Integer):
+            return int(float(value))
+        if isinstance(column.type, sa.Double):
+            return float(value)
+    except (TypeError, ValueError):
+        raise ValidationError(f"book {book_id}: {column.name} {value!r} is not a number") from None
+    return str(value)
