@@ -40,7 +40,9 @@ def admin() -> Iterator[sa.Engine]:
             conn.execute(sa.text("SELECT 1"))
     except sa.exc.OperationalError as exc:
         engine.dispose()
-        pytest.skip(f"PostgreSQL does not answer at {ADMIN_URL} ({str(exc.orig).strip()}); .ci/run starts one")
+        pytest.skip(
+            f"PostgreSQL does not answer at {ADMIN_URL} ({str(exc.orig).strip().splitlines()[0]}); .ci/run starts one"
+        )
     yield engine
     engine.dispose()
 
