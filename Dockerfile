@@ -40,10 +40,11 @@ RUN --mount=type=bind,target=/src,rw \
     python -m venv /opt/bookrec \
  && /opt/bookrec/bin/pip install '/src[worker]'
 
-# Where `bookrec` keeps models and data inside the container (docker-compose.yml mounts the
-# shared `bookrec-data` volume at /var/lib/bookrec).
+# Where `bookrec` keeps models, data and the ratings store inside the container (docker-compose.yml
+# mounts the shared `bookrec-data` volume at /var/lib/bookrec; /app is not writable by uid 10001).
 ENV BOOKREC_MODEL_STORE=/var/lib/bookrec/models \
-    BOOKREC_DATA_DIR=/var/lib/bookrec/data
+    BOOKREC_DATA_DIR=/var/lib/bookrec/data \
+    BOOKREC_DATABASE_URL=sqlite:////var/lib/bookrec/bookrec.db
 
 WORKDIR /app
 USER 10001:10001
