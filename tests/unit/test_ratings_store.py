@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import sys
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -198,3 +199,14 @@ def test_bookrec_db_upgrade_migrates_the_configured_store(
     err = capsys.readouterr().err
     assert err.startswith("bookrec: error: ratings store at postgresql+psycopg://nobody@127.0.0.1:1/none failed")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_bookrec_db_upgrade_without_the_store_extra_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delitem(sys.modules, "bookrec.ratings.store")
+    monkeypatch.setitem(sys.modules, "sqlalchemy", None)  # as on `pip install bookrec` without [store]
+    assert cli.main(["db", "upgrade"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "bookrec: error: the ratings store needs bookrec[store] (sqlalchemy is missing): pip install 'bookrec[store]'"
+    ]
