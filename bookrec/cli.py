@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "bookrec.commands.train",
     "bookrec.commands.models",
     "bookrec.commands.service",
+    "bookrec.commands.ratings",
     "bookrec.commands.worker",
     "bookrec.commands.init",
     "bookrec.commands.db",

@@ -10,9 +10,11 @@ No TensorFlow here: a client enqueues JSON jobs into Redis and reads JSON entrie
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Iterable, Mapping, Sequence
 
 import redis
@@ -23,15 +25,17 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from bookrec.shared import jobs as job_specs
-from bookrec.shared import payloads, worker_state
+from bookrec.shared import payloads, ratings, worker_state
 from bookrec.shared.entries import MAX_ENTRY_BYTES, parse_entry, take
-from bookrec.shared.errors import JobFailed, MalformedEntry, RefreshIncomplete, Timeout, ValidationError
+from bookrec.shared.errors import BadEvent, JobFailed, MalformedEntry, RefreshIncomplete, Timeout, ValidationError
 from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN, QUEUES, Keys
 from bookrec.shared.locks import CANCELLED, CANCELLING, QUEUED, RUNNING, RetrainLock, retrain_state
 from bookrec.shared.redis_conn import CONNECTION_ERRORS, connect, refuses_writes, refusing, text, unavailable
 from bookrec.shared.settings import Settings, redact_url
 
 MAX_USERS_PER_CALL = 100_000
+MAX_EVENTS_PER_CALL = 10_000
+"""Rating events `Client.rate_many` sends in one call (one pipeline)."""
 WAIT_BLOCK_S = 2  # seconds one result read blocks in Redis
 FINISHED = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
 UNRESPONSIVE_AFTER_S = 5.0
@@ -154,6 +158,64 @@ class Client:
                 raise MalformedEntry(f"{key} is not a bookrec entry: it holds another type than a string ({value})")
             values.append(value if exists else None)
         return values, None if _wrong_type(current) else current
+
+    def rate(
+        self,
+        user_id: int | str,
+        book_id: int | str,
+        rating: float,
+        ts: float | str | datetime | None = None,
+        event_id: str | None = None,
+    ) -> str:
+        """Add one rating event to the ratings stream; its stream id. BadEvent (a ValidationError) naming the
+        bad field, nothing sent, if it breaks the stream's rules. Without `ts` the event's time is Redis's."""
+        return self.rate_many(
+            [{"user_id": user_id, "book_id": book_id, "rating": rating, "ts": ts, "event_id": event_id}]
+        )[0]
+
+    def unrate(
+        self,
+        user_id: int | str,
+        book_id: int | str,
+        ts: float | str | datetime | None = None,
+        event_id: str | None = None,
+    ) -> str:
+        """Add a delete event (the reader removed their rating of the book) to the ratings stream; its stream id."""
+        event = {"user_id": user_id, "book_id": book_id, "ts": ts, "event_id": event_id, "op": ratings.OP_DELETE}
+        return self.rate_many([event])[0]
+
+    def rate_many(self, events: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Add up to 10,000 rating events in one pipeline; their stream ids, in order.
+
+        Each event is a mapping with `rate`'s arguments as keys (and `op`: `rate`, the default, or `delete`).
+        Every event is checked before anything is sent: BadEvent naming the event's position and the bad
+        field, or ValidationError for more than MAX_EVENTS_PER_CALL events, and nothing reaches the stream.
+        """
+        batch = _as_list(events)
+        if isinstance(batch, (str, bytes, Mapping)) or not isinstance(batch, list):
+            raise ValidationError(f"events must be a list of rating events, got {type(batch).__name__}")
+        if len(batch) > MAX_EVENTS_PER_CALL:
+            raise ValidationError(
+                f"{len(batch):,} rating events in one call; at most {MAX_EVENTS_PER_CALL:,} are allowed"
+            )
+        fields = [self._checked_fields(i, event) for i, event in enumerate(batch)]
+
+        def send() -> list[Any]:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for entry in fields:
+                    pipe.xadd(self.keys.ratings_stream, entry)
+                return pipe.execute()
+
+        return [text(stream_id) for stream_id in self._call(send)] if fields else []
+
+    def _checked_fields(self, position: int, event: Any) -> dict[str, str]:
+        """The stream fields of the `position`-th event of a call, after the stream's own rules accepted them."""
+        try:
+            fields = _event_fields(event)
+            ratings.parse_event(fields, None, 0, self.settings.rating_scale)
+        except BadEvent as exc:
+            raise BadEvent(f"rating event {position}: {exc.reason}") from None
+        return fields
 
     def refresh(self, start: int | None = None, stop: int | None = None, n: int = 10) -> Job:
         """Enqueue a refresh of every known user's entry (or users[start:stop]); returns the refresh job."""
@@ -479,6 +541,29 @@ class Client:
             if refuses_writes(exc):
                 raise refusing(self.settings, exc) from None
             raise
+
+
+def _event_fields(event: Any) -> dict[str, str]:
+    """The stream fields of one rating event given as a mapping of `Client.rate`'s arguments (None: absent)."""
+    if not isinstance(event, Mapping):
+        raise BadEvent(f"a rating event must be a mapping of fields, got {type(event).__name__}")
+    unknown = sorted(str(key) for key in event if key not in ratings.FIELDS)
+    if unknown:
+        raise BadEvent(f"unknown field(s) {', '.join(payloads.shown(k) for k in unknown[:5])}")
+    return {name: _field_text(name, value) for name, value in event.items() if value is not None}
+
+
+def _field_text(name: str, value: Any) -> str:
+    """One field's value as the stream carries it: ids and op as text, numbers in their shortest form, times ISO."""
+    if isinstance(value, bool):
+        raise BadEvent(f"{name} {payloads.shown(value)} is a bool")
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, (int, float)):
+        return ratings.number_text(value) if math.isfinite(value) else repr(value)
+    if isinstance(value, str):
+        return value
+    raise BadEvent(f"{name} {payloads.shown(value)} is a {type(value).__name__}, not a number or a string")
 
 
 def _heartbeat_age(worker: Any, now: float) -> float | None:

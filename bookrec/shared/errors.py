@@ -119,3 +119,11 @@ class RatingsStoreError(BookrecError):
     """The ratings store (BOOKREC_DATABASE_URL) cannot be reached or refused a statement; the message says why."""
 
     exit_code = 11
+
+
+class BadEvent(ValidationError):
+    """A rating event breaks the ratings stream's rules; `reason` is the short why (also the dead letter's `reason`)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -101,3 +101,13 @@ class Keys:
     def retrain_last(self) -> str:
         """String key holding the id of the latest retrain job (the default of `bookrec retrain status`)."""
         return f"{self.prefix}retrain:last"
+
+    @property
+    def ratings_stream(self) -> str:
+        """Stream any service XADDs rating events into (`user_id`, `book_id`, `rating`, optional `ts`, `event_id`, `op`)."""
+        return f"{self.prefix}ratings"
+
+    @property
+    def ratings_dead(self) -> str:
+        """Stream of the rating events the ingest refused: their original fields and a `reason`."""
+        return f"{self.prefix}ratings:dead"

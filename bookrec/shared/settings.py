@@ -6,6 +6,7 @@ reads them once; parts receive a `Settings` instead of reading `os.environ` them
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -14,6 +15,7 @@ from typing import Mapping
 
 from bookrec.shared.errors import ConfigError
 from bookrec.shared.payloads import MAX_N
+from bookrec.shared.ratings import DEFAULT_RATING_SCALE
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_DATABASE_URL = "sqlite:///var/bookrec.db"
@@ -44,6 +46,15 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
+
+
+def _rating_scale(env: Mapping[str, str]) -> dict[str, float]:
+    """BOOKREC_RATING_MIN and BOOKREC_RATING_MAX, checked: finite numbers, the minimum below the maximum."""
+    low = _float(env, "BOOKREC_RATING_MIN", DEFAULT_RATING_SCALE[0])
+    high = _float(env, "BOOKREC_RATING_MAX", DEFAULT_RATING_SCALE[1])
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ConfigError(f"BOOKREC_RATING_MIN={low:g} must be a finite number below BOOKREC_RATING_MAX={high:g}")
+    return {"rating_min": low, "rating_max": high}
 
 
 def _key_prefix(prefix: str) -> str:
@@ -82,6 +93,8 @@ class Settings:
     redis_ca_cert: str | None = None
     log_level: str = "INFO"
     database_url: str = DEFAULT_DATABASE_URL
+    rating_min: float = DEFAULT_RATING_SCALE[0]
+    rating_max: float = DEFAULT_RATING_SCALE[1]
     extra: dict = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -108,6 +121,7 @@ class Settings:
             redis_ca_cert=env.get("BOOKREC_REDIS_CA_CERT") or None,
             log_level=(env.get("BOOKREC_LOG_LEVEL") or "INFO").upper(),
             database_url=env.get("BOOKREC_DATABASE_URL") or DEFAULT_DATABASE_URL,
+            **_rating_scale(env),
         )
 
     def with_overrides(self, **changes: object) -> "Settings":
@@ -118,6 +132,11 @@ class Settings:
     def cache_expiry(self) -> int | None:
         """Seconds a cached list lives (BOOKREC_CACHE_TTL), None when it never expires (0, the default)."""
         return self.cache_ttl or None
+
+    @property
+    def rating_scale(self) -> tuple[float, float]:
+        """(lowest, highest) rating a rating event may carry (BOOKREC_RATING_MIN, BOOKREC_RATING_MAX)."""
+        return (self.rating_min, self.rating_max)
 
     @property
     def redis_url_redacted(self) -> str:
