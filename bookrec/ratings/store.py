@@ -18,7 +18,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from bookrec.ratings.events import DELETE, RATE, RatingEvent
 from bookrec.ratings.schema import (
     BOOK_COLUMNS,
     ID_LENGTH,
@@ -29,6 +28,7 @@ from bookrec.ratings.schema import (
     stream_state,
 )
 from bookrec.shared.errors import ConfigError, RatingsStoreError, ValidationError
+from bookrec.shared.ratings import OP_DELETE, OP_RATE, RatingEvent
 from bookrec.shared.settings import redact_url
 
 log = logging.getLogger(__name__)
@@ -247,9 +247,9 @@ def _sqlite_begin(conn: Connection) -> None:
 
 def _check(event: RatingEvent) -> None:
     """ValidationError naming what is wrong with `event`."""
-    if event.op not in (RATE, DELETE):
-        raise ValidationError(f"event op {event.op!r} is neither {RATE!r} nor {DELETE!r}")
-    if event.op == RATE and event.rating is None:
+    if event.op not in (OP_RATE, OP_DELETE):
+        raise ValidationError(f"event op {event.op!r} is neither {OP_RATE!r} nor {OP_DELETE!r}")
+    if event.op == OP_RATE and event.rating is None:
         raise ValidationError(f"rate event for user {event.user_id} book {event.book_id} has no rating")
     for name in ("user_id", "book_id", "event_id", "stream_id"):
         value = getattr(event, name)
@@ -310,7 +310,7 @@ def _latest_per_pair(events: Sequence[RatingEvent]) -> list[RatingEvent]:
 
 
 def _row(event: RatingEvent, now: float) -> dict[str, Any]:
-    rating = None if event.op == DELETE else float(event.rating)
+    rating = None if event.op == OP_DELETE else float(event.rating)
     return {
         "user_id": str(event.user_id),
         "book_id": str(event.book_id),

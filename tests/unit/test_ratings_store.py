@@ -15,9 +15,9 @@ import pytest
 
 from bookrec import cli
 from bookrec.ratings import store as store_module
-from bookrec.ratings.events import RatingEvent
 from bookrec.ratings.store import ApplyResult, RatingsStore
 from bookrec.shared.errors import ConfigError, ValidationError
+from bookrec.shared.ratings import RatingEvent
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
