@@ -1,4 +1,5 @@
-"""RatingsStore: apply rating events (latest ts wins, each event once), read consistent snapshots, keep the catalogue.
+"""RatingsStore: apply rating events (latest ts wins, each event once), read consistent snapshots, keep the catalogue,
+and move ratings in and out in bulk (COPY on PostgreSQL, batches on SQLite; CSV out).
 
 SQLite (the embedded default, WAL mode) and PostgreSQL (`postgresql+psycopg://…`) share one schema
 (schema.py) and one code path; only the upsert statement is built per dialect.
@@ -6,12 +7,13 @@ SQLite (the embedded default, WAL mode) and PostgreSQL (`postgresql+psycopg://�
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -28,6 +30,7 @@ from bookrec.ratings.schema import (
     stream_state,
 )
 from bookrec.shared.errors import ConfigError, RatingsStoreError, ValidationError
+from bookrec.shared.files import atomic_text
 from bookrec.shared.ratings import OP_DELETE, OP_RATE, RatingEvent
 from bookrec.shared.settings import redact_url
 
@@ -35,6 +38,13 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _LOOKUP_CHUNK = 500  # ids per IN (...) query, well under SQLite's bound-parameter limit
+IMPORT_BATCH = 10_000
+"""Rows per executemany batch (SQLite) and per progress report (both dialects) of a bulk import."""
+EXPORT_HEADER = ("user_id", "book_id", "rating")
+"""The columns of an exported ratings CSV (goodbooks' ratings.csv, which `train` and `data import` read back)."""
+
+Progress = Callable[[int, "int | None"], None]
+"""A progress callback: (rows done so far, total rows or None when unknown)."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,20 @@ class ApplyResult:
 
     applied: int
     duplicate: int
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """What one bulk import or export moved: rows, distinct users and items among them, and the seconds it took."""
+
+    rows: int
+    users: int
+    items: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counts as a dict {rows, users, items, seconds} (the CLI's --json summary)."""
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -148,14 +172,53 @@ class RatingsStore:
         now = time.time()
         values = [_book_row(row, now) for row in rows]
         if values:
-            stmt = _dialect_insert(self.engine.dialect.name, books)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[books.c.book_id],
-                set_={c: stmt.excluded[c] for c in (*BOOK_COLUMNS[1:], "updated_at")},
-            )
             with self._begin(write=True) as conn:
-                conn.execute(stmt, values)
+                conn.execute(_upsert_books(conn.dialect.name), values)
         return len(values)
+
+    def import_books(self, rows: Sequence[dict[str, Any]], progress: Progress | None = None) -> int:
+        """Insert or replace a whole catalogue (as `upsert_books`) in one transaction, in batches reporting
+        `progress`; return how many rows. ValidationError (nothing written) for a bad row."""
+        now = time.time()
+        values = [_book_row(row, now) for row in rows]
+        with self._begin(write=True) as conn:
+            stmt = _upsert_books(conn.dialect.name)
+            for start in range(0, len(values), IMPORT_BATCH):
+                conn.execute(stmt, values[start : start + IMPORT_BATCH])
+                if progress:
+                    progress(min(start + IMPORT_BATCH, len(values)), len(values))
+        return len(values)
+
+    def import_ratings(self, rows: Any, progress: Progress | None = None) -> Transfer:
+        """Merge ratings in bulk in one transaction: a pandas frame with columns user, item, rating (and
+        optionally ts), or an iterable of (user_id, book_id, rating[, ts]) tuples. For each (user, book) the
+        latest ts wins against the store, as in `apply`, and the last row wins among the input's own
+        duplicates; a row without ts gets the import's time. PostgreSQL: COPY into a temporary table and one
+        INSERT … ON CONFLICT; SQLite: executemany batches. ValidationError (nothing written) for a bad row."""
+        started, now = time.monotonic(), time.time()
+        tally = _Tally(len(rows) if hasattr(rows, "__len__") else None, progress)
+        checked = tally.count(_import_rows(rows, now))
+        with self._begin(write=True) as conn:
+            if conn.dialect.name == "postgresql":
+                _copy_merge(conn, checked, now)
+            else:
+                _batched_upsert(conn, checked, now)
+        seconds = round(time.monotonic() - started, 3)
+        log.info("imported %d ratings into %s in %.1f s", tally.rows, redact_url(self.url), seconds)
+        return Transfer(rows=tally.rows, users=len(tally.users), items=len(tally.items), seconds=seconds)
+
+    def export_csv(self, path: Path) -> Transfer:
+        """Write the live ratings of one snapshot to `path` as CSV (user_id,book_id,rating), atomically: the
+        file appears whole or not at all."""
+        started = time.monotonic()
+        snap = self.snapshot()
+        with atomic_text(Path(path)) as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(EXPORT_HEADER)
+            writer.writerows((user, book, repr(rating)) for user, book, rating in snap.rows)
+        summary = snap.summary
+        seconds = round(time.monotonic() - started, 3)
+        return Transfer(rows=summary["rows"], users=summary["users"], items=summary["items"], seconds=seconds)
 
     def books(self) -> dict[str, dict[str, Any]]:
         """The catalogue: each book's columns keyed by book_id."""
@@ -199,11 +262,11 @@ class _transaction:
             raise _store_error(self.store.url, error) from error
         finally:
             self.conn.close()
-        if isinstance(exc, SQLAlchemyError):
+        if isinstance(exc, (SQLAlchemyError, self.store.engine.dialect.loaded_dbapi.Error)):  # the latter from COPY
             raise _store_error(self.store.url, exc) from exc
 
 
-def _store_error(url: str, exc: SQLAlchemyError) -> RatingsStoreError:
+def _store_error(url: str, exc: Exception) -> RatingsStoreError:
     reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
     return RatingsStoreError(f"ratings store at {redact_url(url)} failed: {reason}")
 
@@ -332,6 +395,110 @@ def _upsert(dialect: str) -> Any:
         set_={"rating": stmt.excluded.rating, "ts": stmt.excluded.ts, "updated_at": stmt.excluded.updated_at},
         where=stmt.excluded.ts >= ratings.c.ts,
     )
+
+
+def _upsert_books(dialect: str) -> Any:
+    """INSERT … ON CONFLICT (book_id) DO UPDATE of every catalogue column."""
+    stmt = _dialect_insert(dialect, books)
+    return stmt.on_conflict_do_update(
+        index_elements=[books.c.book_id],
+        set_={c: stmt.excluded[c] for c in (*BOOK_COLUMNS[1:], "updated_at")},
+    )
+
+
+class _Tally:
+    """Counts rows, users and items passing through an import and reports progress every IMPORT_BATCH rows."""
+
+    def __init__(self, total: int | None, progress: Progress | None) -> None:
+        self.total, self.progress = total, progress
+        self.rows = 0
+        self.users: set[str] = set()
+        self.items: set[str] = set()
+
+    def count(self, rows: Iterable[tuple[str, str, float, float]]) -> Iterator[tuple[str, str, float, float]]:
+        """Yield `rows` unchanged, counting them."""
+        for row in rows:
+            self.users.add(row[0])
+            self.items.add(row[1])
+            self.rows += 1
+            if self.progress and self.rows % IMPORT_BATCH == 0:
+                self.progress(self.rows, self.total)
+            yield row
+        if self.progress:
+            self.progress(self.rows, self.total)
+
+
+def _import_rows(rows: Any, now: float) -> Iterator[tuple[str, str, float, float]]:
+    """(user_id, book_id, rating, ts) for each input row, checked; ts defaults to `now`."""
+    if hasattr(rows, "itertuples"):  # a pandas frame (the store itself needs no pandas)
+        columns = ["user", "item", "rating", *(["ts"] if "ts" in rows.columns else [])]
+        rows = rows[columns].itertuples(index=False, name=None)
+    for number, row in enumerate(rows, start=1):
+        yield _import_row(number, row, now)
+
+
+def _import_row(number: int, row: Sequence[Any], now: float) -> tuple[str, str, float, float]:
+    """One import row as (user_id, book_id, rating, ts); ValidationError naming the row if it is not one."""
+    if len(row) not in (3, 4):
+        raise ValidationError(f"import row {number}: {tuple(row)!r} is not (user_id, book_id, rating[, ts])")
+    user, book = str(row[0]), str(row[1])
+    for name, value in (("user_id", user), ("book_id", book)):
+        if not 0 < len(value) <= ID_LENGTH:
+            raise ValidationError(f"import row {number}: {name} {value!r} must be 1 to {ID_LENGTH} characters")
+    rating = _finite(number, "rating", row[2])
+    ts = _finite(number, "ts", row[3]) if len(row) == 4 else now
+    return user, book, rating, ts
+
+
+def _finite(number: int, name: str, value: Any) -> float:
+    """`value` as a finite float; ValidationError naming the import row otherwise."""
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        result = math.nan
+    if not math.isfinite(result):
+        raise ValidationError(f"import row {number}: {name} {value!r} is not a finite number")
+    return result
+
+
+def _batched_upsert(conn: Connection, rows: Iterable[tuple[str, str, float, float]], now: float) -> None:
+    """SQLite: the ratings upsert of `apply` as executemany batches of IMPORT_BATCH rows (rows apply in order,
+    so of two rows for one pair with the same ts the later wins)."""
+    stmt = _upsert(conn.dialect.name)
+    batch: list[dict[str, Any]] = []
+    for user, book, rating, ts in rows:
+        batch.append({"user_id": user, "book_id": book, "rating": rating, "ts": ts, "updated_at": now})
+        if len(batch) == IMPORT_BATCH:
+            conn.execute(stmt, batch)
+            batch = []
+    if batch:
+        conn.execute(stmt, batch)
+
+
+_MERGE = sa.text(
+    """
+    INSERT INTO ratings (user_id, book_id, rating, ts, updated_at)
+    SELECT DISTINCT ON (user_id, book_id) user_id, book_id, rating, ts, :now
+    FROM bookrec_import ORDER BY user_id, book_id, ts DESC, seq DESC
+    ON CONFLICT (user_id, book_id) DO UPDATE
+    SET rating = excluded.rating, ts = excluded.ts, updated_at = excluded.updated_at
+    WHERE excluded.ts >= ratings.ts
+    """
+)
+"""PostgreSQL: merge the COPYed rows, the latest ts (then the last row) of each pair, latest ts winning."""
+
+
+def _copy_merge(conn: Connection, rows: Iterable[tuple[str, str, float, float]], now: float) -> None:
+    """PostgreSQL: COPY `rows` into a temporary table (dropped at commit), then merge it with one statement."""
+    conn.exec_driver_sql(
+        "CREATE TEMPORARY TABLE bookrec_import (seq bigint, user_id varchar(64), book_id varchar(64), "
+        "rating double precision, ts double precision) ON COMMIT DROP"
+    )
+    with conn.connection.driver_connection.cursor() as cursor:
+        with cursor.copy("COPY bookrec_import (seq, user_id, book_id, rating, ts) FROM STDIN") as copy:
+            for seq, row in enumerate(rows):
+                copy.write_row((seq, *row))
+    conn.execute(_MERGE, {"now": now})
 
 
 def _last_stream_id(conn: Connection) -> str | None:
