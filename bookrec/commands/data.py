@@ -1,22 +1,26 @@
-"""`bookrec data`: generate a synthetic goodbooks-shaped dataset, and check a ratings file before training."""
+"""`bookrec data`: generate a synthetic goodbooks-shaped dataset, check a ratings file before training, and move
+ratings and books in and out of the ratings store in bulk."""
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Any
 
 from bookrec.commands.common import needs_worker_side, print_json, progress_bar, show_progress
+from bookrec.commands.db import open_store
+from bookrec.shared.settings import Settings, redact_url
 from bookrec.worker.learn.inputs import PRESETS, ReadOptions, add_read_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `data` command group (`synth`, `inspect`) to the `bookrec` parser."""
+    """Add the `data` command group (`synth`, `inspect`, `import`, `import-books`, `export`) to the `bookrec` parser."""
     parser = subparsers.add_parser(
         "data",
-        help="generate synthetic ratings, or check a ratings file",
-        description="Generate a synthetic goodbooks-shaped dataset, or check that a ratings file reads "
-        "correctly before training on it.",
+        help="generate synthetic ratings, check a ratings file, or import/export the ratings store",
+        description="Generate a synthetic goodbooks-shaped dataset, check that a ratings file reads "
+        "correctly before training on it, or move ratings and books in and out of the ratings store in bulk.",
     )
     actions = parser.add_subparsers(dest="data_command", metavar="ACTION")
     actions.required = True
@@ -24,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     json_flag.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
     _register_synth(actions, json_flag)
     _register_inspect(actions, json_flag)
+    _register_bulk(actions, json_flag)
 
 
 def _register_synth(actions: argparse._SubParsersAction, json_flag: argparse.ArgumentParser) -> None:
@@ -68,6 +73,45 @@ def _register_inspect(actions: argparse._SubParsersAction, json_flag: argparse.A
     inspect.add_argument("file", metavar="FILE", type=Path, help="ratings file (CSV or TSV)")
     add_read_options(inspect)
     inspect.set_defaults(handler=_inspect)
+
+
+def _register_bulk(actions: argparse._SubParsersAction, json_flag: argparse.ArgumentParser) -> None:
+    store = argparse.ArgumentParser(add_help=False, parents=[json_flag])
+    store.add_argument(
+        "--database", metavar="URL", help="the ratings store's database URL (default: BOOKREC_DATABASE_URL)"
+    )
+    ratings = actions.add_parser(
+        "import",
+        parents=[store],
+        help="merge a ratings file into the ratings store",
+        description="Read a ratings file the way training does (same read options, same errors) and merge it "
+        "into the ratings store in one transaction (COPY on PostgreSQL, batches on SQLite), migrating the schema "
+        "first. For each (user, book) the latest ts wins, as for streamed events; the file's rows get the time of "
+        "the import as their ts. JSON: {database, path, rows, users, items, seconds}.",
+    )
+    ratings.add_argument("file", metavar="FILE", type=Path, help="ratings file (CSV or TSV)")
+    add_read_options(ratings)
+    ratings.set_defaults(handler=_import_ratings)
+    books = actions.add_parser(
+        "import-books",
+        parents=[store],
+        help="insert or replace the catalogue from a goodbooks books.csv",
+        description="Read a goodbooks books.csv the way training does (same errors) and insert or replace its "
+        "rows in the ratings store's catalogue in one transaction, migrating the schema first. "
+        "JSON: {database, path, rows, seconds}.",
+    )
+    books.add_argument("file", metavar="FILE", type=Path, help="books.csv (goodbooks format)")
+    books.set_defaults(handler=_import_books)
+    export = actions.add_parser(
+        "export",
+        parents=[store],
+        help="write the ratings store's live ratings to a CSV file",
+        description="Write one consistent snapshot of the live ratings to FILE as CSV (user_id,book_id,rating, "
+        "sorted by user then book), atomically: FILE appears whole or not at all. "
+        "JSON: {database, path, rows, users, items, seconds}.",
+    )
+    export.add_argument("file", metavar="FILE", type=Path, help="the CSV file to write (replaced if it exists)")
+    export.set_defaults(handler=_export)
 
 
 def _count(text: str) -> int:
@@ -127,6 +171,72 @@ def _inspect(args: argparse.Namespace) -> int:
     else:
         print(_describe(summary))
     return 0
+
+
+def _database(args: argparse.Namespace) -> str:
+    return args.database or Settings.from_env().database_url
+
+
+def _import_ratings(args: argparse.Namespace) -> int:
+    needs_worker_side("bookrec data import", ("numpy", "pandas"))
+    from bookrec.worker.learn.datasets import read_ratings
+
+    started = time.monotonic()
+    frame = read_ratings(args.file, ReadOptions.from_args(args)).frame
+    url = _database(args)
+    store = open_store(url)
+    try:
+        store.upgrade()
+        with progress_bar(len(frame), "importing", show_progress(args.json), unit="row") as bar:
+            result = store.import_ratings(frame, progress=lambda done, _total: bar.update(done - bar.n))
+    finally:
+        store.close()
+    seconds = round(time.monotonic() - started, 3)  # reading the file included
+    summary = {"database": redact_url(url), "path": str(args.file), **result.as_dict(), "seconds": seconds}
+    _report(args, summary, f"imported {result.rows:,} ratings by {result.users:,} users of {result.items:,} books")
+    return 0
+
+
+def _import_books(args: argparse.Namespace) -> int:
+    needs_worker_side("bookrec data import-books", ("numpy", "pandas"))
+    from bookrec.worker.learn.datasets import read_book_rows
+
+    started = time.monotonic()
+    rows = read_book_rows(args.file)
+    url = _database(args)
+    store = open_store(url)
+    try:
+        store.upgrade()
+        with progress_bar(len(rows), "importing books", show_progress(args.json), unit="book") as bar:
+            count = store.import_books(rows, progress=lambda done, _total: bar.update(done - bar.n))
+    finally:
+        store.close()
+    seconds = round(time.monotonic() - started, 3)
+    summary = {"database": redact_url(url), "path": str(args.file), "rows": count, "seconds": seconds}
+    _report(args, summary, f"imported {count:,} books")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    url = _database(args)
+    store = open_store(url)
+    try:
+        result = store.export_csv(args.file)
+    finally:
+        store.close()
+    summary = {"database": redact_url(url), "path": str(args.file), **result.as_dict()}
+    _report(args, summary, f"exported {result.rows:,} ratings by {result.users:,} users of {result.items:,} books")
+    return 0
+
+
+def _report(args: argparse.Namespace, summary: dict[str, Any], what: str) -> None:
+    """Print a bulk command's summary: JSON, or `what` with the place and the time taken."""
+    if args.json:
+        print_json(summary)
+    elif args.data_command == "export":
+        print(f"{what} from {summary['database']} to {summary['path']} in {summary['seconds']:.1f} s")
+    else:
+        print(f"{what} from {summary['path']} into {summary['database']} in {summary['seconds']:.1f} s")
 
 
 def _describe(summary: dict[str, Any]) -> str:

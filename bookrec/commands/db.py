@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from bookrec.commands.common import print_json
 from bookrec.shared.errors import MissingDependency
@@ -24,15 +25,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     upgrade.set_defaults(handler=run_upgrade)
 
 
-def upgrade_store(settings: Settings) -> str:
-    """Migrate the ratings store of `settings` to the newest revision; return that revision."""
+def open_store(url: str) -> Any:
+    """The RatingsStore at `url`; MissingDependency (one line, exit 2) without bookrec[store]."""
     try:
         from bookrec.ratings.store import RatingsStore
     except ModuleNotFoundError as exc:
         raise MissingDependency(
             f"the ratings store needs bookrec[store] ({exc.name} is missing): pip install 'bookrec[store]'"
         ) from None
-    store = RatingsStore(settings.database_url)
+    return RatingsStore(url)
+
+
+def upgrade_store(settings: Settings) -> str:
+    """Migrate the ratings store of `settings` to the newest revision; return that revision."""
+    store = open_store(settings.database_url)
     try:
         return store.upgrade()
     finally:

@@ -133,6 +133,24 @@ def read_books(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame({name: pd.Series(values, index=index, dtype=object) for name, values in columns.items()})
 
 
+def read_book_rows(path: str | Path) -> list[dict[str, str]]:
+    """Read a goodbooks-style books.csv whole, checked as `read_books` checks it, as one dict per book keyed by
+    the newer release's column names (`book_id` the catalogue id, `goodreads_book_id`), values as text ('' when
+    blank); what `RatingsStore.import_books` takes.
+
+    Raises:
+        DataError: as `read_books`.
+    """
+    ids = read_books(path).index
+    raw = _read_csv(Path(path), sep=",", dtype=str, keep_default_na=False)
+    if "id" in raw.columns:  # the older release: `id` is the catalogue id, `book_id` the goodreads one
+        raw = raw.drop(columns="id")
+        if "goodreads_book_id" not in raw.columns:
+            raw = raw.rename(columns={"book_id": "goodreads_book_id"})
+    raw["book_id"] = list(ids)
+    return raw.to_dict("records")
+
+
 def fingerprint(path: str | Path) -> dict[str, Any]:
     """The sha256 (hex) and size in bytes of a file, read in chunks so any size fits in memory."""
     path = _check_file(Path(path))
