@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bookrec.commands.common import needs_worker_side, print_json, progress_bar, show_progress
 from bookrec.commands.db import open_store
@@ -184,13 +184,7 @@ def _import_ratings(args: argparse.Namespace) -> int:
     started = time.monotonic()
     frame = read_ratings(args.file, ReadOptions.from_args(args)).frame
     url = _database(args)
-    store = open_store(url)
-    try:
-        store.upgrade()
-        with progress_bar(len(frame), "importing", show_progress(args.json), unit="row") as bar:
-            result = store.import_ratings(frame, progress=lambda done, _total: bar.update(done - bar.n))
-    finally:
-        store.close()
+    result = _into_store(url, args, len(frame), "rating", lambda store, progress: store.import_ratings(frame, progress))
     seconds = round(time.monotonic() - started, 3)  # reading the file included
     summary = {"database": redact_url(url), "path": str(args.file), **result.as_dict(), "seconds": seconds}
     _report(args, summary, f"imported {result.rows:,} ratings by {result.users:,} users of {result.items:,} books")
@@ -204,17 +198,22 @@ def _import_books(args: argparse.Namespace) -> int:
     started = time.monotonic()
     rows = read_book_rows(args.file)
     url = _database(args)
-    store = open_store(url)
-    try:
-        store.upgrade()
-        with progress_bar(len(rows), "importing books", show_progress(args.json), unit="book") as bar:
-            count = store.import_books(rows, progress=lambda done, _total: bar.update(done - bar.n))
-    finally:
-        store.close()
+    count = _into_store(url, args, len(rows), "book", lambda store, progress: store.import_books(rows, progress))
     seconds = round(time.monotonic() - started, 3)
     summary = {"database": redact_url(url), "path": str(args.file), "rows": count, "seconds": seconds}
     _report(args, summary, f"imported {count:,} books")
     return 0
+
+
+def _into_store(url: str, args: argparse.Namespace, total: int, unit: str, load: Callable[[Any, Any], Any]) -> Any:
+    """Migrate the store at `url`, then return `load(store, progress)`, its progress drawn as a bar of `unit`s."""
+    store = open_store(url)
+    try:
+        store.upgrade()
+        with progress_bar(total, f"importing {unit}s", show_progress(args.json), unit=unit) as bar:
+            return load(store, lambda done, _total: bar.update(done - bar.n))
+    finally:
+        store.close()
 
 
 def _export(args: argparse.Namespace) -> int:
