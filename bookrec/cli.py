@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "bookrec.commands.models",
     "bookrec.commands.service",
     "bookrec.commands.ratings",
+    "bookrec.commands.ingest",
     "bookrec.commands.worker",
     "bookrec.commands.init",
     "bookrec.commands.db",

@@ -95,6 +95,9 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     rating_min: float = DEFAULT_RATING_SCALE[0]
     rating_max: float = DEFAULT_RATING_SCALE[1]
+    ingest_claim_s: int = 30
+    ingest_batch: int = 100
+    ingest_block_ms: int = 1000
     extra: dict = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -121,6 +124,9 @@ class Settings:
             redis_ca_cert=env.get("BOOKREC_REDIS_CA_CERT") or None,
             log_level=(env.get("BOOKREC_LOG_LEVEL") or "INFO").upper(),
             database_url=env.get("BOOKREC_DATABASE_URL") or DEFAULT_DATABASE_URL,
+            ingest_claim_s=_int(env, "BOOKREC_INGEST_CLAIM_S", 30, minimum=1),
+            ingest_batch=_int(env, "BOOKREC_INGEST_BATCH", 100, minimum=1, maximum=10_000),
+            ingest_block_ms=_int(env, "BOOKREC_INGEST_BLOCK_MS", 1000, minimum=10, maximum=60_000),
             **_rating_scale(env),
         )
 

@@ -1,0 +1,221 @@
+"""One ingest consumer: read the ratings stream through the group `bookrec-ingest`, apply each batch to the ratings
+store in one transaction, then acknowledge it; bad events go to the dead stream (README: Ingest).
+
+Exactly once: an entry is acknowledged only after its batch committed, so a crash redelivers it, and the store skips
+an event whose stream id or event_id it applied before. Dead letters and acknowledgements go in one MULTI, so a
+redelivered bad entry is dead-lettered once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import redis
+
+from bookrec.ratings.store import RatingsStore
+from bookrec.shared.errors import BadEvent, RatingsStoreError, ValidationError
+from bookrec.shared.keys import Keys
+from bookrec.shared.ratings import REASON, RatingEvent, entry_time_ms, parse_event
+from bookrec.shared.redis_conn import CONNECTION_ERRORS
+from bookrec.shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+GROUP = "bookrec-ingest"
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 30.0
+
+Entry = tuple[str, dict[bytes, bytes] | None]
+"""A stream entry as read: its id and fields (None for an entry deleted while it was pending)."""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one batch did: entries read, events applied, duplicates skipped, bad events dead-lettered."""
+
+    read: int = 0
+    applied: int = 0
+    duplicate: int = 0
+    dead: int = 0
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A refused entry: its stream id, original fields and the reason."""
+
+    stream_id: str
+    fields: dict[bytes, bytes]
+    reason: str
+
+
+def consumer_name() -> str:
+    """This process's consumer name in the group: `host-pid`, unique per process."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Ingest:
+    """A consumer of the group `bookrec-ingest` writing into one RatingsStore."""
+
+    def __init__(self, client: redis.Redis, store: RatingsStore, settings: Settings, name: str | None = None) -> None:
+        self.client, self.store, self.settings = client, store, settings
+        self.keys = Keys(settings.key_prefix)
+        self.name = name or consumer_name()
+        self.stop = threading.Event()
+
+    def ensure_group(self) -> None:
+        """Create the consumer group (reading from the stream's start, creating the stream) unless it exists."""
+        try:
+            self.client.xgroup_create(self.keys.ratings_stream, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def read(self, block_ms: int | None = None) -> list[Entry]:
+        """The next batch: this consumer's own pending entries first (a batch whose commit failed), then entries
+        another consumer left pending longer than BOOKREC_INGEST_CLAIM_S (XAUTOCLAIM), then new ones (XREADGROUP)."""
+        count = self.settings.ingest_batch
+        stream = self.keys.ratings_stream
+        own = self._group_read("0", count, None)
+        if own:
+            return own
+        claimed = self.client.xautoclaim(stream, GROUP, self.name, self.settings.ingest_claim_s * 1000, "0-0", count)
+        deleted = claimed[2] if len(claimed) > 2 else []  # ids of pending entries no longer in the stream
+        entries = [(_text(i), f) for i, f in claimed[1]] + [(_text(i), None) for i in deleted]
+        if entries:
+            log.info("claimed %d entries left pending by another consumer", len(entries))
+            return entries
+        return self._group_read(">", count, block_ms)
+
+    def _group_read(self, start: str, count: int, block_ms: int | None) -> list[Entry]:
+        reply = self.client.xreadgroup(GROUP, self.name, {self.keys.ratings_stream: start}, count=count, block=block_ms)
+        return [(_text(i), f or None) for _stream, entries in reply or [] for i, f in entries]
+
+    def process(self, entries: Sequence[Entry]) -> BatchResult:
+        """Validate `entries`, apply the good ones in one transaction, then dead-letter the bad ones and acknowledge
+        all of them at once. RatingsStoreError (nothing acknowledged) if the store fails."""
+        events, dead = self._parse(entries)
+        applied, duplicate, refused = self._apply(events)
+        dead += refused
+        self._finish([i for i, _ in entries], dead)
+        result = BatchResult(read=len(entries), applied=applied, duplicate=duplicate, dead=len(dead))
+        if entries:
+            log.info("batch of %d: %d applied, %d duplicate, %d dead", result.read, applied, duplicate, result.dead)
+        return result
+
+    def _parse(self, entries: Sequence[Entry]) -> tuple[list[tuple[RatingEvent, dict]], list[DeadLetter]]:
+        """The good events (each with its fields) and the dead letters among `entries`; deleted entries are neither."""
+        events, dead = [], []
+        for stream_id, fields in entries:
+            if fields is None:
+                continue
+            try:
+                event = parse_event(fields, stream_id, entry_time_ms(stream_id), self.settings.rating_scale)
+            except BadEvent as exc:
+                dead.append(DeadLetter(stream_id, fields, exc.reason))
+                continue
+            events.append((event, fields))
+        return events, dead
+
+    def _apply(self, events: list[tuple[RatingEvent, dict]]) -> tuple[int, int, list[DeadLetter]]:
+        """Apply the batch in one transaction; if the store refuses an event (ValidationError), apply them one by one
+        so that event is dead-lettered and the rest of the batch still goes in. Returns applied, duplicate, refused."""
+        if not events:
+            return 0, 0, []
+        try:
+            result = self.store.apply([e for e, _ in events])
+            return result.applied, result.duplicate, []
+        except ValidationError:
+            log.warning("the store refused an event of the batch; applying its %d events one at a time", len(events))
+        applied = duplicate = 0
+        refused = []
+        for event, fields in events:
+            try:
+                result = self.store.apply([event])
+            except ValidationError as exc:
+                refused.append(DeadLetter(str(event.stream_id), fields, str(exc)))
+                continue
+            applied, duplicate = applied + result.applied, duplicate + result.duplicate
+        return applied, duplicate, refused
+
+    def _finish(self, ids: list[str], dead: list[DeadLetter]) -> None:
+        """In one MULTI: add the dead letters to the dead stream and acknowledge `ids`."""
+        if not ids:
+            return
+        pipe = self.client.pipeline(transaction=True)
+        for letter in dead:
+            log.warning("dead-lettered %s: %s", letter.stream_id, letter.reason)
+            pipe.xadd(self.keys.ratings_dead, {**letter.fields, REASON: letter.reason})
+        pipe.xack(self.keys.ratings_stream, GROUP, *ids)
+        pipe.execute()
+
+    def trim(self) -> int:
+        """Trim the stream below what the group has acknowledged: below its oldest pending entry, or its last
+        delivered one when nothing is pending. Returns the entries removed."""
+        stream = self.keys.ratings_stream
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xinfo_groups(stream)
+        pipe.xpending(stream, GROUP)
+        groups, pending = pipe.execute()
+        group = next((g for g in groups if _text(g["name"]) == GROUP), None)
+        if group is None:
+            return 0
+        floor = _text(pending["min"]) if pending["pending"] else _text(group["last-delivered-id"])
+        return int(self.client.xtrim(stream, minid=floor, approximate=False))
+
+    def step(self, block_ms: int | None = None) -> BatchResult:
+        """Read and process one batch, then trim the stream."""
+        entries = self.read(block_ms)
+        result = self.process(entries)
+        if entries:
+            self.trim()
+        return result
+
+    def run(self) -> None:
+        """Process batches until `stop` is set (checked after each batch). While the store or Redis is down, log and
+        retry with backoff: the entries wait in the stream, unacknowledged."""
+        self.ensure_group()
+        log.info("ingest %s reads %s in group %s", self.name, self.keys.ratings_stream, GROUP)
+        delay = BACKOFF_START_S
+        while not self.stop.is_set():
+            try:
+                self.step(self.settings.ingest_block_ms)
+                delay = BACKOFF_START_S
+            except (RatingsStoreError, *CONNECTION_ERRORS) as exc:
+                log.warning("ingest paused, retrying in %.1f s: %s", delay, exc)
+                self.stop.wait(delay)
+                delay = min(delay * 2, BACKOFF_MAX_S)
+        log.info("ingest %s stopped", self.name)
+
+
+def dead_letters(client: redis.Redis, keys: Keys, count: int | None = None) -> list[DeadLetter]:
+    """The dead stream's entries, oldest first (at most `count`)."""
+    entries = client.xrange(keys.ratings_dead, count=count)
+    return [_letter(_text(i), fields) for i, fields in entries]
+
+
+def replay(client: redis.Redis, keys: Keys) -> int:
+    """Send every dead letter back to the ratings stream without its `reason` (the ingest validates it again) and
+    remove it from the dead stream, each in one MULTI. Returns how many."""
+    done = 0
+    for stream_id, fields in client.xrange(keys.ratings_dead):
+        original = {k: v for k, v in fields.items() if _text(k) != REASON}
+        pipe = client.pipeline(transaction=True)
+        pipe.xadd(keys.ratings_stream, original or {REASON: b""})  # an entry needs a field; this one is dead again
+        pipe.xdel(keys.ratings_dead, stream_id)
+        pipe.execute()
+        done += 1
+    return done
+
+
+def _letter(stream_id: str, fields: dict[bytes, bytes]) -> DeadLetter:
+    reason = next((_text(v) for k, v in fields.items() if _text(k) == REASON), "")
+    return DeadLetter(stream_id, {k: v for k, v in fields.items() if _text(k) != REASON}, reason)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
