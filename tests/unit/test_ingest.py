@@ -1,0 +1,188 @@
+"""The ingest on fakeredis with a SQLite store: good and bad events in one batch, the dead stream with reasons,
+redelivery applied once, the latest ts winning in any order, claiming a dead consumer's entries, trimming, replay."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import fakeredis
+import pytest
+
+from bookrec import cli
+from bookrec.ingest.consumer import GROUP, Ingest, dead_letters, replay
+from bookrec.ratings.store import RatingsStore
+from bookrec.shared.errors import RatingsStoreError
+from bookrec.shared.settings import Settings
+
+STREAM = "bookrec:ratings"
+DEAD = "bookrec:ratings:dead"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[RatingsStore]:
+    ratings = RatingsStore(f"sqlite:///{tmp_path / 'ratings.db'}")
+    ratings.upgrade()
+    yield ratings
+    ratings.close()
+
+
+@pytest.fixture
+def ingest(redis: fakeredis.FakeRedis, store: RatingsStore) -> Ingest:
+    consumer = Ingest(redis, store, Settings(ingest_claim_s=1, ingest_batch=50), name="unit-a")
+    consumer.ensure_group()
+    return consumer
+
+
+def live(store: RatingsStore) -> dict[tuple[str, str], float]:
+    return {(user, book): rating for user, book, rating in store.snapshot().rows}
+
+
+def add(redis: fakeredis.FakeRedis, **fields: str) -> str:
+    return redis.xadd(STREAM, fields).decode()
+
+
+def test_good_and_bad_events_in_one_batch(ingest: Ingest, redis: fakeredis.FakeRedis, store: RatingsStore) -> None:
+    add(redis, user_id="1", book_id="10", rating="4")
+    bad_rating = add(redis, user_id="1", book_id="11", rating="7")
+    add(redis, user_id="2", book_id="10", rating="3.5")
+    add(redis, user_id="2", book_id="12")
+    add(redis, user_id="3", book_id="b" * 100, rating="2")  # fine for the stream, too long for the store
+
+    result = ingest.step()
+
+    assert (result.read, result.applied, result.dead) == (5, 2, 3)
+    assert live(store) == {("1", "10"): 4.0, ("2", "10"): 3.5}
+    letters = dead_letters(redis, ingest.keys)
+    assert [x.reason for x in letters[:2]] == ["rating '7' is outside the scale 0.5 to 5", "missing rating"]
+    assert "must be 1 to 64 characters" in letters[2].reason
+    assert letters[0].fields == {b"user_id": b"1", b"book_id": b"11", b"rating": b"7"}
+    assert letters[0].stream_id != bad_rating  # a new entry in the dead stream
+    assert redis.xpending(STREAM, GROUP)["pending"] == 0, "every entry, good or bad, is acknowledged"
+
+
+def test_a_redelivered_entry_changes_the_store_once(
+    ingest: Ingest, redis: fakeredis.FakeRedis, store: RatingsStore
+) -> None:
+    add(redis, user_id="1", book_id="10", rating="4", event_id="e1")
+    add(redis, user_id="1", book_id="11", rating="9")
+    entries = ingest.read()
+    assert ingest.process(entries).applied == 1
+    again = ingest.process(entries)  # as after a crash between commit and acknowledgement
+    add(redis, user_id="1", book_id="10", rating="1", event_id="e1")  # same event_id, another stream id
+    resent = ingest.step()
+
+    assert (again.applied, again.duplicate) == (0, 1)
+    assert (resent.applied, resent.duplicate) == (0, 1)
+    assert live(store) == {("1", "10"): 4.0}
+    assert len(dead_letters(redis, ingest.keys)) == 2  # the bad one was dead-lettered on each delivery it got
+
+
+def test_the_latest_ts_wins_whatever_the_arrival_order(
+    ingest: Ingest, redis: fakeredis.FakeRedis, store: RatingsStore
+) -> None:
+    add(redis, user_id="1", book_id="10", rating="5", ts="300")
+    add(redis, user_id="1", book_id="10", rating="1", ts="100")
+    ingest.step()
+    add(redis, user_id="1", book_id="10", rating="2", ts="200")
+    add(redis, user_id="1", book_id="11", op="delete", ts="500")
+    add(redis, user_id="1", book_id="11", rating="3", ts="400")
+    ingest.step()
+
+    assert live(store) == {("1", "10"): 5.0}
+
+
+def test_entries_a_dead_consumer_left_pending_are_claimed_and_applied_once(
+    ingest: Ingest, redis: fakeredis.FakeRedis, store: RatingsStore
+) -> None:
+    add(redis, user_id="1", book_id="10", rating="4")
+    add(redis, user_id="2", book_id="10", rating="2")
+    redis.xreadgroup(GROUP, "died", {STREAM: ">"}, count=10)  # read, never acknowledged
+    assert ingest.read() == [], "not claimed before BOOKREC_INGEST_CLAIM_S"
+
+    later = Ingest(redis, store, Settings(ingest_claim_s=0), name="unit-b")  # as once the claim time has passed
+    result = later.process(later.read())
+
+    assert (result.read, result.applied) == (2, 2)
+    assert live(store) == {("1", "10"): 4.0, ("2", "10"): 2.0}
+    assert redis.xpending(STREAM, GROUP)["pending"] == 0
+
+
+def test_a_failing_store_acknowledges_nothing_and_the_batch_is_retried(
+    ingest: Ingest, redis: fakeredis.FakeRedis, store: RatingsStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add(redis, user_id="1", book_id="10", rating="4")
+    add(redis, user_id="1", book_id="11", rating="0")
+
+    def down(events):
+        raise RatingsStoreError("ratings store at sqlite:///x failed: disk I/O error")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "apply", down)
+        with pytest.raises(RatingsStoreError):
+            ingest.step()
+    assert redis.xpending(STREAM, GROUP)["pending"] == 2
+    assert redis.xlen(DEAD) == 0, "no dead letter before the batch commits"
+
+    result = ingest.step()  # this consumer's own pending entries first
+
+    assert (result.read, result.applied, result.dead) == (2, 1, 1)
+    assert redis.xpending(STREAM, GROUP)["pending"] == 0
+
+
+def test_the_stream_is_trimmed_only_below_what_the_group_acknowledged(
+    ingest: Ingest, redis: fakeredis.FakeRedis
+) -> None:
+    for book in range(3):
+        add(redis, user_id="1", book_id=str(book), rating="4")
+    ingest.step()
+    assert redis.xlen(STREAM) == 1  # the last delivered entry stays as the floor, acknowledged
+    add(redis, user_id="1", book_id="7", rating="4")
+    add(redis, user_id="1", book_id="8", rating="4")
+    redis.xreadgroup(GROUP, "slow", {STREAM: ">"}, count=1)  # book 7 pending at another consumer
+    ingest.step()  # reads book 8
+
+    remaining = [fields[b"book_id"] for _, fields in redis.xrange(STREAM)]
+    assert remaining == [b"7", b"8"]
+
+
+def test_replay_sends_dead_letters_back_through_validation(
+    ingest: Ingest, redis: fakeredis.FakeRedis, store: RatingsStore
+) -> None:
+    add(redis, user_id="1", book_id="10", rating="4.5")
+    add(redis, user_id="1", book_id="11", rating="nope")
+    ingest.step(Settings().ingest_block_ms)
+    assert redis.xlen(DEAD) == 1
+    ingest.settings = ingest.settings.with_overrides(rating_max=10.0)  # the scale was fixed meanwhile
+    redis.xadd(DEAD, {"user_id": "2", "book_id": "10", "rating": "8", "reason": "rating '8' is outside ..."})
+
+    assert replay(redis, ingest.keys) == 2
+    assert redis.xlen(DEAD) == 0
+    result = ingest.step()
+
+    assert (result.applied, result.dead) == (1, 1)
+    assert live(store) == {("1", "10"): 4.5, ("2", "10"): 8.0}
+    assert [x.reason for x in dead_letters(redis, ingest.keys)] == ["rating 'nope' is not a number"]
+
+
+def test_ingest_dead_lists_the_letters_as_json(
+    redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import json
+
+    from bookrec.commands import ingest as command
+
+    redis.xadd(DEAD, {"user_id": "1", "book_id": "x", "rating": "9", "reason": "rating '9' is outside the scale"})
+    monkeypatch.setattr(command, "redis_client", lambda settings: redis)
+
+    assert cli.main(["ingest", "dead", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["count"] == 1 and out["stream"] == DEAD
+    assert out["letters"][0]["reason"] == "rating '9' is outside the scale"
+    assert out["letters"][0]["fields"] == {"user_id": "1", "book_id": "x", "rating": "9"}
+
+
+def test_a_bad_ingest_setting_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("BOOKREC_INGEST_CLAIM_S", "soon")
+    assert cli.main(["ingest"]) == 2
+    assert capsys.readouterr().err.strip() == "bookrec: error: BOOKREC_INGEST_CLAIM_S='soon' is not a whole number"
