@@ -1,0 +1,121 @@
+"""A real `bookrec ingest` process against the real Redis and a SQLite file: events XADDed are applied, bad ones
+dead-lettered; entries a consumer read and died holding are claimed by a restarted ingest after
+BOOKREC_INGEST_CLAIM_S and applied exactly once; SIGTERM stops it cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+import redis
+
+from bookrec.ingest.consumer import GROUP
+from bookrec.ratings.store import RatingsStore
+from bookrec.shared.keys import Keys
+from tests.conftest import REPO, TEST_REDIS_URL
+
+pytestmark = pytest.mark.integration
+KEYS = Keys()
+STREAM, DEAD = KEYS.ratings_stream, KEYS.ratings_dead
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'ratings.db'}"
+
+
+@pytest.fixture
+def start_ingest(database: str, tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen]]:
+    """Start `bookrec ingest` processes (claim after 1 s, 100 ms blocking reads); kill any left at the end."""
+    started: list[subprocess.Popen] = []
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOOKREC_")}
+    env.update(
+        BOOKREC_REDIS_URL=TEST_REDIS_URL,
+        BOOKREC_DATABASE_URL=database,
+        BOOKREC_INGEST_CLAIM_S="1",
+        BOOKREC_INGEST_BLOCK_MS="100",
+    )
+
+    def start() -> subprocess.Popen:
+        log = open(tmp_path / f"ingest-{len(started)}.log", "w")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bookrec", "ingest"], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def live(database: str) -> dict[tuple[str, str], float]:
+    store = RatingsStore(database)
+    try:
+        return {(user, book): rating for user, book, rating in store.snapshot().rows}
+    finally:
+        store.close()
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def group_exists(client: redis.Redis) -> bool:
+    return client.exists(STREAM) and any(g["name"] == GROUP.encode() for g in client.xinfo_groups(STREAM))
+
+
+def acknowledged(client: redis.Redis, stream_id: bytes) -> bool:
+    """Whether the group has read up to `stream_id` and has nothing pending."""
+    group = next(g for g in client.xinfo_groups(STREAM) if g["name"] == GROUP.encode())
+    return group["last-delivered-id"] == stream_id and group["pending"] == 0
+
+
+def test_a_restarted_ingest_claims_a_dead_consumers_entries_and_applies_them_once(
+    redis_client: redis.Redis, start_ingest, database: str
+) -> None:
+    first = start_ingest()
+    wait_for(lambda: group_exists(redis_client), "the ingest to create its consumer group")
+    redis_client.xadd(STREAM, {"user_id": "1", "book_id": "10", "rating": "4", "ts": "100"})
+    redis_client.xadd(STREAM, {"user_id": "1", "book_id": "11", "rating": "70"})
+    wait_for(lambda: live(database) == {("1", "10"): 4.0}, "the first events to be applied")
+    wait_for(lambda: redis_client.xlen(DEAD) == 1, "the bad event to be dead-lettered")
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+
+    redis_client.xadd(STREAM, {"user_id": "1", "book_id": "10", "rating": "2", "ts": "200", "event_id": "e-1"})
+    redis_client.xadd(STREAM, {"user_id": "2", "book_id": "10", "rating": "5"})
+    redis_client.xadd(STREAM, {"user_id": "2", "book_id": "bad id", "rating": "5"})
+    held = redis_client.xreadgroup(GROUP, "doomed-1", {STREAM: ">"}, count=10)  # read, then it "dies"
+    assert len(held[0][1]) == 3
+    redis_client.xadd(STREAM, {"user_id": "1", "book_id": "10", "rating": "1", "ts": "50"})  # older: loses
+
+    second = start_ingest()
+    wait_for(lambda: redis_client.xpending(STREAM, GROUP)["pending"] == 0, "the held entries to be claimed and acked")
+
+    assert live(database) == {("1", "10"): 2.0, ("2", "10"): 5.0}
+    reasons = [fields[b"reason"] for _, fields in redis_client.xrange(DEAD)]
+    assert reasons == [
+        b"rating '70' is outside the scale 0.5 to 5",
+        b"book_id 'bad id' holds whitespace or glob characters",
+    ]
+    assert redis_client.xlen(STREAM) <= 1, "the stream is trimmed below what the group acknowledged"
+    resent = redis_client.xadd(STREAM, {"user_id": "1", "book_id": "10", "rating": "3", "ts": "300", "event_id": "e-1"})
+    wait_for(lambda: acknowledged(redis_client, resent), "the resent event to be acknowledged")
+    assert live(database) == {("1", "10"): 2.0, ("2", "10"): 5.0}, "an event_id applied before changes nothing"
+
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(15) == 0
