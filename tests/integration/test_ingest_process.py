@@ -1,11 +1,13 @@
 """A real `bookrec ingest` process against the real Redis and a SQLite file: events XADDed are applied, bad ones
-dead-lettered; entries a consumer read and died holding are claimed by a restarted ingest after
+dead-lettered; entries a consumer read and died holding (a real ingest SIGKILLed while its commit waited on the
+store's write lock, or a consumer that read them by hand) are claimed by a restarted ingest after
 BOOKREC_INGEST_CLAIM_S and applied exactly once; SIGTERM stops it cleanly."""
 
 from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -117,5 +119,37 @@ def test_a_restarted_ingest_claims_a_dead_consumers_entries_and_applies_them_onc
     wait_for(lambda: acknowledged(redis_client, resent), "the resent event to be acknowledged")
     assert live(database) == {("1", "10"): 2.0, ("2", "10"): 5.0}, "an event_id applied before changes nothing"
 
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(15) == 0
+
+
+def test_an_ingest_killed_between_reading_and_acking_loses_nothing_and_applies_once(
+    redis_client: redis.Redis, start_ingest, database: str
+) -> None:
+    first = start_ingest()
+    wait_for(lambda: group_exists(redis_client), "the ingest to create its consumer group")
+    lock = sqlite3.connect(database.removeprefix("sqlite:///"), isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")  # the store's write lock: the ingest's commit waits on it
+    try:
+        batch = redis_client.pipeline(transaction=True)  # all six arrive at once, so one read takes them all
+        for book in range(5):
+            batch.xadd(STREAM, {"user_id": "7", "book_id": str(book), "rating": "4", "event_id": f"k{book}"})
+        batch.xadd(STREAM, {"user_id": "7", "book_id": "9", "rating": "-1"})
+        batch.execute()
+        wait_for(lambda: redis_client.xpending(STREAM, GROUP)["pending"] == 6, "the ingest to read the batch")
+        first.send_signal(signal.SIGKILL)  # read, committing, not acknowledged
+        first.wait(10)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert live(database) == {} and redis_client.xlen(DEAD) == 0
+
+    second = start_ingest()
+    wait_for(lambda: redis_client.xpending(STREAM, GROUP)["pending"] == 0, "the killed ingest's entries to be claimed")
+
+    assert live(database) == {("7", str(book)): 4.0 for book in range(5)}
+    assert [fields[b"reason"] for _, fields in redis_client.xrange(DEAD)] == [
+        b"rating '-1' is outside the scale 0.5 to 5"
+    ]
     second.send_signal(signal.SIGTERM)
     assert second.wait(15) == 0
