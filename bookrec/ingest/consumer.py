@@ -75,6 +75,12 @@ class Ingest:
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    def _group_exists(self) -> bool:
+        stream = self.keys.ratings_stream
+        return bool(self.client.exists(stream)) and any(
+            _text(g["name"]) == GROUP for g in self.client.xinfo_groups(stream)
+        )
+
     def read(self, block_ms: int | None = None) -> list[Entry]:
         """The next batch: this consumer's own pending entries first (a batch whose commit failed), then entries
         another consumer left pending longer than BOOKREC_INGEST_CLAIM_S (XAUTOCLAIM), then new ones (XREADGROUP)."""
@@ -189,6 +195,13 @@ class Ingest:
                 log.warning("ingest paused, retrying in %.1f s: %s", delay, exc)
                 self.stop.wait(delay)
                 delay = min(delay * 2, BACKOFF_MAX_S)
+            except redis.ResponseError:
+                if self._group_exists():
+                    raise
+                log.warning(
+                    "the consumer group %s is gone (Redis flushed or restarted empty); creating it again", GROUP
+                )
+                self.ensure_group()
         log.info("ingest %s stopped", self.name)
 
 

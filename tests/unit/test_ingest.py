@@ -3,6 +3,8 @@ redelivery applied once, the latest ts winning in any order, claiming a dead con
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -186,3 +188,29 @@ def test_a_bad_ingest_setting_is_one_clear_error(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("BOOKREC_INGEST_CLAIM_S", "soon")
     assert cli.main(["ingest"]) == 2
     assert capsys.readouterr().err.strip() == "bookrec: error: BOOKREC_INGEST_CLAIM_S='soon' is not a whole number"
+
+
+def test_a_running_ingest_recreates_its_group_after_redis_is_flushed(
+    ingest: Ingest, redis: fakeredis.FakeRedis, store: RatingsStore
+) -> None:
+    ingest.settings = ingest.settings.with_overrides(ingest_block_ms=20)
+    runner = threading.Thread(target=ingest.run)
+    runner.start()
+    try:
+        add(redis, user_id="1", book_id="10", rating="4")
+        wait_for(lambda: live(store) == {("1", "10"): 4.0})
+        redis.flushdb()
+        wait_for(lambda: redis.exists(STREAM) and redis.xinfo_groups(STREAM))
+        add(redis, user_id="1", book_id="11", rating="3")
+        wait_for(lambda: ("1", "11") in live(store))
+    finally:
+        ingest.stop.set()
+        runner.join(10)
+    assert not runner.is_alive(), "stop ends the loop after the current batch"
+
+
+def wait_for(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
