@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 import redis
@@ -143,3 +144,47 @@ def start_workers(tmp_path: Path) -> Iterator:
     yield start
     for pool in pools:
         pool.stop()
+
+
+def changed_copy(store: TrainedStore, out: Path) -> TrainedStore:
+    """`store` with a data dir in `out` holding a changed copy of its ratings (5% of the rows gone), so a retrain
+    on it trains, and the gate judges it on rows production held out."""
+    import pandas as pd
+
+    data = out / "data"
+    data.mkdir()
+    ratings = pd.read_csv(store.data_dir / "ratings.csv")
+    ratings.sample(frac=0.95, random_state=0).to_csv(data / "ratings.csv", index=False)
+    return TrainedStore(data, store.store, store.version)
+
+
+@dataclass
+class PrivatePool:
+    """Two serving workers on a private redis-server, as `pool_on_private_redis` starts them."""
+
+    server: Any
+    env: dict[str, str]
+    client: redis.Redis
+    pool: WorkerPool
+    log: Path
+
+
+@contextmanager
+def pool_on_private_redis(root: Path, store: TrainedStore, server: Any, **env: str) -> Iterator[PrivatePool]:
+    """Start `server` (a tests.integration.redis_server.RedisServer), promote `store`'s version on it and run two
+    serving workers with `env` added, logging to `root/workers.log`; stop both at the end."""
+    from bookrec.model_store.promotion import promote
+    from bookrec.model_store.store import ModelStore
+
+    server.start()
+    full_env = store.env(server.url(), **env)
+    client = redis.Redis.from_url(server.url())
+    promote(ModelStore(store.store), client, Keys(), store.version)
+    log = root / "workers.log"
+    pool = WorkerPool(full_env, processes=2, log=log)
+    try:
+        pool.wait_ready(client, 2, store.version, timeout=90)
+        yield PrivatePool(server, full_env, client, pool, log)
+    finally:
+        pool.stop()
+        server.stop()

@@ -29,14 +29,13 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.worker import Worker
 
-from bookrec.model_store.promotion import promote
 from bookrec.model_store.store import METADATA, ModelStore
 from bookrec.producer import Client
 from bookrec.shared import worker_state
 from bookrec.shared.errors import CorruptVersion, JobFailed, RedisUnavailable
 from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_RETRAIN, Keys
 from bookrec.shared.settings import Settings
-from tests.conftest import REPO, TrainedStore, WorkerPool
+from tests.conftest import REPO, TrainedStore, WorkerPool, pool_on_private_redis
 from tests.integration.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -98,18 +97,8 @@ def service(trained: TrainedStore, tmp_path_factory: pytest.TempPathFactory) -> 
     shutil.copytree(trained.data_dir, store.data_dir)
     shutil.copytree(trained.store, store.store)
     server = RedisServer(root)
-    server.start()
-    env = store.env(server.url(), BOOKREC_RETRAIN_LOCK_TTL=str(LOCK_TTL))
-    client = redis.Redis.from_url(server.url())
-    promote(ModelStore(store.store), client, KEYS, store.version)
-    log = root / "workers.log"
-    pool = WorkerPool(env, processes=2, log=log)
-    try:
-        pool.wait_ready(client, 2, store.version, timeout=90)
-        yield Service(server, store, env, client, pool, log)
-    finally:
-        pool.stop()
-        server.stop()
+    with pool_on_private_redis(root, store, server, BOOKREC_RETRAIN_LOCK_TTL=str(LOCK_TTL)) as p:
+        yield Service(p.server, store, p.env, p.client, p.pool, p.log)
 
 
 @pytest.fixture

@@ -25,7 +25,6 @@ from rq.job import JobStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from bookrec.model_store.promotion import promote
 from bookrec.model_store.store import ModelStore
 from bookrec.producer import Client
 from bookrec.producer.client import UNRESPONSIVE_AFTER_S
@@ -34,7 +33,7 @@ from bookrec.shared.errors import RedisRefusingWrites, RefreshIncomplete
 from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, Keys
 from bookrec.shared.settings import Settings
 from bookrec.worker.serve.rq_worker import HEARTBEAT_SECONDS
-from tests.conftest import REPO, TrainedStore, WorkerPool
+from tests.conftest import REPO, TrainedStore, WorkerPool, pool_on_private_redis
 from tests.integration.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -113,18 +112,8 @@ def service(trained: TrainedStore, tmp_path_factory: pytest.TempPathFactory) -> 
     store = TrainedStore(trained.data_dir, root / "models", trained.version)
     shutil.copytree(trained.store, store.store)
     server = RedisServer(root, extra=("--maxmemory-policy", "noeviction"))
-    server.start()
-    env = store.env(server.url(), BOOKREC_REFRESH_CHUNK=str(REFRESH_CHUNK))
-    client = redis.Redis.from_url(server.url())
-    promote(ModelStore(store.store), client, KEYS, store.version)
-    log = root / "workers.log"
-    pool = WorkerPool(env, processes=2, log=log)
-    try:
-        pool.wait_ready(client, 2, store.version, timeout=90)
-        yield Service(server, store, env, client, pool, log)
-    finally:
-        pool.stop()
-        server.stop()
+    with pool_on_private_redis(root, store, server, BOOKREC_REFRESH_CHUNK=str(REFRESH_CHUNK)) as p:
+        yield Service(p.server, store, p.env, p.client, p.pool, p.log)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import pandas as pd
 import pytest
 import redis
 
@@ -19,7 +18,7 @@ from bookrec.producer import Client
 from bookrec.shared.errors import JobFailed
 from bookrec.shared.keys import Keys
 from bookrec.shared.settings import Settings
-from tests.conftest import REPO, TEST_REDIS_URL, TrainedStore
+from tests.conftest import REPO, TEST_REDIS_URL, TrainedStore, changed_copy
 
 pytestmark = pytest.mark.integration
 
@@ -149,12 +148,7 @@ def test_a_finished_retrain_s_status_shows_the_gate_s_decision_with_both_metrics
 ) -> None:
     # The trainer's data dir holds a changed copy of production's ratings (5% of the rows gone), so the retrain
     # trains and the gate judges it against production.
-    data = tmp_path / "data"
-    data.mkdir()
-    pd.read_csv(fresh_store.data_dir / "ratings.csv").sample(frac=0.95, random_state=0).to_csv(
-        data / "ratings.csv", index=False
-    )
-    fresh_store = TrainedStore(data, fresh_store.store, fresh_store.version)
+    fresh_store = changed_copy(fresh_store, tmp_path)
     promote(ModelStore(fresh_store.store), redis_client, KEYS, fresh_store.version)
     start_workers(fresh_store.env(), queues="retrain", processes=1)
     wait_for(lambda: client_for(fresh_store).listeners("retrain"), "the trainer to listen on 'retrain'")

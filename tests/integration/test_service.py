@@ -23,7 +23,7 @@ from bookrec.producer import Client
 from bookrec.shared.errors import JobFailed, RetrainRunning
 from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, Keys
 from bookrec.shared.settings import Settings
-from tests.conftest import REPO, TEST_REDIS_URL, TrainedStore, WorkerPool
+from tests.conftest import REPO, TEST_REDIS_URL, TrainedStore, WorkerPool, changed_copy
 
 pytestmark = pytest.mark.integration
 
@@ -156,12 +156,7 @@ def test_a_second_retrain_is_refused_while_the_first_runs(
 ) -> None:
     # Production was trained on ratings.csv; the trainer's data dir holds a changed copy (5% of the rows gone),
     # so the retrain trains, and is judged on rows production held out.
-    data = tmp_path / "data"
-    data.mkdir()
-    pd.read_csv(fresh_store.data_dir / "ratings.csv").sample(frac=0.95, random_state=0).to_csv(
-        data / "ratings.csv", index=False
-    )
-    fresh_store = TrainedStore(data, fresh_store.store, fresh_store.version)
+    fresh_store = changed_copy(fresh_store, tmp_path)
     promote(ModelStore(fresh_store.store), redis_client, Keys(), fresh_store.version)
     trainer = start_workers({**fresh_store.env(), "BOOKREC_TF_THREADS": ""}, queues="retrain", processes=1)
     client = client_for(fresh_store)
