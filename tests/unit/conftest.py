@@ -5,6 +5,7 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
+from bookrec import cli
 from bookrec.model_store.store import ModelStore
 from bookrec.shared.keys import Keys
 from bookrec.shared.settings import Settings
@@ -44,3 +45,13 @@ def install_context(
     monkeypatch.setattr(context, "_context", None)
     context.install(ctx)
     return ctx
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `bookrec ARGV` run in this process."""
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:  # argparse usage errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -24,7 +24,6 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 import bookrec.producer.client
-from bookrec import cli
 from bookrec.model_store.store import ModelStore
 from bookrec.producer import Client
 from bookrec.shared import payloads
@@ -37,6 +36,7 @@ from bookrec.worker.serve.rq_worker import MAX_FAILURE_CHARS, MAX_FAILURE_LINE, 
 from bookrec.worker.serve.runtime import ModelRuntime
 from bookrec.worker.serve.swap import ModelHolder
 from tests.conftest import REPO, TrainedStore
+from tests.unit.conftest import run_cli
 
 KEYS = Keys()
 MILLION = 10**6
@@ -120,16 +120,6 @@ def test_the_client_refuses_bad_input_before_enqueueing_or_locking(
 
 
 # ---------------------------------------------------------------- the CLI
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of `bookrec ARGV` run in this process."""
-    try:
-        code = cli.main(argv)
-    except SystemExit as exc:  # argparse usage errors
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 CLI_CASES = {

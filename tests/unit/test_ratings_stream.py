@@ -14,13 +14,13 @@ import fakeredis
 import pytest
 
 import bookrec.producer.client
-from bookrec import cli
 from bookrec.producer import Client
 from bookrec.producer.client import MAX_EVENTS_PER_CALL
 from bookrec.shared.errors import BadEvent, ConfigError, ValidationError
 from bookrec.shared.keys import Keys
 from bookrec.shared.ratings import RatingEvent, entry_time_ms, parse_event, to_fields
 from bookrec.shared.settings import Settings
+from tests.unit.conftest import run_cli
 
 KEYS = Keys()
 STREAM = KEYS.ratings_stream
@@ -286,16 +286,6 @@ def cli_redis(redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch) -> fa
     for name in ("BOOKREC_KEY_PREFIX", "BOOKREC_RATING_MIN", "BOOKREC_RATING_MAX"):
         monkeypatch.delenv(name, raising=False)
     return redis
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of `bookrec ARGV` run in this process."""
-    try:
-        code = cli.main(argv)
-    except SystemExit as exc:  # argparse usage errors
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_bookrec_rate_and_unrate_write_the_stream(cli_redis: fakeredis.FakeRedis, capsys) -> None:
