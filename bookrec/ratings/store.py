@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from bookrec.ratings.schema import (
@@ -81,6 +81,14 @@ class Snapshot:
         import pandas as pd
 
         return pd.DataFrame(self.rows, columns=["user", "item", "rating"])
+
+
+@dataclass(frozen=True)
+class Changes:
+    """The ratings rows the store wrote after some moment: how many, and the newest `updated_at` among them."""
+
+    rows: int
+    newest_updated_at: float | None
 
 
 def stream_id_key(stream_id: str) -> tuple[int, int]:
@@ -160,6 +168,17 @@ class RatingsStore:
             "last_stream_id": last,
         }
         return Snapshot(rows=rows, summary=summary)
+
+    def changed_since(self, since: float | None) -> Changes:
+        """How many ratings rows (live ratings and tombstones) the store wrote after `since` (epoch seconds, as
+        `updated_at` and a snapshot's `newest_updated_at`; None: every row), and the newest `updated_at` among them.
+        A range scan of the `updated_at` index."""
+        query = sa.select(sa.func.count(), sa.func.max(ratings.c.updated_at))
+        if since is not None:
+            query = query.where(ratings.c.updated_at > since)
+        with self._begin() as conn:
+            rows, newest = conn.execute(query).one()
+        return Changes(rows=int(rows), newest_updated_at=newest)
 
     def last_stream_id(self) -> str | None:
         """The newest stream id applied so far, None before the first."""
@@ -271,8 +290,18 @@ def _store_error(url: str, exc: Exception) -> RatingsStoreError:
     return RatingsStoreError(f"ratings store at {redact_url(url)} failed: {reason}")
 
 
-def _engine(url: str) -> Engine:
-    """An engine for `url`: SQLite in WAL mode with explicit BEGINs (so a snapshot is one read), or PostgreSQL."""
+def missing_file(url: str) -> Path | None:
+    """The file a SQLite `url` names when it does not exist (opening the store would create it); None for an
+    existing file, an in-memory database or PostgreSQL. ConfigError for a URL bookrec cannot use."""
+    parsed = _parse(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    path = Path(parsed.database)
+    return None if path.exists() else path
+
+
+def _parse(url: str) -> URL:
+    """`url` parsed; ConfigError unless it is a SQLite or PostgreSQL URL."""
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -283,7 +312,13 @@ def _engine(url: str) -> Engine:
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
         raise ConfigError(f"BOOKREC_DATABASE_URL: {backend!r} is not supported; use sqlite or postgresql+psycopg")
-    if backend == "postgresql":
+    return parsed
+
+
+def _engine(url: str) -> Engine:
+    """An engine for `url`: SQLite in WAL mode with explicit BEGINs (so a snapshot is one read), or PostgreSQL."""
+    parsed = _parse(url)
+    if parsed.get_backend_name() == "postgresql":
         if parsed.drivername == "postgresql":  # SQLAlchemy's default driver is psycopg2; bookrec ships psycopg 3
             parsed = parsed.set(drivername="postgresql+psycopg")
         return sa.create_engine(parsed, pool_pre_ping=True)

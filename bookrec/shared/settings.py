@@ -57,6 +57,23 @@ def _rating_scale(env: Mapping[str, str]) -> dict[str, float]:
     return {"rating_min": low, "rating_max": high}
 
 
+def _cron(env: Mapping[str, str]) -> str | None:
+    """BOOKREC_RETRAIN_CRON, checked with croniter (what rq.cron reads it with); None when unset or blank."""
+    raw = (env.get("BOOKREC_RETRAIN_CRON") or "").strip()
+    if not raw:
+        return None
+    from croniter import croniter
+
+    try:
+        croniter(raw)
+    except ValueError as exc:  # croniter's errors are ValueErrors
+        raise ConfigError(
+            f"BOOKREC_RETRAIN_CRON={raw!r} is not a cron expression ({exc}); use five fields, "
+            "minute hour day-of-month month day-of-week, e.g. '0 3 * * *' (03:00 every day)"
+        ) from None
+    return raw
+
+
 def _key_prefix(prefix: str) -> str:
     """BOOKREC_KEY_PREFIX, checked: it also names the queues (RQ joins a worker's queue names with commas)
     and starts the SCAN patterns, so whitespace, commas and glob characters are refused."""
@@ -98,6 +115,9 @@ class Settings:
     ingest_claim_s: int = 30
     ingest_batch: int = 100
     ingest_block_ms: int = 1000
+    retrain_cron: str | None = None
+    retrain_after_ratings: int = 0
+    retrain_check_s: int = 60
     extra: dict = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -127,6 +147,9 @@ class Settings:
             ingest_claim_s=_int(env, "BOOKREC_INGEST_CLAIM_S", 30, minimum=1),
             ingest_batch=_int(env, "BOOKREC_INGEST_BATCH", 100, minimum=1, maximum=10_000),
             ingest_block_ms=_int(env, "BOOKREC_INGEST_BLOCK_MS", 1000, minimum=10, maximum=60_000),
+            retrain_cron=_cron(env),
+            retrain_after_ratings=_int(env, "BOOKREC_RETRAIN_AFTER_RATINGS", 0, minimum=0),
+            retrain_check_s=_int(env, "BOOKREC_RETRAIN_CHECK_S", 60, minimum=1, maximum=86_400),
             **_rating_scale(env),
         )
 

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import sqlalchemy as sa
 
 from bookrec import cli
 from bookrec.ratings import store as store_module
-from bookrec.ratings.store import ApplyResult, RatingsStore
+from bookrec.ratings.store import ApplyResult, Changes, RatingsStore
 from bookrec.shared.errors import ConfigError, ValidationError
 from bookrec.shared.ratings import RatingEvent
 
@@ -114,6 +115,28 @@ def test_the_summary_describes_the_snapshot_and_stream_ids_compare_as_numbers(st
     assert store.last_stream_id() == "10-0"
 
 
+def test_changed_since_counts_the_rows_written_after_a_moment_tombstones_included(store: RatingsStore) -> None:
+    assert store.changed_since(None) == Changes(rows=0, newest_updated_at=None)
+    store.apply([rate("u1", "b1", 4.0, 10.0), rate("u1", "b2", 3.0, 10.0), rate("u2", "b1", 5.0, 10.0, event_id="e")])
+    first = store.snapshot().summary["newest_updated_at"]
+    assert store.changed_since(None) == Changes(rows=3, newest_updated_at=first)
+    assert store.changed_since(first) == Changes(rows=0, newest_updated_at=None)
+
+    store.apply(
+        [
+            rate("u1", "b1", 2.0, 20.0),  # changed
+            RatingEvent("u1", "b2", None, 20.0, op="delete"),  # deleted: a tombstone is a change too
+            rate("u3", "b9", 1.0, 20.0),  # new
+            rate("u2", "b1", 1.0, 5.0),  # older than the row: loses, the row is not written
+            rate("u2", "b1", 1.0, 30.0, event_id="e"),  # a duplicate: changes nothing
+        ]
+    )
+    second = store.snapshot().summary["newest_updated_at"]
+    assert second > first
+    assert store.changed_since(first) == Changes(rows=3, newest_updated_at=second)
+    assert store.changed_since(None).rows == 4
+
+
 def test_a_snapshot_is_one_consistent_read_while_batches_are_applied(store: RatingsStore) -> None:
     per_batch, batches = 20, 40
     done = threading.Event()
@@ -178,6 +201,20 @@ def test_the_migrations_build_exactly_the_schema_in_schema_py(store: RatingsStor
     with store.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
     assert store.upgrade() == "0001", "upgrading again is a no-op"
+
+
+def test_counting_changes_reads_only_the_updated_at_index(store: RatingsStore) -> None:
+    statements = []
+    listen = lambda conn, cursor, statement, params, context, many: statements.append((statement, params))
+    sa.event.listen(store.engine, "before_cursor_execute", listen)
+    store.changed_since(1.0)
+    sa.event.remove(store.engine, "before_cursor_execute", listen)
+    statement, params = next((s, p) for s, p in statements if "count" in s)
+
+    with store.engine.connect() as conn:
+        plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", params))
+
+    assert "USING COVERING INDEX ix_ratings_updated_at (updated_at>?)" in plan
 
 
 def test_a_bad_database_url_is_a_config_error() -> None:
