@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "bookrec.commands.service",
     "bookrec.commands.ratings",
     "bookrec.commands.ingest",
+    "bookrec.commands.scheduler",
     "bookrec.commands.worker",
     "bookrec.commands.init",
     "bookrec.commands.db",

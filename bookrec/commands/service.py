@@ -218,7 +218,9 @@ def _refresh(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    status = _client().status()
+    client = _client()
+    status = client.status()
+    status.update(_schedule(client, status))
     if args.json:
         print_json(status)
         return 0
@@ -226,8 +228,10 @@ def _status(args: argparse.Namespace) -> int:
         f"redis: {status['redis']} (writes {status['redis_writes']})\nproduction model: {status['production_version'] or '(none)'}"
     )
     print(
-        f"cached lists: {status['cache_entries']}   failed jobs: {status['failed_jobs']}   retrain: {_retrain_cell(status['retrain'])}\n"
+        f"cached lists: {status['cache_entries']}   failed jobs: {status['failed_jobs']}   retrain: {_retrain_cell(status['retrain'])}"
     )
+    print(f"next scheduled retrain: {_schedule_cell(status['scheduler'])}")
+    print(f"ratings since production snapshot: {_backlog_cell(status['ratings_since_production'])}\n")
     print(
         table(
             ["queue", "queued", "failed", "workers"],
@@ -243,6 +247,59 @@ def _status(args: argparse.Namespace) -> int:
     ]
     print(table(["worker", "state", "queues", "model", "job"], rows) if rows else "no live workers")
     return 0
+
+
+def _schedule(client: Any, status: dict) -> dict[str, Any]:
+    """`scheduler` (rq.cron's registry, None when no scheduler runs) and `ratings_since_production` (the ratings
+    store, with `error` instead of a count when it cannot be read), and a warning if two schedulers run."""
+    from bookrec.scheduler.status import ratings_since_production, schedule_status
+    from bookrec.shared.redis_conn import CONNECTION_ERRORS, unavailable
+
+    try:
+        schedule = schedule_status(client.redis, client.keys)
+    except CONNECTION_ERRORS as exc:
+        raise unavailable(client.settings, exc) from None
+    if schedule and len(schedule["schedulers"]) > 1:
+        names = ", ".join(s["name"] for s in schedule["schedulers"])
+        status["warnings"].append(
+            f"{len(schedule['schedulers'])} schedulers run for this deployment ({names}); one is enough: the retrain "
+            "lock makes the others' retrains no-ops"
+        )
+    return {
+        "scheduler": schedule,
+        "ratings_since_production": ratings_since_production(client.settings, status["production_version"]),
+    }
+
+
+def _schedule_cell(schedule: dict | None) -> str:
+    """When the next scheduled retrain is due: the cron entry's next time and/or the after-ratings threshold."""
+    if schedule is None:
+        return "none (no scheduler running)"
+    parts = []
+    if schedule["cron"]:
+        parts.append(f"{schedule['next_retrain']} (cron '{schedule['cron']}')")
+    if schedule["after_ratings"]:
+        parts.append(
+            f"once {schedule['after_ratings']:,} ratings arrived since production's snapshot "
+            f"(checked every {schedule['check_every_s']} s, next at {schedule['next_ratings_check'] or 'start'})"
+        )
+    return "; or ".join(parts)
+
+
+def _backlog_cell(backlog: dict) -> str:
+    """How many ratings production has not trained on, and since when; or why that is unknown."""
+    count, since = backlog["count"], backlog["since"]
+    if count is None:
+        return f"unknown: {backlog['error']}"
+    if backlog["basis"] == "snapshot":
+        return (
+            f"{count:,} (written after its snapshot of {since})"
+            if since
+            else f"{count:,} (it trained on an empty store)"
+        )
+    if backlog["basis"] == "created_at":
+        return f"{count:,} (written after it was made, {since}: it trained on a file)"
+    return f"{count:,} (no production model: every rating counts)"
 
 
 def _model_cell(worker: dict) -> str:

@@ -103,6 +103,18 @@ class Keys:
         return f"{self.prefix}retrain:last"
 
     @property
+    def ratings_mark(self) -> str:
+        """Epoch seconds (text): the newest `updated_at` counted when `bookrec scheduler`'s after-ratings check last
+        enqueued a retrain; the check counts only ratings written after it (and after production's snapshot)."""
+        return f"{self.prefix}schedule:ratings-mark"
+
+    def cron_job(self, name: str) -> str:
+        """The name of one of this deployment's entries in rq.cron's registries (`retrain-cron`,
+        `retrain-after-ratings`); rq.cron's keys (`rq:cron_scheduler:…`, `rq:cron_job:{name}:jobs`) span every
+        deployment of a Redis database, so the prefix keeps them apart."""
+        return f"{self.prefix}{name}"
+
+    @property
     def ratings_stream(self) -> str:
         """Stream any service XADDs rating events into (`user_id`, `book_id`, `rating`, optional `ts`, `event_id`, `op`)."""
         return f"{self.prefix}ratings"

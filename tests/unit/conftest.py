@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Iterator
+
 import fakeredis
 import pytest
 
@@ -12,6 +14,9 @@ from bookrec.shared.settings import Settings
 from bookrec.worker.serve import context
 from bookrec.worker.serve.runtime import ModelRuntime
 from bookrec.worker.serve.swap import ModelHolder
+
+if TYPE_CHECKING:
+    from bookrec.ratings.store import RatingsStore
 
 
 @pytest.fixture
@@ -45,6 +50,17 @@ def install_context(
     monkeypatch.setattr(context, "_context", None)
     context.install(ctx)
     return ctx
+
+
+@pytest.fixture
+def ratings_store(tmp_path) -> Iterator[RatingsStore]:
+    """A migrated ratings store in a SQLite file of the test's own, closed afterwards."""
+    from bookrec.ratings.store import RatingsStore
+
+    store = RatingsStore(f"sqlite:///{tmp_path / 'ratings.db'}")
+    store.upgrade()
+    yield store
+    store.close()
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
