@@ -32,11 +32,12 @@ def client_for(store: TrainedStore) -> Client:
     return Client(redis_url=TEST_REDIS_URL, settings=Settings.from_env(store.env()))
 
 
-def bookrec(store: TrainedStore, *argv: str) -> subprocess.CompletedProcess:
-    """Run `bookrec ARGV` in a fresh interpreter, as an operator would (on any host that reaches Redis)."""
+def bookrec(store: TrainedStore, *argv: str, **env: str) -> subprocess.CompletedProcess:
+    """Run `bookrec ARGV` in a fresh interpreter, as an operator would (on any host that reaches Redis), with `env`
+    added to `store`'s environment."""
     return subprocess.run(
         [sys.executable, "-m", "bookrec.cli", *argv],
-        env=store.env(),
+        env=store.env(**env),
         cwd=REPO,
         capture_output=True,
         text=True,
