@@ -16,6 +16,7 @@ import uuid
 from contextlib import suppress
 from typing import TYPE_CHECKING
 
+import redis
 from rq.cron import CronScheduler
 from rq.exceptions import SchedulerNotFound, StopRequested
 
@@ -24,7 +25,7 @@ from bookrec.producer.client import Client
 from bookrec.scheduler.status import schedulers
 from bookrec.scheduler.triggers import AFTER_RATINGS, CRON, RatingsTrigger, ScheduledRetrain, request_retrain
 from bookrec.shared.keys import QUEUE_RETRAIN
-from bookrec.shared.redis_conn import CONNECTION_ERRORS
+from bookrec.shared.redis_conn import CONNECTION_ERRORS, refuses_writes
 from bookrec.shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -83,8 +84,8 @@ def build(settings: Settings, client: Client, ratings: RatingsStore | None) -> R
 
 
 def run(settings: Settings, client: Client, ratings: RatingsStore | None) -> None:
-    """Run the schedule until SIGTERM or SIGINT. When Redis is lost: log, wait (1 s doubling to 30 s), and start again
-    as a new scheduler (a new name: the old one's registry entry expires 120 s after its last heartbeat)."""
+    """Run the schedule until SIGTERM or SIGINT. When Redis is lost or refuses writes: log, wait (1 s doubling to 30 s),
+    and start again as a new scheduler (a new name: the old one's registry entry expires 120 s after its last heartbeat)."""
     delay = 1.0
     while True:
         scheduler = build(settings, client, ratings)
@@ -95,7 +96,9 @@ def run(settings: Settings, client: Client, ratings: RatingsStore | None) -> Non
             return
         except StopRequested:  # a signal before rq.cron's loop caught it
             return
-        except CONNECTION_ERRORS as exc:
+        except (*CONNECTION_ERRORS, redis.exceptions.ResponseError) as exc:
+            if isinstance(exc, redis.exceptions.ResponseError) and not refuses_writes(exc):
+                raise
             delay = 1.0 if time.monotonic() - started > RECONNECT_MAX_S else delay
             log.warning("scheduler %s lost Redis (%s); starting again in %.0f s", scheduler.name, exc, delay)
         try:

@@ -44,13 +44,11 @@ def request_retrain(client: Client, why: str) -> Job | None:
     """
     try:
         job = client.retrain()
-    except (RetrainRunning, RedisUnavailable) as exc:
-        log.log(
-            logging.INFO if isinstance(exc, RetrainRunning) else logging.WARNING,
-            "scheduled retrain (%s) not enqueued: %s",
-            why,
-            exc,
-        )
+    except RetrainRunning as exc:
+        log.info("scheduled retrain (%s) not enqueued: %s", why, exc)
+        return None
+    except RedisUnavailable as exc:
+        log.warning("scheduled retrain (%s) not enqueued: %s", why, exc)
         return None
     log.info("scheduled retrain (%s) enqueued as job %s on queue %s", why, job.id, job.origin)
     return job

@@ -399,10 +399,14 @@ def test_status_without_the_store_extra_says_what_is_missing(monkeypatch: pytest
 # The process
 
 
-def test_the_scheduler_starts_again_after_losing_redis_and_stops_on_a_signal(
+def test_the_scheduler_starts_again_after_losing_redis_or_its_writes_and_stops_on_a_signal(
     client: Client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    outcomes = [redis.exceptions.ConnectionError("Connection refused"), StopRequested()]
+    outcomes = [
+        redis.exceptions.ConnectionError("Connection refused"),
+        redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."),
+        StopRequested(),
+    ]
     started, waits = [], []
 
     def start(scheduler: process.RetrainScheduler) -> None:
@@ -414,9 +418,20 @@ def test_the_scheduler_starts_again_after_losing_redis_and_stops_on_a_signal(
 
     process.run(client.settings.with_overrides(retrain_cron="0 3 * * *"), client, None)
 
-    assert len(started) == 2 and started[0] != started[1], "a new scheduler, under a new name"
-    assert waits == [1.0]
+    assert len(started) == 3 and len(set(started)) == 3, "a new scheduler, under a new name, each time"
+    assert waits == [1.0, 2.0]
     assert f"scheduler {started[0]} lost Redis (Connection refused); starting again in 1 s" in caplog.text
+    assert f"scheduler {started[1]} lost Redis (command not allowed when used memory" in caplog.text
+
+
+def test_any_other_redis_error_stops_the_scheduler(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    def start(scheduler: process.RetrainScheduler) -> None:
+        raise redis.exceptions.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+
+    monkeypatch.setattr(process.RetrainScheduler, "start", start)
+
+    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+        process.run(client.settings.with_overrides(retrain_cron="0 3 * * *"), client, None)
 
 
 def test_the_scheduler_loads_no_tensorflow() -> None:
