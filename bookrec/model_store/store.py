@@ -12,7 +12,8 @@ A version becomes visible only through one `os.rename` of its complete temporary
 reader never sees half a version and a save killed midway leaves only a `.tmp-*` directory.
 metadata.json holds the writer's metadata plus `version`, `created_at` and `files`
 ({relative path: sha256}); by convention the writer also records `kind`, `params`, `metrics`,
-`baselines`, `history`, `data_fingerprint`, `id_maps`, `gate_metric` and `parent`.
+`baselines`, `history`, `data_fingerprint`, `snapshot` (the ratings store snapshot trained on, or null), `id_maps`,
+`gate_metric` and `parent`.
 
 Production's history is a stack, most recent last, whose top is the current version: a promotion
 pushes an entry, a rollback pops the current one (so each rollback goes one step further back).
@@ -121,12 +122,14 @@ def _read_metadata(path: Path, version: str) -> dict:
 
 
 def data_summary(metadata: dict) -> dict | None:
-    """What a version was trained on, from its data fingerprint: {"source", "rows", "users", "items"}, or None."""
+    """What a version was trained on, from its data fingerprint: {"source", "rows", "users", "items"}, or None.
+    `source` is the ratings file's path, or for a ratings store snapshot the store's (redacted) URL."""
     fingerprint = metadata.get("data_fingerprint")
     ratings = fingerprint.get("ratings") if isinstance(fingerprint, dict) else None
     if not isinstance(ratings, dict):
         return None
-    return {"source": ratings.get("path"), **{k: ratings.get(k) for k in ("rows", "users", "items")}}
+    source = ratings.get("path") or ratings.get("store")
+    return {"source": source, **{k: ratings.get(k) for k in ("rows", "users", "items")}}
 
 
 def _source(metadata: dict) -> str:

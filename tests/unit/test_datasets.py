@@ -14,7 +14,7 @@ import pytest
 
 from bookrec.cli import main
 from bookrec.shared.errors import DataError
-from bookrec.worker.learn.datasets import fingerprint, read_books, read_ratings
+from bookrec.worker.learn.datasets import fingerprint, ratings_from_frame, read_books, read_ratings, rows_sha256
 from bookrec.worker.learn.inputs import ReadOptions, add_read_options
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -307,6 +307,51 @@ def test_fingerprint_is_the_sha256_and_size_of_the_bytes(tmp_path: Path) -> None
     assert fingerprint(path) == {"sha256": hashlib.sha256(content).hexdigest(), "bytes": len(content)}
     with pytest.raises(DataError, match="no such file"):
         fingerprint(tmp_path / "missing.csv")
+
+
+def test_rows_sha256_depends_on_the_rows_not_their_order() -> None:
+    frame = pd.DataFrame({"user": ["1", "1", "2"], "item": ["7", "8", "7"], "rating": [4.0, 5.0, 3.5]})
+    digest = rows_sha256(frame)
+
+    assert rows_sha256(frame.iloc[[2, 0, 1]]) == digest
+    assert rows_sha256(frame.assign(rating=[4.0, 5.0, 3.0])) != digest
+    assert rows_sha256(frame.assign(item=["7", "9", "7"])) != digest
+    assert rows_sha256(frame.iloc[:2]) != digest
+
+
+# --- ratings taken in from memory (a ratings store snapshot) ----------------------------------
+
+SNAPSHOT = {"source": "store", "url": "postgresql+psycopg://bookrec:***@db/bookrec", "rows": 2}
+
+
+def test_snapshot_rows_become_ratings_data_checked_like_a_file_s() -> None:
+    frame = pd.DataFrame({"user": ["42", "u7"], "item": ["8", "9"], "rating": [4.5, 2.0]})
+
+    data = ratings_from_frame(frame, SNAPSHOT)
+
+    assert rows(data.frame) == [("42", "8", 4.5), ("u7", "9", 2.0)]
+    assert data.frame["rating"].dtype == np.float32
+    assert (data.path, data.snapshot, data.duplicates_dropped) == (None, SNAPSHOT, 0)
+    assert data.source == "ratings store postgresql+psycopg://bookrec:***@db/bookrec"
+    assert data.digest() == {"sha256": rows_sha256(data.frame), "bytes": None}
+
+
+@pytest.mark.parametrize(("bad", "shown"), [(float("nan"), "empty"), (float("-inf"), "'-inf'")], ids=["nan", "-inf"])
+def test_a_snapshot_row_without_a_finite_rating_is_refused_naming_the_store_and_the_row(bad: float, shown: str) -> None:
+    frame = pd.DataFrame({"user": ["1", "2", "3"], "item": ["1", "1", "1"], "rating": [4.0, bad, bad]})
+
+    with pytest.raises(DataError) as refused:
+        ratings_from_frame(frame, SNAPSHOT)
+
+    assert str(refused.value) == (
+        f"ratings store {SNAPSHOT['url']}: 2 rows have a missing or non-numeric rating in column 'rating' "
+        f"(first at row 2: {shown}); fix or remove those rows"
+    )
+
+
+def test_an_empty_snapshot_says_how_to_fill_the_store() -> None:
+    with pytest.raises(DataError, match=r"holds no ratings; fill it with `bookrec data import ratings.csv`"):
+        ratings_from_frame(pd.DataFrame({"user": [], "item": [], "rating": []}), SNAPSHOT)
 
 
 # --- bookrec data inspect --------------------------------------------------------------------

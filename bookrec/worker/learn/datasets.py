@@ -41,12 +41,29 @@ _NO_HEADER_HINT = (
 
 @dataclass
 class RatingsData:
-    """A ratings file read into a frame with columns user (str), item (str) and rating (float32)."""
+    """Ratings in a frame with columns user (str), item (str) and rating (float32): read from a file (`path`), or
+    taken in from a ratings store snapshot (`path` None) whose summary is `snapshot`."""
 
     frame: pd.DataFrame
-    path: Path
+    path: Path | None
     duplicates_dropped: int
     columns: dict  # role ("user", "item", "rating") -> source column name
+    snapshot: dict[str, Any] | None = None
+    """For a ratings store snapshot: {"source": "store", "url", "rows", "users", "items", "newest_updated_at",
+    "last_stream_id"}, recorded as is in the version's metadata; None for a file."""
+    rows_sha256: str | None = None
+    """For in-memory ratings: `rows_sha256` of the frame (a file's sha256 is that of its bytes)."""
+
+    @property
+    def source(self) -> str:
+        """Where the ratings come from, for messages: the file's path, or `ratings store URL`."""
+        return str(self.path) if self.path is not None else f"ratings store {self.snapshot['url']}"
+
+    def digest(self) -> dict[str, Any]:
+        """{"sha256", "bytes"}: of the file's bytes, or for in-memory ratings of their sorted rows (bytes None)."""
+        if self.path is not None:
+            return fingerprint(self.path)
+        return {"sha256": self.rows_sha256, "bytes": None}
 
 
 def read_ratings(path: str | Path, options: ReadOptions = ReadOptions()) -> RatingsData:
@@ -85,12 +102,57 @@ def read_ratings(path: str | Path, options: ReadOptions = ReadOptions()) -> Rati
     if raw.empty:
         raise DataError(f"{path}: the file has no rows of ratings; check that it is the right file")
     first_line = 1 if options.names else 2
-    users, user_ids = _ids(path, raw[columns["user"]], columns["user"], first_line)
-    items, item_ids = _ids(path, raw[columns["item"]], columns["item"], first_line)
-    ratings = _ratings(path, raw[columns["rating"]], columns["rating"], first_line)
-    keep = _last_of_each_pair(path, users, items)
+    frame, dropped = _tidy(str(path), raw.rename(columns={v: k for k, v in columns.items()}), columns, first_line)
+    return RatingsData(frame=frame, path=path, duplicates_dropped=dropped, columns=columns)
+
+
+def ratings_from_frame(frame: pd.DataFrame, snapshot: dict[str, Any]) -> RatingsData:
+    """Ratings held in memory (a frame with columns user, item, rating; a ratings store snapshot's rows), checked
+    as `read_ratings` checks a file's: ids become strings, ratings finite float32, the last of duplicate pairs kept.
+
+    Args:
+        frame: the rows, in any order.
+        snapshot: what they are, recorded in the version's metadata; its `url` names them in messages.
+
+    Raises:
+        DataError: there are no rows (saying how to fill the store), or one has a missing or non-finite rating or
+            an empty id.
+    """
+    source = f"ratings store {snapshot['url']}"
+    if frame.empty:
+        raise DataError(
+            f"the {source} holds no ratings; fill it with `bookrec data import ratings.csv` (or send ratings to the "
+            "stream and run `bookrec ingest`), or name a ratings file"
+        )
+    columns = {"user": "user", "item": "item", "rating": "rating"}
+    tidy, dropped = _tidy(source, frame, columns, first_line=1, unit="row")
+    return RatingsData(tidy, None, dropped, columns, snapshot=snapshot, rows_sha256=rows_sha256(tidy))
+
+
+def rows_sha256(frame: pd.DataFrame) -> str:
+    """The sha256 (hex) of ratings rows sorted by user then item: the same rows give the same digest, in any order.
+
+    Hashed: the user ids, then the item ids (each joined by NUL, UTF-8), then the ratings as float32 bytes."""
+    ordered = frame.sort_values(["user", "item"], kind="stable")
+    digest = hashlib.sha256()
+    for column in ("user", "item"):
+        digest.update("\0".join(ordered[column].tolist()).encode())
+        digest.update(b"\1")
+    digest.update(ordered["rating"].to_numpy(dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def _tidy(
+    source: str, raw: pd.DataFrame, columns: dict[str, str], first_line: int, unit: str = "line"
+) -> tuple[pd.DataFrame, int]:
+    """(frame with str ids and float32 ratings, duplicates dropped) from raw columns user, item, rating; DataError
+    naming `source`, the column (by its name in `columns`) and the first bad line or row."""
+    users, user_ids = _ids(source, raw["user"], columns["user"], first_line, unit)
+    items, item_ids = _ids(source, raw["item"], columns["item"], first_line, unit)
+    ratings = _ratings(source, raw["rating"], columns["rating"], first_line, unit)
+    keep = _last_of_each_pair(source, users, items)
     frame = pd.DataFrame({"user": user_ids[users[keep]], "item": item_ids[items[keep]], "rating": ratings[keep]})
-    return RatingsData(frame=frame, path=path, duplicates_dropped=len(users) - len(keep), columns=columns)
+    return frame, len(users) - len(keep)
 
 
 def read_books(path: str | Path) -> pd.DataFrame:
@@ -116,7 +178,7 @@ def read_books(path: str | Path) -> pd.DataFrame:
     raw = _read_csv(path, sep=",", dtype={key: str, "authors": str, **{c: str for c in title_cols}})
     if raw.empty:
         raise DataError(f"{path}: the file has no rows of books; check that it is the right file")
-    codes, distinct = _ids(path, raw[key], key, first_line=2)
+    codes, distinct = _ids(str(path), raw[key], key, first_line=2)
     ids = distinct[codes]
     _require_unique(path, ids, key)
     title = raw[title_cols[0]]
@@ -256,29 +318,32 @@ def _require_columns(path: Path, columns: dict[str, str | None], header: list[st
         raise DataError(f"{path}: one column is used for two roles ({roles}); give each role its own column")
 
 
-def _ids(path: Path, values: pd.Series, column: str, first_line: int) -> tuple[np.ndarray, np.ndarray]:
+def _ids(
+    source: str, values: pd.Series, column: str, first_line: int, unit: str = "line"
+) -> tuple[np.ndarray, np.ndarray]:
     """Ids as (codes, distinct strings): `distinct[codes]` is the column. Empty ids raise DataError.
 
     Integer-valued floats such as '42.0' become '42'. The work is done on the distinct values,
     which are few next to the rows.
     """
-    _reject(path, values.isna().to_numpy(), values, f"an empty id in column {column!r}", first_line)
+    _reject(source, values.isna().to_numpy(), values, f"an empty id in column {column!r}", first_line, unit)
     codes, uniques = pd.factorize(values)
     normal = pd.Series(uniques, dtype=object).astype(str).str.replace(r"^(-?\d+)\.0+$", r"\1", regex=True)
     merged, distinct = pd.factorize(normal)
     return merged[codes], np.asarray(distinct, dtype=object)
 
 
-def _ratings(path: Path, values: pd.Series, column: str, first_line: int) -> np.ndarray:
+def _ratings(source: str, values: pd.Series, column: str, first_line: int, unit: str = "line") -> np.ndarray:
     """Ratings as float32; missing, non-numeric or infinite values raise DataError."""
     numbers = values if pd.api.types.is_numeric_dtype(values) else pd.to_numeric(values, errors="coerce")
     numbers = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
-    _reject(path, ~np.isfinite(numbers), values, f"a missing or non-numeric rating in column {column!r}", first_line)
+    problem = f"a missing or non-numeric rating in column {column!r}"
+    _reject(source, ~np.isfinite(numbers), values, problem, first_line, unit)
     return numbers.astype(np.float32)
 
 
-def _reject(path: Path, bad: np.ndarray, values: pd.Series, problem: str, first_line: int) -> None:
-    """Raise DataError if any row is `bad`, counting them and showing the first one's line and value."""
+def _reject(source: str, bad: np.ndarray, values: pd.Series, problem: str, first_line: int, unit: str = "line") -> None:
+    """Raise DataError if any row is `bad`, counting them and showing the first one's line (or row) and value."""
     count = int(bad.sum())
     if not count:
         return
@@ -286,16 +351,18 @@ def _reject(path: Path, bad: np.ndarray, values: pd.Series, problem: str, first_
     value = values.iloc[first]
     shown = "empty" if pd.isna(value) else repr(str(value))
     rows = "1 row has" if count == 1 else f"{count} rows have"
-    raise DataError(f"{path}: {rows} {problem} (first at line {first + first_line}: {shown}); fix or remove those rows")
+    raise DataError(
+        f"{source}: {rows} {problem} (first at {unit} {first + first_line}: {shown}); fix or remove those rows"
+    )
 
 
-def _last_of_each_pair(path: Path, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+def _last_of_each_pair(source: str, users: np.ndarray, items: np.ndarray) -> np.ndarray:
     """Row numbers to keep so that each (user, item) pair keeps its last rating; logs how many were dropped."""
     pairs = pd.Series(users.astype(np.int64) * (int(items.max()) + 1) + items)
     keep = np.flatnonzero(~pairs.duplicated(keep="last").to_numpy())
     dropped = len(users) - len(keep)
     if dropped:
-        log.warning("%s: %d duplicate (user, item) ratings; kept the last of each", path, dropped)
+        log.warning("%s: %d duplicate (user, item) ratings; kept the last of each", source, dropped)
     return keep
 
 

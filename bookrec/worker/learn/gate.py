@@ -11,7 +11,8 @@ Like with like: the metric is the candidate's kind's (rmse for rating kinds, ndc
 when both are of the same task; a candidate of another task than production is judged on ndcg@10,
 the ranking readers see.
 
-No new ratings: a ratings file with the sha256 production was trained on is not retrained on.
+No new ratings: a ratings file with the sha256 production was trained on is not retrained on, nor a ratings store
+snapshot whose sorted rows have the sha256 of the snapshot production was trained on.
 """
 
 from __future__ import annotations
@@ -114,14 +115,16 @@ def trained_by_production(store: ModelStore, gate: Gate | None, frame: pd.DataFr
 
 
 def no_new_ratings(store: ModelStore, production: str | None, ratings_sha256: str) -> str | None:
-    """Why there is nothing to retrain on (the ratings file production was trained on, byte for byte), or None."""
+    """Why there is nothing to retrain on (the ratings file production was trained on, byte for byte, or a store
+    snapshot holding exactly the rows production's did), or None."""
     if production is None:
         return None
     recorded = store.metadata(production).get("data_fingerprint", {}).get("ratings", {})
     if recorded.get("sha256") != ratings_sha256:
         return None
+    what = "the ratings store holds the ratings" if recorded.get("store") else "the ratings file is the one"
     return (
-        f"no new ratings since production {production}: the ratings file is the one it was trained on "
+        f"no new ratings since production {production}: {what} it was trained on "
         f"(sha256 {ratings_sha256[:12]}…, {recorded.get('rows')} rows); nothing was trained (force trains and promotes)"
     )
 

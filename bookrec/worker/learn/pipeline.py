@@ -1,4 +1,5 @@
-"""From rating files to a saved model version: read, split, fit, export, evaluate beside baselines, save.
+"""From ratings (a file, or a ratings store snapshot taken in by the caller) to a saved model version: read, split,
+fit, export, evaluate beside baselines, save.
 
 `bookrec train` and the retrain job both call `train_version`; promotion is the caller's choice.
 """
@@ -35,7 +36,8 @@ Stage = Callable[[str], None]
 class TrainRequest:
     """What to train on and how. Paths are used as given; callers confine them first if they must."""
 
-    ratings: Path
+    ratings: Path | RatingsData
+    """A ratings file to read (with `read_options`), or ratings already taken in (`datasets.ratings_from_frame`)."""
     books: Path | None = None
     test: Path | None = None
     kind: str | None = None
@@ -74,7 +76,7 @@ def make_split(
         )
     if train_frame.empty or test_frame.empty:
         raise DataError(
-            f"{ratings.path}: too few ratings to hold out a test part; give more data or an explicit --test file"
+            f"{ratings.source}: too few ratings to hold out a test part; give more data or an explicit --test file"
         )
     user_map, item_map = IdMap.from_ids(train_frame["user"]), IdMap.from_ids(train_frame["item"])
     return Split(
@@ -105,7 +107,9 @@ def train_version(
     spec = get_spec(request.kind)
     params = spec.params(hyper_params(request.params, spec.kind))
     stage("read")
-    ratings = read_ratings(request.ratings, request.read_options)
+    ratings = request.ratings
+    if not isinstance(ratings, RatingsData):
+        ratings = read_ratings(ratings, request.read_options)
     test = read_ratings(request.test, request.read_options) if request.test else None
     books = read_books(request.books) if request.books else None
     keep = gate.trained_by_production(store, judge_with, ratings.frame) if test is None else None
@@ -142,6 +146,7 @@ def train_version(
             "kept_in_train": int(keep.sum()) if keep is not None else None,
         },
         "data_fingerprint": _data_fingerprint(ratings, test, request.books, split),
+        "snapshot": ratings.snapshot,
         "id_maps": {"users": split.user_map.to_list(), "items": split.item_map.to_list()},
         "parent": store.production(),
     }
@@ -202,12 +207,14 @@ def _catalogue(
 def _data_fingerprint(
     ratings: RatingsData, test: RatingsData | None, books: Path | None, split: Split
 ) -> dict[str, Any]:
-    """Hashes and counts of the data a version was trained on."""
+    """Hashes and counts of the data a version was trained on; a store snapshot's ratings have no path but the
+    store's (redacted) URL as `store`, and the sha256 of their sorted rows."""
 
     def describe(data: RatingsData) -> dict[str, Any]:
+        where = {"path": str(data.path)} if data.path is not None else {"path": None, "store": data.snapshot["url"]}
         return {
-            "path": str(data.path),
-            **fingerprint(data.path),
+            **where,
+            **data.digest(),
             "rows": len(data.frame),
             "users": int(data.frame["user"].nunique()),
             "items": int(data.frame["item"].nunique()),
