@@ -26,6 +26,7 @@ from bookrec.bench.figures import Report
 from bookrec.bench.service import Pool, Service
 from bookrec.shared.errors import BookrecError
 from bookrec.shared.keys import QUEUE_REFRESH
+from bookrec.shared.payloads import RATINGS_FILE
 
 ISSUE_CEILING_REFERENCE = 18_000  # users/s: in-graph top-k over 10,000 items, 32-dim embeddings, on this machine
 
@@ -175,6 +176,7 @@ def _train(state: _Run, service: Service, client) -> str:
     The catalogue is the one the base was trained on, and a retrain without new ratings trains nothing
     unless forced; so the timed retrain is forced (it still evaluates production for the gate), and the
     base is put back in production at once: the benchmark promotes the candidate itself, later, under load.
+    Both retrains name the catalogue's ratings.csv: the benchmark fills no ratings store.
     """
     from bookrec.model_store.promotion import promote
     from bookrec.model_store.store import ModelStore
@@ -188,14 +190,16 @@ def _train(state: _Run, service: Service, client) -> str:
             state.notify(
                 f"training the base model ({prepared.kind}) with a retrain job into {prepared.store} (cached for later runs)"
             )
-            state.base = client.retrain(params=state.config.model_params, force=True, wait=True, timeout=3600)[
-                "version"
-            ]
+            state.base = client.retrain(
+                params=state.config.model_params, ratings=RATINGS_FILE, force=True, wait=True, timeout=3600
+            )["version"]
             service.queue(QUEUE_REFRESH).empty()  # the refresh its promotion enqueued: no worker serves yet
         promote(store, service.client, service.keys, state.base, reason="bench base")
         state.notify("retrain: one retrain job on a `bookrec worker --queues retrain` process (BOOKREC_TF_THREADS=0)")
         started = time.perf_counter()
-        result = client.retrain(params=state.config.model_params, force=True, wait=True, timeout=3600)
+        result = client.retrain(
+            params=state.config.model_params, ratings=RATINGS_FILE, force=True, wait=True, timeout=3600
+        )
         seconds = time.perf_counter() - started
         promote(store, service.client, service.keys, state.base, reason="bench base")
         service.queue(QUEUE_REFRESH).empty()  # the refreshes both promotions enqueued: no worker serves yet

@@ -26,6 +26,7 @@ import redis
 from bookrec.commands.common import needs_worker_side, table
 from bookrec.shared.errors import BookrecError
 from bookrec.shared.keys import Keys
+from bookrec.shared.payloads import RATINGS_FILE
 from bookrec.shared.settings import redact_url
 from bookrec.shared.worker_state import read_all as worker_states
 from bookrec.worker.serve.launch import WorkerProcesses
@@ -228,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
         _print_lists([client.get(u).entry for u in DEMO_USERS])
 
         _step("5. retrain (forced past the gate so the swap always shows) while recommend jobs keep flowing")
-        job = client.retrain(force=True)
+        job = client.retrain(force=True, ratings=RATINGS_FILE)  # the demo's file, never a ratings store
         served = 0
         while job.get_status(refresh=True).value not in ("finished", "failed"):
             client.recommend([str(1 + served % 50)], n=10, wait=True, timeout=60)

@@ -278,19 +278,21 @@ class Client:
         wait: bool = False,
         timeout: float | None = None,
         params: dict[str, Any] | None = None,
-        ratings: str = "ratings.csv",
+        ratings: str | None = None,
         books: str | None = None,
     ) -> Job | dict[str, Any]:
         """Enqueue a retrain (one at a time: RetrainRunning names the running job). With `wait`, return its result.
 
         `params` are checked against the kind's rules (known keys, types, ranges) before anything is
-        enqueued. `books` None uses BOOKREC_DATA_DIR's books.csv if it is there; a named books file must exist.
+        enqueued. `ratings` None trains on one snapshot of the ratings store (the trainer's BOOKREC_DATABASE_URL);
+        a name trains on that file in BOOKREC_DATA_DIR. `books` None uses BOOKREC_DATA_DIR's books.csv if it is
+        there; a named books file must exist.
         """
         kind = payloads.model_kind(model)
         kwargs = {
             "model": kind,
             "params": payloads.hyper_params(params, kind),
-            "ratings": payloads.data_file(ratings, "ratings"),
+            "ratings": None if ratings is None else payloads.data_file(ratings, "ratings"),
             "books": None if books is None else payloads.data_file(books, "books"),
             "force": bool(force),
         }

@@ -20,7 +20,8 @@ RECOMMEND = "worker.jobs.recommend"
 REFRESH = "worker.jobs.refresh"
 """Recompute every known user's list by fanning out recommend chunks: kwargs `start`, `stop`, `n`; on `refresh`."""
 RETRAIN = "worker.jobs.retrain"
-"""Train, gate and maybe promote a new version: kwargs `model`, `params`, `ratings`, `books`, `force`; on `retrain`."""
+"""Train, gate and maybe promote a new version: kwargs `model`, `params`, `ratings` (null: the ratings store), `books`,
+`force`; on `retrain`."""
 NAMES = (RECOMMEND, REFRESH, RETRAIN)
 
 RETRIES = 2

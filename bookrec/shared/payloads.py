@@ -69,6 +69,9 @@ model whose estimated size on the catalogue exceeds BOOKREC_TRAIN_MEMORY_MB."""
 
 DEFAULT_BOOKS = "books.csv"
 """The books file a retrain uses when none is named, if it exists (a named one must exist)."""
+RATINGS_FILE = "ratings.csv"
+"""The ratings file of BOOKREC_DATA_DIR that `bookrec init` imports into an empty ratings store, and that the demo
+and the benchmark name in their retrains (a retrain naming no file trains on the ratings store)."""
 MAX_USERS_PER_JOB = 1000
 MAX_N = 100
 MAX_USER_ID_LENGTH = 200

@@ -157,12 +157,13 @@ def refresh_chunk_failed(job: Job) -> None:
 def retrain(
     model: str | None = None,
     params: dict | None = None,
-    ratings: str = "ratings.csv",
+    ratings: str | None = None,
     books: str | None = None,
     force: bool = False,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Train a new version from files in BOOKREC_DATA_DIR, gate it against production, promote if it passes.
+    """Train a new version on one snapshot of the ratings store (BOOKREC_DATABASE_URL), or on the `ratings` file
+    named in BOOKREC_DATA_DIR, gate it against production, promote it if it passes.
 
     One retrain at a time (a Redis lock with expiry). Progress (stage, epoch, loss, ETA) goes in
     job meta. Returns the candidate's and production's metrics and the decision.
@@ -174,7 +175,7 @@ def retrain(
     try:
         model = payloads.model_kind(model)
         params = payloads.hyper_params(params, model)
-        ratings_path = payloads.data_path(ctx.settings.data_dir, ratings, "ratings")
+        ratings_path = None if ratings is None else payloads.data_path(ctx.settings.data_dir, ratings, "ratings")
         books_path = _books_path(ctx.settings.data_dir, books)
         force, seed = payloads.flag(force, "force"), payloads.seed(seed)
     except ValidationError:

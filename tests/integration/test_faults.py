@@ -352,7 +352,11 @@ def write_bad_data(data_dir: Path) -> None:
 BAD_DATA = {
     "NaN rating": ({"ratings": "nan.csv"}, "nan.csv", "rating"),
     "non-UTF-8 CSV": ({"ratings": "latin1.csv"}, "latin1.csv", "UTF-8"),
-    "books missing columns": ({"books": "no_columns_books.csv"}, "no_columns_books.csv", "book_id"),
+    "books missing columns": (
+        {"ratings": "ratings.csv", "books": "no_columns_books.csv"},
+        "no_columns_books.csv",
+        "book_id",
+    ),
 }
 
 
@@ -376,7 +380,9 @@ def test_a_trainer_killed_while_saving_leaves_production_unchanged(serving: Serv
     store = serving.store.store
     before = [v["version"] for v in ModelStore(store).list()]
     client = serving.client()
-    job = client.retrain(params={"steps": 60}, force=True)  # the data production was trained on: only forced trains
+    job = client.retrain(
+        params={"steps": 60}, ratings="ratings.csv", force=True
+    )  # the data production was trained on: only forced trains
     [pid] = trainer_pids(serving.redis)
 
     wait_for(

@@ -195,7 +195,7 @@ def test_a_retrain_enqueued_on_the_serving_queue_fails_there_and_trains_nothing(
 def test_a_recommend_job_on_the_retrain_queue_fails_and_the_trainer_takes_the_next_retrain(service: Service) -> None:
     misplaced = plant(service.admin, QUEUE_RETRAIN, {"user_ids": ["on-retrain"]})
 
-    retrain = service.client.retrain(params={"steps": 5}, wait=True, timeout=120)
+    retrain = service.client.retrain(params={"steps": 5}, ratings="ratings.csv", wait=True, timeout=120)
 
     assert reason(service.admin, misplaced) == (
         JobStatus.FAILED,

@@ -222,7 +222,9 @@ def test_with_production_s_directory_gone_workers_wait_saying_so_and_a_retrain_s
     assert client.status()["production_version"] == fresh_store.version  # what the store records, missing or not
     wait_for(lambda: client.listeners(QUEUE_RETRAIN), "the trainer to listen", 120)
 
-    result = client.retrain(params={"steps": 60}, wait=True, timeout=180)  # not forced: the gate has nothing to compare
+    result = client.retrain(
+        params={"steps": 60}, ratings="ratings.csv", wait=True, timeout=180
+    )  # not forced: the gate has nothing to compare
     assert result["promoted"] is True and result["production"]["version"] is None
     pool.wait_ready(redis_client, 2, result["version"], timeout=120)
     entries = client.recommend([1, 2], wait=True, timeout=60)

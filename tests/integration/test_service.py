@@ -161,7 +161,7 @@ def test_a_second_retrain_is_refused_while_the_first_runs(
     trainer = start_workers({**fresh_store.env(), "BOOKREC_TF_THREADS": ""}, queues="retrain", processes=1)
     client = client_for(fresh_store)
 
-    first = client.retrain(params={"steps": 60})
+    first = client.retrain(params={"steps": 60}, ratings="ratings.csv")
     with pytest.raises(RetrainRunning, match=first.id) as raised:
         client.retrain()
     result = client.wait([first], timeout=120)[0]

@@ -1,4 +1,5 @@
-"""The retrain job's body: one at a time, progress in job meta, train, gate, promote, refresh, retain.
+"""The retrain job's body: one at a time, progress in job meta, read (a named file, or one snapshot of the ratings
+store), train, gate, promote, refresh, retain.
 
 A retrain stops on request (`retrain:{job}:cancel`, set by `Client.cancel_retrain`): the flag is
 checked when it starts, at every stage and between training steps; it then raises RetrainCancelled
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rq.job import Job
 
@@ -20,9 +21,10 @@ from bookrec.shared import payloads
 from bookrec.shared.errors import CatalogueMismatch, RetrainCancelled
 from bookrec.shared.locks import CANCELLED_STAGE, RetrainLock
 from bookrec.worker.learn import gate, training
-from bookrec.worker.learn.datasets import fingerprint, read_books
+from bookrec.worker.learn.datasets import RatingsData, fingerprint, read_books
 from bookrec.worker.learn.pipeline import TrainRequest, train_version
 from bookrec.worker.serve.context import WorkerContext
+from bookrec.worker.serve.store_ratings import read_store
 
 logger = logging.getLogger(__name__)
 
@@ -89,16 +91,18 @@ def run_retrain(
     job: Job | None,
     model: str | None,
     params: dict,
-    ratings: Path,
+    ratings: Path | None,
     books: Path | None,
     force: bool,
     seed: int,
 ) -> dict[str, Any]:
     """Train a candidate, gate it against production on ratings neither trained on, promote it if it passes.
 
-    `books` None means none; callers that default to books.csv pass None when it is absent. With the
-    ratings file production was trained on (and no `force`), nothing is trained. A production version whose
-    directory is gone is no production for the gate: the candidate is judged as the first one.
+    `ratings` None means one snapshot of the ratings store at BOOKREC_DATABASE_URL (DataError if it holds none,
+    RatingsStoreError if it does not answer). `books` None means none; callers that default to books.csv pass
+    None when it is absent. With the ratings production was trained on (the same file, or a snapshot of the same
+    rows) and no `force`, nothing is trained. A production version whose directory is gone is no production for
+    the gate: the candidate is judged as the first one.
     """
     job_id = job.id if job is not None else f"local-{time.time():.0f}"
     _lock(ctx).hold(job_id)  # the producer took it at enqueue time; a job enqueued by hand takes it here
@@ -113,17 +117,18 @@ def run_retrain(
                 ctx.store.production(),
             )
         kind = payloads.model_kind(model)
+        if books is not None:
+            read_books(books)  # a books file that is missing or unreadable fails here, naming it, before any training
+        data, sha256 = _training_ratings(ctx, ratings, progress.stage)
         request = TrainRequest(
-            ratings=ratings,
+            ratings=data,
             books=books,
             kind=kind,
             params=params,
             seed=seed,
             memory_mb=ctx.settings.train_memory_mb,
         )
-        if books is not None:
-            read_books(books)  # a books file that is missing or unreadable fails here, naming it, before any training
-        unchanged = None if force else gate.no_new_ratings(ctx.store, production, fingerprint(ratings)["sha256"])
+        unchanged = None if force else gate.no_new_ratings(ctx.store, production, sha256)
         if unchanged:
             logger.info("retrain %s: %s", job_id, unchanged)
             return _untrained_result(ctx, production, kind, unchanged)
@@ -168,6 +173,18 @@ def run_retrain(
         }
     finally:
         release_lock(ctx, job_id)
+
+
+def _training_ratings(
+    ctx: WorkerContext, ratings: Path | None, stage: Callable[[str], None]
+) -> tuple[Path | RatingsData, str]:
+    """What the retrain trains on and its sha256 (for the no-new-ratings check): the named ratings file, read later
+    by the pipeline, or one snapshot of the ratings store, read now (in the `read` stage)."""
+    if ratings is not None:
+        return ratings, fingerprint(ratings)["sha256"]
+    stage("read")
+    data = read_store(ctx.settings.database_url)
+    return data, data.rows_sha256
 
 
 def _untrained_result(ctx: WorkerContext, production: str, kind: str, reason: str) -> dict[str, Any]:

@@ -1,0 +1,27 @@
+"""Ratings to train on from the ratings store (BOOKREC_DATABASE_URL): one consistent snapshot, checked as a ratings
+file is, with the summary every version trained on it records as `metadata["snapshot"]`."""
+
+from __future__ import annotations
+
+from bookrec.ratings.store import RatingsStore
+from bookrec.shared.settings import redact_url
+from bookrec.worker.learn.datasets import RatingsData, ratings_from_frame
+
+SOURCE = "store"
+"""`metadata["snapshot"]["source"]` of a version trained on the ratings store."""
+
+
+def read_store(url: str) -> RatingsData:
+    """The live ratings of one snapshot of the ratings store at `url`, with their summary as `snapshot`:
+    {"source": "store", "url" (redacted), "rows", "users", "items", "newest_updated_at", "last_stream_id"}.
+
+    Raises:
+        DataError: the store holds no ratings (naming it and how to fill it), or a row is not a rating.
+        RatingsStoreError: the store does not answer or refuses the read (e.g. never migrated).
+    """
+    store = RatingsStore(url)
+    try:
+        snapshot = store.snapshot()
+    finally:
+        store.close()
+    return ratings_from_frame(snapshot.frame(), {"source": SOURCE, "url": redact_url(url), **snapshot.summary})
