@@ -179,38 +179,62 @@ def _database(args: argparse.Namespace) -> str:
 
 def _import_ratings(args: argparse.Namespace) -> int:
     needs_worker_side("bookrec data import", ("numpy", "pandas"))
-    from bookrec.worker.learn.datasets import read_ratings
-
-    started = time.monotonic()
-    frame = read_ratings(args.file, ReadOptions.from_args(args)).frame
-    url = _database(args)
-    result = _into_store(url, args, len(frame), "rating", lambda store, progress: store.import_ratings(frame, progress))
-    seconds = round(time.monotonic() - started, 3)  # reading the file included
-    summary = {"database": redact_url(url), "path": str(args.file), **result.as_dict(), "seconds": seconds}
-    _report(args, summary, f"imported {result.rows:,} ratings by {result.users:,} users of {result.items:,} books")
+    summary = import_ratings_file(_database(args), args.file, ReadOptions.from_args(args), show_progress(args.json))
+    _report(args, summary, imported_ratings(summary))
     return 0
 
 
 def _import_books(args: argparse.Namespace) -> int:
     needs_worker_side("bookrec data import-books", ("numpy", "pandas"))
-    from bookrec.worker.learn.datasets import read_book_rows
-
-    started = time.monotonic()
-    rows = read_book_rows(args.file)
-    url = _database(args)
-    count = _into_store(url, args, len(rows), "book", lambda store, progress: store.import_books(rows, progress))
-    seconds = round(time.monotonic() - started, 3)
-    summary = {"database": redact_url(url), "path": str(args.file), "rows": count, "seconds": seconds}
-    _report(args, summary, f"imported {count:,} books")
+    summary = import_books_file(_database(args), args.file, show_progress(args.json))
+    _report(args, summary, imported_books(summary))
     return 0
 
 
-def _into_store(url: str, args: argparse.Namespace, total: int, unit: str, load: Callable[[Any, Any], Any]) -> Any:
+def import_ratings_file(url: str, path: Path, options: ReadOptions, show: bool) -> dict[str, Any]:
+    """Read a ratings file as `train` does and merge it into the ratings store at `url` (migrated first), with a
+    progress bar when `show`; return {"database" (redacted), "path", "rows", "users", "items", "seconds"}
+    (`seconds` includes reading the file)."""
+    from bookrec.worker.learn.datasets import read_ratings
+
+    started = time.monotonic()
+    frame = read_ratings(path, options).frame
+    result = _into_store(url, show, len(frame), "rating", lambda store, progress: store.import_ratings(frame, progress))
+    seconds = round(time.monotonic() - started, 3)
+    return {"database": redact_url(url), "path": str(path), **result.as_dict(), "seconds": seconds}
+
+
+def import_books_file(url: str, path: Path, show: bool) -> dict[str, Any]:
+    """Read a goodbooks books.csv as `train` does and insert or replace its rows in the ratings store's catalogue at
+    `url` (migrated first), with a progress bar when `show`; return {"database" (redacted), "path", "rows",
+    "seconds"}."""
+    from bookrec.worker.learn.datasets import read_book_rows
+
+    started = time.monotonic()
+    rows = read_book_rows(path)
+    count = _into_store(url, show, len(rows), "book", lambda store, progress: store.import_books(rows, progress))
+    seconds = round(time.monotonic() - started, 3)
+    return {"database": redact_url(url), "path": str(path), "rows": count, "seconds": seconds}
+
+
+def imported_ratings(summary: dict[str, Any]) -> str:
+    """`imported N ratings by U users of I books from FILE into URL in S s`, for `import_ratings_file`'s summary."""
+    counts = f"{summary['rows']:,} ratings by {summary['users']:,} users of {summary['items']:,} books"
+    return f"imported {counts} from {summary['path']} into {summary['database']} in {summary['seconds']:.1f} s"
+
+
+def imported_books(summary: dict[str, Any]) -> str:
+    """`imported N books from FILE into URL in S s`, for `import_books_file`'s summary."""
+    where = f"from {summary['path']} into {summary['database']} in {summary['seconds']:.1f} s"
+    return f"imported {summary['rows']:,} books {where}"
+
+
+def _into_store(url: str, show: bool, total: int, unit: str, load: Callable[[Any, Any], Any]) -> Any:
     """Migrate the store at `url`, then return `load(store, progress)`, its progress drawn as a bar of `unit`s."""
     store = open_store(url)
     try:
         store.upgrade()
-        with progress_bar(total, f"importing {unit}s", show_progress(args.json), unit=unit) as bar:
+        with progress_bar(total, f"importing {unit}s", show, unit=unit) as bar:
             return load(store, lambda done, _total: bar.update(done - bar.n))
     finally:
         store.close()
@@ -224,18 +248,19 @@ def _export(args: argparse.Namespace) -> int:
     finally:
         store.close()
     summary = {"database": redact_url(url), "path": str(args.file), **result.as_dict()}
-    _report(args, summary, f"exported {result.rows:,} ratings by {result.users:,} users of {result.items:,} books")
+    counts = f"{result.rows:,} ratings by {result.users:,} users of {result.items:,} books"
+    _report(
+        args, summary, f"exported {counts} from {summary['database']} to {summary['path']} in {result.seconds:.1f} s"
+    )
     return 0
 
 
-def _report(args: argparse.Namespace, summary: dict[str, Any], what: str) -> None:
-    """Print a bulk command's summary: JSON, or `what` with the place and the time taken."""
+def _report(args: argparse.Namespace, summary: dict[str, Any], line: str) -> None:
+    """Print a bulk command's summary: JSON, or its one `line`."""
     if args.json:
         print_json(summary)
-    elif args.data_command == "export":
-        print(f"{what} from {summary['database']} to {summary['path']} in {summary['seconds']:.1f} s")
     else:
-        print(f"{what} from {summary['path']} into {summary['database']} in {summary['seconds']:.1f} s")
+        print(line)
 
 
 def _describe(summary: dict[str, Any]) -> str:

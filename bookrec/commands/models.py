@@ -7,6 +7,7 @@ announce the change on the events channel (`BOOKREC_REDIS_URL`, `BOOKREC_KEY_PRE
 from __future__ import annotations
 
 import argparse
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parents=[json_flag],
         help="list versions, oldest first; * marks production",
         description="List every version in the store, oldest first, with kind, creation time, the data it was "
-        "trained on (ratings file, rows, users, items), its gate metric and its state: production, promoted or "
+        "trained on (ratings file, or `store`; rows, users, items), its gate metric and its state: production, promoted or "
         "rejected. `*` marks the version in production; damaged versions are listed as corrupt with the reason.",
     )
     listing.set_defaults(handler=_list)
@@ -45,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "show",
         parents=[json_flag],
         help="show one version's metadata and metrics against the baselines",
-        description="Show a version's kind, creation time, parent, hyper-parameters, decision, data fingerprint "
+        description="Show a version's kind, creation time, parent, hyper-parameters, decision, the ratings store "
+        "snapshot it was trained on (rows, users, items, newest updated_at, last stream id), data fingerprint "
         "and its metrics beside the baselines'. --json prints the whole metadata.json plus `decision`.",
     )
     show.add_argument("version", metavar="VERSION", help="version id, as printed by `bookrec models list`")
@@ -171,10 +173,12 @@ def _list_table(versions: list[dict]) -> str:
 
 
 def _data_cells(summary: dict) -> list[str]:
-    """The DATA, ROWS, USERS and ITEMS cells of a version's row: its ratings file's name and counts."""
+    """The DATA, ROWS, USERS and ITEMS cells of a version's row: its ratings file's name (`store` for a ratings store
+    snapshot, whose source is a URL: a recorded path never holds `://`) and counts."""
     data = summary.get("data") or {}
-    source = Path(data["source"]).name if data.get("source") else "-"
-    return [source, *(_count(data.get(k)) for k in ("rows", "users", "items"))]
+    source = data.get("source")
+    name = "-" if not source else "store" if "://" in source else Path(source).name
+    return [name, *(_count(data.get(k)) for k in ("rows", "users", "items"))]
 
 
 def _gate_cell(summary: dict) -> str:
@@ -202,6 +206,7 @@ def _describe(metadata: dict, decision: dict | None, in_production: bool) -> str
         ("parent", metadata.get("parent")),
         ("params", metadata.get("params")),
         ("decision", f"{decision['decision']} ({decision.get('reason')})" if decision else None),
+        ("snapshot", _snapshot(metadata.get("snapshot"))),
         ("files", len(metadata.get("files") or {})),
     ]
     lines = [f"{name:<11} {_inline(value)}" for name, value in fields]
@@ -214,7 +219,7 @@ def _data_table(fingerprint: Any) -> str:
         return f"data        {_inline(fingerprint)}"
     files = [(name, fingerprint.get(name)) for name in ("ratings", "test", "books")]
     rows = [
-        [name, str(f.get("path") or "-"), *(_count(f.get(k)) for k in ("rows", "users", "items", "bytes")), _digest(f)]
+        [name, str(f.get("path") or f.get("store") or "-"), *(_count(f.get(k)) for k in COUNTS), _digest(f)]
         for name, f in files
         if isinstance(f, dict)
     ]
@@ -222,6 +227,28 @@ def _data_table(fingerprint: Any) -> str:
         f"split: {_count(fingerprint.get('train_rows'))} train rows, {_count(fingerprint.get('test_rows'))} test rows"
     )
     return "\n".join([table(["DATA", "PATH", "ROWS", "USERS", "ITEMS", "BYTES", "SHA256"], rows), split])
+
+
+COUNTS = ("rows", "users", "items", "bytes")
+"""The counted columns of the data table."""
+
+
+def _snapshot(snapshot: Any) -> str | None:
+    """The ratings store snapshot a version was trained on, in one line (None for a file-trained version)."""
+    if not isinstance(snapshot, dict):
+        return None
+    newest = snapshot.get("newest_updated_at")
+    when = _utc(newest) if isinstance(newest, (int, float)) else "-"
+    counts = ", ".join(f"{_count(snapshot.get(k))} {k}" for k in ("rows", "users", "items"))
+    return (
+        f"{snapshot.get('source')} {snapshot.get('url')}: {counts}; newest updated_at {when}; "
+        f"last stream id {snapshot.get('last_stream_id') or '-'}"
+    )
+
+
+def _utc(epoch: float) -> str:
+    """Epoch seconds as `YYYY-MM-DD HH:MM:SS UTC`."""
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _digest(file: dict) -> str:

@@ -49,10 +49,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parents=[json_flag],
         help="train a new model version on the trainer and promote it if it passes the gate",
         description="Enqueue a retrain on the `retrain` queue (served by `bookrec worker --queues retrain`). "
-        "Trains on ratings.csv/books.csv in BOOKREC_DATA_DIR, evaluates candidate and production on ratings "
+        "Trains on one snapshot of the ratings store (the trainer's BOOKREC_DATABASE_URL), or on --ratings FILE, "
+        "with books.csv from BOOKREC_DATA_DIR; evaluates candidate and production on ratings "
         "neither trained on, and promotes the candidate only if it is no worse (ndcg@10 for ranking kinds, rmse "
-        "for rating kinds, ndcg@10 when the kinds' tasks differ). With the ratings file production was trained "
-        "on, nothing is trained unless --force. "
+        "for rating kinds, ndcg@10 when the kinds' tasks differ). With the ratings production was trained "
+        "on (the same rows in the store, or the same file), nothing is trained unless --force. "
         "`bookrec retrain status` and `bookrec retrain cancel` show and cancel a retrain.",
     )
     retrain.add_argument("--model", choices=MODEL_KINDS, help="model kind (default: mult-dae)")
@@ -61,6 +62,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=_json_object,
         metavar="JSON",
         help="hyper-parameters as a JSON object, e.g. '{\"dim\": 128}' (the README lists each kind's)",
+    )
+    retrain.add_argument(
+        "--ratings",
+        metavar="FILE",
+        help="train on this ratings file inside BOOKREC_DATA_DIR instead of the ratings store (e.g. ratings.csv)",
     )
     retrain.add_argument("--force", action="store_true", help="skip the gate and promote the candidate")
     retrain.add_argument("--wait", action="store_true", help="wait for the result, with a progress bar")
@@ -165,7 +171,7 @@ def _json_object(text: str) -> dict[str, Any]:
 
 def _retrain(args: argparse.Namespace) -> int:
     client = _client()
-    job = client.retrain(model=args.model, force=args.force, params=args.params)
+    job = client.retrain(model=args.model, force=args.force, params=args.params, ratings=args.ratings)
     if not args.wait:
         print_json({"job": job.id}) if args.json else print(
             f"retrain enqueued as job {job.id}; follow it with `bookrec status`"

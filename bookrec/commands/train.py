@@ -1,4 +1,5 @@
-"""`bookrec train`: train a model version from rating files, print its metrics beside the baselines.
+"""`bookrec train`: train a model version from a ratings file or the ratings store, print its metrics beside the
+baselines.
 
 TensorFlow is imported only when the command runs, so the rest of the CLI stays light.
 """
@@ -31,12 +32,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train a model version and evaluate it beside the baselines",
-        description="Train a model on a ratings file, evaluate it on a held-out split (or --test file) beside "
-        "the global_mean, bias and popularity baselines, and save it as a new version in BOOKREC_MODEL_STORE. "
+        description="Train a model on a ratings file (or, without --ratings, on one snapshot of the ratings store "
+        "at BOOKREC_DATABASE_URL), evaluate it on a held-out split (or --test file) beside the global_mean, bias and "
+        "popularity baselines, and save it as a new version in BOOKREC_MODEL_STORE. "
         "With no --model, trains the default ranking model (mult-dae).",
     )
     parser.add_argument(
-        "--ratings", required=True, type=Path, metavar="FILE", help="ratings CSV/TSV (user, item, rating columns)"
+        "--ratings",
+        type=Path,
+        metavar="FILE",
+        help="ratings CSV/TSV (user, item, rating columns); default: the ratings store (BOOKREC_DATABASE_URL)",
     )
     parser.add_argument(
         "--books", type=Path, metavar="FILE", help="goodbooks-style books.csv for titles, authors, years, covers"
@@ -82,9 +87,10 @@ def run(args: argparse.Namespace) -> int:
     configure_tensorflow(threads=0)
     from bookrec.model_store.store import ModelStore
     from bookrec.worker.learn.pipeline import TrainRequest, train_version
+    from bookrec.worker.serve.store_ratings import read_store
 
     request = TrainRequest(
-        ratings=args.ratings,
+        ratings=args.ratings if args.ratings is not None else read_store(settings.database_url),
         books=args.books,
         test=args.test,
         kind=args.model,

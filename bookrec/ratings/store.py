@@ -180,6 +180,12 @@ class RatingsStore:
             rows, newest = conn.execute(query).one()
         return Changes(rows=int(rows), newest_updated_at=newest)
 
+    def has_ratings(self) -> bool:
+        """Whether the store holds at least one live rating (one indexed look, not a snapshot)."""
+        with self._begin() as conn:
+            query = sa.select(ratings.c.user_id).where(ratings.c.rating.is_not(None)).limit(1)
+            return conn.execute(query).first() is not None
+
     def last_stream_id(self) -> str | None:
         """The newest stream id applied so far, None before the first."""
         with self._begin() as conn:

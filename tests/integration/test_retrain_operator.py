@@ -64,7 +64,7 @@ def test_a_running_retrain_cancelled_stops_within_an_epoch_and_frees_the_lock(
     client = client_for(fresh_store)
     # Forced (production's own data trains only when forced); 200 epochs, the most a request may ask, is far more
     # than the test waits for.
-    job = client.retrain(params={"epochs": 200, "batch_size": 8}, force=True)
+    job = client.retrain(params={"epochs": 200, "batch_size": 8}, ratings="ratings.csv", force=True)
 
     wait_for(lambda: (client.retrain_status(job.id)["epoch"] or 0) >= 2, "the retrain to train two epochs")
     assert client.status()["retrain"] == {"job": job.id, "state": "running"}
@@ -154,7 +154,7 @@ def test_a_finished_retrain_s_status_shows_the_gate_s_decision_with_both_metrics
     start_workers(fresh_store.env(), queues="retrain", processes=1)
     wait_for(lambda: client_for(fresh_store).listeners("retrain"), "the trainer to listen on 'retrain'")
 
-    waited = bookrec(fresh_store, "retrain", "--wait", "--json")  # the existing invocation, unchanged
+    waited = bookrec(fresh_store, "retrain", "--ratings", "ratings.csv", "--wait", "--json")  # a named file
     shown = bookrec(fresh_store, "retrain", "status", "--json")
     text = bookrec(fresh_store, "retrain", "status")
 

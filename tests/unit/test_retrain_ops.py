@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -172,3 +173,22 @@ def test_every_wait_warns_at_once_when_no_worker_listens(client: Client, capsys:
         f"bookrec: error: retrain job {client.retrain_status()['job']} still queued after 1.0 s; it goes on in the "
         "background",
     ]
+
+
+def test_the_cli_retrain_trains_on_the_store_unless_it_names_a_file(
+    client: Client, redis: fakeredis.FakeRedis, capsys: pytest.CaptureFixture
+) -> None:
+    queue = Queue(QUEUE_RETRAIN, connection=redis, serializer=JSONSerializer)
+
+    code, out, err = run_cli(["retrain", "--json"], capsys)
+    assert code == 0, err
+    assert queue.fetch_job(json.loads(out)["job"]).kwargs["ratings"] is None
+    client.cancel_retrain()
+
+    code, out, err = run_cli(["retrain", "--ratings", "ratings.csv", "--json"], capsys)
+    assert code == 0, err
+    assert queue.fetch_job(json.loads(out)["job"]).kwargs["ratings"] == "ratings.csv"
+    client.cancel_retrain()
+
+    code, out, err = run_cli(["retrain", "--ratings", "../ratings.csv"], capsys)
+    assert code == 2 and "ratings path '../ratings.csv' points outside BOOKREC_DATA_DIR" in err
