@@ -20,6 +20,7 @@ from tests.unit.test_ratings_store import (  # noqa: F401  (collected here again
     test_an_event_seen_under_either_of_its_ids_is_a_duplicate,
     test_books_from_a_goodbooks_csv_are_upserted,
     test_changed_since_counts_the_rows_written_after_a_moment_tombstones_included,
+    test_has_ratings_counts_live_ratings_only,
     test_malformed_events_are_refused_before_anything_is_written,
     test_pruning_forgets_old_applied_ids,
     test_the_latest_ts_wins_whatever_order_events_arrive_in,

@@ -54,6 +54,14 @@ def test_the_latest_ts_wins_whatever_order_events_arrive_in(store: RatingsStore)
     assert set(ratings.values()) == {2.0}, "the event at ts 30 wins in every order, batched or not"
 
 
+def test_has_ratings_counts_live_ratings_only(store: RatingsStore) -> None:
+    assert store.has_ratings() is False
+    store.apply([rate("u", "b", 4.0, 10.0)])
+    assert store.has_ratings() is True
+    store.apply([RatingEvent("u", "b", None, 20.0, op="delete")])
+    assert store.has_ratings() is False, "a tombstone is no rating"
+
+
 def test_a_delete_leaves_a_tombstone_an_older_rate_cannot_resurrect(store: RatingsStore) -> None:
     store.apply([rate("u", "b", 4.0, 10.0)])
     store.apply([RatingEvent("u", "b", None, 30.0, op="delete")])
