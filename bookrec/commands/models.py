@@ -37,8 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parents=[json_flag],
         help="list versions, oldest first; * marks production",
         description="List every version in the store, oldest first, with kind, creation time, the data it was "
-        "trained on (ratings file, or `store`; rows, users, items), its gate metric and its state: production, promoted or "
-        "rejected. `*` marks the version in production; damaged versions are listed as corrupt with the reason.",
+        "trained on (ratings file, or `store`; rows, users, items), its gate metric and its state: production, "
+        "promoted or rejected. `*` marks the version in production; damaged versions are listed as corrupt with the reason.",
     )
     listing.set_defaults(handler=_list)
 
@@ -213,6 +213,10 @@ def _describe(metadata: dict, decision: dict | None, in_production: bool) -> str
     return "\n".join([*lines, "", _data_table(metadata.get("data_fingerprint")), "", _metrics_table(metadata)])
 
 
+COUNTS = ("rows", "users", "items", "bytes")
+"""The counted columns of the data table."""
+
+
 def _data_table(fingerprint: Any) -> str:
     """The data fingerprint as a table: one row per file (ratings, test, books), then the split's sizes."""
     if not isinstance(fingerprint, dict):
@@ -227,10 +231,6 @@ def _data_table(fingerprint: Any) -> str:
         f"split: {_count(fingerprint.get('train_rows'))} train rows, {_count(fingerprint.get('test_rows'))} test rows"
     )
     return "\n".join([table(["DATA", "PATH", "ROWS", "USERS", "ITEMS", "BYTES", "SHA256"], rows), split])
-
-
-COUNTS = ("rows", "users", "items", "bytes")
-"""The counted columns of the data table."""
 
 
 def _snapshot(snapshot: Any) -> str | None:

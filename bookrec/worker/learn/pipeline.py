@@ -102,6 +102,7 @@ def train_version(
     gate judges it on them (`gate.judge`): its verdict is returned as `decision`, production's metrics as
     `production_metrics` (both None without it). Hyper-parameters are checked against the kind's rules
     and the model's estimated size on the data against `request.memory_mb` before anything is trained.
+    The version's metadata records the ratings store snapshot trained on as `snapshot` (None for a file).
     """
     stage = on_stage or (lambda name: None)
     spec = get_spec(request.kind)
