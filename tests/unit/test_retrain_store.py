@@ -130,6 +130,19 @@ def test_an_empty_store_fails_the_retrain_naming_it_and_how_to_fill_it(
     assert ctx.store.list() == versions and ctx.client.get(KEYS.retrain_lock) is None
 
 
+def test_a_sqlite_store_that_does_not_exist_fails_the_retrain_and_is_not_created(
+    fresh_store: TrainedStore, tmp_path: Path
+) -> None:
+    absent = tmp_path / "never-made.db"
+    ctx = trainer_context(fresh_store, f"sqlite:///{absent}")
+
+    with pytest.raises(DataError) as failed:
+        retrain_on_store(ctx)
+
+    assert f"does not exist ({absent}); create and fill it with `bookrec init`" in str(failed.value)
+    assert not absent.exists() and ctx.client.get(KEYS.retrain_lock) is None
+
+
 def test_a_store_that_cannot_be_read_is_a_ratings_store_error(fresh_store: TrainedStore, tmp_path: Path) -> None:
     ctx = trainer_context(fresh_store, f"sqlite:///{tmp_path}")  # a directory: SQLite cannot open it
 

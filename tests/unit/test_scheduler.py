@@ -185,11 +185,13 @@ def test_a_scheduled_retrain_while_one_runs_is_a_no_op_logged_and_nothing_fails(
 
 
 def test_a_bookrec_worker_runs_the_retrain_a_cron_entry_enqueued(
-    client: Client, redis: fakeredis.FakeRedis, fresh_store, monkeypatch: pytest.MonkeyPatch
+    client: Client, redis: fakeredis.FakeRedis, fresh_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = ModelStore(fresh_store.store)
     store.set_production(fresh_store.version)
-    settings = Settings(model_store=store.root, data_dir=fresh_store.data_dir)
+    empty = RatingsStore(f"sqlite:///{tmp_path / 'ratings.db'}")
+    empty.upgrade()
+    settings = Settings(model_store=store.root, data_dir=fresh_store.data_dir, database_url=empty.url)
     monkeypatch.setattr(context, "_context", None)
     context.install(context.WorkerContext(settings, redis, KEYS, store, None))
     entry = ScheduledRetrain(
@@ -200,9 +202,9 @@ def test_a_bookrec_worker_runs_the_retrain_a_cron_entry_enqueued(
     BookrecWorker([QUEUE_RETRAIN], connection=redis).work(burst=True, with_scheduler=False)
 
     assert get_cron_job_ids(entry.name, redis) == [job.id]
-    assert job.get_status(refresh=True) == JobStatus.FINISHED
-    result = job.latest_result().return_value
-    assert result["decision"]["no_new_ratings"] is True  # the data dir holds the ratings production trained on
+    # bookrec's retrain ran (a JSON job resolved through the allowlist) and read the ratings store it names
+    assert job.get_status(refresh=True) == JobStatus.FAILED
+    assert f"the ratings store {empty.url} holds no ratings" in job.latest_result().exc_string
     assert redis.get(KEYS.retrain_lock) is None
 
 
