@@ -112,13 +112,12 @@ def _letter_json(letter) -> dict:
 
 
 def _store(settings: Settings):
-    """The migrated ratings store; MissingDependency in one line without bookrec[store]."""
+    """The ratings store (the ingest migrates it once it answers); MissingDependency in one line without
+    bookrec[store]."""
     try:
         from bookrec.ratings.store import RatingsStore
     except ModuleNotFoundError as exc:
         raise MissingDependency(
             f"`bookrec ingest` needs bookrec[store] ({exc.name} is missing): pip install 'bookrec[store]'"
         ) from None
-    store = RatingsStore(settings.database_url)
-    store.upgrade()
-    return store
+    return RatingsStore(settings.database_url)

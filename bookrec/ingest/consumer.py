@@ -21,7 +21,7 @@ from bookrec.ratings.store import RatingsStore
 from bookrec.shared.errors import BadEvent, RatingsStoreError, ValidationError
 from bookrec.shared.keys import Keys
 from bookrec.shared.ratings import REASON, RatingEvent, entry_time_ms, parse_event
-from bookrec.shared.redis_conn import CONNECTION_ERRORS
+from bookrec.shared.redis_conn import CONNECTION_ERRORS, Backoff
 from bookrec.shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 GROUP = "bookrec-ingest"
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
+RETRIED = (RatingsStoreError, *CONNECTION_ERRORS)
+"""What the ingest waits out with backoff: the store or Redis not answering (or refusing a statement)."""
 
 Entry = tuple[str, dict[bytes, bytes] | None]
 """A stream entry as read: its id and fields (None for an entry deleted while it was pending)."""
@@ -182,19 +184,19 @@ class Ingest:
         return result
 
     def run(self) -> None:
-        """Process batches until `stop` is set (checked after each batch). While the store or Redis is down, log and
-        retry with backoff: the entries wait in the stream, unacknowledged."""
-        self.ensure_group()
+        """Process batches until `stop` is set (checked after each batch). While the store or Redis is down, at the
+        start (migrating the store, creating the group) or later, log and retry with backoff: the entries wait in
+        the stream, unacknowledged."""
+        backoff = Backoff(log, BACKOFF_START_S, BACKOFF_MAX_S)
+        if not self._start(backoff):
+            return
         log.info("ingest %s reads %s in group %s", self.name, self.keys.ratings_stream, GROUP)
-        delay = BACKOFF_START_S
         while not self.stop.is_set():
             try:
                 self.step(self.settings.ingest_block_ms)
-                delay = BACKOFF_START_S
-            except (RatingsStoreError, *CONNECTION_ERRORS) as exc:
-                log.warning("ingest paused, retrying in %.1f s: %s", delay, exc)
-                self.stop.wait(delay)
-                delay = min(delay * 2, BACKOFF_MAX_S)
+                backoff.reset()
+            except RETRIED as exc:
+                backoff.pause("ingest paused", exc, self.stop)
             except redis.ResponseError:
                 if self._group_exists():
                     raise
@@ -203,6 +205,19 @@ class Ingest:
                 )
                 self.ensure_group()
         log.info("ingest %s stopped", self.name)
+
+    def _start(self, backoff: Backoff) -> bool:
+        """Create the group and migrate the store, retrying while either is down; False if stopped meanwhile."""
+        while not self.stop.is_set():
+            try:
+                self.ensure_group()
+                self.store.upgrade()
+                backoff.reset()
+                return True
+            except RETRIED as exc:
+                backoff.pause("ingest cannot start yet", exc, self.stop)
+        log.info("ingest %s stopped before it started", self.name)
+        return False
 
 
 def dead_letters(client: redis.Redis, keys: Keys, count: int | None = None) -> list[DeadLetter]:

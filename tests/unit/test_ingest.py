@@ -12,6 +12,7 @@ import fakeredis
 import pytest
 
 from bookrec import cli
+from bookrec.ingest import consumer
 from bookrec.ingest.consumer import GROUP, Ingest, dead_letters, replay
 from bookrec.ratings.store import RatingsStore
 from bookrec.shared.errors import RatingsStoreError
@@ -129,6 +130,42 @@ def test_a_failing_store_acknowledges_nothing_and_the_batch_is_retried(
     result = ingest.step()  # this consumer's own pending entries first
 
     assert (result.read, result.applied, result.dead) == (2, 1, 1)
+    assert redis.xpending(STREAM, GROUP)["pending"] == 0
+
+
+def test_an_ingest_started_while_the_store_is_down_waits_with_backoff_then_applies_everything(
+    ingest: Ingest,
+    redis: fakeredis.FakeRedis,
+    store: RatingsStore,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    add(redis, user_id="1", book_id="10", rating="4")
+    add(redis, user_id="2", book_id="10", rating="9")
+    migrate, seen_while_down = store.upgrade, []
+
+    def down_twice() -> str:
+        if len(seen_while_down) < 2:
+            seen_while_down.append((redis.xlen(STREAM), redis.xpending(STREAM, GROUP)["pending"], redis.xlen(DEAD)))
+            raise RatingsStoreError("ratings store at postgresql+psycopg://u:***@db/x failed: Connection refused")
+        return migrate()
+
+    monkeypatch.setattr(store, "upgrade", down_twice)
+    monkeypatch.setattr(consumer, "BACKOFF_START_S", 0.1)
+    ingest.settings = ingest.settings.with_overrides(ingest_block_ms=20)
+    runner = threading.Thread(target=ingest.run)
+    with caplog.at_level("WARNING", logger=consumer.__name__):
+        runner.start()
+        try:
+            wait_for(lambda: live(store) == {("1", "10"): 4.0} and redis.xlen(DEAD) == 1)
+        finally:
+            ingest.stop.set()
+            runner.join(10)
+
+    assert seen_while_down == [(2, 0, 0), (2, 0, 0)], "while the store is down nothing is read, acked or dead"
+    retries = [r.getMessage() for r in caplog.records if "ingest cannot start yet" in r.getMessage()]
+    assert [m.rsplit("retrying in ", 1)[1] for m in retries] == ["0.1 s", "0.2 s"], "the pause doubles"
+    assert all("RatingsStoreError: ratings store at postgresql+psycopg://u:***@db/x failed" in m for m in retries)
     assert redis.xpending(STREAM, GROUP)["pending"] == 0
 
 
