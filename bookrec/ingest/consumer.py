@@ -207,11 +207,12 @@ class Ingest:
         log.info("ingest %s stopped", self.name)
 
     def _start(self, backoff: Backoff) -> bool:
-        """Create the group and migrate the store, retrying while either is down; False if stopped meanwhile."""
+        """Migrate the store, then create the group (so a group means a ready ingest), retrying while either is
+        down; False if stopped meanwhile."""
         while not self.stop.is_set():
             try:
-                self.ensure_group()
                 self.store.upgrade()
+                self.ensure_group()
                 backoff.reset()
                 return True
             except RETRIED as exc:
