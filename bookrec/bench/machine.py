@@ -70,12 +70,8 @@ def idle_load(seconds: float = 1.0) -> float:
     return meter.cores_used_by_others()
 
 
-def describe(redis_version: str | None) -> dict[str, Any]:
-    """Date, cores, CPU model, load average and software versions, as they are now."""
-    import numpy
-    import rq
-    import tensorflow as tf
-
+def host() -> dict[str, Any]:
+    """Date, cores, CPU model, memory, load average and Python's version, as they are now (imports no TensorFlow)."""
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cores": os.cpu_count(),
@@ -84,6 +80,17 @@ def describe(redis_version: str | None) -> dict[str, Any]:
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "load_average": list(os.getloadavg()),
         "python": platform.python_version(),
+    }
+
+
+def describe(redis_version: str | None) -> dict[str, Any]:
+    """`host()` and the versions of TensorFlow, numpy, RQ and the Redis server."""
+    import numpy
+    import rq
+    import tensorflow as tf
+
+    return {
+        **host(),
         "tensorflow": tf.__version__,
         "numpy": numpy.__version__,
         "rq": rq.__version__,

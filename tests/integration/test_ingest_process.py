@@ -5,11 +5,7 @@ BOOKREC_INGEST_CLAIM_S and applied exactly once; SIGTERM stops it cleanly."""
 
 from __future__ import annotations
 
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -17,10 +13,11 @@ from typing import Callable, Iterator
 import pytest
 import redis
 
+from bookrec.bench.ingest_mix import IngestProcess, ingest_env
 from bookrec.ingest.consumer import GROUP
 from bookrec.ratings.store import RatingsStore
 from bookrec.shared.keys import Keys
-from tests.conftest import REPO, TEST_REDIS_URL
+from tests.conftest import TEST_REDIS_URL
 
 pytestmark = pytest.mark.integration
 KEYS = Keys()
@@ -33,30 +30,22 @@ def database(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def start_ingest(database: str, tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen]]:
-    """Start `bookrec ingest` processes (claim after 1 s, 100 ms blocking reads); kill any left at the end."""
-    started: list[subprocess.Popen] = []
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BOOKREC_")}
-    env.update(
-        BOOKREC_REDIS_URL=TEST_REDIS_URL,
-        BOOKREC_DATABASE_URL=database,
-        BOOKREC_INGEST_CLAIM_S="1",
-        BOOKREC_INGEST_BLOCK_MS="100",
-    )
+def start_ingest(database: str, tmp_path: Path) -> Iterator[Callable[..., IngestProcess]]:
+    """Start `bookrec ingest` processes on `database` (claim after 1 s, 100 ms blocking reads), on the test Redis or
+    `redis_url`, with `settings` added to their environment; kill any left at the end."""
+    started: list[IngestProcess] = []
 
-    def start() -> subprocess.Popen:
-        log = open(tmp_path / f"ingest-{len(started)}.log", "w")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bookrec", "ingest"], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
-        )
+    def start(redis_url: str = TEST_REDIS_URL, **settings: str) -> IngestProcess:
+        env = ingest_env(redis_url, database, BOOKREC_INGEST_CLAIM_S="1", BOOKREC_INGEST_BLOCK_MS="100", **settings)
+        process = IngestProcess(env, tmp_path / f"ingest-{len(started)}.log")
         started.append(process)
         return process
 
     yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+    for ingest in started:
+        if ingest.exit_code() is None:
+            ingest.process.kill()
+            ingest.process.wait(10)
 
 
 def live(database: str) -> dict[tuple[str, str], float]:
@@ -95,8 +84,8 @@ def test_a_restarted_ingest_claims_a_dead_consumers_entries_and_applies_them_onc
     redis_client.xadd(STREAM, {"user_id": "1", "book_id": "11", "rating": "70"})
     wait_for(lambda: live(database) == {("1", "10"): 4.0}, "the first events to be applied")
     wait_for(lambda: redis_client.xlen(DEAD) == 1, "the bad event to be dead-lettered")
-    first.send_signal(signal.SIGKILL)
-    first.wait(10)
+    first.process.kill()
+    first.process.wait(10)
 
     redis_client.xadd(STREAM, {"user_id": "1", "book_id": "10", "rating": "2", "ts": "200", "event_id": "e-1"})
     redis_client.xadd(STREAM, {"user_id": "2", "book_id": "10", "rating": "5"})
@@ -119,8 +108,7 @@ def test_a_restarted_ingest_claims_a_dead_consumers_entries_and_applies_them_onc
     wait_for(lambda: acknowledged(redis_client, resent), "the resent event to be acknowledged")
     assert live(database) == {("1", "10"): 2.0, ("2", "10"): 5.0}, "an event_id applied before changes nothing"
 
-    second.send_signal(signal.SIGTERM)
-    assert second.wait(15) == 0
+    assert second.stop(15) == 0, "SIGTERM stops it cleanly"
 
 
 def test_an_ingest_killed_between_reading_and_acking_loses_nothing_and_applies_once(
@@ -137,8 +125,8 @@ def test_an_ingest_killed_between_reading_and_acking_loses_nothing_and_applies_o
         batch.xadd(STREAM, {"user_id": "7", "book_id": "9", "rating": "-1"})
         batch.execute()
         wait_for(lambda: redis_client.xpending(STREAM, GROUP)["pending"] == 6, "the ingest to read the batch")
-        first.send_signal(signal.SIGKILL)  # read, committing, not acknowledged
-        first.wait(10)
+        first.process.kill()  # read, committing, not acknowledged
+        first.process.wait(10)
     finally:
         lock.execute("ROLLBACK")
         lock.close()
@@ -151,5 +139,4 @@ def test_an_ingest_killed_between_reading_and_acking_loses_nothing_and_applies_o
     assert [fields[b"reason"] for _, fields in redis_client.xrange(DEAD)] == [
         b"rating '-1' is outside the scale 0.5 to 5"
     ]
-    second.send_signal(signal.SIGTERM)
-    assert second.wait(15) == 0
+    assert second.stop(15) == 0, "SIGTERM stops it cleanly"

@@ -1,4 +1,5 @@
-"""A worker supervisor in a subprocess, for the programs that run the service themselves: the demo, the benchmark, the tests.
+"""bookrec programs in subprocesses, for the programs that run the service themselves: the demo, the benchmarks, the
+tests.
 
 Imports no TensorFlow: the supervisor it starts (`python -m bookrec.worker.serve.supervisor`, what
 `bookrec worker` runs) runs each worker in a fresh interpreter.
@@ -11,37 +12,24 @@ import sys
 from pathlib import Path
 
 
-class WorkerProcesses:
-    """A supervisor of N worker processes on queues Q in a subprocess, its output in `log` (appended)."""
+class ChildProcess:
+    """A bookrec program (`command`) in a subprocess with `env`, its output in `log` (appended)."""
 
-    def __init__(self, env: dict[str, str], queues: str, processes: int, log: Path | None = None) -> None:
-        self.queues, self.processes, self.log = queues, processes, log
+    def __init__(self, command: list[str], env: dict[str, str], log: Path | None = None) -> None:
+        self.log = log
         out = open(log, "ab") if log else subprocess.DEVNULL
         try:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bookrec.worker.serve.supervisor",
-                    "--queues",
-                    queues,
-                    "--processes",
-                    str(processes),
-                ],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+            self.process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
         finally:
             if log:
                 out.close()
 
     def exit_code(self) -> int | None:
-        """The supervisor's exit code, or None while it runs."""
+        """The process's exit code, or None while it runs."""
         return self.process.poll()
 
     def stop(self, timeout: float = 60.0) -> int:
-        """SIGTERM the supervisor (each worker finishes its job), wait, kill it if it hangs; return its exit code."""
+        """SIGTERM the process (it finishes what it is doing), wait, kill it if it hangs; return its exit code."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -54,3 +42,12 @@ class WorkerProcesses:
     def log_tail(self, chars: int = 3000) -> str:
         """The end of the log, for error messages."""
         return self.log.read_text(errors="replace")[-chars:] if self.log and self.log.exists() else "(no log)"
+
+
+class WorkerProcesses(ChildProcess):
+    """A supervisor of N worker processes on queues Q in a subprocess, its output in `log` (appended)."""
+
+    def __init__(self, env: dict[str, str], queues: str, processes: int, log: Path | None = None) -> None:
+        self.queues, self.processes = queues, processes
+        command = [sys.executable, "-m", "bookrec.worker.serve.supervisor", "--queues", queues]
+        super().__init__([*command, "--processes", str(processes)], env, log)
