@@ -1,7 +1,8 @@
 """A private `redis-server` for tests that stop Redis, restart it empty, or need a password, ACL user or TLS.
 
-Each server runs on a free port with no persistence (so a restart comes back empty) and logs
-to a file; `start` returns once the log says it accepts connections. `make_certificates` writes
+Each server runs on a free port with no persistence (so a restart comes back empty) unless `extra` turns it on
+(`--appendonly yes`: a restart in the same workdir reloads the data), and logs to a file; `start` returns once the
+log says it accepts connections (after loading its data). `make_certificates` writes
 a throw-away CA and a server certificate for 127.0.0.1 with the openssl command.
 """
 
@@ -40,7 +41,8 @@ class RedisServer:
         return f"{scheme}://{at}127.0.0.1:{self.port}/{db}"
 
     def start(self, timeout: float = 10.0) -> None:
-        """Start (or restart, on the same port and empty) and wait until it accepts connections."""
+        """Start (or restart, on the same port: empty, or with the data its persistence kept) and wait until it
+        accepts connections."""
         self.starts += 1
         log = self.workdir / f"redis-{self.port}-{self.starts}.log"
         command = [
@@ -74,6 +76,12 @@ class RedisServer:
         """Stop the server (SIGTERM; nothing is saved) and wait for it to exit."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
+            self.process.wait(timeout=10)
+
+    def kill(self) -> None:
+        """Kill the server (SIGKILL, as a crash: only what its persistence already wrote survives) and wait."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
             self.process.wait(timeout=10)
 
     def _port_args(self) -> list[str]:
