@@ -53,7 +53,7 @@ def waiting(client: redis.Redis) -> int:
 
 def test_events_sent_while_no_ingest_runs_survive_a_redis_crash_and_are_ingested_after_it(
     aof_redis: RedisServer,
-    start_ingest,
+    start_ingest,  # noqa: F811
     database: str,  # noqa: F811
 ) -> None:
     client = redis.Redis.from_url(aof_redis.url())
@@ -80,7 +80,7 @@ def test_events_sent_while_no_ingest_runs_survive_a_redis_crash_and_are_ingested
 
 def test_redis_crashing_mid_ingest_comes_back_from_its_aof_and_the_ingest_carries_on(
     aof_redis: RedisServer,
-    start_ingest,
+    start_ingest,  # noqa: F811
     database: str,  # noqa: F811
 ) -> None:
     client = redis.Redis.from_url(aof_redis.url())
