@@ -306,8 +306,8 @@ def run(
             result.seconds = round(time.monotonic() - started, 2)
         finally:
             for ingest in ingests:
-                ingest.process.terminate()  # all at once; each stops after its current batch
-            result.exit_codes = [p.stop(30) for p in ingests]
+                ingest.process.terminate()  # all at once, and once: each stops after its current batch
+            result.exit_codes = [p.wait(30) for p in ingests]
         result.entries_per_s = round(mix.entries / result.seconds, 1)
         result.other_cores = round(meter.cores_used_by_others(), 2)
         _tally(result, client, keys, store, mix, ids)

@@ -32,11 +32,15 @@ class ChildProcess:
         """SIGTERM the process (it finishes what it is doing), wait, kill it if it hangs; return its exit code."""
         if self.process.poll() is None:
             self.process.terminate()
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        """Wait for the process to exit, kill it if it has not within `timeout` seconds; return its exit code."""
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
         return self.process.returncode
 
     def log_tail(self, chars: int = 3000) -> str:
