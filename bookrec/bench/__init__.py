@@ -8,4 +8,6 @@
 - `figures.py`: the figures, their targets and the table.
 - `harness.py`: runs everything in order and returns a `Report`.
 - `load.py`: `python -m bookrec.bench.load`, N single-user jobs each followed to its end (none failed or lost).
+- `ingest_mix.py`: `python -m bookrec.bench.ingest_mix`, N rating events (5% bad, duplicates, out of order) through
+  2 `bookrec ingest` processes, each one counted (none lost or applied twice); its mix is the ingest tests' too.
 """
