@@ -308,7 +308,7 @@ def run(
             for ingest in ingests:
                 ingest.process.terminate()  # all at once, and once: each stops after its current batch
             result.exit_codes = [p.wait(30) for p in ingests]
-        result.entries_per_s = round(mix.entries / result.seconds, 1)
+        result.entries_per_s = round(mix.entries / result.seconds, 1) if result.seconds else 0.0
         result.other_cores = round(meter.cores_used_by_others(), 2)
         _tally(result, client, keys, store, mix, ids)
         return result
@@ -526,8 +526,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bookrec.bench.ingest_mix", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=100_000, metavar="N", help="events in the mix (default: 100,000)")
-    parser.add_argument("--processes", type=int, default=2, metavar="P", help="ingest processes (default: 2)")
+    parser.add_argument(
+        "--events", type=_count, default=100_000, metavar="N", help="events in the mix (default: 100,000)"
+    )
+    parser.add_argument("--processes", type=_count, default=2, metavar="P", help="ingest processes (default: 2)")
     parser.add_argument(
         "--database-url",
         metavar="URL",
@@ -549,6 +551,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="print the counts as JSON instead of a Markdown table")
     return parser
+
+
+def _count(value: str) -> int:
+    """A whole number of at least 1, for argparse."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {value!r}")
+    return number
 
 
 if __name__ == "__main__":
