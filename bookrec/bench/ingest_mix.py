@@ -42,7 +42,7 @@ from bookrec.shared.keys import Keys
 from bookrec.shared.ratings import BOOK_ID, EVENT_ID, OP, OP_DELETE, OP_RATE, RATING, REASON, TS, USER_ID
 from bookrec.shared.redis_conn import text
 from bookrec.shared.settings import Settings, redact_url
-from bookrec.worker.serve.launch import ChildProcess
+from bookrec.worker.serve.launch import IngestProcess
 
 SEQ = "mix_seq"
 """The extra field naming the event an entry belongs to (ignored by the ingest, kept in a dead letter)."""
@@ -227,13 +227,6 @@ def _newer_copy(event: MixEvent, ts: float) -> Fields:
     rating = 5.0 if event.rating != 5.0 else 1.0
     return {SEQ: str(event.seq), USER_ID: event.user_id, BOOK_ID: event.book_id, RATING: repr(rating),
             TS: str(int(ts)), EVENT_ID: str(event.fields[EVENT_ID])}  # fmt: skip
-
-
-class IngestProcess(ChildProcess):
-    """One real `bookrec ingest` process (`python -m bookrec ingest`) with `env`, its output in `log`."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        super().__init__([sys.executable, "-m", "bookrec", "ingest"], env, log)
 
 
 def ingest_env(redis_url: str, database_url: str, **settings: str) -> dict[str, str]:

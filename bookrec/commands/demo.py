@@ -26,14 +26,15 @@ import redis
 from bookrec.commands.common import needs_worker_side, table
 from bookrec.shared.errors import BookrecError
 from bookrec.shared.keys import Keys
-from bookrec.shared.payloads import RATINGS_FILE
 from bookrec.shared.settings import redact_url
 from bookrec.shared.worker_state import read_all as worker_states
-from bookrec.worker.serve.launch import WorkerProcesses
+from bookrec.worker.serve.launch import IngestProcess, WorkerProcesses
 
 DEMO_ROOT = Path("var/demo")
 REAL_BOOKS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "goodbooks" / "books.csv"
 DEMO_USERS = ["1", "2", "3", "no-such-reader"]
+DEMO_DB = "bookrec.db"
+"""The demo's ratings store: a SQLite file under DEMO_ROOT."""
 DEMO_PREFIX = "demo:"
 DEMO_KEYS = Keys(DEMO_PREFIX)
 MARK_KEY = f"{DEMO_PREFIX}written-by"
@@ -165,6 +166,62 @@ def _wait_for_version(client: redis.Redis, version: str, count: int, timeout: fl
     raise TimeoutError(f"workers did not load {version} within {timeout} s (see {DEMO_ROOT}/workers.log)")
 
 
+def _wait_for_ingest(client: redis.Redis, ingest: IngestProcess, timeout: float = 60) -> None:
+    """Return once the ingest has migrated the store and joined its consumer group on the ratings stream."""
+    from bookrec.ingest.consumer import GROUP
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and ingest.exit_code() is None:
+        try:
+            if any(g["name"].decode() == GROUP for g in client.xinfo_groups(DEMO_KEYS.ratings_stream)):
+                return
+        except redis.exceptions.ResponseError:  # no stream yet
+            pass
+        time.sleep(0.05)
+    raise BookrecError(f"the ingest did not start within {timeout:.0f} s (see {DEMO_ROOT}/ingest.log)")
+
+
+def _rate_through_the_stream(client, env: dict[str, str], timeout: float = 60) -> None:
+    """Rate reader 1's top three books, take one rating back and send one bad event; wait until the ingest has
+    committed them and dead-lettered the bad one, then show the store's rows and the dead stream."""
+    import sqlalchemy as sa
+
+    from bookrec.ratings.schema import ratings
+    from bookrec.ratings.store import RatingsStore
+
+    books = [str(item["book_id"]) for item in client.get("1").entry["items"][:3]]
+    sent = time.monotonic()
+    ids = client.rate_many([{"user_id": "1", "book_id": b, "rating": r} for b, r in zip(books, (5, 4, 2))])
+    ids.append(client.unrate("1", books[2]))
+    client.redis.xadd(DEMO_KEYS.ratings_stream, {"user_id": "1", "book_id": books[0], "rating": "9"})  # off the scale
+    print(f"sent 3 ratings and 1 delete of reader 1 (stream ids {ids[0]} … {ids[-1]}) and 1 bad event (rating 9)")
+    store = RatingsStore(env["BOOKREC_DATABASE_URL"])
+    try:
+        while store.last_stream_id() != ids[-1] or not client.redis.xlen(DEMO_KEYS.ratings_dead):
+            if time.monotonic() - sent > timeout:
+                raise BookrecError(
+                    f"the ingest did not commit the demo's ratings within {timeout:.0f} s (see {DEMO_ROOT}/ingest.log)"
+                )
+            time.sleep(0.01)
+        print(f"committed to the ratings store {1000 * (time.monotonic() - sent):.0f} ms after the first XADD")
+        with store.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(ratings.c.book_id, ratings.c.rating)
+                .where(ratings.c.user_id == "1", ratings.c.book_id.in_(books))
+                .order_by(ratings.c.book_id)
+            ).all()
+    finally:
+        store.close()
+    print(
+        table(
+            ["book", "rating (empty: deleted)"],
+            [[r.book_id, "" if r.rating is None else f"{r.rating:g}"] for r in rows],
+        )
+    )
+    print("the dead stream keeps the bad event with its reason (`bookrec ingest dead`):")
+    _bookrec("ingest", "dead", env=env)
+
+
 def _print_lists(entries: list[dict | None]) -> None:
     for entry in entries:
         if entry is None:
@@ -183,12 +240,15 @@ def run(args: argparse.Namespace) -> int:
     needs_worker_side("bookrec demo")
     import json
 
+    from bookrec.model_store.store import ModelStore
     from bookrec.producer.client import Client
     from bookrec.shared.settings import Settings
 
     if not args.keep and DEMO_ROOT.exists():
         shutil.rmtree(DEMO_ROOT / "data", ignore_errors=True)
         shutil.rmtree(DEMO_ROOT / "models", ignore_errors=True)
+        for part in ("", "-wal", "-shm"):
+            (DEMO_ROOT / f"{DEMO_DB}{part}").unlink(missing_ok=True)
     DEMO_ROOT.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         url = stack.enter_context(_redis())
@@ -197,6 +257,7 @@ def run(args: argparse.Namespace) -> int:
             "BOOKREC_REDIS_URL": url,
             "BOOKREC_MODEL_STORE": str((DEMO_ROOT / "models").resolve()),
             "BOOKREC_DATA_DIR": str((DEMO_ROOT / "data").resolve()),
+            "BOOKREC_DATABASE_URL": f"sqlite:///{(DEMO_ROOT / DEMO_DB).resolve()}",
             "BOOKREC_KEY_PREFIX": DEMO_PREFIX,
             "BOOKREC_LOG_LEVEL": "WARNING",
         }
@@ -209,27 +270,38 @@ def run(args: argparse.Namespace) -> int:
         books_from = ["--books-from", str(REAL_BOOKS)] if REAL_BOOKS.exists() else []
         _bookrec("data", "synth", "--preset", "small", "--out", env["BOOKREC_DATA_DIR"], *books_from, env=env)
 
-        _step("2. train the default ranking model and promote it")
         data = Path(env["BOOKREC_DATA_DIR"])
-        _bookrec(
-            "train", "--ratings", str(data / "ratings.csv"), "--books", str(data / "books.csv"), "--promote", env=env
-        )
+        _step("2. import the ratings and books into the ratings store (SQLite, WAL mode)")
+        _bookrec("db", "upgrade", env=env)
+        _bookrec("data", "import", str(data / "ratings.csv"), env=env)
+        _bookrec("data", "import-books", str(data / "books.csv"), env=env)
+
+        _step("3. train the default ranking model on the store's snapshot and promote it")
+        _bookrec("train", "--books", str(data / "books.csv"), "--promote", env=env)
         first = client.redis.get(DEMO_KEYS.model_current).decode()
 
-        _step("3. start 2 worker processes (recommend, refresh) and a trainer (retrain)")
+        _step("4. start 2 worker processes (recommend, refresh) and a trainer (retrain)")
         workers = _workers({**env, "BOOKREC_TF_THREADS": "1"}, "recommend,refresh", 2, DEMO_ROOT / "workers.log")
         trainer = _workers({**env, "BOOKREC_TF_THREADS": "0"}, "retrain", 1, DEMO_ROOT / "trainer.log")
         stack.callback(_stop, [workers, trainer])
         print(f"workers ready in {_wait_for_version(client.redis, first, 2):.1f} s with model {first}")
 
-        _step(f"4. request recommendations for users {', '.join(DEMO_USERS)} and read them back from the cache")
+        _step(f"5. request recommendations for users {', '.join(DEMO_USERS)} and read them back from the cache")
         client.recommend(DEMO_USERS, n=10, wait=True, timeout=60)
         raw = client.redis.get(DEMO_KEYS.recs("1"))
         print(f"plain GET {DEMO_KEYS.recs('1')} -> {len(raw)} bytes of JSON: {raw[:120].decode()}...")
         _print_lists([client.get(u).entry for u in DEMO_USERS])
 
-        _step("5. retrain (forced past the gate so the swap always shows) while recommend jobs keep flowing")
-        job = client.retrain(force=True, ratings=RATINGS_FILE)  # the demo's file, never a ratings store
+        _step("6. rate books through the stream: a `bookrec ingest` process commits them to the ratings store")
+        ingest = IngestProcess(env, DEMO_ROOT / "ingest.log")
+        stack.callback(ingest.stop)
+        _wait_for_ingest(client.redis, ingest)
+        _rate_through_the_stream(client, env)
+
+        _step(
+            "7. retrain on the store (forced past the gate so the swap always shows) while recommend jobs keep flowing"
+        )
+        job = client.retrain(force=True)  # no ratings file: one snapshot of the ratings store
         served = 0
         while job.get_status(refresh=True).value not in ("finished", "failed"):
             client.recommend([str(1 + served % 50)], n=10, wait=True, timeout=60)
@@ -238,6 +310,11 @@ def run(args: argparse.Namespace) -> int:
         second = result["version"]
         swap_s = _wait_for_version(client.redis, second, 2)
         print(f"candidate {second}: {result['decision']['reason']}")
+        snapshot = ModelStore(Path(env["BOOKREC_MODEL_STORE"])).metadata(second)["snapshot"]
+        print(
+            f"it learned from one snapshot of the ratings store: {snapshot['rows']:,} ratings of {snapshot['users']:,} "
+            f"readers, through stream id {snapshot['last_stream_id']}"
+        )
         print(
             f"every worker serves {second} {swap_s:.1f} s after the retrain finished; {served} recommend jobs ran meanwhile"
         )
@@ -253,8 +330,8 @@ def run(args: argparse.Namespace) -> int:
             )
         )
 
-        _step("6. stop the workers (SIGTERM: each finishes its current job)")
-        codes = _stop([workers, trainer])
+        _step("8. stop the workers and the ingest (SIGTERM: each finishes its current job)")
+        codes = _stop([workers, trainer]) + [ingest.stop()]
         print(f"workers stopped with exit codes {codes}")
         ok = status["failed_jobs"] == 0 and after["model_version"] == second and all(c == 0 for c in codes)
         print("\ndemo finished: " + ("OK" if ok else "something went wrong (see var/demo/*.log)"))

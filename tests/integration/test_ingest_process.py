@@ -13,10 +13,11 @@ from typing import Callable, Iterator
 import pytest
 import redis
 
-from bookrec.bench.ingest_mix import IngestProcess, ingest_env
+from bookrec.bench.ingest_mix import ingest_env
 from bookrec.ingest.consumer import GROUP
 from bookrec.ratings.store import RatingsStore
 from bookrec.shared.keys import Keys
+from bookrec.worker.serve.launch import IngestProcess
 from tests.conftest import TEST_REDIS_URL
 
 pytestmark = pytest.mark.integration

@@ -55,3 +55,10 @@ class WorkerProcesses(ChildProcess):
         self.queues, self.processes = queues, processes
         command = [sys.executable, "-m", "bookrec.worker.serve.supervisor", "--queues", queues]
         super().__init__([*command, "--processes", str(processes)], env, log)
+
+
+class IngestProcess(ChildProcess):
+    """One real `bookrec ingest` process (`python -m bookrec ingest`) with `env`, its output in `log`."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        super().__init__([sys.executable, "-m", "bookrec", "ingest"], env, log)
