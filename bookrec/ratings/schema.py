@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-ID_LENGTH = 64
+ID_LENGTH = 128
 """Longest user, book, event or stream id the store keeps."""
 
 metadata = sa.MetaData()

@@ -532,7 +532,7 @@ _MERGE = sa.text(
 def _copy_merge(conn: Connection, rows: Iterable[tuple[str, str, float, float]], now: float) -> None:
     """PostgreSQL: COPY `rows` into a temporary table (dropped at commit), then merge it with one statement."""
     conn.exec_driver_sql(
-        "CREATE TEMPORARY TABLE bookrec_import (seq bigint, user_id varchar(64), book_id varchar(64), "
+        f"CREATE TEMPORARY TABLE bookrec_import (seq bigint, user_id varchar({ID_LENGTH}), book_id varchar({ID_LENGTH}), "
         "rating double precision, ts double precision) ON COMMIT DROP"
     )
     with conn.connection.driver_connection.cursor() as cursor:

@@ -17,6 +17,7 @@ from tests.unit.test_ratings_store import (  # noqa: F401  (collected here again
     test_a_failing_batch_changes_nothing,
     test_a_redelivered_event_id_or_stream_id_never_changes_the_store_twice,
     test_a_snapshot_is_one_consistent_read_while_batches_are_applied,
+    test_a_store_made_at_0001_keeps_its_rows_and_takes_128_character_ids_after_the_upgrade,
     test_an_event_seen_under_either_of_its_ids_is_a_duplicate,
     test_books_from_a_goodbooks_csv_are_upserted,
     test_changed_since_counts_the_rows_written_after_a_moment_tombstones_included,

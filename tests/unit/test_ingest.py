@@ -14,6 +14,7 @@ import pytest
 from bookrec import cli
 from bookrec.ingest import consumer
 from bookrec.ingest.consumer import GROUP, Ingest, dead_letters, replay
+from bookrec.ratings import store as store_module
 from bookrec.ratings.store import RatingsStore
 from bookrec.shared.errors import RatingsStoreError
 from bookrec.shared.settings import Settings
@@ -50,18 +51,32 @@ def test_good_and_bad_events_in_one_batch(ingest: Ingest, redis: fakeredis.FakeR
     bad_rating = add(redis, user_id="1", book_id="11", rating="7")
     add(redis, user_id="2", book_id="10", rating="3.5")
     add(redis, user_id="2", book_id="12")
-    add(redis, user_id="3", book_id="b" * 100, rating="2")  # fine for the stream, too long for the store
+    add(redis, user_id="3", book_id="b" * 128, rating="2")  # the longest id the stream's contract allows
 
     result = ingest.step()
 
-    assert (result.read, result.applied, result.dead) == (5, 2, 3)
-    assert live(store) == {("1", "10"): 4.0, ("2", "10"): 3.5}
+    assert (result.read, result.applied, result.dead) == (5, 3, 2)
+    assert live(store) == {("1", "10"): 4.0, ("2", "10"): 3.5, ("3", "b" * 128): 2.0}
     letters = dead_letters(redis, ingest.keys)
-    assert [x.reason for x in letters[:2]] == ["rating '7' is outside the scale 0.5 to 5", "missing rating"]
-    assert "must be 1 to 64 characters" in letters[2].reason
+    assert [x.reason for x in letters] == ["rating '7' is outside the scale 0.5 to 5", "missing rating"]
     assert letters[0].fields == {b"user_id": b"1", b"book_id": b"11", b"rating": b"7"}
     assert letters[0].stream_id != bad_rating  # a new entry in the dead stream
     assert redis.xpending(STREAM, GROUP)["pending"] == 0, "every entry, good or bad, is acknowledged"
+
+
+def test_an_event_the_store_refuses_is_dead_alone_and_the_rest_of_its_batch_lands(
+    ingest: Ingest, redis: fakeredis.FakeRedis, store: RatingsStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "ID_LENGTH", 64)  # a store whose rule is narrower than the stream's
+    add(redis, user_id="1", book_id="10", rating="4")
+    add(redis, user_id="3", book_id="b" * 100, rating="2")
+    add(redis, user_id="2", book_id="10", rating="3.5")
+
+    result = ingest.step()
+
+    assert (result.read, result.applied, result.dead) == (3, 2, 1)
+    assert live(store) == {("1", "10"): 4.0, ("2", "10"): 3.5}
+    assert "must be 1 to 64 characters" in dead_letters(redis, ingest.keys)[0].reason
 
 
 def test_a_redelivered_entry_changes_the_store_once(

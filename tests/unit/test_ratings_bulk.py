@@ -81,7 +81,7 @@ def test_an_import_merges_with_the_store_as_events_do_the_latest_ts_winning(stor
     "bad, problem",
     [
         (("u", "b"), "('u', 'b') is not (user_id, book_id, rating[, ts])"),
-        (("u" * 65, "b", 1.0), "user_id 'uuu"),
+        (("u" * 129, "b", 1.0), "user_id 'uuu"),
         (("u", "", 1.0), "book_id ''"),
         (("u", "b", float("nan")), "rating nan is not a finite number"),
         (("u", "b", "four"), "rating 'four' is not a finite number"),

@@ -208,7 +208,29 @@ def test_the_migrations_build_exactly_the_schema_in_schema_py(store: RatingsStor
 
     with store.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
-    assert store.upgrade() == "0001", "upgrading again is a no-op"
+    assert store.upgrade() == "0002", "upgrading again is a no-op"
+
+
+def test_a_store_made_at_0001_keeps_its_rows_and_takes_128_character_ids_after_the_upgrade(
+    store: RatingsStore,
+) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from bookrec.ratings.store import MIGRATIONS
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with store.engine.begin() as conn:  # back to the first schema, as a store made before 0002 is
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0001")
+    store.apply([rate("u" * 64, "b", 4.0, 10.0, event_id="e1")])
+
+    assert store.upgrade() == "0002"
+    store.apply([rate("u" * 128, "b" * 128, 3.0, 11.0, event_id="e" * 128)])
+
+    assert sorted(store.snapshot().rows) == [("u" * 64, "b", 4.0), ("u" * 128, "b" * 128, 3.0)]
+    assert store.apply([rate("u" * 64, "b", 5.0, 12.0, event_id="e1")]).duplicate == 1, "applied ids kept"
 
 
 def test_counting_changes_reads_only_the_updated_at_index(store: RatingsStore) -> None:
@@ -237,7 +259,7 @@ def test_bookrec_db_upgrade_migrates_the_configured_store(
 ) -> None:
     monkeypatch.setenv("BOOKREC_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
     assert cli.main(["db", "upgrade"]) == 0
-    assert "is at revision 0001" in capsys.readouterr().out
+    assert "is at revision 0002" in capsys.readouterr().out
     assert RatingsStore(f"sqlite:///{tmp_path / 'cli.db'}").snapshot().summary["rows"] == 0
     monkeypatch.setenv("BOOKREC_DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none")
     assert cli.main(["db", "upgrade"]) == 11
