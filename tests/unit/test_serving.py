@@ -2,7 +2,9 @@
 
 Each kind is trained for two epochs on the tiny catalogue, exported with `ServingModule`, and
 loaded in a separate interpreter that imports only tensorflow and numpy. Its `predict`,
-`top_k` and `recommend` signatures must agree with the in-memory Keras model within 1e-5.
+`top_k` and `recommend` signatures must agree with the in-memory Keras model within 1e-5; so must
+`recommend_history`, which exactly the history-based kinds have, fed each of USERS' training books
+(plus an empty reader) instead of their user index.
 """
 
 from __future__ import annotations
@@ -50,17 +52,26 @@ for kind in sys.argv[2:]:
     top = sig["top_k"](user=tf.constant(inputs["users"]), k=tf.constant(inputs["k"]))
     rec = sig["recommend"](user=tf.constant(inputs["users"]), k=tf.constant(inputs["k"]),
                            exclude_row=tf.constant(inputs["exclude_row"]), exclude_item=tf.constant(inputs["exclude_item"]))
-    np.savez(root + "/" + kind + ".out.npz", rating=predicted["rating"].numpy(), top_items=top["items"].numpy(),
-             top_scores=top["scores"].numpy(), rec_items=rec["items"].numpy(), rec_scores=rec["scores"].numpy())
+    out = dict(rating=predicted["rating"].numpy(), top_items=top["items"].numpy(), top_scores=top["scores"].numpy(),
+               rec_items=rec["items"].numpy(), rec_scores=rec["scores"].numpy(), has_history="recommend_history" in sig)
+    if "recommend_history" in sig:
+        hist = sig["recommend_history"](history_item=tf.constant(inputs["history_item"]),
+                                        history_row=tf.constant(inputs["history_row"]),
+                                        n_readers=tf.constant(inputs["n_readers"]), k=tf.constant(inputs["all_k"]))
+        out.update(hist_items=hist["items"].numpy(), hist_scores=hist["scores"].numpy())
+    np.savez(root + "/" + kind + ".out.npz", **out)
 print(sorted({name.split(".")[0] for name in sys.modules} & {"worker", "shared", "model_store", "producer"}))
 """
 
 
 @dataclass(frozen=True)
 class RoundTrip:
-    """For one kind: the Keras model's scores of every book for USERS, and what plain TF returned."""
+    """For one kind: the Keras model's scores of every book for USERS (and, for history kinds, for an empty
+    reader), each of USERS' training books, and what plain TF returned."""
 
     keras_scores: np.ndarray  # [len(USERS), n_items]
+    empty_reader_scores: np.ndarray | None  # [n_items], history-based kinds only
+    own_books: list[np.ndarray]  # per user of USERS
     served: dict[str, np.ndarray]
 
 
@@ -82,12 +93,16 @@ def round_trips(trained, tmp_path_factory) -> dict[str, RoundTrip]:
     split = make_split(
         TrainRequest(ratings=trained.data_dir / "ratings.csv"), read_ratings(trained.data_dir / "ratings.csv"), None
     )
-    scores = {}
+    scores, empty = {}, {}
     for kind in KINDS:
         spec = get_spec(kind)
         fitted = training.fit(spec, split.train, spec.params({"epochs": 2}), seed=0)
-        export.save(export.ServingModule(fitted.weights), root / kind)
+        export.save(export.serving_module(fitted.weights, history=fitted.history_weights), root / kind)
         scores[kind] = keras_scores(fitted.model, kind, split.train)
+        if spec.history_based:
+            empty[kind] = np.asarray(fitted.model(np.zeros((1, split.train.n_items), np.float32), training=False))[0]
+    own_books = [split.train.by_user().items_of(user) for user in USERS]
+    history_row, history_item = split.train.by_user().rows(USERS)
     np.savez(
         root / "inputs.npz",
         users=USERS,
@@ -96,13 +111,21 @@ def round_trips(trained, tmp_path_factory) -> dict[str, RoundTrip]:
         exclude_item=EXCLUDED[1],
         pair_users=USERS[PAIRS[0]],
         pair_items=PAIRS[1],
+        # USERS' training books, the first pair repeated (counted once), and an empty reader as the last row
+        history_item=np.append(history_item, history_item[0]).astype(np.int32),
+        history_row=np.append(history_row, history_row[0]).astype(np.int32),
+        n_readers=np.int32(len(USERS) + 1),
+        all_k=np.int32(split.train.n_items),
     )
     result = subprocess.run(
         [sys.executable, "-c", PLAIN_TENSORFLOW, str(root), *KINDS], cwd=root, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "[]", "loading the SavedModel imported bookrec code"
-    return {kind: RoundTrip(scores[kind], dict(np.load(root / f"{kind}.out.npz"))) for kind in KINDS}
+    return {
+        kind: RoundTrip(scores[kind], empty.get(kind), own_books, dict(np.load(root / f"{kind}.out.npz")))
+        for kind in KINDS
+    }
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -132,3 +155,46 @@ def test_recommend_masks_excluded_books_before_top_k(round_trips: dict[str, Roun
     np.testing.assert_allclose(trip.served["rec_scores"], -np.sort(-masked, axis=1)[:, :K], rtol=0, atol=TOLERANCE)
     picked = np.take_along_axis(trip.keras_scores, trip.served["rec_items"], axis=1)
     np.testing.assert_allclose(picked, trip.served["rec_scores"], rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_exactly_the_history_based_kinds_have_the_history_signature(
+    round_trips: dict[str, RoundTrip], kind: str
+) -> None:
+    assert bool(round_trips[kind].served["has_history"]) == get_spec(kind).history_based
+
+
+def test_the_default_kind_is_history_based_and_the_rating_kinds_are_not() -> None:
+    assert get_spec(DEFAULT_KIND).history_based
+    assert not any(get_spec(kind).history_based for kind in ("mf", "biased-mf", "deep", "softmax-mf"))
+
+
+def history_kinds() -> list[str]:
+    return [kind for kind in KINDS if get_spec(kind).history_based]
+
+
+@pytest.mark.parametrize("kind", history_kinds())
+def test_recommend_history_on_a_training_readers_books_gives_their_training_time_scores(
+    round_trips: dict[str, RoundTrip], kind: str
+) -> None:
+    trip = round_trips[kind]
+    items, scores = trip.served["hist_items"][: len(USERS)], trip.served["hist_scores"][: len(USERS)]
+
+    for row, own in enumerate(trip.own_books):
+        finite = np.isfinite(scores[row])
+        assert not np.isin(items[row][finite], own).any(), "a reader's own book was recommended"
+        assert finite.sum() == trip.keras_scores.shape[1] - len(own), "an unread book was masked"
+        expected = trip.keras_scores[row][items[row][finite]]
+        np.testing.assert_allclose(scores[row][finite], expected, rtol=0, atol=TOLERANCE)
+        assert np.all(np.diff(scores[row][finite]) <= 0), "not best first"
+
+
+@pytest.mark.parametrize("kind", history_kinds())
+def test_recommend_history_scores_an_empty_history_as_the_model_scores_an_empty_row(
+    round_trips: dict[str, RoundTrip], kind: str
+) -> None:
+    trip = round_trips[kind]
+    items, scores = trip.served["hist_items"][-1], trip.served["hist_scores"][-1]
+
+    assert np.isfinite(scores).all(), "an empty history masks nothing"
+    np.testing.assert_allclose(scores, trip.empty_reader_scores[items], rtol=0, atol=TOLERANCE)

@@ -10,6 +10,15 @@
   (row, item) pairs given (each user's already-rated books) masked out before top-k, so
   excluded items never take a slot. Fewer than k candidates are padded with score -inf.
 
+History-based kinds (`ModelSpec.history_based`) also have:
+
+- `recommend_history(history_item, history_row, n_readers, k)` -> `{"items", "scores"}`: the k best
+  books for each of `n_readers` readers scored from their books, not from a user index. Reader r's
+  books are the `history_item[j]` with `history_row[j] == r` (parallel flat int32 arrays, pairs in any
+  order, repeats counted once; a reader with no pair has an empty history). Each reader's own books are
+  masked out before top-k; fewer than k candidates are padded with score -inf. A training user's books
+  give that user's training-time scores, since the reader is encoded as training encoded them.
+
 `serving_default` is `predict`. Users must be known indices (0..n_users-1); the worker handles
 unknown users with its popularity fallback.
 """
@@ -21,13 +30,16 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from bookrec.worker.learn.models.base import FactorizedWeights, MLPWeights
+from bookrec.worker.learn.models.base import EncoderWeights, FactorizedWeights, MLPWeights
 
 _USERS = tf.TensorSpec([None], tf.int32, name="user")
 _ITEMS = tf.TensorSpec([None], tf.int32, name="item")
 _K = tf.TensorSpec([], tf.int32, name="k")
 _EXCLUDE_ROW = tf.TensorSpec([None], tf.int32, name="exclude_row")
 _EXCLUDE_ITEM = tf.TensorSpec([None], tf.int32, name="exclude_item")
+_HISTORY_ITEM = tf.TensorSpec([None], tf.int32, name="history_item")
+_HISTORY_ROW = tf.TensorSpec([None], tf.int32, name="history_row")
+_N_READERS = tf.TensorSpec([], tf.int32, name="n_readers")
 
 
 def _var(value: np.ndarray, name: str) -> tf.Variable:
@@ -47,9 +59,12 @@ class _Factorized(tf.Module):
 
     def all_items(self, users: tf.Tensor) -> tf.Tensor:
         """[B, n_items] scores."""
-        u = tf.gather(self.user_vectors, users)
-        scores = tf.matmul(u, self.item_vectors, transpose_b=True) + self.item_bias
-        return scores + (tf.gather(self.user_bias, users) + self.global_bias)[:, None]
+        return self.score_vectors(tf.gather(self.user_vectors, users), tf.gather(self.user_bias, users))
+
+    def score_vectors(self, vectors: tf.Tensor, user_bias: tf.Tensor) -> tf.Tensor:
+        """[B, n_items] scores of B readers given by their vectors [B, dim] and biases [B]."""
+        scores = tf.matmul(vectors, self.item_vectors, transpose_b=True) + self.item_bias
+        return scores + (user_bias + self.global_bias)[:, None]
 
     def pairs(self, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
         """[N] scores of parallel (user, item) pairs."""
@@ -90,6 +105,22 @@ class _MLP(tf.Module):
         )
 
 
+class _EncodedHistory(tf.Module):
+    """Readers scored from their books: vector = tanh(unit-L2 multi-hot @ kernel + bias), then a factorized head."""
+
+    def __init__(self, weights: EncoderWeights, items: _Factorized, name: str) -> None:
+        super().__init__(name=name)
+        self.kernel = _var(weights.kernel, "kernel")
+        self.bias = _var(weights.bias, "bias")
+        self.items = items
+
+    def all_items(self, rows: tf.Tensor) -> tf.Tensor:
+        """[B, n_items] scores of the readers whose multi-hot rows over the catalogue are `rows` [B, n_items]."""
+        unit = rows / tf.maximum(tf.sqrt(tf.reduce_sum(tf.square(rows), axis=-1, keepdims=True)), 1e-6)
+        vectors = tf.tanh(tf.matmul(unit, self.kernel) + self.bias)
+        return self.items.score_vectors(vectors, tf.zeros(tf.shape(rows)[:1]))
+
+
 class ServingModule(tf.Module):
     """The exported model: a scoring head (ranks books) and a rating head (predicts stars).
 
@@ -127,22 +158,57 @@ class ServingModule(tf.Module):
         return {"items": items, "scores": scores}
 
 
+class HistoryServingModule(ServingModule):
+    """A history-based kind's exported model: a `ServingModule` that also scores readers from their books."""
+
+    def __init__(
+        self, scoring: FactorizedWeights, history: EncoderWeights, rating: FactorizedWeights | None = None
+    ) -> None:
+        super().__init__(scoring, rating)
+        self.history = _EncodedHistory(history, self.scoring, "history")
+
+    @tf.function(input_signature=[_HISTORY_ITEM, _HISTORY_ROW, _N_READERS, _K])
+    def recommend_history(
+        self, history_item: tf.Tensor, history_row: tf.Tensor, n_readers: tf.Tensor, k: tf.Tensor
+    ) -> dict[str, tf.Tensor]:
+        """The k best books for each of n_readers readers scored from their books, their own books masked out."""
+        pairs = tf.stack([history_row, history_item], axis=1)
+        counts = tf.scatter_nd(pairs, tf.ones_like(history_item, tf.float32), tf.stack([n_readers, self.n_items]))
+        rows = tf.minimum(counts, 1.0)
+        scores = tf.where(rows > 0, float("-inf"), self.history.all_items(rows))
+        scores, items = tf.math.top_k(scores, k=tf.minimum(k, self.n_items))
+        return {"items": items, "scores": scores}
+
+
+def serving_module(
+    scoring: FactorizedWeights | MLPWeights,
+    rating: FactorizedWeights | None = None,
+    history: EncoderWeights | None = None,
+) -> ServingModule:
+    """The module to export: a `HistoryServingModule` when the kind gave history weights, else a `ServingModule`."""
+    if history is None:
+        return ServingModule(scoring, rating)
+    if not isinstance(scoring, FactorizedWeights):
+        raise TypeError("history weights score readers with a factorized head; this kind's scoring head is an MLP")
+    return HistoryServingModule(scoring, history, rating)
+
+
 def _build_head(weights: FactorizedWeights | MLPWeights, name: str) -> tf.Module:
     return _Factorized(weights, name) if isinstance(weights, FactorizedWeights) else _MLP(weights, name)
 
 
 def save(module: ServingModule, path: Path) -> None:
-    """Write `module` as a SavedModel at `path` with the predict, top_k and recommend signatures."""
-    tf.saved_model.save(
-        module,
-        str(path),
-        signatures={
-            "serving_default": module.predict,
-            "predict": module.predict,
-            "top_k": module.top_k,
-            "recommend": module.recommend,
-        },
-    )
+    """Write `module` as a SavedModel at `path` with the predict, top_k and recommend signatures
+    (and recommend_history for a `HistoryServingModule`)."""
+    signatures = {
+        "serving_default": module.predict,
+        "predict": module.predict,
+        "top_k": module.top_k,
+        "recommend": module.recommend,
+    }
+    if isinstance(module, HistoryServingModule):
+        signatures["recommend_history"] = module.recommend_history
+    tf.saved_model.save(module, str(path), signatures=signatures)
 
 
 def load(path: Path):

@@ -120,7 +120,7 @@ def train_version(
     trained = training.fit(spec, split.train, params, request.seed, on_epoch)
     stage("evaluate")
     bias = BiasBaseline(split.train)
-    module = export.ServingModule(trained.weights, _bias_head(bias, split.train) if spec.task == RANKING else None)
+    module = _serving_module(spec, trained, bias, split.train)
     metrics, baselines = evaluate_with_baselines(
         SavedModelScorer(module, bias), split.train, split.test, test_user_ids=split.test_frame["user"].to_numpy()
     )
@@ -178,6 +178,14 @@ def check_memory(spec: ModelSpec, params: dict[str, Any], n_users: int, n_items:
             f"{spec.kind} with {sizes} on {n_users} users x {n_items} books needs about {need_mb:,.0f} MB to train, "
             f"more than the {limit_mb:,} MB BOOKREC_TRAIN_MEMORY_MB allows; lower dim or batch_size"
         )
+
+
+def _serving_module(
+    spec: ModelSpec, trained: training.Trained, bias: BiasBaseline, train: Interactions
+) -> export.ServingModule:
+    """The module to export: the trained heads, with the `bias` baseline as the star-rating head of ranking kinds."""
+    rating_head = _bias_head(bias, train) if spec.task == RANKING else None
+    return export.serving_module(trained.weights, rating_head, trained.history_weights)
 
 
 def _bias_head(bias: BiasBaseline, train: Interactions) -> FactorizedWeights:

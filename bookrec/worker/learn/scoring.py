@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bookrec.shared.errors import ValidationError
 from bookrec.worker.learn.data import UserItems
 from bookrec.worker.learn.evaluation.evaluate import Scorer
 
@@ -17,6 +18,11 @@ class SavedModelScorer:
 
     def __init__(self, module, fallback: Scorer) -> None:
         self.module, self.fallback = module, fallback
+
+    @property
+    def history_based(self) -> bool:
+        """Whether the module scores readers from their books (has the `recommend_history` signature)."""
+        return hasattr(self.module, "recommend_history")
 
     def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Predicted stars for each pair; unknown ids (-1) get the fallback's rating."""
@@ -37,8 +43,75 @@ class SavedModelScorer:
         result = self.module.recommend(
             user=users, k=np.int32(k), exclude_row=rows.astype(np.int32), exclude_item=items.astype(np.int32)
         )
-        top = result["items"].numpy()
-        top[~np.isfinite(result["scores"].numpy())] = -1
-        if top.shape[1] < k:
-            top = np.pad(top, ((0, 0), (0, k - top.shape[1])), constant_values=-1)
-        return top
+        return _padded(result, k)[0]
+
+    def recommend_history(
+        self, items: np.ndarray, rows: np.ndarray, n_readers: int, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The k best books for each of `n_readers` readers scored from their books, none of their own books.
+
+        Args:
+            items, rows: parallel 1-D integer arrays: reader rows[j] (0 <= rows[j] < n_readers) has book
+                index items[j] (0 <= items[j] < n_items). Items of -1 (books unknown to the model) are
+                dropped; repeats count once; a reader without pairs is scored from an empty history.
+            n_readers: how many readers (rows of the result).
+            k: list length, at least 1.
+
+        Returns:
+            (items int32 [n_readers, k] best first, -1 where fewer than k books are left;
+            scores float32 [n_readers, k], -inf beside each -1).
+
+        Raises:
+            ValidationError: the model has no `recommend_history` signature (its kind scores by user index
+                only), or the arrays, n_readers or k are malformed or out of range.
+        """
+        if not self.history_based:
+            raise ValidationError("this model has no recommend_history signature: its kind scores by user index only")
+        items, rows = _checked_history(items, rows, n_readers, k, self._n_items())
+        known = items >= 0
+        result = self.module.recommend_history(
+            history_item=items[known], history_row=rows[known], n_readers=np.int32(n_readers), k=np.int32(k)
+        )
+        return _padded(result, k)
+
+    def top_k_from_history(self, items: np.ndarray, rows: np.ndarray, n_readers: int, k: int) -> np.ndarray:
+        """The item part of `recommend_history` (the fold-in evaluation's `HistoryRanker` protocol)."""
+        return self.recommend_history(items, rows, n_readers, k)[0]
+
+    def _n_items(self) -> int:
+        return int(self.module.scoring.item_vectors.shape[0])
+
+
+def _padded(result: dict, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """A top-k signature's (items, scores) as numpy, widened to k columns, items -1 where the score is -inf."""
+    top, scores = result["items"].numpy(), result["scores"].numpy()
+    top[~np.isfinite(scores)] = -1
+    if top.shape[1] < k:
+        top = np.pad(top, ((0, 0), (0, k - top.shape[1])), constant_values=-1)
+        scores = np.pad(scores, ((0, 0), (0, k - scores.shape[1])), constant_values=-np.inf)
+    return top, scores
+
+
+def _checked_history(
+    items: np.ndarray, rows: np.ndarray, n_readers: int, k: int, n_items: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(items, rows) as int32 after checking them against n_readers and n_items; ValidationError names the problem."""
+    items, rows = np.asarray(items), np.asarray(rows)
+    if items.ndim != 1 or items.shape != rows.shape:
+        raise ValidationError(
+            f"history items and rows must be 1-D arrays of one length, got shapes {items.shape} and {rows.shape}"
+        )
+    if (items.size and not np.issubdtype(items.dtype, np.integer)) or (
+        rows.size and not np.issubdtype(rows.dtype, np.integer)
+    ):
+        raise ValidationError(f"history items and rows must be integer arrays, got {items.dtype} and {rows.dtype}")
+    if int(n_readers) < 0 or int(k) < 1:
+        raise ValidationError(f"n_readers must be at least 0 and k at least 1, got n_readers={n_readers}, k={k}")
+    if rows.size and (rows.min() < 0 or rows.max() >= n_readers):
+        raise ValidationError(f"history rows must be reader rows 0..{n_readers - 1}, got {rows.min()}..{rows.max()}")
+    if items.size and (items.min() < -1 or items.max() >= n_items):
+        raise ValidationError(
+            f"history items must be book indices 0..{n_items - 1} (or -1 for an unknown book), "
+            f"got {items.min()}..{items.max()}"
+        )
+    return items.astype(np.int32), rows.astype(np.int32)

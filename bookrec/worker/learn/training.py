@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from bookrec.worker.learn.data import Interactions
-from bookrec.worker.learn.models.base import FactorizedWeights, MLPWeights, ModelSpec
+from bookrec.worker.learn.models.base import EncoderWeights, FactorizedWeights, MLPWeights, ModelSpec
 from bookrec.worker.learn.models.feeds import UserRows
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ class Trained:
     history: dict[str, list[float]]
     seconds: float
     weights: FactorizedWeights | MLPWeights
+    history_weights: EncoderWeights | None = None  # history-based kinds only (`ModelSpec.history_weights`)
 
 
 class _EpochProgress(keras.callbacks.Callback):
@@ -101,10 +102,17 @@ def fit(
         callbacks.append(_StopCheck(check))
     history = model.fit(verbose=0, callbacks=callbacks, **fit_args)
     weights = spec.serving_weights(model, train)
+    history_weights = spec.history_weights(model) if spec.history_based else None
     seconds = time.perf_counter() - started
     logger.info("trained %s in %.1f s over %d epochs", spec.kind, seconds, len(history.history.get("loss", [])))
     return Trained(
-        spec, model, params, {k: [float(x) for x in v] for k, v in history.history.items()}, seconds, weights
+        spec,
+        model,
+        params,
+        {k: [float(x) for x in v] for k, v in history.history.items()},
+        seconds,
+        weights,
+        history_weights,
     )
 
 

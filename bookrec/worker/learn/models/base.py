@@ -48,6 +48,19 @@ class MLPWeights:
 
 
 @dataclass(frozen=True)
+class EncoderWeights:
+    """History form of a factorized kind: a reader's vector from their books, scored like a trained user's.
+
+    vector = tanh(x / |x|_2 @ kernel + bias) for the reader's multi-hot row x over the catalogue (x = 0 stays 0
+    before the kernel); score(reader, i) = vector . item_vectors[i] + item_bias[i] + global_bias with the
+    factorized weights' book vectors and biases (a reader has no user bias).
+    """
+
+    kernel: np.ndarray  # [n_items, dim]
+    bias: np.ndarray  # [dim]
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One model kind.
 
@@ -63,6 +76,9 @@ class ModelSpec:
         serving_weights: (trained keras.Model, training Interactions) -> the weights the SavedModel serves.
         memory: (n_users, n_items, params) -> estimated bytes to fit and export the model (see `training_bytes`).
         description: one line for `--help` and the README.
+        history_weights: for history-based kinds, (trained keras.Model) -> the weights the SavedModel's
+            `recommend_history` signature scores readers from their books with; None for kinds that score
+            only by user index (they get no history signature).
     """
 
     kind: str
@@ -73,10 +89,16 @@ class ModelSpec:
     serving_weights: Callable[[Any, Any], FactorizedWeights | MLPWeights]
     memory: Callable[[int, int, dict[str, Any]], int]
     description: str = ""
+    history_weights: Callable[[Any], EncoderWeights] | None = None
     gate_metric: str = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gate_metric", "ndcg@10" if self.task == RANKING else "rmse")
+
+    @property
+    def history_based(self) -> bool:
+        """Whether the kind scores readers from their books (and its SavedModel has `recommend_history`)."""
+        return self.history_weights is not None
 
     def params(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """Defaults updated with the non-None `overrides`."""

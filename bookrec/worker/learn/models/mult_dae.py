@@ -5,7 +5,9 @@ a user's set of rated books (multi-hot, L2-normalised, with dropout on the input
 to a small tanh layer and decoded to logits over the whole catalogue; the loss is the
 negative log-likelihood of the user's books under the softmax of those logits. It is trained
 to rank, not to predict stars. Serving precomputes each user's encoding, so the SavedModel
-scores with the same factorized form (user vector . book vector + book bias) as `mf`.
+scores with the same factorized form (user vector . book vector + book bias) as `mf`. It is
+history-based: the SavedModel also carries the encoder, so `recommend_history` scores any reader
+from their books with the same encoding as training (multi-hot, L2-normalised, no dropout).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 from keras import ops
 
 from bookrec.worker.learn.data import Interactions
-from bookrec.worker.learn.models.base import RANKING, FactorizedWeights, ModelSpec, training_bytes
+from bookrec.worker.learn.models.base import RANKING, EncoderWeights, FactorizedWeights, ModelSpec, training_bytes
 from bookrec.worker.learn.models.feeds import UserRows
 
 
@@ -68,6 +70,11 @@ def serving_weights(model: MultDAE, train: Interactions) -> FactorizedWeights:
     )
 
 
+def history_weights(model: MultDAE) -> EncoderWeights:
+    """The encoder's kernel and bias: a reader's vector from their books, as `MultDAE.encode` computes it."""
+    return EncoderWeights(kernel=model.encoder.kernel.numpy(), bias=model.encoder.bias.numpy())
+
+
 def memory(n_users: int, n_items: int, params: dict) -> int:
     """Encoder and decoder (2 x books x dim), every user's encoding, and a batch of dense rows through the net."""
     dim, batch = int(params["dim"]), int(params["batch_size"])
@@ -91,5 +98,6 @@ SPEC = ModelSpec(
     build=build,
     serving_weights=serving_weights,
     memory=memory,
+    history_weights=history_weights,
     description="denoising autoencoder over each user's books, multinomial likelihood (Mult-DAE): trained to rank",
 )
