@@ -109,6 +109,30 @@ def test_duplicate_pairs_keep_the_last_rating_and_are_counted(tmp_path: Path, ca
     assert "2 duplicate" in caplog.text
 
 
+def test_keep_time_keeps_the_timestamp_of_each_kept_row_as_float64(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "r.csv", "userId,movieId,rating,Timestamp\n1,5,1,964982703\n2,5,4,964982224\n1,5,2,1537799250\n"
+    )
+    frame = read_ratings(path, keep_time=True).frame
+    assert rows(frame) == [("2", "5", 4.0), ("1", "5", 2.0)]
+    assert frame["timestamp"].dtype == np.float64
+    assert frame["timestamp"].tolist() == [964982224.0, 1537799250.0]
+    assert "timestamp" not in read_ratings(path).frame.columns
+
+
+def test_keep_time_without_a_timestamp_column_reads_as_usual(tmp_path: Path) -> None:
+    path = write(tmp_path / "r.csv", "user_id,book_id,rating\n1,5,3\n")
+    assert list(read_ratings(path, keep_time=True).frame.columns) == ["user", "item", "rating"]
+
+
+def test_keep_time_rejects_a_non_numeric_time_with_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "r.csv", "user_id,book_id,rating,timestamp\n1,5,3,964982703\n1,6,3,yesterday\n")
+    with pytest.raises(
+        DataError, match=r"1 row has a missing or non-numeric time in column 'timestamp' \(first at line 3"
+    ):
+        read_ratings(path, keep_time=True)
+
+
 def test_read_options_from_cli_flags() -> None:
     parser = argparse.ArgumentParser()
     add_read_options(parser)

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 USER_COLUMNS = ("user", "user_id", "userId")
 ITEM_COLUMNS = ("item", "item_id", "book_id", "movieId")
 RATING_COLUMNS = ("rating",)
+TIME_COLUMNS = ("timestamp",)
+"""The optional time column `read_ratings(..., keep_time=True)` keeps (compared case-insensitively)."""
 
 _ROLES = {
     "user": (USER_COLUMNS, "--user-col"),
@@ -66,19 +68,21 @@ class RatingsData:
         return {"sha256": self.rows_sha256, "bytes": None}
 
 
-def read_ratings(path: str | Path, options: ReadOptions = ReadOptions()) -> RatingsData:
+def read_ratings(path: str | Path, options: ReadOptions = ReadOptions(), keep_time: bool = False) -> RatingsData:
     """Read a CSV/TSV ratings file, finding the user, item and rating columns by name.
 
     Args:
         path: the ratings file.
         options: column overrides, separator, or column names for a header-less file.
+        keep_time: also keep the file's `timestamp` column, if it has one, as a float64 `timestamp`
+            column of the frame (numbers as given, e.g. MovieLens' Unix seconds).
 
     Returns:
-        The ratings with string ids and float32 ratings; for duplicate (user, item) pairs only
-        the last occurrence is kept.
+        The ratings with string ids and float32 ratings, rows in file order; for duplicate (user, item)
+        pairs only the last occurrence is kept.
 
     Raises:
-        DataError: the file is missing, unreadable, lacks a column, or holds a bad rating or id.
+        DataError: the file is missing, unreadable, lacks a column, or holds a bad rating, id or kept time.
     """
     path = _check_file(Path(path))
     sep = _separator(path, options.sep)
@@ -91,18 +95,20 @@ def read_ratings(path: str | Path, options: ReadOptions = ReadOptions()) -> Rati
             "pick columns with --user-col, --item-col and --rating-col"
         )
     _require_columns(path, columns, header)
+    time_column = _time_column(header) if keep_time else None
     raw = _read_csv(
         path,
         sep=sep,
         header=None if options.names else "infer",
         names=list(options.names) if options.names else None,
-        usecols=list(columns.values()),
+        usecols=[*columns.values(), *([time_column] if time_column else [])],
         dtype={columns["user"]: str, columns["item"]: str},
     )
     if raw.empty:
         raise DataError(f"{path}: the file has no rows of ratings; check that it is the right file")
     first_line = 1 if options.names else 2
-    frame, dropped = _tidy(str(path), raw.rename(columns={v: k for k, v in columns.items()}), columns, first_line)
+    named = {**columns, **({"timestamp": time_column} if time_column else {})}
+    frame, dropped = _tidy(str(path), raw.rename(columns={v: k for k, v in named.items()}), named, first_line)
     return RatingsData(frame=frame, path=path, duplicates_dropped=dropped, columns=columns)
 
 
@@ -145,13 +151,16 @@ def rows_sha256(frame: pd.DataFrame) -> str:
 def _tidy(
     source: str, raw: pd.DataFrame, columns: dict[str, str], first_line: int, unit: str = "line"
 ) -> tuple[pd.DataFrame, int]:
-    """(frame with str ids and float32 ratings, duplicates dropped) from raw columns user, item, rating; DataError
-    naming `source`, the column (by its name in `columns`) and the first bad line or row."""
+    """(frame with str ids and float32 ratings, duplicates dropped) from raw columns user, item, rating (and
+    timestamp, kept as float64, if present); DataError naming `source`, the column (by its name in `columns`) and
+    the first bad line or row."""
     users, user_ids = _ids(source, raw["user"], columns["user"], first_line, unit)
     items, item_ids = _ids(source, raw["item"], columns["item"], first_line, unit)
     ratings = _ratings(source, raw["rating"], columns["rating"], first_line, unit)
     keep = _last_of_each_pair(source, users, items)
     frame = pd.DataFrame({"user": user_ids[users[keep]], "item": item_ids[items[keep]], "rating": ratings[keep]})
+    if "timestamp" in raw:
+        frame["timestamp"] = _times(source, raw["timestamp"], columns["timestamp"], first_line, unit)[keep]
     return frame, len(users) - len(keep)
 
 
@@ -316,6 +325,23 @@ def _require_columns(path: Path, columns: dict[str, str | None], header: list[st
     if len(set(columns.values())) < len(columns):
         roles = ", ".join(f"{role}={column}" for role, column in columns.items())
         raise DataError(f"{path}: one column is used for two roles ({roles}); give each role its own column")
+
+
+def _time_column(header: list[str]) -> str | None:
+    """The header's time column (one of TIME_COLUMNS), or None."""
+    wanted = {name.lower() for name in TIME_COLUMNS}
+    return next((c for c in header if c.lower() in wanted), None)
+
+
+def _times(source: str, values: pd.Series, column: str, first_line: int, unit: str = "line") -> np.ndarray:
+    """Times as float64 (float32 would round Unix seconds to about a minute); missing or non-numeric ones raise
+    DataError."""
+    numbers = values if pd.api.types.is_numeric_dtype(values) else pd.to_numeric(values, errors="coerce")
+    numbers = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
+    _reject(
+        source, ~np.isfinite(numbers), values, f"a missing or non-numeric time in column {column!r}", first_line, unit
+    )
+    return numbers
 
 
 def _ids(

@@ -2,11 +2,13 @@
 fit, export, evaluate beside baselines, save.
 
 `bookrec train` and the retrain job both call `train_version`; promotion is the caller's choice.
+`measure_fold_in` measures a history-based kind on readers it never trained on (`bench.quality`).
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -20,7 +22,14 @@ from bookrec.shared.payloads import hyper_params
 from bookrec.worker.learn import artifacts, export, gate, training
 from bookrec.worker.learn.data import IdMap, Interactions, UserItems
 from bookrec.worker.learn.datasets import RatingsData, ReadOptions, fingerprint, read_books, read_ratings
-from bookrec.worker.learn.evaluation import BiasBaseline, evaluate_with_baselines, split_ratings
+from bookrec.worker.learn.evaluation import (
+    BiasBaseline,
+    Popularity,
+    evaluate_fold_in,
+    evaluate_with_baselines,
+    split_fold_in,
+    split_ratings,
+)
 from bookrec.worker.learn.evaluation.splits import pair_keys
 from bookrec.worker.learn.models import ModelSpec, get_spec
 from bookrec.worker.learn.models.base import RANKING, FactorizedWeights
@@ -166,6 +175,54 @@ def train_version(
         "seconds": round(trained.seconds, 2),
         "decision": decision,
         "production_metrics": decision["production_metrics"] if decision else None,
+    }
+
+
+def measure_fold_in(
+    ratings: Path,
+    kind: str | None = None,
+    seed: int = 0,
+    holdout_frac: float = 0.2,
+    target_frac: float = 0.25,
+    params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Fold-in quality of a history-based kind (see `evaluation.fold_in`), beside popularity and bias.
+
+    The kind is trained on the readers not held out; its SavedModel, written and loaded back, ranks each
+    held-out reader from their history through `recommend_history`, with no retraining. The file is read
+    with its timestamp column, if any, to order each reader's ratings.
+
+    Returns:
+        {"model", "params", "metrics", "baselines": {"popularity", "bias"}, "seconds" (fitting),
+        "train_rows", "held_out_readers"}.
+
+    Raises:
+        ValidationError: the kind is not history-based or a hyper-parameter is bad; DataError: the file.
+    """
+    spec = get_spec(kind)
+    if not spec.history_based:
+        raise ValidationError(f"{spec.kind} scores by user index only: fold-in needs a history-based kind")
+    params = spec.params(hyper_params(params or {}, spec.kind))
+    split = split_fold_in(read_ratings(ratings, keep_time=True).frame, holdout_frac, target_frac, seed)
+    item_map = IdMap.from_ids(split.train["item"])
+    train = Interactions.from_frame(split.train, IdMap.from_ids(split.train["user"]), item_map)
+    trained = training.fit(spec, train, params, seed)
+    bias = BiasBaseline(train)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / artifacts.SAVED_MODEL
+        export.save(_serving_module(spec, trained, bias, train), path)
+        metrics = evaluate_fold_in(SavedModelScorer(export.load(path), bias), split, item_map)
+    baselines = {
+        name: evaluate_fold_in(b, split, item_map) for name, b in (("popularity", Popularity(train)), ("bias", bias))
+    }
+    return {
+        "model": spec.kind,
+        "params": params,
+        "metrics": metrics,
+        "baselines": baselines,
+        "seconds": round(trained.seconds, 2),
+        "train_rows": len(train),
+        "held_out_readers": int(split.history["user"].nunique()),
     }
 
 

@@ -3,7 +3,8 @@
 Each is fitted in its constructor from train `Interactions` (rows with an unknown index are
 ignored), predicts float32 ratings for index pairs with a fallback for index -1, and ranks items
 with one score per item shared by every user, so unknown users (-1) get the same list as anyone
-with nothing to exclude. All three satisfy `bookrec.worker.learn.evaluation.evaluate.Scorer`.
+with nothing to exclude. All three satisfy `bookrec.worker.learn.evaluation.evaluate.Scorer`, and
+`evaluation.fold_in.HistoryRanker` (readers given by their books get that list minus their books).
 """
 
 from __future__ import annotations
@@ -106,6 +107,11 @@ class _RanksByItemScore:
         by_position = np.broadcast_to(-np.arange(width, dtype=np.float64), (len(users), width))
         top = top_k_from_scores(by_position, k, rows[in_prefix], seen_positions[in_prefix])
         return np.where(top >= 0, order[top], -1).astype(np.int32)
+
+    def top_k_from_history(self, items: np.ndarray, rows: np.ndarray, n_readers: int, k: int) -> np.ndarray:
+        """[n_readers, k] item indices by decreasing item score, none of reader r's books (items[rows == r])."""
+        history = UserItems.from_pairs(np.asarray(rows), np.asarray(items), n_readers)
+        return self.top_k(np.arange(n_readers), k, history)
 
 
 class GlobalMean(_RanksByItemScore):
