@@ -106,7 +106,12 @@ class _MLP(tf.Module):
 
 
 class _EncodedHistory(tf.Module):
-    """Readers scored from their books: vector = tanh(unit-L2 multi-hot @ kernel + bias), then a factorized head."""
+    """Readers scored from their books: vector = tanh(unit-L2 multi-hot @ kernel + bias), then a factorized head.
+
+    The multi-hot rows are never built: a reader's row times the kernel is the sum of its books' kernel rows,
+    and the row's L2 norm the square root of its number of books, so the cost grows with the books given,
+    not with readers x catalogue.
+    """
 
     def __init__(self, weights: EncoderWeights, items: _Factorized, name: str) -> None:
         super().__init__(name=name)
@@ -114,11 +119,12 @@ class _EncodedHistory(tf.Module):
         self.bias = _var(weights.bias, "bias")
         self.items = items
 
-    def all_items(self, rows: tf.Tensor) -> tf.Tensor:
-        """[B, n_items] scores of the readers whose multi-hot rows over the catalogue are `rows` [B, n_items]."""
-        unit = rows / tf.maximum(tf.sqrt(tf.reduce_sum(tf.square(rows), axis=-1, keepdims=True)), 1e-6)
-        vectors = tf.tanh(tf.matmul(unit, self.kernel) + self.bias)
-        return self.items.score_vectors(vectors, tf.zeros(tf.shape(rows)[:1]))
+    def all_items(self, items: tf.Tensor, rows: tf.Tensor, n_readers: tf.Tensor) -> tf.Tensor:
+        """[n_readers, n_items] scores of readers given as distinct (row, item) pairs."""
+        books = tf.math.unsorted_segment_sum(tf.ones_like(items, tf.float32), rows, n_readers)
+        summed = tf.math.unsorted_segment_sum(tf.gather(self.kernel, items), rows, n_readers)
+        vectors = tf.tanh(summed / tf.maximum(tf.sqrt(books), 1e-6)[:, None] + self.bias)
+        return self.items.score_vectors(vectors, tf.zeros([n_readers]))
 
 
 class ServingModule(tf.Module):
@@ -172,12 +178,14 @@ class HistoryServingModule(ServingModule):
         self, history_item: tf.Tensor, history_row: tf.Tensor, n_readers: tf.Tensor, k: tf.Tensor
     ) -> dict[str, tf.Tensor]:
         """The k best books for each of n_readers readers scored from their books, their own books masked out."""
-        pairs = tf.stack([history_row, history_item], axis=1)
-        counts = tf.scatter_nd(pairs, tf.ones_like(history_item, tf.float32), tf.stack([n_readers, self.n_items]))
-        rows = tf.minimum(counts, 1.0)
-        scores = tf.where(rows > 0, float("-inf"), self.history.all_items(rows))
-        scores, items = tf.math.top_k(scores, k=tf.minimum(k, self.n_items))
-        return {"items": items, "scores": scores}
+        n_items = tf.cast(self.n_items, tf.int64)
+        keys, _ = tf.unique(tf.cast(history_row, tf.int64) * n_items + tf.cast(history_item, tf.int64))
+        rows, items = tf.cast(keys // n_items, tf.int32), tf.cast(keys % n_items, tf.int32)
+        scores = self.history.all_items(items, rows, n_readers)
+        own = tf.stack([rows, items], axis=1)
+        scores = tf.tensor_scatter_nd_update(scores, own, tf.fill([tf.shape(own)[0]], float("-inf")))
+        scores, top = tf.math.top_k(scores, k=tf.minimum(k, self.n_items))
+        return {"items": top, "scores": scores}
 
 
 def serving_module(
