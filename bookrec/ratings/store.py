@@ -31,7 +31,7 @@ from bookrec.ratings.schema import (
 )
 from bookrec.shared.errors import ConfigError, RatingsStoreError, ValidationError
 from bookrec.shared.files import atomic_text
-from bookrec.shared.ratings import OP_DELETE, OP_RATE, RatingEvent
+from bookrec.shared.ratings import OP_DELETE, OP_RATE, RatingEvent, StoredRating, stream_id_key
 from bookrec.shared.settings import redact_url
 
 log = logging.getLogger(__name__)
@@ -49,10 +49,12 @@ Progress = Callable[[int, "int | None"], None]
 
 @dataclass(frozen=True)
 class ApplyResult:
-    """What one `apply` did: events applied (newer or older than the row, each recorded once) and duplicates skipped."""
+    """What one `apply` did: events applied (newer or older than the row, each recorded once), duplicates skipped,
+    and the rows of every (user, book) the batch named as they stood at its commit (duplicates' pairs included)."""
 
     applied: int
     duplicate: int
+    rows: tuple[StoredRating, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -89,15 +91,6 @@ class Changes:
 
     rows: int
     newest_updated_at: float | None
-
-
-def stream_id_key(stream_id: str) -> tuple[int, int]:
-    """A Redis stream id `ms-seq` (or `ms`) as a sortable pair; ValidationError if it is not one."""
-    ms, _, seq = stream_id.partition("-")
-    try:
-        return int(ms), int(seq or 0)
-    except ValueError:
-        raise ValidationError(f"stream id {stream_id!r} is not a Redis stream id (ms-seq)") from None
 
 
 class RatingsStore:
@@ -143,7 +136,16 @@ class RatingsStore:
             if winners:
                 conn.execute(_upsert(conn.dialect.name), [_row(e, now) for e in winners])
             _advance_stream(conn, fresh, now)
-        return ApplyResult(applied=len(fresh), duplicate=len(events) - len(fresh))
+            rows = _rows_of(conn, {(str(e.user_id), str(e.book_id)) for e in events})
+        return ApplyResult(applied=len(fresh), duplicate=len(events) - len(fresh), rows=rows)
+
+    def rows_since(self, updated_after: float) -> tuple[list[StoredRating], str | None]:
+        """Every row the store wrote after `updated_after` (epoch seconds), tombstones included, and the newest
+        stream id applied so far, in one transaction."""
+        with self._begin(snapshot=True) as conn:
+            query = sa.select(*_ROW_COLUMNS).where(ratings.c.updated_at > updated_after)
+            rows = [_stored(r) for r in conn.execute(query.order_by(ratings.c.user_id, ratings.c.book_id))]
+            return rows, _last_stream_id(conn)
 
     def snapshot(self) -> Snapshot:
         """The live ratings and their summary {rows, users, items, newest_updated_at, last_stream_id}, all read in
@@ -411,6 +413,25 @@ def _latest_per_pair(events: Sequence[RatingEvent]) -> list[RatingEvent]:
         if key not in latest or event.ts >= latest[key].ts:
             latest[key] = event
     return list(latest.values())
+
+
+_ROW_COLUMNS = (ratings.c.user_id, ratings.c.book_id, ratings.c.rating, ratings.c.ts, ratings.c.updated_at)
+
+
+def _stored(row: Any) -> StoredRating:
+    rating = None if row.rating is None else float(row.rating)
+    return StoredRating(row.user_id, row.book_id, rating, float(row.ts), float(row.updated_at))
+
+
+def _rows_of(conn: Connection, pairs: set[tuple[str, str]]) -> tuple[StoredRating, ...]:
+    """The rows of `pairs` (user_id, book_id) as they stand in this transaction."""
+    ordered = sorted(pairs)
+    found = []
+    key = sa.tuple_(ratings.c.user_id, ratings.c.book_id)
+    for start in range(0, len(ordered), _LOOKUP_CHUNK):
+        query = sa.select(*_ROW_COLUMNS).where(key.in_(ordered[start : start + _LOOKUP_CHUNK]))
+        found.extend(_stored(r) for r in conn.execute(query))
+    return tuple(found)
 
 
 def _row(event: RatingEvent, now: float) -> dict[str, Any]:

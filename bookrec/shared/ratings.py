@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal, Mapping
 
-from bookrec.shared.errors import BadEvent
+from bookrec.shared.errors import BadEvent, ValidationError
 from bookrec.shared.payloads import shown
 
 USER_ID = "user_id"
@@ -48,6 +48,18 @@ class RatingEvent:
     op: Op = OP_RATE
     event_id: str | None = None
     stream_id: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredRating:
+    """The ratings store's row for one (user, book): its rating (None: a tombstone, the reader removed it), the
+    time of the event that won (`ts`) and when the store wrote the row (`updated_at`), epoch seconds."""
+
+    user_id: str
+    book_id: str
+    rating: float | None
+    ts: float
+    updated_at: float
 
 
 def parse_event(
@@ -86,6 +98,15 @@ def to_fields(event: RatingEvent) -> dict[str, str]:
 def number_text(value: float) -> str:
     """A number as the stream carries it: `4` for a whole number, else its shortest exact decimal (`4.5`)."""
     return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def stream_id_key(stream_id: str) -> tuple[int, int]:
+    """A Redis stream id `ms-seq` (or `ms`) as a sortable pair; ValidationError if it is not one."""
+    ms, _, seq = stream_id.partition("-")
+    try:
+        return int(ms), int(seq or 0)
+    except ValueError:
+        raise ValidationError(f"stream id {stream_id!r} is not a Redis stream id (ms-seq)") from None
 
 
 def entry_time_ms(stream_id: str) -> int:
