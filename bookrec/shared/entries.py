@@ -1,7 +1,11 @@
 """The cached recommendation entry: its JSON shape, shared by the worker (writes) and the producer (reads).
 
     {"user_id", "model_version", "generated_at" (ISO-8601 UTC), "n", "fallback" (null or "popular"),
-     "items": [{"book_id", "score", "title", "authors", "year", "image_url"}]}
+     "ratings_through" (null or a stream id), "items": [{"book_id", "score", "title", "authors", "year", "image_url"}]}
+
+`ratings_through` is the stream id (`ms-seq`) of the newest rating event of the reader the list includes beyond
+the version's training data (their delta, see shared/delta.py), null if none came since the version's snapshot;
+entries written before it existed have no such field, which reads as null.
 
 Ids that are canonical integers ("42") are written as JSON numbers, any other id as a string,
 so goodbooks consumers get numbers and catalogues with string ids keep them.
@@ -19,10 +23,13 @@ from typing import Any
 
 from bookrec.shared.errors import MalformedEntry
 from bookrec.shared.payloads import shown
+from bookrec.shared.ratings import stream_id_key
 
 MAX_ENTRY_BYTES = 1_000_000
 """The largest entry a reader reads: a list of 100 books takes about 21 KB, so anything longer is not an entry."""
-ENTRY_FIELDS = ("user_id", "model_version", "generated_at", "n", "fallback", "items")
+RATINGS_THROUGH = "ratings_through"
+ENTRY_FIELDS = ("user_id", "model_version", "generated_at", "n", "fallback", RATINGS_THROUGH, "items")
+"""The fields of an entry, in the order workers write them; every one but `ratings_through` is required."""
 ITEM_FIELDS = ("book_id", "score", "title", "authors", "year", "image_url")
 FALLBACK_POPULAR = "popular"
 
@@ -64,7 +71,7 @@ def entry_problem(entry: Any) -> str | None:
     """What makes `entry` (decoded JSON) not an entry of the shape above, or None if it is one."""
     if not isinstance(entry, dict):
         return f"a JSON {type(entry).__name__}, not an object"
-    missing = [field for field in ENTRY_FIELDS if field not in entry]
+    missing = [field for field in ENTRY_FIELDS if field not in entry and field != RATINGS_THROUGH]
     if missing:
         return f"no {', '.join(missing)}"
     checks = {
@@ -74,6 +81,7 @@ def entry_problem(entry: Any) -> str | None:
         "n": _is_int(entry["n"]) and entry["n"] >= 1,
         "fallback": entry["fallback"] is None or isinstance(entry["fallback"], str),
         "items": isinstance(entry["items"], list),
+        RATINGS_THROUGH: _is_stream_id(entry.get(RATINGS_THROUGH)),
     }
     wrong = [field for field, ok in checks.items() if not ok]
     if wrong:
@@ -104,6 +112,22 @@ def _item_problem(item: Any) -> str | None:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def ratings_through(entry: dict[str, Any]) -> tuple[int, int] | None:
+    """An entry's `ratings_through` as a sortable (ms, seq) pair, None when it has none."""
+    value = entry.get(RATINGS_THROUGH)
+    return None if value is None else stream_id_key(value)
+
+
+def _is_stream_id(value: Any) -> bool:
+    """Whether `value` is null or a stream id `ms-seq`."""
+    if value is None:
+        return True
+    if not isinstance(value, str):
+        return False
+    ms, _, seq = value.partition("-")
+    return ms.isascii() and ms.isdigit() and seq.isascii() and seq.isdigit()
 
 
 def _is_id(value: Any) -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 from rq import Queue, Retry
 from rq.queue import EnqueueData
 
-from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN, SERVING_QUEUES
+from bookrec.shared.keys import QUEUE_FRESH, QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN
 from bookrec.shared.settings import Settings
 
 RECOMMEND = "worker.jobs.recommend"
@@ -22,7 +22,10 @@ REFRESH = "worker.jobs.refresh"
 RETRAIN = "worker.jobs.retrain"
 """Train, gate and maybe promote a new version: kwargs `model`, `params`, `ratings` (null: the ratings store), `books`,
 `force`; on `retrain`."""
-NAMES = (RECOMMEND, REFRESH, RETRAIN)
+FRESH = "worker.jobs.fresh"
+"""Recompute the lists of readers whose ratings changed since their list was computed: kwargs `user_ids`; on
+`fresh`, enqueued by the ingest right after it commits their ratings."""
+NAMES = (RECOMMEND, REFRESH, RETRAIN, FRESH)
 
 RETRIES = 2
 """Tries RQ gives a failed recommend or refresh job again (a worker that died holding one costs no try)."""
@@ -43,6 +46,11 @@ MAX_TTL = RETRAIN_TTL
 def recommend(kwargs: dict[str, Any], settings: Settings, description: str | None = None) -> EnqueueData:
     """A recommend job for `Queue.enqueue_many` (on `recommend`, or on `refresh` as a refresh chunk)."""
     return _serving_job(RECOMMEND, kwargs, settings, description)
+
+
+def fresh(kwargs: dict[str, Any], settings: Settings, description: str | None = None) -> EnqueueData:
+    """A fresh-lists job for `Queue.enqueue_many` on `fresh` (the ingest enqueues one per batch it commits)."""
+    return _serving_job(FRESH, kwargs, settings, description)
 
 
 def refresh(kwargs: dict[str, Any], settings: Settings, description: str | None = None) -> EnqueueData:
@@ -70,13 +78,15 @@ def retrain(kwargs: dict[str, Any], job_id: str) -> EnqueueData:
     )
 
 
-QUEUE_OF = {RECOMMEND: QUEUE_RECOMMEND, REFRESH: QUEUE_REFRESH, RETRAIN: QUEUE_RETRAIN}
+QUEUE_OF = {RECOMMEND: QUEUE_RECOMMEND, REFRESH: QUEUE_REFRESH, RETRAIN: QUEUE_RETRAIN, FRESH: QUEUE_FRESH}
 """The queue each job name is enqueued on by default (refresh chunks are recommend jobs on `refresh`)."""
 
 RUNS_ON: dict[str, tuple[str, ...]] = {
-    RECOMMEND: SERVING_QUEUES,
-    REFRESH: SERVING_QUEUES,
+    RECOMMEND: (QUEUE_RECOMMEND, QUEUE_REFRESH),
+    REFRESH: (QUEUE_RECOMMEND, QUEUE_REFRESH),
     RETRAIN: (QUEUE_RETRAIN,),
+    FRESH: (QUEUE_FRESH,),
 }
 """The logical queues each job name may run on: the job functions that need the served model on the serving
-queues, retrain only on `retrain` (its trainer). A worker fails a job that arrives on any other queue."""
+queues (a fresh-lists job on `fresh` only), retrain only on `retrain` (its trainer). A worker fails a job that
+arrives on any other queue."""

@@ -8,8 +8,11 @@ DEFAULT_PREFIX = "bookrec:"
 QUEUE_RECOMMEND = "recommend"
 QUEUE_REFRESH = "refresh"
 QUEUE_RETRAIN = "retrain"
-SERVING_QUEUES = (QUEUE_RECOMMEND, QUEUE_REFRESH)
-QUEUES = (QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN)
+QUEUE_FRESH = "fresh"
+SERVING_QUEUES = (QUEUE_FRESH, QUEUE_RECOMMEND, QUEUE_REFRESH)
+"""The queues serving workers listen on, in the order they serve them: a reader's recompute after a rating first,
+then recommend requests, then bulk refresh chunks."""
+QUEUES = (QUEUE_FRESH, QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN)
 """The logical queue names (what `bookrec worker --queues` takes); `Keys.queue` gives each one's RQ name."""
 
 
@@ -20,7 +23,7 @@ class Keys:
     prefix: str = DEFAULT_PREFIX
 
     def queue(self, name: str) -> str:
-        """The RQ queue name of logical queue `name` (`recommend`, `refresh`, `retrain`) in this deployment.
+        """The RQ queue name of logical queue `name` (`fresh`, `recommend`, `refresh`, `retrain`) in this deployment.
 
         The default deployment keeps the bare names other services enqueue into (`Queue("recommend")`);
         any other prefix puts its queues under it (`staging:recommend`), so deployments sharing one Redis
@@ -123,3 +126,17 @@ class Keys:
     def ratings_dead(self) -> str:
         """Stream of the rating events the ingest refused: their original fields and a `reason`."""
         return f"{self.prefix}ratings:dead"
+
+    def delta(self, user_id: str) -> str:
+        """Hash of one reader's ratings the store took after the served version's snapshot (see shared/delta.py)."""
+        return f"{self.prefix}delta:{user_id}"
+
+    @property
+    def delta_pattern(self) -> str:
+        """SCAN pattern matching every reader's delta."""
+        return f"{self.prefix}delta:*"
+
+    @property
+    def delta_pruned(self) -> str:
+        """String key holding the production version the deltas were last pruned for (its snapshot covers the rest)."""
+        return f"{self.prefix}delta-pruned"
