@@ -16,22 +16,25 @@ from rq import Queue, get_current_job
 from rq.exceptions import DeserializationError
 from rq.serializers import JSONSerializer
 
-from bookrec.shared import jobs, payloads
+from bookrec.shared import delta, jobs, payloads
 from bookrec.shared.errors import ValidationError
-from bookrec.shared.keys import QUEUE_REFRESH
-from bookrec.shared.redis_conn import PackedCommands
+from bookrec.shared.keys import QUEUE_FRESH, QUEUE_REFRESH
 from bookrec.worker.serve import context
 
 if TYPE_CHECKING:
     from rq.job import Job
 
-    from bookrec.worker.serve.runtime import Batch
+    from bookrec.worker.serve.runtime import Batch, ModelRuntime
 
 logger = logging.getLogger(__name__)
 
 REFRESH_COUNTER_TTL = 86400
 MAX_REJECTED_LISTED = 20
 """Bad ids a recommend job's result lists (each quoting a short prefix); `rejected_count` counts them all."""
+FRESH_ROUNDS = 3
+"""Times a fresh job computes a reader whose ratings keep changing meanwhile before handing them to a new job."""
+CLAIM_MARGIN_S = 60
+"""Seconds a fresh job's claim on a reader outlives the job's timeout (then another job may take the reader)."""
 
 
 def recommend(
@@ -41,35 +44,24 @@ def recommend(
 
     Each list holds the deployment's list length (`cache:n`: the largest n ever asked for, at least
     BOOKREC_CACHE_N and at least `n`), so a short request never shrinks a longer list another caller
-    relies on; readers take the first n items. Ids that are not ids (wrong type, empty) are skipped and
-    listed in `rejected` (the first MAX_REJECTED_LISTED of them; `rejected_count` counts all); the others are
-    served. With `model_version` (set by refresh) a worker still on an older version swaps before computing,
-    and one that cannot serve that version fails with VersionNotServed.
+    relies on; readers take the first n items. A reader's seen books are their current history: the version's
+    plus their delta (shared/delta.py), read for the whole batch in one round trip; a reader whose delta changes
+    before the write keeps the list the fresh job for that change writes. Ids that are not ids (wrong type, empty)
+    are skipped and listed in `rejected` (the first MAX_REJECTED_LISTED of them; `rejected_count` counts all); the
+    others are served. With `model_version` (set by refresh) a worker still on an older version swaps before
+    computing, and one that cannot serve that version fails with VersionNotServed.
     Returns {"users", "fallbacks", "rejected", "rejected_count", "model_version", "n", "seconds"}.
     """
     started = time.perf_counter()
-    if isinstance(user_ids, (str, bytes)) or not isinstance(user_ids, (list, tuple)) or not user_ids:
-        raise ValidationError(f"user_ids must be a non-empty list, got {user_ids!r:.80}")
-    if len(user_ids) > payloads.MAX_USERS_PER_JOB:
-        raise ValidationError(f"{len(user_ids)} user ids in one job; at most {payloads.MAX_USERS_PER_JOB} are allowed")
+    good, rejected = _checked_users(user_ids)
     n = payloads.count_n(n)
-    good, rejected = payloads.split_valid(list(user_ids))
-    ctx = context.get()
-    if ctx.holder is None or ctx.holder.current is None:
-        raise RuntimeError("this worker has no model loaded; recommend jobs belong on the recommend/refresh queues")
+    ctx = _serving_context()
     # Read once: the whole job runs on this version. A refresh chunk runs on the version its refresh is for or
     # fails (VersionNotServed, retried by RQ) without counting its users, so a refresh is done only on that version.
     runtime = ctx.holder.current if model_version is None else ctx.holder.runtime_for(model_version)
-    length = max(n, ctx.settings.cache_n, ctx.cache_n)
-    while True:
-        batch = runtime.recommend(good, length) if good else None
-        larger = _cache_commands(ctx, batch, refresh_id, len(user_ids)).send_unless_above(
-            ctx.client, ctx.keys.cache_n, length
-        )
-        if larger is None:
-            break
-        logger.info("lists are now %d long (cache:n), not %d: computing this batch again", larger, length)
-        ctx.cache_n = length = larger
+    refresh = (ctx.keys.refresh_done(refresh_id), len(user_ids), REFRESH_COUNTER_TTL) if refresh_id else None
+    deltas = delta.read(ctx.client, ctx.keys, good)
+    batch, length, _ = _cache_lists(ctx, runtime, good, deltas, max(n, ctx.settings.cache_n), refresh, "")
     return {
         "users": len(good),
         "fallbacks": batch.fallbacks if batch else 0,
@@ -81,20 +73,88 @@ def recommend(
     }
 
 
-def _cache_commands(
-    ctx: context.WorkerContext, batch: Batch | None, refresh_id: str | None, users: int
-) -> PackedCommands:
-    """The writes of one recommend job: its users' entries and, for a refresh chunk, the refresh's progress."""
-    commands = PackedCommands()
-    if batch:
-        commands.set_many(
-            ((ctx.keys.recs(user), entry) for user, entry in zip(batch.user_ids, batch.entries)),
-            ctx.settings.cache_expiry,
+def fresh(user_ids: list) -> dict[str, Any]:
+    """Recompute and cache the lists of the readers among `user_ids` (1 to 1,000) whose delta changed since their
+    list was computed, coalesced: a reader is claimed (shared/delta.py `claim`) by one job at a time, and one
+    whose list already follows their delta is skipped, however many jobs name them. A reader whose delta changes
+    while this job computes is computed again, up to FRESH_ROUNDS times, then handed to a new fresh job. A job
+    killed holding claims is run again under its own id, which claims them again (nothing is lost).
+    Returns {"users", "recomputed", "rounds", "rejected", "rejected_count", "model_version", "n", "seconds"}.
+    """
+    started = time.perf_counter()
+    good, rejected = _checked_users(user_ids)
+    ctx = _serving_context()
+    runtime = ctx.holder.current
+    job = get_current_job()
+    job_id = job.id if job is not None else uuid.uuid4().hex
+    lease_ms = (ctx.settings.job_timeout + CLAIM_MARGIN_S) * 1000
+    length, pending, recomputed, rounds = ctx.settings.cache_n, good, 0, 0
+    while pending and rounds < FRESH_ROUNDS:
+        rounds += 1
+        claimed = delta.claim(ctx.client, ctx.keys, pending, job_id, lease_ms)
+        users = [user for user, found in zip(pending, claimed) if found is not None]
+        found = [d for d in claimed if d is not None]
+        _, length, skipped = _cache_lists(ctx, runtime, users, found, length, None, job_id)
+        recomputed += len(users)
+        pending = [users[i] for i in skipped]
+    if pending:
+        logger.warning("%d readers' ratings kept changing during %d recomputes; handing them on", len(pending), rounds)
+        queue = Queue(ctx.keys.queue(QUEUE_FRESH), connection=ctx.client, serializer=JSONSerializer)
+        queue.enqueue_many([jobs.fresh({"user_ids": pending}, ctx.settings)])
+    logger.debug("fresh: recomputed %d of %d readers in %d rounds", recomputed, len(good), rounds)
+    return {
+        "users": len(good),
+        "recomputed": recomputed,
+        "rounds": rounds,
+        "rejected": rejected[:MAX_REJECTED_LISTED],
+        "rejected_count": len(rejected),
+        "model_version": runtime.version,
+        "n": length,
+        "seconds": round(time.perf_counter() - started, 4),
+    }
+
+
+def _checked_users(user_ids: Any) -> tuple[list[str], list[dict[str, str]]]:
+    """A job's `user_ids` split into the good ids and the rejected ones; ValidationError if unusable as a whole."""
+    if isinstance(user_ids, (str, bytes)) or not isinstance(user_ids, (list, tuple)) or not user_ids:
+        raise ValidationError(f"user_ids must be a non-empty list, got {user_ids!r:.80}")
+    if len(user_ids) > payloads.MAX_USERS_PER_JOB:
+        raise ValidationError(f"{len(user_ids)} user ids in one job; at most {payloads.MAX_USERS_PER_JOB} are allowed")
+    return payloads.split_valid(list(user_ids))
+
+
+def _serving_context() -> context.WorkerContext:
+    """This worker's context; RuntimeError if it serves no model (a trainer)."""
+    ctx = context.get()
+    if ctx.holder is None or ctx.holder.current is None:
+        raise RuntimeError("this worker has no model loaded; serving jobs belong on the fresh/recommend/refresh queues")
+    return ctx
+
+
+def _cache_lists(
+    ctx: context.WorkerContext,
+    runtime: ModelRuntime,
+    users: list[str],
+    deltas: list[delta.ReaderDelta],
+    length: int,
+    refresh: tuple[str, int, int] | None,
+    job_id: str,
+) -> tuple[Batch | None, int, list[int]]:
+    """Compute `users`' lists at least `length` long (and at least `cache:n`) and cache them in one transaction
+    (with a refresh chunk's progress, releasing the claims of fresh job `job_id`); computed again, longer, if
+    another request raised `cache:n` meanwhile. Returns the batch, the length used and the positions of the
+    readers skipped (their delta changed since it was read)."""
+    length = max(length, ctx.cache_n)
+    while True:
+        batch = runtime.recommend(users, length, deltas) if users else None
+        lists = [(u, e, d.seq) for u, e, d in zip(users, batch.entries, deltas)] if batch else []
+        larger, skipped = delta.write_lists(
+            ctx.client, ctx.keys, lists, length, ctx.settings.cache_expiry, job_id, refresh
         )
-    if refresh_id:
-        commands.add("INCRBY", ctx.keys.refresh_done(refresh_id), users)
-        commands.add("EXPIRE", ctx.keys.refresh_done(refresh_id), REFRESH_COUNTER_TTL)
-    return commands
+        if larger is None:
+            return batch, length, skipped
+        logger.info("lists are now %d long (cache:n), not %d: computing this batch again", larger, length)
+        ctx.cache_n = length = larger
 
 
 def refresh(start: int | None = None, stop: int | None = None, n: int = 10, chunk: int | None = None) -> dict[str, Any]:
@@ -198,5 +258,6 @@ FUNCTIONS: dict[str, Callable[..., dict[str, Any]]] = {
     jobs.RECOMMEND: recommend,
     jobs.REFRESH: refresh,
     jobs.RETRAIN: retrain,
+    jobs.FRESH: fresh,
 }
 """The allowlist: each public job name and the function a worker runs for it."""

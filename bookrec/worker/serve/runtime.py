@@ -1,7 +1,9 @@
 """A model version loaded for serving: the SavedModel, id maps, seen sets, popularity and book metadata.
 
 `ModelRuntime.recommend` turns a batch of user ids into cache entries (JSON strings) with one
-batched model call: unknown users get the most popular books they have not rated.
+batched model call: unknown users get the most popular books they have not rated. A reader's books are their
+current history: the version's training history plus the books of their delta (rated after the version's
+snapshot), minus the ones whose rating they removed (`current_history`).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from datetime import datetime, timezone
 import numpy as np
 
 from bookrec.model_store.store import ModelStore
+from bookrec.shared.delta import EMPTY, ReaderDelta
 from bookrec.shared.entries import FALLBACK_POPULAR, json_id
 from bookrec.shared.errors import CorruptVersion
 from bookrec.worker.learn import artifacts, export
-from bookrec.worker.learn.data import IdMap
+from bookrec.worker.learn.data import IdMap, UserItems
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +43,8 @@ class ModelRuntime:
         self.kind = metadata.get("kind")
         self.module = module
         self.user_map = IdMap.from_list(metadata["id_maps"]["users"])
-        self.n_items = len(metadata["id_maps"]["items"])
+        self.item_map = IdMap.from_list(metadata["id_maps"]["items"])
+        self.n_items = len(self.item_map)
         self.seen_users = catalogue.seen_users
         self.seen = catalogue.seen
         self.popular_order = np.argsort(-catalogue.popularity, kind="stable").astype(np.int32)
@@ -74,39 +78,60 @@ class ModelRuntime:
         if len(self.user_map):
             self.recommend([self.user_map.ids[0]], 10)
 
-    def recommend(self, user_ids: list[str], n: int) -> Batch:
-        """Top-`n` unseen books for each user, as cache-entry JSON strings, with one model call for the batch."""
+    def recommend(self, user_ids: list[str], n: int, deltas: list[ReaderDelta] | None = None) -> Batch:
+        """Top-`n` books outside each user's current history (`deltas`: each user's delta, in order; none if
+        omitted), as cache-entry JSON strings, with one model call for the batch."""
+        deltas = deltas if deltas is not None else [EMPTY] * len(user_ids)
         users = self.user_map.index(user_ids)
-        seen_rows = self.seen_users.index(user_ids)
+        history_rows, history_items = current_history(self.seen, self.seen_users.index(user_ids), deltas, self.item_map)
         known = np.flatnonzero(users >= 0)
         items = np.full((len(user_ids), n), -1, dtype=np.int32)
         scores = np.zeros((len(user_ids), n), dtype=np.float32)
         if len(known):
-            rows, seen_items = self.seen.rows(seen_rows[known])
-            result = self.module.recommend(
-                user=users[known], k=np.int32(n), exclude_row=rows.astype(np.int32), exclude_item=seen_items
-            )
-            top, top_scores = result["items"].numpy(), result["scores"].numpy()
-            top[~np.isfinite(top_scores)] = -1
+            top, top_scores = self.score(users, known, history_rows, history_items, n)
             items[known, : top.shape[1]] = top
             scores[known, : top.shape[1]] = top_scores
         unknown = np.flatnonzero(users < 0)
-        for row in unknown:
-            items[row], scores[row] = self._popular(seen_rows[row], n)
+        if len(unknown):
+            order = np.argsort(history_rows, kind="stable")
+            bounds = np.searchsorted(history_rows[order], np.stack([unknown, unknown + 1]))
+            for row, start, stop in zip(unknown, *bounds):
+                items[row], scores[row] = self._popular(history_items[order[start:stop]], n)
         generated_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         fallback = np.zeros(len(user_ids), dtype=bool)
         fallback[unknown] = True
         entries = [
-            self._entry(user_id, n, generated_at, bool(fallback[i]), items[i], scores[i])
+            self._entry(user_id, n, generated_at, bool(fallback[i]), deltas[i].through, items[i], scores[i])
             for i, user_id in enumerate(user_ids)
         ]
         return Batch(list(user_ids), entries, len(unknown))
 
-    def _popular(self, seen_row: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """The `n` most popular items the user (by seen-set row, -1 if none) has not rated, with their counts as scores."""
-        head = self.popular_order[: n + (len(self.seen.items_of(seen_row)) if seen_row >= 0 else 0)]
-        if seen_row >= 0:
-            head = head[~np.isin(head, self.seen.items_of(seen_row))]
+    def score(
+        self, users: np.ndarray, known: np.ndarray, history_rows: np.ndarray, history_items: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The top-`k` items and scores of the readers at positions `known` of the batch (those the model knows,
+        `users` their indices), none of them in the reader's current history (`history_rows`, `history_items`:
+        flat int32 arrays, row = position in the batch). The one place a batch is scored: every kind scores by
+        user index today; a history-based kind will score the current history through its history signature here
+        (that scorer takes the same flat arrays, rows renumbered to the readers it scores)."""
+        position = np.full(len(users), -1, dtype=np.int32)
+        position[known] = np.arange(len(known), dtype=np.int32)
+        mine = position[history_rows] >= 0
+        result = self.module.recommend(
+            user=users[known],
+            k=np.int32(k),
+            exclude_row=position[history_rows[mine]],
+            exclude_item=history_items[mine],
+        )
+        top, top_scores = result["items"].numpy(), result["scores"].numpy()
+        top[~np.isfinite(top_scores)] = -1
+        return top, top_scores
+
+    def _popular(self, history: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The `n` most popular items outside a reader's current history (item indices), with their counts as scores."""
+        head = self.popular_order[: n + len(history)]
+        if len(history):
+            head = head[~np.isin(head, history)]
         head = head[:n]
         items = np.full(n, -1, dtype=np.int32)
         scores = np.zeros(n, dtype=np.float32)
@@ -115,7 +140,14 @@ class ModelRuntime:
         return items, scores
 
     def _entry(
-        self, user_id: str, n: int, generated_at: str, fallback: bool, items: np.ndarray, scores: np.ndarray
+        self,
+        user_id: str,
+        n: int,
+        generated_at: str,
+        fallback: bool,
+        through: str | None,
+        items: np.ndarray,
+        scores: np.ndarray,
     ) -> str:
         """One cache entry as JSON text, built from precomputed per-item fragments."""
         parts = [
@@ -126,8 +158,35 @@ class ModelRuntime:
         return (
             f'{{"user_id": {json.dumps(json_id(user_id))}, "model_version": {self._version_json}, '
             f'"generated_at": "{generated_at}", "n": {n}, '
-            f'"fallback": {json.dumps(FALLBACK_POPULAR) if fallback else "null"}, "items": [{", ".join(parts)}]}}'
+            f'"fallback": {json.dumps(FALLBACK_POPULAR) if fallback else "null"}, '
+            f'"ratings_through": {json.dumps(through)}, "items": [{", ".join(parts)}]}}'
         )
+
+
+def current_history(
+    seen: UserItems, seen_rows: np.ndarray, deltas: list[ReaderDelta], item_map: IdMap
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each reader's current history as flat int32 arrays (row = position in the batch, item index): their books
+    in the version's seen sets (`seen_rows`, -1 for none) plus the books their delta rated, minus the ones it
+    removed. Books the version does not know are left out."""
+    rows, items = seen.rows(seen_rows)
+    rows, items = rows.astype(np.int32), items.astype(np.int32)
+    added_rows, added_items, removed = [], [], []
+    for row, delta in enumerate(deltas):
+        if delta.rated:
+            rated = item_map.index(delta.rated)
+            added_items.append(rated[rated >= 0])
+            added_rows.append(np.full(len(added_items[-1]), row, dtype=np.int32))
+        if delta.removed:
+            gone = item_map.index(delta.removed)
+            removed.extend(row * len(item_map) + int(i) for i in gone[gone >= 0])
+    if removed:
+        keep = ~np.isin(rows.astype(np.int64) * len(item_map) + items, np.asarray(removed, dtype=np.int64))
+        rows, items = rows[keep], items[keep]
+    if added_rows:
+        rows = np.concatenate([rows, *added_rows])
+        items = np.concatenate([items, *added_items])
+    return rows, items
 
 
 def _item_fragments(books: list[dict]) -> tuple[list[str], list[str]]:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import redis
 
 from bookrec.shared.errors import BookrecError
-from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUES, Keys
+from bookrec.shared.keys import QUEUES, SERVING_QUEUES, Keys
 from bookrec.shared.logs import setup_logging
 from bookrec.shared.redis_conn import connect
 from bookrec.shared.settings import Settings
@@ -411,9 +411,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--queues",
         type=_queues,
-        default=[QUEUE_RECOMMEND, QUEUE_REFRESH],
+        default=list(SERVING_QUEUES),
         metavar="Q1,Q2",
-        help="queues in priority order (default: recommend,refresh; the trainer uses: retrain)",
+        help="queues in priority order (default: fresh,recommend,refresh; the trainer uses: retrain)",
     )
     parser.add_argument(
         "--processes", type=_processes, default=1, metavar="N", help="worker processes to run (default: 1)"
