@@ -3,7 +3,8 @@ store in one transaction, then acknowledge it; bad events go to the dead stream 
 
 Exactly once: an entry is acknowledged only after its batch committed, so a crash redelivers it, and the store skips
 an event whose stream id or event_id it applied before. Dead letters and acknowledgements go in one MULTI, so a
-redelivered bad entry is dead-lettered once.
+redelivered bad entry is dead-lettered once; so do the committed rows for the readers' deltas and the fresh jobs
+recomputing their lists (ingest/fresh.py), so a redelivered batch writes them again (the same rows: idempotent).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from typing import Any, Sequence
 
 import redis
 
+from bookrec.ingest import fresh
 from bookrec.ratings.store import RatingsStore
 from bookrec.shared.errors import BadEvent, RatingsStoreError, ValidationError
 from bookrec.shared.keys import Keys
-from bookrec.shared.ratings import REASON, RatingEvent, entry_time_ms, parse_event
+from bookrec.shared.ratings import REASON, RatingEvent, StoredRating, entry_time_ms, parse_event
 from bookrec.shared.redis_conn import CONNECTION_ERRORS, Backoff
 from bookrec.shared.settings import Settings
 
@@ -68,14 +70,19 @@ class Ingest:
         self.keys = Keys(settings.key_prefix)
         self.name = name or consumer_name()
         self.stop = threading.Event()
+        self.deltas = fresh.Deltas(client, store, settings)
 
-    def ensure_group(self) -> None:
-        """Create the consumer group (reading from the stream's start, creating the stream) unless it exists."""
+    def ensure_group(self) -> bool:
+        """Create the consumer group (reading from the stream's start, creating the stream) unless it exists; True
+        if it was created. Redis without the group is a new or an emptied Redis: the deltas are rebuilt then."""
         try:
             self.client.xgroup_create(self.keys.ratings_stream, GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+            return False
+        self.deltas.rebuild()
+        return True
 
     def _group_exists(self) -> bool:
         stream = self.keys.ratings_stream
@@ -107,9 +114,11 @@ class Ingest:
         """Validate `entries`, apply the good ones in one transaction, then dead-letter the bad ones and acknowledge
         all of them at once. RatingsStoreError (nothing acknowledged) if the store fails."""
         events, dead = self._parse(entries)
-        applied, duplicate, refused = self._apply(events)
+        applied, duplicate, refused, rows = self._apply(events)
         dead += refused
-        self._finish([i for i, _ in entries], dead)
+        refused_ids = {letter.stream_id for letter in refused}
+        newest = fresh.throughs(e for e, _ in events if e.stream_id not in refused_ids)
+        self._finish([i for i, _ in entries], dead, rows, newest)
         result = BatchResult(read=len(entries), applied=applied, duplicate=duplicate, dead=len(dead))
         if entries:
             log.info("batch of %d: %d applied, %d duplicate, %d dead", result.read, applied, duplicate, result.dead)
@@ -129,18 +138,19 @@ class Ingest:
             events.append((event, fields))
         return events, dead
 
-    def _apply(self, events: list[tuple[RatingEvent, dict]]) -> tuple[int, int, list[DeadLetter]]:
+    def _apply(self, events: list[tuple[RatingEvent, dict]]) -> tuple[int, int, list[DeadLetter], list[StoredRating]]:
         """Apply the batch in one transaction; if the store refuses an event (ValidationError), apply them one by one
-        so that event is dead-lettered and the rest of the batch still goes in. Returns applied, duplicate, refused."""
+        so that event is dead-lettered and the rest of the batch still goes in. Returns applied, duplicate, refused,
+        and the store's rows of the pairs the applied events name, as they stood at the commit."""
         if not events:
-            return 0, 0, []
+            return 0, 0, [], []
         try:
             result = self.store.apply([e for e, _ in events])
-            return result.applied, result.duplicate, []
+            return result.applied, result.duplicate, [], list(result.rows)
         except ValidationError:
             log.warning("the store refused an event of the batch; applying its %d events one at a time", len(events))
         applied = duplicate = 0
-        refused = []
+        refused, rows = [], []
         for event, fields in events:
             try:
                 result = self.store.apply([event])
@@ -148,13 +158,16 @@ class Ingest:
                 refused.append(DeadLetter(str(event.stream_id), fields, str(exc)))
                 continue
             applied, duplicate = applied + result.applied, duplicate + result.duplicate
-        return applied, duplicate, refused
+            rows += result.rows
+        return applied, duplicate, refused, rows
 
-    def _finish(self, ids: list[str], dead: list[DeadLetter]) -> None:
-        """In one MULTI: add the dead letters to the dead stream and acknowledge `ids`."""
+    def _finish(self, ids: list[str], dead: list[DeadLetter], rows: list[StoredRating], newest: dict[str, str]) -> None:
+        """In one MULTI: the committed rows into their readers' deltas and fresh jobs for those readers (see
+        ingest/fresh.py), the dead letters into the dead stream, and the acknowledgement of `ids`."""
         if not ids:
             return
         pipe = self.client.pipeline(transaction=True)
+        fresh.queue_after_commit(self.client, pipe, self.keys, self.settings, rows, newest)
         for letter in dead:
             log.warning("dead-lettered %s: %s", letter.stream_id, letter.reason)
             pipe.xadd(self.keys.ratings_dead, {**letter.fields, REASON: letter.reason})
@@ -176,11 +189,12 @@ class Ingest:
         return int(self.client.xtrim(stream, minid=floor, approximate=False))
 
     def step(self, block_ms: int | None = None) -> BatchResult:
-        """Read and process one batch, then trim the stream."""
+        """Read and process one batch, then trim the stream; prune the deltas if production moved (`Deltas`)."""
         entries = self.read(block_ms)
         result = self.process(entries)
         if entries:
             self.trim()
+        self.deltas.prune_if_due()
         return result
 
     def run(self) -> None:
