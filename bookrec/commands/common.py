@@ -36,6 +36,24 @@ def number(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def describe_entry(entry: dict[str, Any]) -> str:
+    """A cached list as text: a heading (user, length, model, time, fallback) and a table of its books."""
+    rows = [
+        [
+            str(i + 1),
+            str(item["book_id"]),
+            (item.get("title") or "")[:60],
+            (item.get("authors") or "")[:30],
+            number(item.get("year")),
+            number(item["score"]),
+        ]
+        for i, item in enumerate(entry["items"])
+    ]
+    fallback = " (cold start: most popular books)" if entry.get("fallback") else ""
+    head = f"user {entry['user_id']}: top {len(entry['items'])} by model {entry['model_version']} at {entry['generated_at']}{fallback}"
+    return head + "\n" + table(["#", "book_id", "title", "authors", "year", "score"], rows)
+
+
 def show_progress(as_json: bool) -> bool:
     """Whether to draw progress bars: on a terminal, and never with --json."""
     return not as_json and sys.stderr.isatty()

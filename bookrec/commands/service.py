@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from bookrec.commands.common import number, print_json, progress_bar, show_progress, table
+from bookrec.commands.common import describe_entry, print_json, progress_bar, show_progress, table
 from bookrec.commands.jobs import follow_retrain, register_retrain_actions, warn_if_unserved
 from bookrec.shared.errors import NotCached
 from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN
@@ -123,7 +123,7 @@ def _recommend(args: argparse.Namespace) -> int:
     if args.json:
         print_json(entries)
     else:
-        print("\n\n".join(_describe(entry) for entry in entries if entry is not None))
+        print("\n\n".join(describe_entry(entry) for entry in entries if entry is not None))
     return 0
 
 
@@ -135,27 +135,10 @@ def _get(args: argparse.Namespace) -> int:
         print_json({**cached.entry, "is_current": cached.is_current})
     else:
         print(
-            _describe(cached.entry)
+            describe_entry(cached.entry)
             + ("" if cached.is_current else "\n(computed by an older model; a refresh will replace it)")
         )
     return 0
-
-
-def _describe(entry: dict[str, Any]) -> str:
-    rows = [
-        [
-            str(i + 1),
-            str(item["book_id"]),
-            (item.get("title") or "")[:60],
-            (item.get("authors") or "")[:30],
-            number(item.get("year")),
-            number(item["score"]),
-        ]
-        for i, item in enumerate(entry["items"])
-    ]
-    fallback = " (cold start: most popular books)" if entry.get("fallback") else ""
-    head = f"user {entry['user_id']}: top {len(entry['items'])} by model {entry['model_version']} at {entry['generated_at']}{fallback}"
-    return head + "\n" + table(["#", "book_id", "title", "authors", "year", "score"], rows)
 
 
 def _json_object(text: str) -> dict[str, Any]:

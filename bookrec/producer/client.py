@@ -26,7 +26,7 @@ from rq.serializers import JSONSerializer
 
 from bookrec.shared import jobs as job_specs
 from bookrec.shared import payloads, ratings, worker_state
-from bookrec.shared.entries import MAX_ENTRY_BYTES, parse_entry, take
+from bookrec.shared.entries import MAX_ENTRY_BYTES, parse_entry, ratings_through, take
 from bookrec.shared.errors import BadEvent, JobFailed, MalformedEntry, RefreshIncomplete, Timeout, ValidationError
 from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN, QUEUES, Keys
 from bookrec.shared.locks import CANCELLED, CANCELLING, QUEUED, RUNNING, RetrainLock, retrain_state
@@ -37,6 +37,9 @@ MAX_USERS_PER_CALL = 100_000
 MAX_EVENTS_PER_CALL = 10_000
 """Rating events `Client.rate_many` sends in one call (one pipeline)."""
 WAIT_BLOCK_S = 2  # seconds one result read blocks in Redis
+RATED_POLL_FIRST_S = 0.001
+RATED_POLL_MAX_S = 0.05
+"""`wait_rated` reads the reader's entry after 1 ms, then 1.5 times longer each time, at most every 50 ms."""
 FINISHED = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
 UNRESPONSIVE_AFTER_S = 5.0
 """A worker whose last heartbeat (written every second, even mid-job) is older than this is `unresponsive`."""
@@ -166,12 +169,15 @@ class Client:
         rating: float,
         ts: float | str | datetime | None = None,
         event_id: str | None = None,
-    ) -> str:
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> str | dict[str, Any]:
         """Add one rating event to the ratings stream; its stream id. BadEvent (a ValidationError) naming the
-        bad field, nothing sent, if it breaks the stream's rules. Without `ts` the event's time is Redis's."""
-        return self.rate_many(
-            [{"user_id": user_id, "book_id": book_id, "rating": rating, "ts": ts, "event_id": event_id}]
-        )[0]
+        bad field, nothing sent, if it breaks the stream's rules. Without `ts` the event's time is Redis's.
+        With `wait`, return the reader's cached entry once it includes the rating (`wait_rated`)."""
+        event = {"user_id": user_id, "book_id": book_id, "rating": rating, "ts": ts, "event_id": event_id}
+        stream_id = self.rate_many([event])[0]
+        return self.wait_rated(user_id, stream_id, timeout) if wait else stream_id
 
     def unrate(
         self,
@@ -179,10 +185,37 @@ class Client:
         book_id: int | str,
         ts: float | str | datetime | None = None,
         event_id: str | None = None,
-    ) -> str:
-        """Add a delete event (the reader removed their rating of the book) to the ratings stream; its stream id."""
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> str | dict[str, Any]:
+        """Add a delete event (the reader removed their rating of the book) to the ratings stream; its stream id, or
+        with `wait` the reader's cached entry once it includes the removal (`wait_rated`)."""
         event = {"user_id": user_id, "book_id": book_id, "ts": ts, "event_id": event_id, "op": ratings.OP_DELETE}
-        return self.rate_many([event])[0]
+        stream_id = self.rate_many([event])[0]
+        return self.wait_rated(user_id, stream_id, timeout) if wait else stream_id
+
+    def wait_rated(self, user_id: int | str, stream_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """The reader's cached entry once it includes their rating event `stream_id` (its `ratings_through` is that
+        id or a newer one): the ingest committed it and a worker on `fresh` recomputed the list. Timeout after
+        `timeout` seconds (None: no limit); MalformedEntry if the key holds something else than an entry."""
+        key = self.keys.recs(payloads.user_id(user_id))
+        wanted = ratings.stream_id_key(stream_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = RATED_POLL_FIRST_S
+        while True:
+            (raw,), _ = self._read_cache([key])
+            entry = None if raw is None else parse_entry(raw, key)
+            through = None if entry is None else ratings_through(entry)
+            if through is not None and through >= wanted:
+                return entry
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Timeout(
+                    f"the cached list of user {user_id} did not include rating event {stream_id} within {timeout:g} s "
+                    f"(it includes {entry and entry.get('ratings_through')}); is `bookrec ingest` running, and a "
+                    "worker on the 'fresh' queue?"
+                )
+            time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
+            pause = min(pause * 1.5, RATED_POLL_MAX_S)
 
     def rate_many(self, events: Iterable[Mapping[str, Any]]) -> list[str]:
         """Add up to 10,000 rating events in one pipeline; their stream ids, in order.
