@@ -1,0 +1,203 @@
+"""Fresh lists on the worker's and the client's side (fakeredis, the session's trained version): a reader's current
+history is the version's plus their delta, the fresh job recomputes a reader once however many jobs name them, each
+entry says how fresh it is (`ratings_through`), and `Client.rate(wait=True)` / `bookrec rate --wait` return once
+the list includes the rating."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import fakeredis
+import numpy as np
+import pytest
+
+import bookrec.producer.client
+from bookrec.producer import Client
+from bookrec.shared import delta
+from bookrec.shared.entries import entry_problem, parse_entry
+from bookrec.shared.errors import MalformedEntry, Timeout
+from bookrec.shared.keys import Keys
+from bookrec.shared.ratings import StoredRating
+from bookrec.shared.settings import Settings
+from bookrec.worker import jobs
+from bookrec.worker.serve.runtime import ModelRuntime, current_history
+from tests.unit.conftest import install_context, run_cli
+
+KEYS = Keys()
+
+
+def book_ids(entry_json: str) -> list[str]:
+    return [str(item["book_id"]) for item in json.loads(entry_json)["items"]]
+
+
+def rated(redis: fakeredis.FakeRedis, user: str, book: str, stream_id: str, rating: float | None = 4.0) -> None:
+    """What the ingest writes for one committed event of `user` on `book`."""
+    now = time.time()
+    delta.write(redis, KEYS, [StoredRating(user, book, rating, now, now)], {user: stream_id})
+
+
+def test_a_book_rated_after_the_snapshot_leaves_a_known_reader_s_list(runtime: ModelRuntime) -> None:
+    user = runtime.user_map.to_list()[0]
+    (before,) = runtime.recommend([user], 10).entries
+    top = book_ids(before)[0]
+
+    (after,) = runtime.recommend([user], 10, [delta.ReaderDelta(1, "5-0", rated=(top,))]).entries
+
+    assert top not in book_ids(after) and len(book_ids(after)) == 10
+    assert json.loads(after)["ratings_through"] == "5-0" and json.loads(before)["ratings_through"] is None
+
+
+def test_a_new_reader_stays_on_the_popular_fallback_minus_the_books_they_rated(runtime: ModelRuntime) -> None:
+    (before,) = runtime.recommend(["brand-new"], 10).entries
+    first = book_ids(before)[0]
+
+    (after,) = runtime.recommend(
+        ["brand-new"], 10, [delta.ReaderDelta(1, "5-0", rated=(first, "no-such-book"))]
+    ).entries
+
+    assert json.loads(after)["fallback"] == "popular"
+    assert book_ids(after) == book_ids(before)[1:] + book_ids(after)[-1:]
+
+
+def test_the_current_history_adds_the_delta_s_books_and_drops_the_removed_ones(runtime: ModelRuntime) -> None:
+    users = runtime.user_map.to_list()[:2]
+    seen_rows = runtime.seen_users.index(users)
+    own = runtime.seen.items_of(int(seen_rows[0]))
+    gone, kept = runtime.item_map.to_list()[own[0]], own[1:]
+    outside = next(i for i in range(runtime.n_items) if i not in own)
+    deltas = [delta.ReaderDelta(1, None, rated=(runtime.item_map.to_list()[outside],), removed=(gone,)), delta.EMPTY]
+
+    rows, items = current_history(runtime.seen, seen_rows, deltas, runtime.item_map)
+
+    assert rows.dtype == items.dtype == np.int32
+    assert sorted(items[rows == 0].tolist()) == sorted([*kept.tolist(), outside])
+    assert sorted(items[rows == 1].tolist()) == sorted(runtime.seen.items_of(int(seen_rows[1])).tolist())
+
+
+@pytest.fixture
+def worker(trained, runtime: ModelRuntime, redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch):
+    return install_context(trained, runtime, redis, monkeypatch, ["fresh", "recommend", "refresh"])
+
+
+def test_a_fresh_job_recomputes_a_reader_once_however_many_jobs_name_them(
+    worker, runtime: ModelRuntime, redis: fakeredis.FakeRedis
+) -> None:
+    user = runtime.user_map.to_list()[3]
+    jobs.recommend([user], n=10)
+    top = book_ids(redis.get(KEYS.recs(user)).decode())[0]
+    rated(redis, user, top, "1700000000000-0")
+
+    results = [jobs.fresh([user, "nobody"]) for _ in range(3)]
+
+    assert [r["recomputed"] for r in results] == [1, 0, 0]
+    entry = json.loads(redis.get(KEYS.recs(user)))
+    assert top not in book_ids(json.dumps(entry)) and entry["ratings_through"] == "1700000000000-0"
+    rated(redis, user, "another", "1700000000001-0")
+    assert jobs.fresh([user])["recomputed"] == 1
+
+
+def test_a_recommend_job_excludes_the_delta_and_says_how_fresh_it_is(
+    worker, runtime: ModelRuntime, redis: fakeredis.FakeRedis
+) -> None:
+    user = runtime.user_map.to_list()[4]
+    jobs.recommend([user], n=10)
+    top = book_ids(redis.get(KEYS.recs(user)).decode())[0]
+    rated(redis, user, top, "1700000000000-3")
+
+    jobs.recommend([user], n=10)
+
+    entry = parse_entry(redis.get(KEYS.recs(user)))
+    assert top not in [str(item["book_id"]) for item in entry["items"]]
+    assert entry["ratings_through"] == "1700000000000-3"
+    assert jobs.fresh([user])["recomputed"] == 0, "the recommend job's list already follows the delta"
+
+
+def test_ratings_through_is_optional_and_must_be_a_stream_id() -> None:
+    entry = {"user_id": 1, "model_version": "v", "generated_at": "t", "n": 10, "fallback": None, "items": []}
+    assert entry_problem(entry) is None
+    assert entry_problem({**entry, "ratings_through": "17-0"}) is None
+    assert entry_problem({**entry, "ratings_through": "soon"}) == "ratings_through is 'soon'"
+    with pytest.raises(MalformedEntry, match="ratings_through is 17"):
+        parse_entry(json.dumps({**entry, "ratings_through": 17}))
+
+
+# ---------------------------------------------------------------- read your writes
+
+
+@pytest.fixture
+def client_redis(monkeypatch: pytest.MonkeyPatch) -> fakeredis.FakeRedis:
+    fake = fakeredis.FakeRedis()
+    monkeypatch.setattr(bookrec.producer.client, "connect", lambda settings: fake)
+    for name in ("BOOKREC_KEY_PREFIX", "BOOKREC_RATING_MIN", "BOOKREC_RATING_MAX"):
+        monkeypatch.delenv(name, raising=False)
+    return fake
+
+
+def answer_ratings(redis: fakeredis.FakeRedis, lag_s: float = 0.05) -> threading.Thread:
+    """A stand-in for ingest and worker: once an event is on the stream, cache the reader's list saying it is in."""
+
+    def work() -> None:
+        deadline = time.monotonic() + 5
+        while not redis.xlen(KEYS.ratings_stream) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        ((stream_id, fields),) = redis.xrange(KEYS.ratings_stream)
+        time.sleep(lag_s)
+        entry = {"user_id": 42, "model_version": "v1", "generated_at": "t", "n": 10, "fallback": None}
+        items = [{"book_id": 9, "score": 1.0, "title": "T", "authors": "A", "year": 2001, "image_url": None}]
+        entry.update(ratings_through=stream_id.decode(), items=items)
+        redis.set(KEYS.recs(fields[b"user_id"].decode()), json.dumps(entry))
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_rate_with_wait_returns_the_list_once_it_includes_the_rating(client_redis: fakeredis.FakeRedis) -> None:
+    client = Client(settings=Settings())
+    client_redis.set(
+        KEYS.recs("42"),
+        json.dumps(
+            {
+                "user_id": 42,
+                "model_version": "v1",
+                "generated_at": "t",
+                "n": 10,
+                "fallback": None,
+                "ratings_through": "1-0",
+                "items": [],
+            }
+        ),
+    )
+    answer_ratings(client_redis)
+
+    entry = client.rate(42, 8, 4, wait=True, timeout=5)
+
+    ((stream_id, _),) = client_redis.xrange(KEYS.ratings_stream)
+    assert entry["ratings_through"] == stream_id.decode() and entry["items"][0]["book_id"] == 9
+
+
+def test_rate_with_wait_times_out_naming_what_to_check(client_redis: fakeredis.FakeRedis) -> None:
+    client = Client(settings=Settings())
+    started = time.monotonic()
+    with pytest.raises(Timeout, match=r"did not include rating event \d+-\d+ within 0.2 s .*bookrec ingest"):
+        client.unrate(42, 8, wait=True, timeout=0.2)
+    assert time.monotonic() - started < 1.0
+
+
+def test_bookrec_rate_wait_prints_the_new_list_as_recommend_wait_does(
+    client_redis: fakeredis.FakeRedis, capsys
+) -> None:
+    answer_ratings(client_redis)
+    code, out, err = run_cli(["rate", "42", "8", "4", "--wait", "--timeout", "5"], capsys)
+    ((stream_id, _),) = client_redis.xrange(KEYS.ratings_stream)
+    assert code == 0, err
+    assert out.startswith(f"user 42 rated book 8 4: bookrec:ratings {stream_id.decode()}\nuser 42: top 1 by model v1")
+    assert "no worker listens on 'fresh'" in err
+
+
+def test_bookrec_rate_wait_exits_7_when_the_list_does_not_follow(client_redis: fakeredis.FakeRedis, capsys) -> None:
+    code, out, err = run_cli(["unrate", "42", "8", "--wait", "--timeout", "0.1", "--json"], capsys)
+    assert code == 7 and out == ""
+    assert err.splitlines()[-1].startswith("bookrec: error: the cached list of user 42 did not include rating event")
