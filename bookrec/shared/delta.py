@@ -27,12 +27,8 @@ from redis.commands.core import Script
 
 from bookrec.shared.keys import Keys
 from bookrec.shared.ratings import StoredRating, number_text
-from bookrec.shared.redis_conn import PackedScript, text
+from bookrec.shared.redis_conn import PackedScript
 
-SEQ = "*seq"
-THROUGH = "*through"
-LISTED = "*listed"
-CLAIM = "*claim"
 DELETED = "-"
 """The rating part of a book's value when the reader removed the rating (a tombstone in the store)."""
 
@@ -97,18 +93,41 @@ return #KEYS
 )
 """The ingest's write (and the rebuild's): redis-py's Script, so it can go in the MULTI that acknowledges a batch."""
 
+_COMPACT = r"""
+-- A reader's delta as one string: '*seq\n*through\n' then '+book' (rated) or '-book' (removed) lines; '' for none.
+-- One string per reader instead of every field: the worker parses 500 of them, not thousands of values.
+local function compact(key)
+  local flat = redis.call('HGETALL', key)
+  if #flat == 0 then return '' end
+  local seq, through, lines = '0', '', {}
+  for i = 1, #flat, 2 do
+    local field, value = flat[i], flat[i + 1]
+    if field == '*seq' then
+      seq = value
+    elseif field == '*through' then
+      through = value
+    elseif string.sub(field, 1, 1) ~= '*' then
+      lines[#lines + 1] = (string.sub(value, -2) == ' -' and '-' or '+') .. field
+    end
+  end
+  return seq .. '\n' .. through .. '\n' .. table.concat(lines, '\n')
+end
+"""
+
 READ = PackedScript(
-    """
+    _COMPACT
+    + """
 local out = {}
-for k = 1, #KEYS do out[k] = redis.call('HGETALL', KEYS[k]) end
+for k = 1, #KEYS do out[k] = compact(KEYS[k]) end
 return out
 """
 )
 
 CLAIM_READ = PackedScript(
-    """
+    _COMPACT
+    + """
 -- KEYS: deltas. ARGV[1] the job's id, ARGV[2] the claim's lease in ms. A reader whose list is behind its delta
--- (*seq > *listed) and that no other live job claims is claimed by this job and its delta returned; else 0.
+-- (*seq > *listed) and that no other live job claims is claimed by this job and its delta returned; else nil.
 local clock = redis.call('TIME')
 local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local out = {}
@@ -116,7 +135,7 @@ for k = 1, #KEYS do
   local key = KEYS[k]
   local seq = tonumber(redis.call('HGET', key, '*seq') or '0')
   local listed = tonumber(redis.call('HGET', key, '*listed') or '0')
-  out[k] = 0
+  out[k] = false
   if seq > listed then
     local claim = redis.call('HGET', key, '*claim')
     local free = true
@@ -126,7 +145,7 @@ for k = 1, #KEYS do
     end
     if free then
       redis.call('HSET', key, '*claim', ARGV[1] .. ' ' .. string.format('%.0f', now_ms + tonumber(ARGV[2])))
-      out[k] = redis.call('HGETALL', key)
+      out[k] = compact(key)
     end
   end
 end
@@ -223,20 +242,15 @@ def book_value(row: StoredRating) -> str:
     return f"{row.ts!r} {row.updated_at!r} {rating}"
 
 
-def decode(flat: Sequence[Any]) -> ReaderDelta:
-    """A ReaderDelta from a delta hash's HGETALL reply as a flat list (field, value, field, value, ...)."""
-    if not flat:
+def decode(compact: bytes | str) -> ReaderDelta:
+    """A ReaderDelta from the scripts' compact form of a delta (`*seq`, `*through`, then `+book` / `-book` lines)."""
+    if not compact:
         return EMPTY
-    seq, through, rated, removed = 0, None, [], []
-    for field, value in zip(flat[0::2], flat[1::2]):
-        name = text(field)
-        if name == SEQ:
-            seq = int(value)
-        elif name == THROUGH:
-            through = text(value)
-        elif not name.startswith("*"):
-            (removed if value.endswith(b" -" if isinstance(value, bytes) else " -") else rated).append(name)
-    return ReaderDelta(seq, through, tuple(rated), tuple(removed))
+    lines = (compact.decode() if isinstance(compact, bytes) else compact).split("\n")
+    books = lines[2:] if lines[2:] != [""] else []
+    rated = tuple(line[1:] for line in books if line[0] == "+")
+    removed = tuple(line[1:] for line in books if line[0] == "-")
+    return ReaderDelta(int(lines[0]), lines[1] or None, rated, removed)
 
 
 def write(
@@ -265,14 +279,14 @@ def read(client: redis.Redis, keys: Keys, user_ids: Sequence[str]) -> list[Reade
     """The deltas of `user_ids`, in order, in one round trip (EMPTY for a reader without one)."""
     if not user_ids:
         return []
-    return [decode(flat) for flat in READ(client, [keys.delta(u) for u in user_ids], [])]
+    return [decode(compact) for compact in READ(client, [keys.delta(u) for u in user_ids], [])]
 
 
 def claim(client: redis.Redis, keys: Keys, user_ids: Sequence[str], job_id: str, lease_ms: int) -> list[ReaderDelta]:
     """Claim for job `job_id` the readers of `user_ids` whose list is behind their delta and that no other live job
     holds (for `lease_ms`), in one round trip; their deltas, in order, and None for each reader not claimed."""
     replies = CLAIM_READ(client, [keys.delta(u) for u in user_ids], [job_id, lease_ms])
-    return [None if reply == 0 else decode(reply) for reply in replies]
+    return [None if reply is None else decode(reply) for reply in replies]
 
 
 def write_lists(
