@@ -12,12 +12,14 @@ import subprocess
 import sys
 
 import fakeredis
+import pytest
 from rq import Queue, Retry
 from rq.job import JobStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH
+from bookrec.worker.serve import supervisor
 from bookrec.worker.serve.rq_worker import BookrecWorker
 from bookrec.worker.serve.supervisor import Recovery, recover_abandoned
 
@@ -109,6 +111,21 @@ def test_a_job_popped_by_a_worker_that_died_before_claiming_it_goes_back_after_a
     job = queue.fetch_job(job_id)
     assert job.get_status() == JobStatus.QUEUED and job.retries_left == 2
     assert recovery.sweep() == [] and queue.job_ids.count(job_id) == 1
+
+
+def test_after_a_worker_dies_the_two_sweeps_come_within_seconds_not_at_the_next_interval(
+    redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue, job_id = pop_without_claiming(redis)
+    clock = [1000.0]
+    monkeypatch.setattr(supervisor.time, "monotonic", lambda: clock[0])
+    recovery = Recovery(redis, [QUEUE_RECOMMEND, QUEUE_REFRESH], next_sweep=clock[0] + supervisor.RECOVERY_INTERVAL)
+    assert recovery.sweep_if_due() == []  # not due: the last sweep was just now
+
+    recovery.sweep_soon()  # the supervisor saw a worker exit
+    assert recovery.sweep_if_due() == []  # at once: suspected
+    clock[0] += supervisor.CLAIM_GRACE_SECONDS
+    assert recovery.sweep_if_due() == [job_id] and queue.job_ids[0] == job_id
 
 
 def test_jobs_of_dead_workers_of_this_host_go_back_whichever_claim_step_they_died_at(redis) -> None:

@@ -136,6 +136,8 @@ class Supervisor:
                 continue
             logger.warning("supervisor: worker %s exited with code %s; restarting", slot.name, code)
             recover_abandoned(self.client, slot.name)
+            if self.recovery is not None:
+                self.recovery.sweep_soon()
             release_swap_slots(self.client, self.keys, self.swap_slots, slot.name)
             slot.backoff = 1.0 if now - slot.started_at > 60 else min(slot.backoff * 2, RESTART_BACKOFF_MAX)
             slot.restarts += 1
@@ -190,6 +192,11 @@ class Recovery:
         except redis.exceptions.RedisError as exc:
             logger.warning("supervisor: could not look for the jobs of dead workers: %s", exc)
             return []
+
+    def sweep_soon(self) -> None:
+        """Sweep at the next check and again CLAIM_GRACE_SECONDS later, as at start: after a worker died, a job it
+        had popped but not registered goes back within seconds instead of at the next RECOVERY_INTERVAL."""
+        self.next_sweep = 0.0
 
     def sweep(self) -> list[str]:
         """Hand back the jobs of dead workers now (unclaimed ones only if they were unclaimed last sweep too)."""
