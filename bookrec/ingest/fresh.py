@@ -153,7 +153,11 @@ class Deltas:
         except BookrecError as exc:
             log.warning("the deltas are not pruned for %s: %s", current, exc)
             return None
-        done = self.prune(cutoff)
+        try:
+            done = self.prune(cutoff)
+        except redis.ResponseError as exc:  # not Redis away (the ingest's loop backs off for that): log, retry later
+            log.warning("the deltas are not pruned for %s: %s", current, exc)
+            return None
         self.client.set(self.keys.delta_pruned, current)
         return done
 

@@ -70,7 +70,7 @@ for k = 1, #KEYS do
     if current then
       local cts, cupd = string.match(current, '^(%S+) (%S+)')
       cts, cupd = tonumber(cts), tonumber(cupd)
-      take = ts > cts or (ts == cts and upd > cupd)
+      take = cts == nil or cupd == nil or ts > cts or (ts == cts and upd > cupd)  -- a value not ours is replaced
     end
     if take then
       redis.call('HSET', key, book, ARGV[i + 1] .. ' ' .. ARGV[i + 2] .. ' ' .. ARGV[i + 3])
@@ -201,7 +201,8 @@ for k = 1, #KEYS do
   local kept, gone = 0, {}
   for i = 1, #flat, 2 do
     if string.sub(flat[i], 1, 1) ~= '*' then
-      if tonumber(string.match(flat[i + 1], '^%S+ (%S+)')) <= cutoff then gone[#gone + 1] = flat[i] else kept = kept + 1 end
+      local written = tonumber(string.match(flat[i + 1], '^%S+ (%S+)') or '')
+      if written == nil or written <= cutoff then gone[#gone + 1] = flat[i] else kept = kept + 1 end
     end
   end
   dropped = dropped + #gone
@@ -226,11 +227,6 @@ class ReaderDelta:
     through: str | None = None
     rated: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
-
-    @property
-    def empty(self) -> bool:
-        """Whether the reader has no delta at all (their list needs nothing beyond the version's history)."""
-        return self.seq == 0
 
 
 EMPTY = ReaderDelta()

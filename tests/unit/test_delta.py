@@ -81,8 +81,8 @@ def test_the_change_stamp_moves_on_every_change_and_not_on_a_repeat(redis: faker
 def test_a_reader_without_a_delta_reads_as_empty(redis: fakeredis.FakeRedis) -> None:
     delta.write(redis, KEYS, [row("b1", 4.0, 10.0, 100.0, user="a")], {"a": "1-0"})
     found = delta.read(redis, KEYS, ["nobody", "a"])
-    assert found[0] == delta.EMPTY and found[0].empty
-    assert found[1].rated == ("b1",) and not found[1].empty
+    assert found[0] == delta.EMPTY == delta.ReaderDelta()
+    assert found[1].rated == ("b1",) and found[1].seq > 0
 
 
 def test_a_list_computed_before_the_delta_moved_is_not_written_and_a_current_one_is(redis: fakeredis.FakeRedis) -> None:
@@ -241,3 +241,10 @@ def test_covered_until_is_the_snapshot_s_newest_row_or_a_file_trained_version_s_
     assert fresh.covered_until({"snapshot": {"newest_updated_at": 123.5}}) == 123.5
     assert fresh.covered_until({"snapshot": {"newest_updated_at": None}}) is None
     assert fresh.covered_until({"snapshot": None, "created_at": "2026-01-01T00:00:00.000000Z"}) == 1767225600.0
+
+
+def test_a_book_field_someone_else_wrote_is_replaced_by_the_store_s_row_and_pruned(redis: fakeredis.FakeRedis) -> None:
+    redis.hset(KEYS.delta("u"), mapping={"b": "garbage", "c": "also garbage"})
+    delta.write(redis, KEYS, [row("b", 4.0, 10.0, 100.0)])
+    assert stored(redis)["b"] == "10.0 100.0 4"
+    assert delta.prune(redis, [KEYS.delta("u")], 50.0) == (1, 0) and "c" not in stored(redis)
