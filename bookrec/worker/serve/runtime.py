@@ -171,22 +171,31 @@ def current_history(
     removed. Books the version does not know are left out."""
     rows, items = seen.rows(seen_rows)
     rows, items = rows.astype(np.int32), items.astype(np.int32)
-    added_rows, added_items, removed = [], [], []
-    for row, delta in enumerate(deltas):
-        if delta.rated:
-            rated = item_map.index(delta.rated)
-            added_items.append(rated[rated >= 0])
-            added_rows.append(np.full(len(added_items[-1]), row, dtype=np.int32))
-        if delta.removed:
-            gone = item_map.index(delta.removed)
-            removed.extend(row * len(item_map) + int(i) for i in gone[gone >= 0])
-    if removed:
-        keep = ~np.isin(rows.astype(np.int64) * len(item_map) + items, np.asarray(removed, dtype=np.int64))
+    rated_rows, rated = _flat(deltas, "rated", item_map)
+    removed_rows, removed = _flat(deltas, "removed", item_map)
+    if len(removed):
+        n_items = np.int64(len(item_map))
+        keep = ~np.isin(rows * n_items + items, removed_rows * n_items + removed)
         rows, items = rows[keep], items[keep]
-    if added_rows:
-        rows = np.concatenate([rows, *added_rows])
-        items = np.concatenate([items, *added_items])
+    if len(rated):
+        rows, items = np.concatenate([rows, rated_rows]), np.concatenate([items, rated])
     return rows, items
+
+
+def _flat(deltas: list[ReaderDelta], which: str, item_map: IdMap) -> tuple[np.ndarray, np.ndarray]:
+    """The (row, item index) pairs of every reader's `which` books (`rated` or `removed`) the version knows."""
+    books: list[str] = []
+    rows: list[int] = []
+    for row, reader in enumerate(deltas):
+        found = getattr(reader, which)
+        if found:
+            books.extend(found)
+            rows.extend([row] * len(found))
+    if not books:
+        return np.empty(0, dtype=np.int32), np.empty(0, dtype=np.int32)
+    indices = item_map.index(books)
+    known = indices >= 0
+    return np.asarray(rows, dtype=np.int32)[known], indices[known]
 
 
 def _item_fragments(books: list[dict]) -> tuple[list[str], list[str]]:
