@@ -93,6 +93,8 @@ def fresh(user_ids: list) -> dict[str, Any]:
         rounds += 1
         claimed = delta.claim(ctx.client, ctx.keys, pending, job_id, lease_ms)
         users = [user for user, found in zip(pending, claimed) if found is not None]
+        if not users:
+            break
         found = [d for d in claimed if d is not None]
         _, length, skipped = _cache_lists(ctx, runtime, users, found, length, None, job_id)
         recomputed += len(users)
