@@ -90,11 +90,12 @@ def fresh(user_ids: list) -> dict[str, Any]:
     lease_ms = (ctx.settings.job_timeout + CLAIM_MARGIN_S) * 1000
     length, pending, recomputed, rounds = ctx.settings.cache_n, good, 0, 0
     while pending and rounds < FRESH_ROUNDS:
-        rounds += 1
         claimed = delta.claim(ctx.client, ctx.keys, pending, job_id, lease_ms)
         users = [user for user, found in zip(pending, claimed) if found is not None]
-        if not users:
+        if not users:  # each is up to date, or another job holds it (and computes it again if it moves)
+            pending = []
             break
+        rounds += 1
         found = [d for d in claimed if d is not None]
         _, length, skipped = _cache_lists(ctx, runtime, users, found, length, None, job_id)
         recomputed += len(users)

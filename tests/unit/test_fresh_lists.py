@@ -98,6 +98,20 @@ def test_a_fresh_job_recomputes_a_reader_once_however_many_jobs_name_them(
     assert jobs.fresh([user])["recomputed"] == 1
 
 
+def test_a_fresh_job_leaves_a_reader_another_job_holds_to_it_and_hands_nothing_on(
+    worker, runtime: ModelRuntime, redis: fakeredis.FakeRedis
+) -> None:
+    user = runtime.user_map.to_list()[5]
+    rated(redis, user, "some-book", "1700000000000-0")
+    assert delta.claim(redis, KEYS, [user], "another-job", 60_000)[0] is not None
+
+    result = jobs.fresh([user])
+
+    assert (result["recomputed"], result["rounds"]) == (0, 0)
+    assert redis.get(KEYS.recs(user)) is None
+    assert redis.llen(f"rq:queue:{KEYS.queue('fresh')}") == 0, "the claiming job writes it; nothing is handed on"
+
+
 def test_a_recommend_job_excludes_the_delta_and_says_how_fresh_it_is(
     worker, runtime: ModelRuntime, redis: fakeredis.FakeRedis
 ) -> None:
