@@ -231,14 +231,15 @@ def test_a_swap_keeps_what_the_new_snapshot_misses_and_a_version_covering_it_pru
     client.rate(reader, top, 5, wait=True, timeout=60)
 
     older = with_snapshot(service.store.store, service.store.version, before_rating - 300)
-    promote(ModelStore(service.store.store), service.redis, KEYS, older)  # its refresh recomputes every list
+    settings = Settings.from_env(service.env)
+    promote(ModelStore(service.store.store), service.redis, KEYS, older, refresh=settings)  # a refresh of every list
     wait_for(lambda: (service.entry(reader) or {}).get("model_version") == older, "the refresh on the new version")
     assert top not in service.books(reader), "the new version's lists include what its snapshot does not cover"
     wait_for(lambda: service.redis.get(KEYS.delta_pruned) == older.encode(), "the ingest to prune for it", 60)
     assert delta.read(service.redis, KEYS, [reader])[0].rated == (top,), "nothing it covers: the delta is kept"
 
     covering = with_snapshot(service.store.store, service.store.version, time.time() + 120)
-    promote(ModelStore(service.store.store), service.redis, KEYS, covering)
+    promote(ModelStore(service.store.store), service.redis, KEYS, covering, refresh=settings)
     wait_for(lambda: service.redis.get(KEYS.delta_pruned) == covering.encode(), "the ingest to prune for it", 60)
     assert not service.redis.exists(KEYS.delta(reader)), "a version whose snapshot covers the rating prunes it"
 
