@@ -7,8 +7,6 @@ a database of its own that is flushed before and after each test) and real worke
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -190,11 +188,3 @@ def pool_on_private_redis(root: Path, store: TrainedStore, server: Any, **env: s
     finally:
         pool.stop()
         server.stop()
-
-
-def start_ingest_process(env: dict[str, str], log: Path) -> subprocess.Popen:
-    """A real `bookrec ingest` process with `env`, logging to `log`; kill it with `.kill()` (or SIGTERM)."""
-    with open(log, "w") as handle:
-        return subprocess.Popen(
-            [sys.executable, "-m", "bookrec", "ingest"], env=env, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT
-        )

@@ -114,7 +114,7 @@ class Deltas:
         except BookrecError as exc:
             log.warning("the deltas are not rebuilt: %s", exc)
             return 0
-        rows, last = self.ratings.changed_since(cutoff)
+        rows, last = self.ratings.rows_since(cutoff)
         by_user: dict[str, list[StoredRating]] = {}
         for row in rows:
             by_user.setdefault(row.user_id, []).append(row)

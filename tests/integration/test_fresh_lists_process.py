@@ -31,7 +31,8 @@ from bookrec.shared.jobs import FRESH
 from bookrec.shared.keys import QUEUE_FRESH, Keys
 from bookrec.shared.ratings import stream_id_key
 from bookrec.shared.settings import Settings
-from tests.conftest import REPO, TrainedStore, WorkerPool, start_ingest_process, train_tiny
+from bookrec.worker.serve.launch import IngestProcess
+from tests.conftest import REPO, TrainedStore, WorkerPool, train_tiny
 from tests.integration.test_faults import alive, clone_version, wait_for
 
 pytestmark = pytest.mark.integration
@@ -47,7 +48,7 @@ class Service:
     env: dict[str, str]
     redis: redis.Redis
     pool: WorkerPool
-    ingest: subprocess.Popen
+    ingest: IngestProcess
     root: Path
 
     def client(self) -> Client:
@@ -93,7 +94,7 @@ def start_service(redis_client: redis.Redis, tmp_path: Path) -> Iterator[Callabl
         )
         promote(ModelStore(store.store), redis_client, KEYS, store.version)
         pool = WorkerPool(env, QUEUES, processes, log=tmp_path / "workers.log")
-        service = Service(store, env, redis_client, pool, start_ingest_process(env, tmp_path / "ingest.log"), tmp_path)
+        service = Service(store, env, redis_client, pool, IngestProcess(env, tmp_path / "ingest.log"), tmp_path)
         started.append(service)
         pool.wait_ready(redis_client, processes, store.version, timeout=90)
         return service
@@ -101,9 +102,7 @@ def start_service(redis_client: redis.Redis, tmp_path: Path) -> Iterator[Callabl
     yield start
     for service in started:
         service.pool.stop()
-        if service.ingest.poll() is None:
-            service.ingest.send_signal(signal.SIGTERM)
-            service.ingest.wait(15)
+        service.ingest.stop(timeout=15)
 
 
 @pytest.fixture

@@ -175,7 +175,7 @@ def test_the_ingest_writes_the_committed_rows_and_a_fresh_job_in_the_multi_that_
     assert not redis.exists(KEYS.delta("2"))
     assert fresh_jobs(redis) == [["1"]]
 
-    store_rows = {(r.user_id, r.book_id): r for r in store.changed_since(0)[0]}
+    store_rows = {(r.user_id, r.book_id): r for r in store.rows_since(0)[0]}
     assert stored(redis, "1")["10"] == delta.book_value(store_rows[("1", "10")])
 
 
@@ -205,7 +205,7 @@ def test_rebuilding_writes_what_production_does_not_cover_and_asks_for_those_lis
     metadata_path = tmp_path / "models" / trained.version / "metadata.json"
     metadata = json.loads(metadata_path.read_text())
     store.import_ratings([("old", "b", 4.0, 1.0)])
-    covered = store.changed_since(0)[0][0].updated_at
+    covered = store.rows_since(0)[0][0].updated_at
     metadata["snapshot"] = {"source": "store", "newest_updated_at": covered + fresh.PRUNE_MARGIN_S}
     metadata_path.write_text(json.dumps(metadata))
     from bookrec.shared.ratings import RatingEvent
