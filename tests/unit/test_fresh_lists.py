@@ -49,16 +49,31 @@ def test_a_book_rated_after_the_snapshot_leaves_a_known_reader_s_list(runtime: M
     assert json.loads(after)["ratings_through"] == "5-0" and json.loads(before)["ratings_through"] is None
 
 
-def test_a_new_reader_stays_on_the_popular_fallback_minus_the_books_they_rated(runtime: ModelRuntime) -> None:
+def test_a_new_reader_gets_a_personalised_list_from_their_first_rating_for_a_history_based_kind(
+    runtime: ModelRuntime,
+) -> None:
+    assert runtime.history_based, "the session's default version is mult-dae"
     (before,) = runtime.recommend(["brand-new"], 10).entries
+    assert json.loads(before)["fallback"] == "popular", "no rating yet: the popular fallback"
     first = book_ids(before)[0]
 
     (after,) = runtime.recommend(
         ["brand-new"], 10, [delta.ReaderDelta(1, "5-0", rated=(first, "no-such-book"))]
     ).entries
 
-    assert json.loads(after)["fallback"] == "popular"
-    assert book_ids(after) == book_ids(before)[1:] + book_ids(after)[-1:]
+    assert json.loads(after)["fallback"] is None
+    assert first not in book_ids(after) and len(book_ids(after)) == 10
+
+
+def test_a_rating_moves_a_known_reader_s_list_for_a_history_based_kind(runtime: ModelRuntime) -> None:
+    reader = runtime.user_map.to_list()[0]
+    (before,) = runtime.recommend([reader], 10).entries
+    top = book_ids(before)[:3]
+
+    (after,) = runtime.recommend([reader], 10, [delta.ReaderDelta(1, "5-0", rated=tuple(top))]).entries
+
+    assert not set(top) & set(book_ids(after))
+    assert [i["score"] for i in json.loads(after)["items"]] != [i["score"] for i in json.loads(before)["items"]][3:]
 
 
 def test_the_current_history_adds_the_delta_s_books_and_drops_the_removed_ones(runtime: ModelRuntime) -> None:

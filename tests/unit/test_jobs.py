@@ -25,15 +25,22 @@ KEYS = Keys()
 
 
 class CountingModule:
-    """Wraps a loaded SavedModel and records the batch size of every `recommend` signature call."""
+    """Wraps a loaded SavedModel and records the batch size of every scoring call (`recommend` by user index, or
+    `recommend_history` for a history-based kind)."""
 
     def __init__(self, module) -> None:
         self.module = module
         self.batch_sizes: list[int] = []
+        if hasattr(module, "recommend_history"):
+            self.recommend_history = self._recommend_history
 
     def recommend(self, **inputs):
         self.batch_sizes.append(len(inputs["user"]))
         return self.module.recommend(**inputs)
+
+    def _recommend_history(self, **inputs):
+        self.batch_sizes.append(int(inputs["n_readers"]))
+        return self.module.recommend_history(**inputs)
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
 """A model version loaded for serving: the SavedModel, id maps, seen sets, popularity and book metadata.
 
 `ModelRuntime.recommend` turns a batch of user ids into cache entries (JSON strings) with one
-batched model call: unknown users get the most popular books they have not rated. A reader's books are their
+batched model call. History-based kinds score each reader's current history (a reader the version never saw
+included, once they have rated a book the version knows); rating-only kinds score by user index. Readers with
+nothing to score from get the most popular books they have not rated. A reader's books are their
 current history: the version's training history plus the books of their delta (rated after the version's
 snapshot), minus the ones whose rating they removed (`current_history`).
 """
@@ -42,6 +44,8 @@ class ModelRuntime:
         self.version = version
         self.kind = metadata.get("kind")
         self.module = module
+        self.history_based = hasattr(module, "recommend_history")
+        """Whether the version scores readers from their books (its SavedModel has `recommend_history`)."""
         self.user_map = IdMap.from_list(metadata["id_maps"]["users"])
         self.item_map = IdMap.from_list(metadata["id_maps"]["items"])
         self.n_items = len(self.item_map)
@@ -84,14 +88,14 @@ class ModelRuntime:
         deltas = deltas if deltas is not None else [EMPTY] * len(user_ids)
         users = self.user_map.index(user_ids)
         history_rows, history_items = current_history(self.seen, self.seen_users.index(user_ids), deltas, self.item_map)
-        known = np.flatnonzero(users >= 0)
+        scored = np.unique(history_rows) if self.history_based else np.flatnonzero(users >= 0)
         items = np.full((len(user_ids), n), -1, dtype=np.int32)
         scores = np.zeros((len(user_ids), n), dtype=np.float32)
-        if len(known):
-            top, top_scores = self.score(users, known, history_rows, history_items, n)
-            items[known, : top.shape[1]] = top
-            scores[known, : top.shape[1]] = top_scores
-        unknown = np.flatnonzero(users < 0)
+        if len(scored):
+            top, top_scores = self.score(users, scored, history_rows, history_items, n)
+            items[scored, : top.shape[1]] = top
+            scores[scored, : top.shape[1]] = top_scores
+        unknown = np.setdiff1d(np.arange(len(user_ids)), scored, assume_unique=True)
         if len(unknown):
             order = np.argsort(history_rows, kind="stable")
             bounds = np.searchsorted(history_rows[order], np.stack([unknown, unknown + 1]))
@@ -107,22 +111,30 @@ class ModelRuntime:
         return Batch(list(user_ids), entries, len(unknown))
 
     def score(
-        self, users: np.ndarray, known: np.ndarray, history_rows: np.ndarray, history_items: np.ndarray, k: int
+        self, users: np.ndarray, scored: np.ndarray, history_rows: np.ndarray, history_items: np.ndarray, k: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The top-`k` items and scores of the readers at positions `known` of the batch (those the model knows,
-        `users` their indices), none of them in the reader's current history (`history_rows`, `history_items`:
-        flat int32 arrays, row = position in the batch). The one place a batch is scored: every kind scores by
-        user index today; a history-based kind will score the current history through its history signature here
-        (that scorer takes the same flat arrays, rows renumbered to the readers it scores)."""
+        """The top-`k` items and scores of the readers at positions `scored` of the batch, none of them in the
+        reader's current history (`history_rows`, `history_items`: flat int32 arrays, row = position in the batch).
+        A history-based kind scores the current history through its `recommend_history` signature (so a rating
+        moves the list, and a reader the version never saw is scored from their books); the others score by user
+        index (`users`, the readers' indices; every scored reader is known to the version)."""
         position = np.full(len(users), -1, dtype=np.int32)
-        position[known] = np.arange(len(known), dtype=np.int32)
+        position[scored] = np.arange(len(scored), dtype=np.int32)
         mine = position[history_rows] >= 0
-        result = self.module.recommend(
-            user=users[known],
-            k=np.int32(k),
-            exclude_row=position[history_rows[mine]],
-            exclude_item=history_items[mine],
-        )
+        if self.history_based:
+            result = self.module.recommend_history(
+                history_item=history_items[mine],
+                history_row=position[history_rows[mine]],
+                n_readers=np.int32(len(scored)),
+                k=np.int32(k),
+            )
+        else:
+            result = self.module.recommend(
+                user=users[scored],
+                k=np.int32(k),
+                exclude_row=position[history_rows[mine]],
+                exclude_item=history_items[mine],
+            )
         top, top_scores = result["items"].numpy(), result["scores"].numpy()
         top[~np.isfinite(top_scores)] = -1
         return top, top_scores
