@@ -8,9 +8,11 @@ SQLite (the embedded default, WAL mode) and PostgreSQL (`postgresql+psycopg://â€
 from __future__ import annotations
 
 import csv
+import gc
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -40,6 +42,8 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _LOOKUP_CHUNK = 500  # ids per IN (...) query, well under SQLite's bound-parameter limit
 IMPORT_BATCH = 10_000
 """Rows per executemany batch (SQLite) and per progress report (both dialects) of a bulk import."""
+SNAPSHOT_COLUMNS = ("user", "item", "rating")
+"""The columns of `Snapshot.frame()`, as `read_ratings` names them."""
 EXPORT_HEADER = ("user_id", "book_id", "rating")
 """The columns of an exported ratings CSV (goodbooks' ratings.csv, which `train` and `data import` read back)."""
 
@@ -82,7 +86,11 @@ class Snapshot:
         """The rows as a pandas DataFrame with columns user, item, rating (needs bookrec[worker])."""
         import pandas as pd
 
-        return pd.DataFrame(self.rows, columns=["user", "item", "rating"])
+        with _gc_paused():
+            users, items, values = zip(*self.rows) if self.rows else ((), (), ())
+        return pd.DataFrame(
+            {"user": list(users), "item": list(items), "rating": list(values)}, columns=SNAPSHOT_COLUMNS
+        )
 
 
 @dataclass(frozen=True)
@@ -134,7 +142,7 @@ class RatingsStore:
             _record_applied(conn, fresh, now)
             winners = _latest_per_pair(fresh)
             if winners:
-                conn.execute(_upsert(conn.dialect.name), [_row(e, now) for e in winners])
+                _insert_many(conn, ratings, [_row(e, now) for e in winners], LATEST_TS_WINS)
             _advance_stream(conn, fresh, now)
             rows = _rows_of(conn, {(str(e.user_id), str(e.book_id)) for e in events})
         return ApplyResult(applied=len(fresh), duplicate=len(events) - len(fresh), rows=rows)
@@ -151,15 +159,7 @@ class RatingsStore:
         """The live ratings and their summary {rows, users, items, newest_updated_at, last_stream_id}, all read in
         one transaction so a concurrent apply is either wholly in it or not at all."""
         with self._begin(snapshot=True) as conn:
-            live = ratings.c.rating.is_not(None)
-            rows = [
-                (r.user_id, r.book_id, float(r.rating))
-                for r in conn.execute(
-                    sa.select(ratings.c.user_id, ratings.c.book_id, ratings.c.rating)
-                    .where(live)
-                    .order_by(ratings.c.user_id, ratings.c.book_id)
-                )
-            ]
+            rows = _live_rows(conn)
             newest = conn.execute(sa.select(sa.func.max(ratings.c.updated_at))).scalar()
             last = _last_stream_id(conn)
         summary = {
@@ -301,15 +301,16 @@ def _store_error(url: str, exc: Exception) -> RatingsStoreError:
 def missing_file(url: str) -> Path | None:
     """The file a SQLite `url` names when it does not exist (opening the store would create it); None for an
     existing file, an in-memory database or PostgreSQL. ConfigError for a URL bookrec cannot use."""
-    parsed = _parse(url)
+    parsed = database_url(url)
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
         return None
     path = Path(parsed.database)
     return None if path.exists() else path
 
 
-def _parse(url: str) -> URL:
-    """`url` parsed; ConfigError unless it is a SQLite or PostgreSQL URL."""
+def database_url(url: str) -> URL:
+    """`url` as a SQLAlchemy URL the store can open (a plain postgresql:// goes through psycopg 3, which bookrec
+    ships, not SQLAlchemy's default psycopg2); ConfigError naming the problem otherwise."""
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -320,16 +321,17 @@ def _parse(url: str) -> URL:
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
         raise ConfigError(f"BOOKREC_DATABASE_URL: {backend!r} is not supported; use sqlite or postgresql+psycopg")
-    return parsed
+    return parsed.set(drivername="postgresql+psycopg") if parsed.drivername == "postgresql" else parsed
 
 
 def _engine(url: str) -> Engine:
     """An engine for `url`: SQLite in WAL mode with explicit BEGINs (so a snapshot is one read), or PostgreSQL."""
-    parsed = _parse(url)
+    parsed = database_url(url)
     if parsed.get_backend_name() == "postgresql":
-        if parsed.drivername == "postgresql":  # SQLAlchemy's default driver is psycopg2; bookrec ships psycopg 3
-            parsed = parsed.set(drivername="postgresql+psycopg")
-        return sa.create_engine(parsed, pool_pre_ping=True)
+        # No server-side prepared statements: psycopg would prepare a statement after five runs and PostgreSQL
+        # could then keep the plan it made while the tables were near empty (a sequential scan of applied_events
+        # for every batch: the ingest fell to under 2,000 events/s as the table grew). Planned afresh each time.
+        return sa.create_engine(parsed, pool_pre_ping=True, connect_args={"prepare_threshold": None})
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(parsed, connect_args={"timeout": 30})
@@ -349,6 +351,35 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_begin(conn: Connection) -> None:
     # A writer takes the write lock at once, so it never fails upgrading a stale read snapshot to a write.
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("bookrec_write") else "BEGIN")
+
+
+_LIVE = "SELECT user_id, book_id, rating FROM ratings WHERE rating IS NOT NULL ORDER BY user_id, book_id"
+
+
+def _live_rows(conn: Connection) -> list[tuple[str, str, float]]:
+    """Every live rating as (user_id, book_id, rating), ordered by user then book: fetched whole through the DB-API
+    cursor, whose driver builds the tuples in C (SQLAlchemy's Row objects cost seconds per million rows)."""
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(_LIVE)
+        with _gc_paused():
+            return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a million tuples are built: none of them can form a cycle, and the
+    collections their allocations would trigger, each walking every object alive, otherwise take longer than the
+    building."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _check(event: RatingEvent) -> None:
@@ -385,10 +416,7 @@ def _unseen(conn: Connection, events: Sequence[RatingEvent]) -> list[RatingEvent
     seen = set()
     for kind in ("event", "stream"):
         ids = sorted(i for k, i in wanted if k == kind)
-        for start in range(0, len(ids), _LOOKUP_CHUNK):
-            chunk = ids[start : start + _LOOKUP_CHUNK]
-            query = sa.select(applied_events.c.id).where(applied_events.c.kind == kind, applied_events.c.id.in_(chunk))
-            seen.update((kind, i) for i in conn.execute(query).scalars())
+        seen.update((kind, i) for i in _applied_among(conn, kind, ids))
     fresh = []
     for event in events:
         keys = _ids(event)
@@ -398,11 +426,33 @@ def _unseen(conn: Connection, events: Sequence[RatingEvent]) -> list[RatingEvent
     return fresh
 
 
+def _applied_among(conn: Connection, kind: str, ids: list[str]) -> list[str]:
+    """Which of `ids` (of `kind`) applied_events holds. PostgreSQL: one query with one array parameter (`= ANY`);
+    SQLite: IN lists of _LOOKUP_CHUNK ids."""
+    if not ids:
+        return []
+    of_kind = applied_events.c.kind == kind
+    if conn.dialect.name == "postgresql":
+        ids_array = sa.bindparam("ids", ids, type_=postgresql.ARRAY(sa.String))
+        return list(
+            conn.execute(
+                sa.select(applied_events.c.id).where(of_kind, applied_events.c.id == sa.any_(ids_array))
+            ).scalars()
+        )
+    found = []
+    for start in range(0, len(ids), _LOOKUP_CHUNK):
+        query = sa.select(applied_events.c.id).where(
+            of_kind, applied_events.c.id.in_(ids[start : start + _LOOKUP_CHUNK])
+        )
+        found.extend(conn.execute(query).scalars())
+    return found
+
+
 def _record_applied(conn: Connection, events: Sequence[RatingEvent], now: float) -> None:
     """Remember the ids of `events`; a concurrent writer applying one of them too makes this transaction fail."""
     rows = [{"kind": kind, "id": i, "applied_at": now} for event in events for kind, i in _ids(event)]
     if rows:
-        conn.execute(sa.insert(applied_events), rows)
+        _insert_many(conn, applied_events, rows)
 
 
 def _latest_per_pair(events: Sequence[RatingEvent]) -> list[RatingEvent]:
@@ -449,14 +499,26 @@ def _dialect_insert(dialect: str, table: sa.Table) -> Any:
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
-def _upsert(dialect: str) -> Any:
-    """INSERT â€¦ ON CONFLICT (user_id, book_id) DO UPDATE only where the incoming ts is not older than the row's."""
-    stmt = _dialect_insert(dialect, ratings)
-    return stmt.on_conflict_do_update(
-        index_elements=[ratings.c.user_id, ratings.c.book_id],
-        set_={"rating": stmt.excluded.rating, "ts": stmt.excluded.ts, "updated_at": stmt.excluded.updated_at},
-        where=stmt.excluded.ts >= ratings.c.ts,
-    )
+LATEST_TS_WINS = (
+    "ON CONFLICT (user_id, book_id) DO UPDATE SET rating = excluded.rating, ts = excluded.ts, "
+    "updated_at = excluded.updated_at WHERE excluded.ts >= ratings.ts"
+)
+"""The ratings upsert's rule, in every statement writing ratings: a row changes only for an event not older than it."""
+
+
+def _insert_many(conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]], suffix: str = "") -> None:
+    """INSERT `rows` (dicts with the same keys, column names of `table`) followed by `suffix` (an ON CONFLICT
+    clause). PostgreSQL: one statement unnesting one array per column (one round trip and one plan for any number
+    of rows); SQLite: executemany (its driver loops in C)."""
+    columns = list(rows[0])
+    names = ", ".join(columns)
+    if conn.dialect.name == "postgresql":
+        arrays = ", ".join(f"CAST(:{c} AS {table.c[c].type.compile(conn.dialect)}[])" for c in columns)
+        statement = f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({arrays}) {suffix}"
+        conn.execute(sa.text(statement), {c: [row[c] for row in rows] for c in columns})
+    else:
+        values = ", ".join(f":{c}" for c in columns)
+        conn.execute(sa.text(f"INSERT INTO {table.name} ({names}) VALUES ({values}) {suffix}"), list(rows))
 
 
 def _upsert_books(dialect: str) -> Any:
@@ -526,26 +588,20 @@ def _finite(number: int, name: str, value: Any) -> float:
 def _batched_upsert(conn: Connection, rows: Iterable[tuple[str, str, float, float]], now: float) -> None:
     """SQLite: the ratings upsert of `apply` as executemany batches of IMPORT_BATCH rows (rows apply in order,
     so of two rows for one pair with the same ts the later wins)."""
-    stmt = _upsert(conn.dialect.name)
     batch: list[dict[str, Any]] = []
     for user, book, rating, ts in rows:
         batch.append({"user_id": user, "book_id": book, "rating": rating, "ts": ts, "updated_at": now})
         if len(batch) == IMPORT_BATCH:
-            conn.execute(stmt, batch)
+            _insert_many(conn, ratings, batch, LATEST_TS_WINS)
             batch = []
     if batch:
-        conn.execute(stmt, batch)
+        _insert_many(conn, ratings, batch, LATEST_TS_WINS)
 
 
 _MERGE = sa.text(
-    """
-    INSERT INTO ratings (user_id, book_id, rating, ts, updated_at)
-    SELECT DISTINCT ON (user_id, book_id) user_id, book_id, rating, ts, :now
-    FROM bookrec_import ORDER BY user_id, book_id, ts DESC, seq DESC
-    ON CONFLICT (user_id, book_id) DO UPDATE
-    SET rating = excluded.rating, ts = excluded.ts, updated_at = excluded.updated_at
-    WHERE excluded.ts >= ratings.ts
-    """
+    "INSERT INTO ratings (user_id, book_id, rating, ts, updated_at) "
+    "SELECT DISTINCT ON (user_id, book_id) user_id, book_id, rating, ts, :now "
+    f"FROM bookrec_import ORDER BY user_id, book_id, ts DESC, seq DESC {LATEST_TS_WINS}"
 )
 """PostgreSQL: merge the COPYed rows, the latest ts (then the last row) of each pair, latest ts winning."""
 
