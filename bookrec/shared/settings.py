@@ -113,7 +113,7 @@ class Settings:
     rating_min: float = DEFAULT_RATING_SCALE[0]
     rating_max: float = DEFAULT_RATING_SCALE[1]
     ingest_claim_s: int = 30
-    ingest_batch: int = 100
+    ingest_batch: int = 1000
     ingest_block_ms: int = 1000
     retrain_cron: str | None = None
     retrain_after_ratings: int = 0
@@ -145,7 +145,7 @@ class Settings:
             log_level=(env.get("BOOKREC_LOG_LEVEL") or "INFO").upper(),
             database_url=env.get("BOOKREC_DATABASE_URL") or DEFAULT_DATABASE_URL,
             ingest_claim_s=_int(env, "BOOKREC_INGEST_CLAIM_S", 30, minimum=1),
-            ingest_batch=_int(env, "BOOKREC_INGEST_BATCH", 100, minimum=1, maximum=10_000),
+            ingest_batch=_int(env, "BOOKREC_INGEST_BATCH", 1000, minimum=1, maximum=10_000),
             ingest_block_ms=_int(env, "BOOKREC_INGEST_BLOCK_MS", 1000, minimum=10, maximum=60_000),
             retrain_cron=_cron(env),
             retrain_after_ratings=_int(env, "BOOKREC_RETRAIN_AFTER_RATINGS", 0, minimum=0),
