@@ -4,13 +4,13 @@
 <size key>/models/    a model store holding the base version: the default kind with its default
                       parameters (or the run's overrides), trained by the first run's trainer
                       and reused while the kind and parameters stay the same
-<size key>/logs/      the output of the worker processes of the latest run
+<size key>/logs/      the output of the worker and ingest processes of the latest run
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -51,17 +51,27 @@ QUICK = Size("quick", users=5000, books=2000, ratings=100_000)
 
 
 @dataclass(frozen=True)
-class Prepared:
-    """A catalogue on disk, the store for its versions, and the cached base version if there is one."""
+class Data:
+    """A catalogue on disk (ratings.csv, books.csv) and the cache directory it lives in."""
 
     size: Size
     root: Path
     data_dir: Path
-    store: Path
-    kind: str
-    params: dict[str, Any]  # as stored in a version's metadata
-    base_version: str | None  # the cached base version; None until a run has trained one
     generated: bool  # the catalogue was synthesised by this run
+
+    def log(self, name: str) -> Path:
+        """The log file of a subprocess of this run."""
+        return self.root / "logs" / f"{name}.log"
+
+
+@dataclass(frozen=True)
+class Prepared(Data):
+    """A catalogue on disk, the store for its versions, and the cached base version if there is one."""
+
+    store: Path = Path()
+    kind: str = ""
+    params: dict[str, Any] = field(default_factory=dict)  # as stored in a version's metadata
+    base_version: str | None = None  # the cached base version; None until a run has trained one
 
 
 def model_params(overrides: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -71,13 +81,8 @@ def model_params(overrides: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return DEFAULT_KIND, json.loads(json.dumps(get_spec(DEFAULT_KIND).params(overrides)))
 
 
-def prepare(
-    size: Size, cache_root: Path, books_from: Path | None, notify: Notify, overrides: dict[str, Any] | None = None
-) -> Prepared:
-    """Synthesise the catalogue unless it is cached, and find a cached base version; say which happened.
-
-    `overrides` change the default kind's parameters (none: the default model).
-    """
+def prepare_data(size: Size, cache_root: Path, books_from: Path | None, notify: Notify) -> Data:
+    """Synthesise the catalogue unless it is cached; say which happened (no TensorFlow)."""
     root = cache_root / size.key
     data_dir = root / "data"
     generated = not ((data_dir / "ratings.csv").is_file() and (data_dir / "books.csv").is_file())
@@ -88,12 +93,23 @@ def prepare(
         )
     else:
         notify(f"reusing the cached catalogue in {data_dir} ({size.describe()})")
-    kind, params = model_params(overrides or {})
-    base = cached_base(ModelStore(root / "models"), kind, params)
-    if base is not None:
-        notify(f"reusing the cached base model {base} ({kind}) in {root / 'models'}")
     (root / "logs").mkdir(parents=True, exist_ok=True)
-    return Prepared(size, root, data_dir, root / "models", kind, params, base, generated)
+    return Data(size, root, data_dir, generated)
+
+
+def prepare(
+    size: Size, cache_root: Path, books_from: Path | None, notify: Notify, overrides: dict[str, Any] | None = None
+) -> Prepared:
+    """Synthesise the catalogue unless it is cached, and find a cached base version; say which happened.
+
+    `overrides` change the default kind's parameters (none: the default model).
+    """
+    data = prepare_data(size, cache_root, books_from, notify)
+    kind, params = model_params(overrides or {})
+    base = cached_base(ModelStore(data.root / "models"), kind, params)
+    if base is not None:
+        notify(f"reusing the cached base model {base} ({kind}) in {data.root / 'models'}")
+    return Prepared(**vars(data), store=data.root / "models", kind=kind, params=params, base_version=base)
 
 
 def cached_base(store: ModelStore, kind: str, params: dict[str, Any]) -> str | None:

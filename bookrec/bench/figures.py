@@ -31,7 +31,7 @@ def _ms(value: float) -> str:
     return f"{value:.2f}" if value < 10 else f"{value:.1f}"
 
 
-FIGURES: tuple[Figure, ...] = (
+SERVING: tuple[Figure, ...] = (
     Figure(
         "throughput_users_per_s",
         ">= 5,000 users/s per process and >= 50% of ceiling",
@@ -127,6 +127,67 @@ FIGURES: tuple[Figure, ...] = (
 )
 
 
+def _per_store(value: Values, shown: Callable[[Any], str]) -> str:
+    return f"PostgreSQL {shown(value['postgres'])}; SQLite {shown(value['sqlite'])}"
+
+
+def _ingest_figure(store: str, name: str, bare: str) -> Figure:
+    key = f"ingest_{store}_events_per_s"
+    return Figure(
+        key,
+        ">= 20,000 events/s",
+        lambda f, r: f[key] >= 20_000,
+        lambda v: f"{_n(v)} events/s",
+        lambda r: (
+            f"{_n(r['events'])} events pre-loaded, one `bookrec ingest` ({name}, batches of {_n(r['batch'])}): "
+            f"{_n(r['events_per_cpu_s'])} events per CPU-second of it; raw XADD {_n(r['xadd_events_per_s'])} "
+            f"events/s; {bare} of the same rows {_n(r['bare_rows_per_s'])} rows/s"
+        ),
+    )
+
+
+RATINGS: tuple[Figure, ...] = (
+    _ingest_figure("postgres", "PostgreSQL", "bare COPY"),
+    _ingest_figure("sqlite", "SQLite WAL", "bare executemany INSERT"),
+    Figure(
+        "ingest_latency_ms",
+        "p50 <= 20 ms, p99 <= 100 ms at 2,000 events/s",
+        lambda f, r: all(v["p50"] <= 20 and v["p99"] <= 100 for v in f["ingest_latency_ms"].values()),
+        lambda v: _per_store(v, lambda x: f"p50 {_ms(x['p50'])} / p99 {_ms(x['p99'])} ms"),
+        lambda r: (
+            f"XADD -> committed, {_n(r['events'])} events at {_n(r['rate'])}/s per store; max PostgreSQL "
+            f"{_ms(r['max_ms']['postgres'])} / SQLite {_ms(r['max_ms']['sqlite'])} ms; Redis PING p50 "
+            f"{_ms(r['ping_p50_ms'])} ms, XADD p50 {_ms(r['xadd_p50_ms'])} ms"
+        ),
+    ),
+    Figure(
+        "import_postgres_s",
+        "<= 15 s (1,000,000 ratings)",
+        lambda f, r: f["import_postgres_s"] <= 15,
+        lambda v: f"{v:.1f} s",
+        lambda r: (
+            f"`bookrec data import` of {_n(r['rows'])} ratings, wall ({r['command_s']:.1f} s by its JSON); psql \\copy "
+            f"of the file: {r['psql_copy_s']:.1f} s bare, {r['psql_copy_keyed_s']:.1f} s keyed; into SQLite "
+            f"{r['sqlite_s']:.1f} s"
+        ),
+    ),
+    Figure(
+        "snapshot_s",
+        "<= 5 s (1,000,000 ratings)",
+        lambda f, r: all(v <= 5 for v in f["snapshot_s"].values()),
+        lambda v: _per_store(v, lambda x: f"{x:.2f} s"),
+        lambda r: (
+            f"snapshot().frame() of {_n(r['rows'])} ratings (snapshot alone: PostgreSQL "
+            f"{r['snapshot_only_s']['postgres']:.2f} / SQLite {r['snapshot_only_s']['sqlite']:.2f} s); "
+            f"pandas.read_csv of the file {r['read_csv_s']:.2f} s"
+        ),
+    ),
+)
+
+FIGURES: tuple[Figure, ...] = SERVING + RATINGS
+"""Every figure of a full run, in the order of the table."""
+
+
 @dataclass
 class Report:
     """Everything one benchmark run measured."""
@@ -136,11 +197,21 @@ class Report:
     references: Values
     details: Values = field(default_factory=dict)
 
+    def measured(self) -> list[Figure]:
+        """The figures this run measured (a run of some phases has only theirs), in the order of the table."""
+        return [fig for fig in FIGURES if fig.key in self.figures]
+
     def targets(self) -> Values:
         """{key: {"target": text, "met": True/False/None (a reference)}}."""
         return {
-            fig.key: {"target": fig.target, "met": fig.met(self.figures, self.references[fig.key])} for fig in FIGURES
+            fig.key: {"target": fig.target, "met": fig.met(self.figures, self.references[fig.key])}
+            for fig in self.measured()
         }
+
+    def what(self) -> str:
+        """The catalogue, and the model when the serving phases ran."""
+        model = self.details.get("model")
+        return f"{self.details['catalogue']}" + (f", model {model}" if model else "")
 
     def to_json(self) -> Values:
         """The `--json` document: machine, figures, targets, plus references and what was done."""
@@ -163,19 +234,24 @@ class Report:
                 fig.reference(self.references[fig.key]),
                 {True: "yes", False: "NO", None: "-"}[targets[fig.key]["met"]],
             ]
-            for fig in FIGURES
+            for fig in self.measured()
         ]
 
 
 HEADERS = ("figure", "measured", "target", "reference (same run)", "met")
 
 
+def _only(details: Values) -> str:
+    phases = details.get("phases", ())
+    return f" --only {phases[0]}" if len(phases) == 1 else ""
+
+
 def markdown(report: Report) -> str:
     """The table as Markdown, headed by the date, cores, catalogue and how busy the machine was."""
     m, d = report.machine, report.details
     lines = [
-        f"`bookrec bench{' --quick' if d.get('quick') else ''}` on {m['date']}: {m['cores']} cores ({m['cpu']}), "
-        f"{d['catalogue']}, model {d['model']}.",
+        f"`bookrec bench{' --quick' if d.get('quick') else ''}{_only(d)}` on {m['date']}: {m['cores']} cores ({m['cpu']}), "
+        f"{report.what()}.",
         f"Machine {'busy' if m['busy'] else 'quiet'}: other processes used {m['other_cores_during_run']:.2f} cores on average "
         f"during the run ({m['other_cores_at_start']:.2f} at the start); load average at the end {m['load_average'][0]:.2f}.",
         "",

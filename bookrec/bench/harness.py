@@ -1,11 +1,14 @@
 """`bookrec bench`: run every measurement in order on one catalogue and return a `Report`.
 
-Order, so that phases do not disturb each other: a trainer worker first (all cores: it trains
-the base model if none is cached, then the timed retrain), then in-process figures (ceiling,
-model load, seed path), then one serving process (throughput), then two (throughput, full
-refresh, cache reads, latency, memory over a soak of jobs, and last a hot swap to the retrained
-version under a stream of requests). At the end the benchmark's Redis database is flushed and
-its model store holds only the base version, in production.
+Two phases, `serving` then `ratings` (a run may do one of them). Serving, in this order so that its
+steps do not disturb each other: a trainer worker first (all cores: it trains the base model if
+none is cached, then the timed retrain), then in-process figures (ceiling, model load, seed path),
+then one serving process (throughput), then two (throughput, full refresh, cache reads, latency,
+memory over a soak of jobs, and last a hot swap to the retrained version under a stream of
+requests). Ratings in (`ratings_in.py`, no TensorFlow): real `bookrec ingest` processes into
+SQLite and PostgreSQL, then bulk import and snapshots. At the end the benchmark's Redis database
+is flushed, its PostgreSQL databases are dropped and its model store holds only the base version,
+in production.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from bookrec.bench import catalogue, machine, measure
-from bookrec.bench.catalogue import Notify, Prepared, Size
+from bookrec.bench import PHASES, catalogue, machine, measure, ratings_in
+from bookrec.bench.catalogue import Data, Notify, Prepared, Size
 from bookrec.bench.figures import Report
 from bookrec.bench.service import Pool, Service
 from bookrec.shared.errors import BookrecError
@@ -54,6 +57,8 @@ class Config:
     soak_single_jobs: int = 45_000  # and this many single-user jobs: with the phases before, ~50,000 jobs
     swap_lead_s: float = 2.0  # requests before the promotion, and again after every worker swapped
     swap_timeout_s: float = 30.0
+    phases: tuple[str, ...] = PHASES
+    ratings: ratings_in.Plan = field(default_factory=ratings_in.Plan)
 
     @classmethod
     def full(cls, redis_url: str, cache_root: Path, books_from: Path | None) -> "Config":
@@ -77,6 +82,7 @@ class Config:
             soak_passes=2,
             soak_single_jobs=2000,
             swap_lead_s=1.0,
+            ratings=ratings_in.Plan(events=20_000, latency_s=3.0),
         )
 
 
@@ -85,7 +91,7 @@ class _Run:
     """State shared by the phases of one run."""
 
     config: Config
-    prepared: Prepared
+    prepared: Prepared | Data  # a Prepared (with the base model) when the serving phase runs
     notify: Notify
     base: str = ""
     users: list[str] = field(default_factory=list)
@@ -104,48 +110,68 @@ class _Run:
         order = np.concatenate([self.rng.permutation(len(self.users)) for _ in range(rounds)])[:count]
         return [self.users[i] for i in order]
 
-    def log(self, name: str) -> Path:
-        """The log file of a subprocess."""
-        return self.prepared.root / "logs" / f"{name}.log"
-
     def timeout(self) -> float:
         """Seconds to allow one pass over the catalogue before calling it stuck."""
         return 120 + len(self.users) / 100
 
 
 def run(config: Config, notify: Notify = lambda message: None) -> Report:
-    """Run the whole benchmark; `notify` hears about each phase as it starts."""
-    from bookrec.worker.serve.tf_setup import configure_tensorflow
-
+    """Run the benchmark's phases (`config.phases`); `notify` hears about each step as it starts."""
+    unknown = set(config.phases) - set(PHASES)
+    if unknown or not config.phases:
+        raise BookrecError(f"benchmark phases {sorted(unknown)} unknown; choose from {', '.join(PHASES)}")
     meter = machine.CpuMeter.start()
     other_at_start = machine.idle_load()
-    configure_tensorflow(1)  # the same single TensorFlow thread as each worker process
-    prepared = catalogue.prepare(config.size, config.cache_root, config.books_from, notify, config.model_params)
-    state = _Run(config, prepared, notify)
-    started = time.monotonic()
-    service = Service.claim(config.redis_url, prepared.store, prepared.data_dir)
+    databases = ratings_in.Databases(config.ratings.postgres_url) if "ratings" in config.phases else None
     try:
-        redis_version = service.client.info("server").get("redis_version")
-        _service_phases(state, service)
+        state = _Run(config, _prepare(config, notify), notify)
+        started = time.monotonic()
+        service = Service.claim(config.redis_url, state.prepared.root / "models", state.prepared.data_dir)
+        try:
+            redis_version = service.client.info("server").get("redis_version")
+            if "serving" in config.phases:
+                _service_phases(state, service)
+            if databases is not None:
+                figures, references = ratings_in.run(service, state.prepared, config.ratings, databases, notify)
+                state.figures.update(figures)
+                state.references.update(references)
+                state.details["postgres_server"] = databases.server_version
+        finally:
+            _clean_up(service, state)
     finally:
-        _clean_up(service, state)
+        if databases is not None:
+            databases.drop_all()
     info = machine.describe(redis_version)
     info.update(
         other_cores_at_start=round(other_at_start, 2), other_cores_during_run=round(meter.cores_used_by_others(), 2)
     )
     info["busy"] = max(info["other_cores_at_start"], info["other_cores_during_run"]) > machine.BUSY_CORES
-    dim = f" dim={prepared.params['dim']}" if "dim" in prepared.params else ""
     state.details.update(
         quick=config.quick,
-        catalogue=prepared.size.describe(),
-        catalogue_generated=prepared.generated,
-        base_model_trained=prepared.base_version is None,
-        model=f"{prepared.kind}{dim}",
-        model_params=prepared.params,
-        cache_dir=str(prepared.root),
+        phases=list(config.phases),
+        catalogue=state.prepared.size.describe(),
+        catalogue_generated=state.prepared.generated,
+        cache_dir=str(state.prepared.root),
         seconds=round(time.monotonic() - started, 1),
     )
+    if isinstance(state.prepared, Prepared):
+        dim = f" dim={state.prepared.params['dim']}" if "dim" in state.prepared.params else ""
+        state.details.update(
+            base_model_trained=state.prepared.base_version is None,
+            model=f"{state.prepared.kind}{dim}",
+            model_params=state.prepared.params,
+        )
     return Report(info, state.figures, state.references, state.details)
+
+
+def _prepare(config: Config, notify: Notify) -> Prepared | Data:
+    """The catalogue, with its cached base model when the serving phase runs (TensorFlow is imported only then)."""
+    if "serving" not in config.phases:
+        return catalogue.prepare_data(config.size, config.cache_root, config.books_from, notify)
+    from bookrec.worker.serve.tf_setup import configure_tensorflow
+
+    configure_tensorflow(1)  # the same single TensorFlow thread as each worker process
+    return catalogue.prepare(config.size, config.cache_root, config.books_from, notify, config.model_params)
 
 
 def _service_phases(state: _Run, service: Service) -> None:
@@ -155,7 +181,7 @@ def _service_phases(state: _Run, service: Service) -> None:
     candidate = _train(state, service, client)
     _in_process(state)
     one = _throughput(state, service, 1)
-    pool = Pool(service, 2, state.log("workers-2"))
+    pool = Pool(service, 2, state.prepared.log("workers-2"))
     try:
         pids = pool.wait_serving(state.base)
         two = _passes(state, service, pids)
@@ -182,7 +208,7 @@ def _train(state: _Run, service: Service, client) -> str:
     from bookrec.model_store.store import ModelStore
 
     prepared, store = state.prepared, ModelStore(state.prepared.store)
-    trainer = Pool(service, 1, state.log("trainer"), queues="retrain", tf_threads=0)
+    trainer = Pool(service, 1, state.prepared.log("trainer"), queues="retrain", tf_threads=0)
     try:
         trainer.wait_listening()
         state.base = prepared.base_version or ""
@@ -250,7 +276,7 @@ def _in_process(state: _Run) -> None:
 
 def _throughput(state: _Run, service: Service, processes: int) -> list[dict[str, float]]:
     """Each timed pass on a fresh pool of `processes` workers (see `_passes`)."""
-    pool = Pool(service, processes, state.log(f"workers-{processes}"))
+    pool = Pool(service, processes, state.prepared.log(f"workers-{processes}"))
     try:
         return _passes(state, service, pool.wait_serving(state.base))
     finally:
@@ -422,7 +448,7 @@ def _swap(state: _Run, service: Service, client, candidate: str) -> None:
 
 
 def _clean_up(service: Service, state: _Run) -> None:
-    """Flush the benchmark's database; leave the store with only the base version, in production."""
+    """Flush the benchmark's database; leave the store with only the base version, in production (serving)."""
     from bookrec.model_store.store import ModelStore
 
     service.release()

@@ -7,6 +7,7 @@ import platform
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -84,18 +85,21 @@ def host() -> dict[str, Any]:
 
 
 def describe(redis_version: str | None) -> dict[str, Any]:
-    """`host()` and the versions of TensorFlow, numpy, RQ and the Redis server."""
-    import numpy
-    import rq
-    import tensorflow as tf
-
+    """`host()` and the versions of TensorFlow, numpy, RQ, SQLAlchemy, psycopg and the Redis server (read from
+    the installed distributions, nothing imported)."""
     return {
         **host(),
-        "tensorflow": tf.__version__,
-        "numpy": numpy.__version__,
-        "rq": rq.__version__,
+        **{module: _installed_version(module) for module in ("tensorflow", "numpy", "rq", "sqlalchemy", "psycopg")},
         "redis_server": redis_version,
     }
+
+
+def _installed_version(module: str) -> str | None:
+    """The version of the installed distribution that provides `module` (tensorflow: tensorflow-cpu), without
+    importing it; None if none does."""
+    for distribution in metadata.packages_distributions().get(module, []):
+        return metadata.version(distribution)
+    return None
 
 
 def _cpu_model() -> str:

@@ -13,7 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 from rq.registry import FailedJobRegistry
@@ -23,7 +23,9 @@ from bookrec.producer.client import Client
 from bookrec.shared import jobs
 from bookrec.shared.errors import BookrecError
 from bookrec.shared.keys import QUEUE_RECOMMEND
-from bookrec.worker.serve.runtime import ModelRuntime
+
+if TYPE_CHECKING:  # imports TensorFlow, which the ratings-in phase does without
+    from bookrec.worker.serve.runtime import ModelRuntime
 
 POLL_S = 0.0005
 
@@ -85,6 +87,8 @@ def ceiling(runtime: ModelRuntime, users: list[str], batch: int, n: int, repeats
 
 def model_load_s(store, version: str, repeats: int) -> float:
     """Median seconds to load, verify and warm up one version in this process (what a hot swap does)."""
+    from bookrec.worker.serve.runtime import ModelRuntime
+
     times = []
     for _ in range(repeats):
         started = time.perf_counter()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+from bookrec.bench import DEFAULT_POSTGRES, PHASES
 from bookrec.commands.common import needs_worker_side, print_json, table
 from bookrec.shared.settings import Settings
 
@@ -17,10 +19,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="benchmark the service on a goodbooks-sized synthetic catalogue",
         description="Run the real service (Redis, `bookrec worker` processes) on a synthetic goodbooks-shaped "
         "catalogue (53,424 users x 10,000 books, ~1M ratings; --quick: 5,000 x 2,000, 100,000) and print each "
-        "figure beside its target and a reference measured in the same run. The catalogue and its base model "
-        "are cached under --cache-dir, so only the first run generates and trains them. Uses a Redis database "
-        "of its own (--redis-db), flushed at the end. Timings are medians over repeats; the machine's other "
-        "load is reported beside them.",
+        "figure beside its target and a reference measured in the same run. Two phases: serving (recommend "
+        "throughput and latency, refresh, cache reads, hot swap, retrain, memory) and ratings (real `bookrec "
+        "ingest` processes into SQLite and PostgreSQL, bulk import, snapshots); --only runs one. The catalogue "
+        "and its base model are cached under --cache-dir, so only the first run generates and trains them. Uses "
+        "a Redis database of its own (--redis-db), flushed at the end, and PostgreSQL databases of its own on "
+        "the --postgres server, dropped at the end. Timings are medians over repeats; the machine's other load "
+        "is reported beside them.",
     )
     parser.add_argument(
         "--quick", action="store_true", help="a smaller catalogue and fewer requests (under 2 minutes once cached)"
@@ -29,6 +34,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--json", action="store_true", help="print {machine, figures, targets, ...} as JSON instead of a table"
     )
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the README)")
+    parser.add_argument(
+        "--only",
+        choices=PHASES,
+        help="run one phase: serving (the recommend path) or ratings (ingest, import, snapshot); default both",
+    )
+    parser.add_argument(
+        "--postgres",
+        default=DEFAULT_POSTGRES,
+        metavar="URL",
+        help="PostgreSQL server for the ratings phase, which creates databases bookrec_bench_<random> there and "
+        f"drops them (default: {DEFAULT_POSTGRES})",
+    )
     parser.add_argument(
         "--redis-db",
         type=int,
@@ -49,9 +66,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print the report."""
     needs_worker_side("bookrec bench")
-    from bookrec.worker.serve.tf_setup import configure_tensorflow
+    if args.only != "ratings":
+        from bookrec.worker.serve.tf_setup import configure_tensorflow
 
-    configure_tensorflow(1)  # before bookrec.bench.harness imports TensorFlow: quietly, one thread like each worker
+        configure_tensorflow(1)  # before the serving phase imports TensorFlow: quietly, one thread like each worker
     from bookrec.bench.catalogue import REAL_BOOKS
     from bookrec.bench.figures import HEADERS, markdown
     from bookrec.bench.harness import Config
@@ -62,6 +80,11 @@ def run(args: argparse.Namespace) -> int:
     url = with_db(settings.redis_url, args.redis_db)
     books_from = REAL_BOOKS if REAL_BOOKS.exists() else None
     config = (Config.quick_run if args.quick else Config.full)(url, args.cache_dir, books_from)
+    config = replace(
+        config,
+        phases=(args.only,) if args.only else PHASES,
+        ratings=replace(config.ratings, postgres_url=args.postgres),
+    )
     report = run_bench(config, notify=lambda message: print(f"bench: {message}", file=sys.stderr, flush=True))
     if args.json:
         print_json(report.to_json())
@@ -69,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         print(markdown(report))
     else:
         m, d = report.machine, report.details
-        print(f"{m['date']}, {m['cores']} cores, {d['catalogue']}, model {d['model']}, {d['seconds']:.0f} s")
+        print(f"{m['date']}, {m['cores']} cores, {report.what()}, {d['seconds']:.0f} s")
         print(
             f"machine {'BUSY' if m['busy'] else 'quiet'}: other processes used {m['other_cores_during_run']:.2f} cores "
             f"on average during the run; figures are medians over repeats"

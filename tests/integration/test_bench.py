@@ -8,13 +8,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
+from bookrec.bench import PHASES, ratings_in
 from bookrec.bench.catalogue import Size, prepare
-from bookrec.bench.figures import FIGURES, HEADERS, Report, markdown
+from bookrec.bench.figures import FIGURES, HEADERS, RATINGS, SERVING, Report, markdown
 from bookrec.bench.harness import Config, run
 from bookrec.bench.service import with_db
 from bookrec.model_store.store import ModelStore
+from bookrec.shared.errors import BookrecError
 from tests.conftest import GOODBOOKS_BOOKS, TEST_REDIS_URL
+from tests.integration.test_ratings_postgres import ADMIN_URL, admin  # noqa: F401  (the fixture)
 
 TINY = Size("tiny", users=300, books=200, ratings=6000)
 
@@ -25,7 +29,7 @@ def _leaves(value) -> list[float]:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_tiny_run_reports_every_figure_and_leaves_nothing_behind(redis_client, tmp_path: Path) -> None:
+def test_tiny_serving_run_reports_every_serving_figure_and_leaves_nothing_behind(redis_client, tmp_path: Path) -> None:
     books = GOODBOOKS_BOOKS if GOODBOOKS_BOOKS.exists() else None
     params = {"epochs": 2}  # the default kind, trained briefly
     config = Config(
@@ -43,12 +47,13 @@ def test_tiny_run_reports_every_figure_and_leaves_nothing_behind(redis_client, t
         soak_passes=1,
         soak_single_jobs=20,
         swap_lead_s=0.5,
+        phases=("serving",),
     )
     messages: list[str] = []
 
     document = run(config, notify=messages.append).to_json()
 
-    keys = {figure.key for figure in FIGURES}
+    keys = {figure.key for figure in SERVING}
     assert set(document["figures"]) == keys and set(document["targets"]) == keys and set(document["references"]) == keys
     figures = document["figures"]
     assert all(
@@ -71,6 +76,63 @@ def test_tiny_run_reports_every_figure_and_leaves_nothing_behind(redis_client, t
     assert [v["version"] for v in store.list()] == [prepared.base_version] == [store.production()]
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_ratings_phase_reports_its_five_figures_and_drops_its_databases(
+    redis_client,
+    admin: sa.Engine,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made: list[str] = []
+    create = ratings_in.Databases.create
+    monkeypatch.setattr(ratings_in.Databases, "create", lambda self: made.append(create(self)) or made[-1])
+    plan = ratings_in.Plan(postgres_url=ADMIN_URL, events=500, rate=200.0, latency_s=0.5, repeats=1, timeout_s=60)
+    config = Config(TINY, TEST_REDIS_URL, cache_root=tmp_path, phases=("ratings",), ratings=plan)
+    messages: list[str] = []
+
+    document = run(config, notify=messages.append).to_json()
+
+    keys = {figure.key for figure in RATINGS}
+    assert set(document["figures"]) == keys and set(document["targets"]) == keys and set(document["references"]) == keys
+    assert all(x > 0 for value in document["figures"].values() for x in _leaves(value))
+    assert all(x > 0 for value in document["references"].values() for x in _leaves(value))
+    references = document["references"]
+    assert references["ingest_sqlite_events_per_s"]["events"] == 500
+    assert references["ingest_latency_ms"]["events"] == 100  # 200 events/s for 0.5 s, per store
+    assert references["import_postgres_s"]["rows"] == references["snapshot_s"]["rows"] == TINY.ratings
+    assert document["details"]["phases"] == ["ratings"] and "model" not in document["details"]
+    assert any("bookrec ingest" in m for m in messages) and any("data import" in m for m in messages)
+    # Each ingest logged its batches; the Redis database is empty and every PostgreSQL database made is gone.
+    logs = tmp_path / TINY.key / "logs"
+    assert (
+        "applied" in (logs / "ingest-sqlite.log").read_text()
+        and "applied" in (logs / "ingest-postgres.log").read_text()
+    )
+    assert redis_client.dbsize() == 0
+    names = [sa.make_url(url).database for url in made]
+    with admin.connect() as conn:
+        left = conn.execute(sa.text("SELECT datname FROM pg_database WHERE datname = ANY(:names)"), {"names": names})
+        assert len(names) == 2 and left.scalars().all() == []  # one for the ingest, one for the import
+
+
+def test_a_full_run_has_both_phases_and_a_report_shows_only_what_it_measured(tmp_path: Path) -> None:
+    assert Config.full(TEST_REDIS_URL, tmp_path, None).phases == PHASES == ("serving", "ratings")
+    assert Config.quick_run(TEST_REDIS_URL, tmp_path, None).phases == PHASES
+    full = _report()
+    ratings_only = Report(
+        full.machine,
+        {k: v for k, v in full.figures.items() if k in {f.key for f in RATINGS}},
+        full.references,
+        {"catalogue": TINY.describe(), "phases": ["ratings"]},
+    )
+    assert [row[0] for row in ratings_only.rows()] == [f.key for f in RATINGS]
+    assert set(ratings_only.targets()) == {f.key for f in RATINGS}
+    assert "--only ratings" in markdown(ratings_only) and "model" not in markdown(ratings_only)
+    with pytest.raises(BookrecError, match="unknown"):
+        run(Config(TINY, TEST_REDIS_URL, cache_root=tmp_path, phases=("ratings-in",)))
+
+
 def _report(**changes) -> Report:
     figures = {
         "throughput_users_per_s": 6000.0,
@@ -83,8 +145,20 @@ def _report(**changes) -> Report:
         "worker_rss_mb": {"rss_mb": 900.0, "growth_pct": 1.0},
         "scaling_2_vs_1": 1.8,
         "seed_path_ms_per_user": 400.0,
+        "ingest_postgres_events_per_s": 21_000.0,
+        "ingest_sqlite_events_per_s": 25_000.0,
+        "ingest_latency_ms": {"postgres": {"p50": 8.0, "p99": 40.0}, "sqlite": {"p50": 6.0, "p99": 30.0}},
+        "import_postgres_s": 7.0,
+        "snapshot_s": {"postgres": 2.0, "sqlite": 1.5},
     }
     figures.update(changes)
+    ingest = {
+        "events_per_cpu_s": 30_000.0,
+        "xadd_events_per_s": 90_000.0,
+        "bare_rows_per_s": 300_000.0,
+        "events": 200_000,
+        "batch": 1000,
+    }
     references = {
         "throughput_users_per_s": {
             "ratio_of_ceiling": 0.6,
@@ -116,6 +190,23 @@ def _report(**changes) -> Report:
             "two_processes_cores": 1.7,
         },
         "seed_path_ms_per_user": {"service_ms_per_user": 0.1, "speedup": 4000.0, "same_top_n": 5, "users": 5},
+        "ingest_postgres_events_per_s": ingest,
+        "ingest_sqlite_events_per_s": ingest,
+        "ingest_latency_ms": {
+            "ping_p50_ms": 0.05,
+            "xadd_p50_ms": 0.07,
+            "max_ms": {"postgres": 60.0, "sqlite": 45.0},
+            "rate": 2000.0,
+            "events": 20_000,
+        },
+        "import_postgres_s": {
+            "rows": 981_756,
+            "command_s": 6.5,
+            "sqlite_s": 6.0,
+            "psql_copy_s": 0.3,
+            "psql_copy_keyed_s": 1.4,
+        },
+        "snapshot_s": {"rows": 981_756, "snapshot_only_s": {"postgres": 1.5, "sqlite": 1.0}, "read_csv_s": 0.3},
     }
     machine = {
         "date": "2026-11-28 05:00 UTC",
@@ -137,6 +228,16 @@ def test_targets_mark_misses_and_references() -> None:
     missed = _report(latency_ms={"p50": 5.0, "p99": 31.0}, throughput_users_per_s=4000.0).targets()
     assert missed["latency_ms"]["met"] is False and missed["throughput_users_per_s"]["met"] is False
     assert missed["full_refresh_s"]["met"] is True
+
+
+def test_a_ratings_figure_of_two_stores_misses_when_either_store_misses() -> None:
+    slow_sqlite = {"postgres": {"p50": 8.0, "p99": 40.0}, "sqlite": {"p50": 6.0, "p99": 101.0}}
+    missed = _report(
+        ingest_latency_ms=slow_sqlite, snapshot_s={"postgres": 5.5, "sqlite": 1.0}, ingest_sqlite_events_per_s=19_999.0
+    ).targets()
+    assert missed["ingest_latency_ms"]["met"] is False and missed["snapshot_s"]["met"] is False
+    assert missed["ingest_sqlite_events_per_s"]["met"] is False and missed["ingest_postgres_events_per_s"]["met"]
+    assert _report(import_postgres_s=15.5).targets()["import_postgres_s"]["met"] is False
 
 
 def test_throughput_below_half_the_ceiling_misses_even_above_5000() -> None:

@@ -146,6 +146,11 @@ CLI_CASES = {
         r"unknown mult-dae hyper-parameter\(s\) dimm",
     ),
     "retrain --params not JSON": (["retrain", "--params", "dim=8"], "argument --params: not JSON"),
+    "bench --only unknown phase": (["bench", "--only", "ingest"], r"argument --only: invalid choice: 'ingest'"),
+    "bench --postgres not PostgreSQL": (
+        ["bench", "--only", "ratings", "--postgres", "sqlite:///x.db"],
+        r"--postgres sqlite:///x.db is not a PostgreSQL URL",
+    ),
 }
 
 
@@ -163,6 +168,16 @@ def test_the_cli_exits_non_zero_with_one_line_naming_the_problem(
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and err.startswith("bookrec: error: ")
     assert re.search(problem, err)
+
+
+def test_the_ratings_benchmark_against_a_postgresql_that_does_not_answer_exits_11_before_anything_runs(capsys) -> None:
+    code, out, err = run_cli(
+        ["bench", "--only", "ratings", "--postgres", "postgresql://bench:secret@127.0.0.1:1/postgres"], capsys
+    )
+
+    assert code == 11 and out == ""
+    assert len(err.strip().splitlines()) == 1, "one line, and no phase started (each says `bench: …` on stderr)"
+    assert "PostgreSQL at postgresql://bench:***@127.0.0.1:1/postgres does not answer" in err and "secret" not in err
 
 
 def test_training_on_a_books_file_without_its_columns_exits_2_naming_them(data_dir: Path, tmp_path: Path) -> None:
