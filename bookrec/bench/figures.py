@@ -155,7 +155,8 @@ RATINGS: tuple[Figure, ...] = (
         lambda f, r: all(v["p50"] <= 20 and v["p99"] <= 100 for v in f["ingest_latency_ms"].values()),
         lambda v: _per_store(v, lambda x: f"p50 {_ms(x['p50'])} / p99 {_ms(x['p99'])} ms"),
         lambda r: (
-            f"XADD -> committed, {_n(r['events'])} events at {_n(r['rate'])}/s per store; max PostgreSQL "
+            f"XADD -> committed, {_n(r['events'])} events per store at {_n(r['rate'])}/s (sent: PostgreSQL "
+            f"{_n(r['sent_per_s']['postgres'])}/s, SQLite {_n(r['sent_per_s']['sqlite'])}/s); max PostgreSQL "
             f"{_ms(r['max_ms']['postgres'])} / SQLite {_ms(r['max_ms']['sqlite'])} ms; Redis PING p50 "
             f"{_ms(r['ping_p50_ms'])} ms, XADD p50 {_ms(r['xadd_p50_ms'])} ms"
         ),

@@ -51,6 +51,7 @@ from bookrec.shared.settings import Settings, redact_url
 
 PIPELINE = 1000  # XADDs per pipeline when pre-loading
 POLL_S = 0.001  # between polls of the store in the latency stream: its resolution
+SEND_BURST = 50  # the most XADDs between two polls (a few milliseconds' worth)
 STORES = ("sqlite", "postgres")
 
 Figures = dict[str, Any]
@@ -169,6 +170,7 @@ def _ingest_figures(
         "ping_p50_ms": median(seen[store]["ping_p50_ms"] for store in STORES),
         "xadd_p50_ms": median(seen[store]["xadd_p50_ms"] for store in STORES),
         "max_ms": {store: seen[store]["max_ms"] for store in STORES},
+        "sent_per_s": {store: seen[store]["sent_per_s"] for store in STORES},
         "rate": plan.rate,
         "events": seen["postgres"]["events"],
     }
@@ -299,39 +301,83 @@ def _latency(
     ping_ms = median(_round_trips(client, 1000)) * 1000
     count = max(1, int(plan.rate * plan.latency_s))
     events = [{**fields, "user_id": f"latency-{i}"} for i, fields in enumerate(_events(data, count, seed=1))]
-    store = RatingsStore(database)
-    waiting: deque[tuple[tuple[int, int], float]] = deque()  # (stream id, perf_counter before its XADD), in order
-    latencies, xadds = [], []
-    try:
-        start, sent = time.perf_counter(), 0
-        while sent < count or waiting:
-            while sent < count and time.perf_counter() >= start + sent / plan.rate:
-                before = time.perf_counter()
-                entry = client.xadd(stream, events[sent])
-                xadds.append(time.perf_counter() - before)
-                waiting.append((stream_id_key(_text(entry)), before))
-                sent += 1
-            applied = store.last_stream_id()
-            seen = time.perf_counter()
-            while waiting and applied is not None and waiting[0][0] <= stream_id_key(applied):
-                latencies.append(seen - waiting.popleft()[1])
-            if waiting and seen - waiting[0][1] > plan.timeout_s:
-                raise BookrecError(f"a rating event was not committed within {plan.timeout_s:.0f} s; see {ingest.log}")
-            ingest.check()
-            time.sleep(POLL_S)
-    finally:
-        store.close()
-    ms = np.array(latencies) * 1000
+    producer = _PacedProducer(client, stream, events, plan.rate)
+    ms = np.array(_until_committed(producer, database, ingest, plan.timeout_s)) * 1000
     return {
         "latency": {"p50": percentile(ms, 50), "p99": percentile(ms, 99)},
         "latency_reference": {
             "ping_p50_ms": ping_ms,
-            "xadd_p50_ms": median(xadds) * 1000,
+            "xadd_p50_ms": median(producer.xadds) * 1000,
             "max_ms": float(ms.max()),
-            "rate": plan.rate,
+            "sent_per_s": producer.sent_per_s(),
             "events": count,
         },
     }
+
+
+class _PacedProducer:
+    """XADDs `events` one at a time at `rate`/s, remembering when each was sent, until each is seen committed."""
+
+    def __init__(self, client: redis.Redis, stream: str, events: list[dict[str, str]], rate: float) -> None:
+        self.client, self.stream, self.events, self.rate = client, stream, events, rate
+        self.waiting: deque[tuple[tuple[int, int], float]] = deque()  # (stream id, perf_counter before its XADD)
+        self.xadds: list[float] = []  # each XADD's round trip, seconds
+        self.sent = 0
+        self.start = self.last_sent = time.perf_counter()
+
+    def busy(self) -> bool:
+        """Whether events remain to send, or sent ones to see committed."""
+        return self.sent < len(self.events) or bool(self.waiting)
+
+    def send_due(self) -> None:
+        """Send the events due by now, at most SEND_BURST: one that fell behind catches up between polls."""
+        due = min(len(self.events), self.sent + SEND_BURST)
+        while self.sent < due and time.perf_counter() >= self.start + self.sent / self.rate:
+            before = time.perf_counter()
+            entry = self.client.xadd(self.stream, self.events[self.sent])
+            self.xadds.append(time.perf_counter() - before)
+            self.waiting.append((stream_id_key(_text(entry)), before))
+            self.sent, self.last_sent = self.sent + 1, before
+
+    def committed(self, applied: str | None, seen: float) -> list[float]:
+        """Latencies (s) of the waiting events the store's last applied stream id `applied`, read at `seen`, covers."""
+        done = []
+        while self.waiting and applied is not None and self.waiting[0][0] <= stream_id_key(applied):
+            done.append(seen - self.waiting.popleft()[1])
+        return done
+
+    def idle_for(self, now: float) -> float:
+        """Seconds until the next event is due (0 if one is due or overdue; POLL_S once all are sent)."""
+        if self.sent >= len(self.events):
+            return POLL_S
+        return max(0.0, self.start + self.sent / self.rate - now)
+
+    def oldest_wait(self, now: float) -> float:
+        """Seconds the oldest event not yet seen committed has waited."""
+        return now - self.waiting[0][1] if self.waiting else 0.0
+
+    def sent_per_s(self) -> float:
+        """The rate the events really went out at (below `rate` if this process fell behind)."""
+        return (self.sent - 1) / max(self.last_sent - self.start, 1e-6)
+
+
+def _until_committed(producer: _PacedProducer, database: str, ingest: IngestProcess, timeout: float) -> list[float]:
+    """Run `producer`, polling the store after each send (at least every POLL_S), until every event is seen
+    committed; their latencies (s)."""
+    store = RatingsStore(database)
+    latencies: list[float] = []
+    try:
+        while producer.busy():
+            producer.send_due()
+            applied = store.last_stream_id()
+            latencies += producer.committed(applied, time.perf_counter())
+            if producer.oldest_wait(time.perf_counter()) > timeout:
+                raise BookrecError(f"a rating event was not committed within {timeout:.0f} s; see {ingest.log}")
+            ingest.check()
+            time.sleep(min(POLL_S, producer.idle_for(time.perf_counter())))
+    finally:
+        store.close()
+    return latencies
 
 
 def _round_trips(client: redis.Redis, count: int) -> list[float]:
