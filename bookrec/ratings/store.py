@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import gc
+import json
 import logging
 import math
 import time
@@ -388,6 +389,10 @@ def _check(event: RatingEvent) -> None:
         raise ValidationError(f"event op {event.op!r} is neither {OP_RATE!r} nor {OP_DELETE!r}")
     if event.op == OP_RATE and event.rating is None:
         raise ValidationError(f"rate event for user {event.user_id} book {event.book_id} has no rating")
+    if event.op == OP_RATE and not _is_finite(event.rating):
+        raise ValidationError(
+            f"rate event for user {event.user_id} book {event.book_id}: rating {event.rating!r} is not a finite number"
+        )
     for name in ("user_id", "book_id", "event_id", "stream_id"):
         value = getattr(event, name)
         if value is not None and not 0 < len(str(value)) <= ID_LENGTH:
@@ -398,6 +403,14 @@ def _check(event: RatingEvent) -> None:
         )
     if event.stream_id is not None:
         stream_id_key(event.stream_id)
+
+
+def _is_finite(value: Any) -> bool:
+    """Whether `value` is a number (or its text) that is neither infinite nor NaN."""
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def _ids(event: RatingEvent) -> list[tuple[str, str]]:
@@ -427,18 +440,16 @@ def _unseen(conn: Connection, events: Sequence[RatingEvent]) -> list[RatingEvent
 
 
 def _applied_among(conn: Connection, kind: str, ids: list[str]) -> list[str]:
-    """Which of `ids` (of `kind`) applied_events holds. PostgreSQL: one query with one array parameter (`= ANY`);
+    """Which of `ids` (of `kind`) applied_events holds. PostgreSQL: one query with the ids as one JSON parameter
+    (one statement for any number of ids; JSON is dumped in C, a psycopg array element by element in Python);
     SQLite: IN lists of _LOOKUP_CHUNK ids."""
     if not ids:
         return []
     of_kind = applied_events.c.kind == kind
     if conn.dialect.name == "postgresql":
-        ids_array = sa.bindparam("ids", ids, type_=postgresql.ARRAY(sa.String))
-        return list(
-            conn.execute(
-                sa.select(applied_events.c.id).where(of_kind, applied_events.c.id == sa.any_(ids_array))
-            ).scalars()
-        )
+        listed = sa.text("SELECT json_array_elements_text(CAST(:ids AS json))").bindparams(ids=json.dumps(ids))
+        query = sa.select(applied_events.c.id).where(of_kind, applied_events.c.id.in_(listed.columns(sa.column("x"))))
+        return list(conn.execute(query).scalars())
     found = []
     for start in range(0, len(ids), _LOOKUP_CHUNK):
         query = sa.select(applied_events.c.id).where(
@@ -508,14 +519,16 @@ LATEST_TS_WINS = (
 
 def _insert_many(conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]], suffix: str = "") -> None:
     """INSERT `rows` (dicts with the same keys, column names of `table`) followed by `suffix` (an ON CONFLICT
-    clause). PostgreSQL: one statement unnesting one array per column (one round trip and one plan for any number
-    of rows); SQLite: executemany (its driver loops in C)."""
+    clause). PostgreSQL: one statement reading the rows from one JSON parameter (json_to_recordset: one round trip
+    and one plan for any number of rows, and JSON is dumped in C where psycopg dumps arrays element by element in
+    Python); SQLite: executemany (its driver loops in C)."""
     columns = list(rows[0])
     names = ", ".join(columns)
     if conn.dialect.name == "postgresql":
-        arrays = ", ".join(f"CAST(:{c} AS {table.c[c].type.compile(conn.dialect)}[])" for c in columns)
-        statement = f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({arrays}) {suffix}"
-        conn.execute(sa.text(statement), {c: [row[c] for row in rows] for c in columns})
+        types = ", ".join(f"{c} {table.c[c].type.compile(conn.dialect)}" for c in columns)
+        source = f"json_to_recordset(CAST(:rows AS json)) AS x({types})"
+        statement = f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {source} {suffix}"
+        conn.execute(sa.text(statement), {"rows": json.dumps(rows)})
     else:
         values = ", ".join(f":{c}" for c in columns)
         conn.execute(sa.text(f"INSERT INTO {table.name} ({names}) VALUES ({values}) {suffix}"), list(rows))

@@ -176,6 +176,8 @@ def test_malformed_events_are_refused_before_anything_is_written(store: RatingsS
         store.apply([rate("u", "c", 1.0, 1.0, stream_id="yesterday")])
     with pytest.raises(ValidationError, match="ts"):
         store.apply([rate("u", "c", 1.0, float("nan"))])
+    with pytest.raises(ValidationError, match="rating nan is not a finite number"):
+        store.apply([rate("u", "c", float("nan"), 1.0)])
     assert live(store) == {}
 
 
