@@ -131,7 +131,7 @@ def _per_store(value: Values, shown: Callable[[Any], str]) -> str:
     return f"PostgreSQL {shown(value['postgres'])}; SQLite {shown(value['sqlite'])}"
 
 
-def _ingest_figure(store: str, name: str, bare: str) -> Figure:
+def _ingest_figure(store: str, name: str, bare: str, server: str = "") -> Figure:
     key = f"ingest_{store}_events_per_s"
     return Figure(
         key,
@@ -140,14 +140,14 @@ def _ingest_figure(store: str, name: str, bare: str) -> Figure:
         lambda v: f"{_n(v)} events/s",
         lambda r: (
             f"{_n(r['events'])} events pre-loaded, one `bookrec ingest` ({name}, batches of {_n(r['batch'])}): "
-            f"{_n(r['events_per_cpu_s'])} events per CPU-second of it; raw XADD {_n(r['xadd_events_per_s'])} "
+            f"{_n(r['events_per_cpu_s'])} events per CPU-second of it{server}; raw XADD {_n(r['xadd_events_per_s'])} "
             f"events/s; {bare} of the same rows {_n(r['bare_rows_per_s'])} rows/s"
         ),
     )
 
 
 RATINGS: tuple[Figure, ...] = (
-    _ingest_figure("postgres", "PostgreSQL", "bare COPY"),
+    _ingest_figure("postgres", "PostgreSQL", "bare COPY", " and its PostgreSQL server process"),
     _ingest_figure("sqlite", "SQLite WAL", "bare executemany INSERT"),
     Figure(
         "ingest_latency_ms",
