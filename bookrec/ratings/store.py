@@ -488,14 +488,31 @@ def _stored(row: Any) -> StoredRating:
 
 
 def _rows_of(conn: Connection, pairs: set[tuple[str, str]]) -> tuple[StoredRating, ...]:
-    """The rows of `pairs` (user_id, book_id) as they stand in this transaction."""
+    """The rows of `pairs` (user_id, book_id) as they stand in this transaction, each found by a primary-key probe.
+    PostgreSQL: the pairs one JSON parameter, each looked up in a LATERAL subquery (as `_applied_among`); SQLite: a
+    VALUES list joined to the table (a row-value `IN (VALUES …)` is planned as a scan of every rating)."""
+    if not pairs:
+        return ()
     ordered = sorted(pairs)
-    found = []
-    key = sa.tuple_(ratings.c.user_id, ratings.c.book_id)
-    for start in range(0, len(ordered), _LOOKUP_CHUNK):
-        query = sa.select(*_ROW_COLUMNS).where(key.in_(ordered[start : start + _LOOKUP_CHUNK]))
-        found.extend(_stored(r) for r in conn.execute(query))
-    return tuple(found)
+    if conn.dialect.name == "postgresql":
+        query = sa.text(
+            "SELECT r.user_id, r.book_id, r.rating, r.ts, r.updated_at "
+            "FROM json_to_recordset(CAST(:pairs AS json)) AS p(u text, b text) JOIN LATERAL "
+            "(SELECT * FROM ratings WHERE user_id = p.u AND book_id = p.b LIMIT 1) AS r ON true"
+        )
+        found = conn.execute(query, {"pairs": json.dumps([{"u": u, "b": b} for u, b in ordered])})
+        return tuple(_stored(r) for r in found)
+    rows: list[StoredRating] = []
+    chunk = _LOOKUP_CHUNK // 2  # two parameters a pair
+    for start in range(0, len(ordered), chunk):
+        part = ordered[start : start + chunk]
+        query = (
+            f"WITH p(u, b) AS (VALUES {', '.join(['(?, ?)'] * len(part))}) "
+            "SELECT r.user_id, r.book_id, r.rating, r.ts, r.updated_at "
+            "FROM p JOIN ratings AS r ON r.user_id = p.u AND r.book_id = p.b"
+        )
+        rows.extend(_stored(r) for r in conn.exec_driver_sql(query, tuple(x for pair in part for x in pair)))
+    return tuple(rows)
 
 
 def _row(event: RatingEvent, now: float) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from tests.unit.test_ratings_store import (  # noqa: F401  (collected here again
     test_pruning_forgets_old_applied_ids,
     test_the_latest_ts_wins_whatever_order_events_arrive_in,
     test_the_migrations_build_exactly_the_schema_in_schema_py,
+    test_apply_returns_the_rows_of_every_pair_it_named_as_they_stand_after_the_commit,
     test_the_summary_describes_the_snapshot_and_stream_ids_compare_as_numbers,
 )
 

@@ -18,7 +18,7 @@ from bookrec import cli
 from bookrec.ratings import store as store_module
 from bookrec.ratings.store import ApplyResult, Changes, RatingsStore
 from bookrec.shared.errors import ConfigError, ValidationError
-from bookrec.shared.ratings import RatingEvent
+from bookrec.shared.ratings import OP_DELETE, RatingEvent
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -121,6 +121,28 @@ def test_the_summary_describes_the_snapshot_and_stream_ids_compare_as_numbers(st
     }
     assert summary["newest_updated_at"] > 0
     assert store.last_stream_id() == "10-0"
+
+
+def test_apply_returns_the_rows_of_every_pair_it_named_as_they_stand_after_the_commit(store: RatingsStore) -> None:
+    store.apply([rate("u1", "b1", 5.0, 20.0), rate("u2", "b2", 3.0, 10.0, event_id="once")])
+
+    result = store.apply(
+        [
+            rate("u1", "b1", 1.0, 5.0),  # older than the row: the row stays
+            rate("u2", "b2", 4.0, 11.0, event_id="once"),  # a duplicate: nothing applied, its pair still listed
+            rate("u3", "b3", None, 7.0, op=OP_DELETE),  # a delete of a pair never rated: a tombstone
+            rate("u4", "b4", 2.5, 8.0),
+        ]
+    )
+
+    got = {(r.user_id, r.book_id): (r.rating, r.ts) for r in result.rows}
+    assert got == {
+        ("u1", "b1"): (5.0, 20.0),
+        ("u2", "b2"): (3.0, 10.0),
+        ("u3", "b3"): (None, 7.0),
+        ("u4", "b4"): (2.5, 8.0),
+    }
+    assert (result.applied, result.duplicate) == (3, 1)
 
 
 def test_changed_since_counts_the_rows_written_after_a_moment_tombstones_included(store: RatingsStore) -> None:
