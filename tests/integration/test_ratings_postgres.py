@@ -19,6 +19,7 @@ from tests.unit.test_ratings_store import (  # noqa: F401  (collected here again
     test_a_snapshot_is_one_consistent_read_while_batches_are_applied,
     test_a_store_made_at_0001_keeps_its_rows_and_takes_128_character_ids_after_the_upgrade,
     test_an_event_seen_under_either_of_its_ids_is_a_duplicate,
+    test_apply_returns_the_rows_of_every_pair_it_named_as_they_stand_after_the_commit,
     test_books_from_a_goodbooks_csv_are_upserted,
     test_changed_since_counts_the_rows_written_after_a_moment_tombstones_included,
     test_has_ratings_counts_live_ratings_only,
@@ -26,7 +27,6 @@ from tests.unit.test_ratings_store import (  # noqa: F401  (collected here again
     test_pruning_forgets_old_applied_ids,
     test_the_latest_ts_wins_whatever_order_events_arrive_in,
     test_the_migrations_build_exactly_the_schema_in_schema_py,
-    test_apply_returns_the_rows_of_every_pair_it_named_as_they_stand_after_the_commit,
     test_the_summary_describes_the_snapshot_and_stream_ids_compare_as_numbers,
 )
 
