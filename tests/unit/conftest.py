@@ -63,6 +63,12 @@ def ratings_store(tmp_path) -> Iterator[RatingsStore]:
     store.close()
 
 
+@pytest.fixture
+def store(ratings_store) -> RatingsStore:
+    """`ratings_store` under the name the ingest, delta and bulk tests use (a module may define its own `store`)."""
+    return ratings_store
+
+
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
     """(exit code, stdout, stderr) of `bookrec ARGV` run in this process."""
     try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
 
 import fakeredis
 import pytest
@@ -139,14 +138,6 @@ def test_pruning_drops_the_rows_a_version_covers_and_deletes_deltas_left_empty(r
 
 
 # ---------------------------------------------------------------- the ingest's side
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[RatingsStore]:
-    ratings = RatingsStore(f"sqlite:///{tmp_path / 'ratings.db'}")
-    ratings.upgrade()
-    yield ratings
-    ratings.close()
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
-from typing import Iterator
 
 import fakeredis
 import pytest
@@ -21,14 +19,6 @@ from bookrec.shared.settings import Settings
 
 STREAM = "bookrec:ratings"
 DEAD = "bookrec:ratings:dead"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[RatingsStore]:
-    ratings = RatingsStore(f"sqlite:///{tmp_path / 'ratings.db'}")
-    ratings.upgrade()
-    yield ratings
-    ratings.close()
 
 
 @pytest.fixture

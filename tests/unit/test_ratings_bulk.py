@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -20,15 +19,6 @@ from bookrec.worker.learn.datasets import read_book_rows, read_ratings
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 FUTURE = 4_000_000_000.0  # epoch seconds in 2096: later than any import's own time
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[RatingsStore]:
-    """A migrated store in a SQLite file of the test's own."""
-    ratings = RatingsStore(f"sqlite:///{tmp_path / 'bulk.db'}")
-    ratings.upgrade()
-    yield ratings
-    ratings.close()
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
