@@ -268,6 +268,11 @@ def write(
         args += [throughs.get(user, ""), str(len(user_rows))]
         for row in user_rows:
             args += [row.book_id, *book_value(row).split(" ")]
+    if isinstance(client, redis.client.Pipeline):
+        # Queued first in the same MULTI: a pipeline loads its scripts once, before its first try, so a retry on
+        # a Redis that restarted meanwhile would hit NOSCRIPT inside the MULTI while the rest of it (the
+        # acknowledgement) still ran.
+        client.script_load(WRITE.script)
     return WRITE(keys=[keys.delta(user) for user in by_user], args=args, client=client)
 
 
