@@ -7,7 +7,7 @@ import argparse
 import signal
 
 from bookrec.commands.common import print_json, redis_client, table
-from bookrec.shared.errors import MissingDependency
+from bookrec.commands.db import open_store
 from bookrec.shared.keys import Keys
 from bookrec.shared.settings import Settings
 
@@ -51,10 +51,10 @@ def run(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     setup_logging(settings.log_level)
-    store = _store(settings)
+    store = open_store(settings.database_url)
     # A blocking read must not outlast the socket timeout.
     client = connect(settings, socket_timeout=settings.ingest_block_ms / 1000 + 5)
-    from bookrec.ingest.consumer import Ingest  # after _store: needs bookrec[store] too
+    from bookrec.ingest.consumer import Ingest  # after open_store: needs bookrec[store] too
 
     ingest = Ingest(client, store, settings)
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -109,15 +109,3 @@ def _letter_json(letter) -> dict:
         "reason": letter.reason,
         "fields": {text(k): text(v) for k, v in letter.fields.items()},
     }
-
-
-def _store(settings: Settings):
-    """The ratings store (the ingest migrates it once it answers); MissingDependency in one line without
-    bookrec[store]."""
-    try:
-        from bookrec.ratings.store import RatingsStore
-    except ModuleNotFoundError as exc:
-        raise MissingDependency(
-            f"`bookrec ingest` needs bookrec[store] ({exc.name} is missing): pip install 'bookrec[store]'"
-        ) from None
-    return RatingsStore(settings.database_url)
