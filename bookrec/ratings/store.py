@@ -141,11 +141,12 @@ class RatingsStore:
         with self._begin(write=True) as conn:
             fresh = _unseen(conn, events)
             _record_applied(conn, fresh, now)
-            winners = _latest_per_pair(fresh)
-            if winners:
-                _insert_many(conn, ratings, [_row(e, now) for e in winners], LATEST_TS_WINS)
+            written = _upsert_ratings(conn, _latest_per_pair(fresh), now)
+            others = {(str(e.user_id), str(e.book_id)) for e in events}.difference(
+                (r.user_id, r.book_id) for r in written
+            )
             _advance_stream(conn, fresh, now)
-            rows = _rows_of(conn, {(str(e.user_id), str(e.book_id)) for e in events})
+            rows = (*written, *_rows_of(conn, others))
         return ApplyResult(applied=len(fresh), duplicate=len(events) - len(fresh), rows=rows)
 
     def rows_since(self, updated_after: float) -> tuple[list[StoredRating], str | None]:
@@ -385,28 +386,34 @@ def _gc_paused() -> Iterator[None]:
 
 def _check(event: RatingEvent) -> None:
     """ValidationError naming what is wrong with `event`."""
-    if event.op not in (OP_RATE, OP_DELETE):
-        raise ValidationError(f"event op {event.op!r} is neither {OP_RATE!r} nor {OP_DELETE!r}")
-    if event.op == OP_RATE and event.rating is None:
+    op, rating = event.op, event.rating
+    if op != OP_RATE and op != OP_DELETE:
+        raise ValidationError(f"event op {op!r} is neither {OP_RATE!r} nor {OP_DELETE!r}")
+    if op == OP_RATE and rating is None:
         raise ValidationError(f"rate event for user {event.user_id} book {event.book_id} has no rating")
-    if event.op == OP_RATE and not _is_finite(event.rating):
+    if op == OP_RATE and not _is_finite(rating):
         raise ValidationError(
-            f"rate event for user {event.user_id} book {event.book_id}: rating {event.rating!r} is not a finite number"
+            f"rate event for user {event.user_id} book {event.book_id}: rating {rating!r} is not a finite number"
         )
-    for name in ("user_id", "book_id", "event_id", "stream_id"):
-        value = getattr(event, name)
-        if value is not None and not 0 < len(str(value)) <= ID_LENGTH:
+    for name, value in (
+        ("user_id", event.user_id),
+        ("book_id", event.book_id),
+        ("event_id", event.event_id),
+        ("stream_id", event.stream_id),
+    ):
+        if value is not None and not 0 < len(value if value.__class__ is str else str(value)) <= ID_LENGTH:
             raise ValidationError(f"event {name} {value!r} must be 1 to {ID_LENGTH} characters")
-    if not isinstance(event.ts, (int, float)) or not math.isfinite(event.ts):
-        raise ValidationError(
-            f"event ts {event.ts!r} for user {event.user_id} book {event.book_id} is not epoch seconds"
-        )
+    ts = event.ts
+    if not (ts.__class__ is float or isinstance(ts, (int, float))) or not math.isfinite(ts):
+        raise ValidationError(f"event ts {ts!r} for user {event.user_id} book {event.book_id} is not epoch seconds")
     if event.stream_id is not None:
         stream_id_key(event.stream_id)
 
 
 def _is_finite(value: Any) -> bool:
     """Whether `value` is a number (or its text) that is neither infinite nor NaN."""
+    if value.__class__ is float:
+        return math.isfinite(value)
     try:
         return math.isfinite(float(value))
     except (TypeError, ValueError):
@@ -425,15 +432,14 @@ def _ids(event: RatingEvent) -> list[tuple[str, str]]:
 
 def _unseen(conn: Connection, events: Sequence[RatingEvent]) -> list[RatingEvent]:
     """The events none of whose ids was applied before (in the store or earlier in this batch)."""
-    wanted = {key for event in events for key in _ids(event)}
+    ids = [_ids(event) for event in events]
     seen = set()
     for kind in ("event", "stream"):
-        ids = sorted(i for k, i in wanted if k == kind)
-        seen.update((kind, i) for i in _applied_among(conn, kind, ids))
+        wanted = sorted({i for keys in ids for k, i in keys if k == kind})
+        seen.update((kind, i) for i in _applied_among(conn, kind, wanted))
     fresh = []
-    for event in events:
-        keys = _ids(event)
-        if not seen.intersection(keys):
+    for event, keys in zip(events, ids):
+        if seen.isdisjoint(keys):
             fresh.append(event)
         seen.update(keys)
     return fresh
@@ -455,18 +461,17 @@ def _applied_among(conn: Connection, kind: str, ids: list[str]) -> list[str]:
         return list(conn.execute(query, {"kind": kind, "ids": json.dumps(ids)}).scalars())
     found = []
     for start in range(0, len(ids), _LOOKUP_CHUNK):
-        query = sa.select(applied_events.c.id).where(
-            applied_events.c.kind == kind, applied_events.c.id.in_(ids[start : start + _LOOKUP_CHUNK])
-        )
-        found.extend(conn.execute(query).scalars())
+        part = ids[start : start + _LOOKUP_CHUNK]
+        query = f"SELECT id FROM applied_events WHERE kind = ? AND id IN ({', '.join('?' * len(part))})"
+        found.extend(row[0] for row in conn.exec_driver_sql(query, (kind, *part)))
     return found
 
 
 def _record_applied(conn: Connection, events: Sequence[RatingEvent], now: float) -> None:
     """Remember the ids of `events`; a concurrent writer applying one of them too makes this transaction fail."""
-    rows = [{"kind": kind, "id": i, "applied_at": now} for event in events for kind, i in _ids(event)]
+    rows = [(kind, i, now) for event in events for kind, i in _ids(event)]
     if rows:
-        _insert_many(conn, applied_events, rows)
+        _insert_many(conn, applied_events, ("kind", "id", "applied_at"), rows)
 
 
 def _latest_per_pair(events: Sequence[RatingEvent]) -> list[RatingEvent]:
@@ -515,15 +520,19 @@ def _rows_of(conn: Connection, pairs: set[tuple[str, str]]) -> tuple[StoredRatin
     return tuple(rows)
 
 
-def _row(event: RatingEvent, now: float) -> dict[str, Any]:
-    rating = None if event.op == OP_DELETE else float(event.rating)
-    return {
-        "user_id": str(event.user_id),
-        "book_id": str(event.book_id),
-        "rating": rating,
-        "ts": event.ts,
-        "updated_at": now,
-    }
+_RATING_COLUMNS = ("user_id", "book_id", "rating", "ts", "updated_at")
+
+
+def _upsert_ratings(conn: Connection, events: Sequence[RatingEvent], now: float) -> list[StoredRating]:
+    """Upsert one row per event (at most one per pair) with LATEST_TS_WINS; the rows it wrote, as written (a pair
+    whose row holds a later event is left as it is and not among them)."""
+    if not events:
+        return []
+    values = [
+        (str(e.user_id), str(e.book_id), None if e.op == OP_DELETE else float(e.rating), e.ts, now) for e in events
+    ]
+    returned = _insert_many(conn, ratings, _RATING_COLUMNS, values, LATEST_TS_WINS, returning=True)
+    return [StoredRating(u, b, None if r is None else float(r), float(t), float(w)) for u, b, r, t, w in returned]
 
 
 def _dialect_insert(dialect: str, table: sa.Table) -> Any:
@@ -537,22 +546,49 @@ LATEST_TS_WINS = (
 """The ratings upsert's rule, in every statement writing ratings: a row changes only for an event not older than it."""
 
 
-def _insert_many(conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]], suffix: str = "") -> None:
-    """INSERT `rows` (dicts with the same keys, column names of `table`) followed by `suffix` (an ON CONFLICT
-    clause). PostgreSQL: one statement reading the rows from one JSON parameter (json_to_recordset: one round trip
-    and one plan for any number of rows, and JSON is dumped in C where psycopg dumps arrays element by element in
-    Python); SQLite: the driver's executemany of tuples (it loops in C; SQLAlchemy's handling of each dict cost
-    twice the insert itself)."""
-    columns = list(rows[0])
+def _insert_many(
+    conn: Connection,
+    table: sa.Table,
+    columns: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+    suffix: str = "",
+    returning: bool = False,
+) -> list[tuple[Any, ...]]:
+    """INSERT `rows` (tuples of `columns` of `table`) followed by `suffix` (an ON CONFLICT clause); with
+    `returning`, the rows the statement inserted or updated (their `columns`), else []. PostgreSQL: one statement
+    reading the rows from one JSON parameter (one round trip and one plan for any number of rows, and JSON is dumped
+    in C where psycopg dumps arrays element by element in Python); SQLite: the driver's executemany of the tuples (it
+    loops in C; SQLAlchemy's handling of each row cost twice the insert itself), or multi-row VALUES statements when
+    rows come back (executemany returns none)."""
     names = ", ".join(columns)
+    back = f" RETURNING {names}" if returning else ""
     if conn.dialect.name == "postgresql":
-        types = ", ".join(f"{c} {table.c[c].type.compile(conn.dialect)}" for c in columns)
-        source = f"json_to_recordset(CAST(:rows AS json)) AS x({types})"
-        statement = f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {source} {suffix}"
-        conn.execute(sa.text(statement), {"rows": json.dumps(rows)})
-    else:
+        fields = ", ".join(f"CAST(x->>{n} AS {table.c[c].type.compile(conn.dialect)})" for n, c in enumerate(columns))
+        statement = (
+            f"INSERT INTO {table.name} ({names}) SELECT {fields} FROM json_array_elements(CAST(:rows AS json)) AS x "
+            f"{suffix}{back}"
+        )
+        result = conn.execute(sa.text(statement), {"rows": json.dumps(rows)})
+        return [tuple(r) for r in result] if returning else []
+    if not returning:
         statement = f"INSERT INTO {table.name} ({names}) VALUES ({', '.join('?' * len(columns))}) {suffix}"
-        conn.exec_driver_sql(statement, [tuple(row[c] for c in columns) for row in rows])
+        conn.exec_driver_sql(statement, list(rows))
+        return []
+    written: list[tuple[Any, ...]] = []
+    per = max(1, min(len(rows), _sqlite_variables(conn) // len(columns)))
+    one = f"({', '.join('?' * len(columns))})"
+    for start in range(0, len(rows), per):
+        part = rows[start : start + per]
+        statement = f"INSERT INTO {table.name} ({names}) VALUES {', '.join([one] * len(part))} {suffix}{back}"
+        written += conn.exec_driver_sql(statement, tuple(x for row in part for x in row)).fetchall()
+    return written
+
+
+def _sqlite_variables(conn: Connection) -> int:
+    """How many bound parameters one SQLite statement may hold (999 before SQLite 3.32, 32,766 since)."""
+    import sqlite3
+
+    return conn.connection.driver_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
 
 
 def _upsert_books(dialect: str) -> Any:
@@ -622,14 +658,14 @@ def _finite(number: int, name: str, value: Any) -> float:
 def _batched_upsert(conn: Connection, rows: Iterable[tuple[str, str, float, float]], now: float) -> None:
     """SQLite: the ratings upsert of `apply` as executemany batches of IMPORT_BATCH rows (rows apply in order,
     so of two rows for one pair with the same ts the later wins)."""
-    batch: list[dict[str, Any]] = []
+    batch: list[tuple[str, str, float, float, float]] = []
     for user, book, rating, ts in rows:
-        batch.append({"user_id": user, "book_id": book, "rating": rating, "ts": ts, "updated_at": now})
+        batch.append((user, book, rating, ts, now))
         if len(batch) == IMPORT_BATCH:
-            _insert_many(conn, ratings, batch, LATEST_TS_WINS)
+            _insert_many(conn, ratings, _RATING_COLUMNS, batch, LATEST_TS_WINS)
             batch = []
     if batch:
-        _insert_many(conn, ratings, batch, LATEST_TS_WINS)
+        _insert_many(conn, ratings, _RATING_COLUMNS, batch, LATEST_TS_WINS)
 
 
 _MERGE = sa.text(
