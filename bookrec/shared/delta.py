@@ -41,51 +41,74 @@ local function newer_id(a, b)
 end
 """
 
-_STAMP = """
+_CLOCK = """
 local clock = redis.call('TIME')
-local now_us = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local function bump(key)
-  local seq = tonumber(redis.call('HGET', key, '*seq') or '0')
-  redis.call('HSET', key, '*seq', string.format('%.0f', math.max(seq + 1, now_us)))
-end
+local now_us = tonumber(clock[1]) * 1000000 + tonumber(clock[2])  -- a new *seq: max(its last + 1, now_us)
 """
 
 WRITE = Script(
     None,
     (
         _NEWER_ID
-        + _STAMP
+        + _CLOCK
         + """
--- KEYS: one delta per reader. ARGV per reader: through ('' for none), row count, then per row: book, ts, updated_at,
--- rating ('-' for a delete). A row lands only if its (ts, updated_at) is later than the one the field holds.
+-- KEYS: one delta per reader. ARGV per reader: through ('' for none), row count, then per row one string
+-- 'TS UPDATED_AT RATING BOOK' (RATING '-' for a delete; BOOK last and whole, whatever it holds). A row lands only if
+-- its (ts, updated_at) is later than the field's (or than an earlier row of this call for the same book). Two calls
+-- per reader whatever its rows: one HMGET of *seq, *through and the books, one HSET (each split in CHUNK fields for
+-- a reader with more rows: unpack() is bounded by Lua's C stack).
+local CHUNK = 1000
+local function later(value, ts, upd)
+  if not value then return true end
+  local cts, cupd = string.match(value, '^(%S+) (%S+)')
+  cts, cupd = tonumber(cts), tonumber(cupd)
+  return cts == nil or cupd == nil or ts > cts or (ts == cts and upd > cupd)  -- a value not ours is replaced
+end
+local function hmget(key, names)
+  if #names <= CHUNK then return redis.call('HMGET', key, unpack(names)) end
+  local values = {}
+  for start = 1, #names, CHUNK do
+    local part = redis.call('HMGET', key, unpack(names, start, math.min(#names, start + CHUNK - 1)))
+    for n = 1, #part do values[#values + 1] = part[n] end
+  end
+  return values
+end
 local i = 1
 for k = 1, #KEYS do
   local key, through, count = KEYS[k], ARGV[i], tonumber(ARGV[i + 1])
-  i = i + 2
-  local changed = false
+  local first = i + 2
+  i = first + count
+  local names, tss, upds, values = {'*seq', '*through'}, {}, {}, {}
   for r = 1, count do
-    local book, ts, upd = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-    local current = redis.call('HGET', key, book)
-    local take = true
-    if current then
-      local cts, cupd = string.match(current, '^(%S+) (%S+)')
-      cts, cupd = tonumber(cts), tonumber(cupd)
-      take = cts == nil or cupd == nil or ts > cts or (ts == cts and upd > cupd)  -- a value not ours is replaced
-    end
-    if take then
-      redis.call('HSET', key, book, ARGV[i + 1] .. ' ' .. ARGV[i + 2] .. ' ' .. ARGV[i + 3])
-      changed = true
-    end
-    i = i + 4
+    local ts, upd, rating, book = string.match(ARGV[first + r - 1], '^(%S+) (%S+) (%S+) (.*)$')
+    names[r + 2], tss[r], upds[r], values[r] = book, tonumber(ts), tonumber(upd), ts .. ' ' .. upd .. ' ' .. rating
   end
-  if through ~= '' then
-    local current = redis.call('HGET', key, '*through')
-    if (not current) or newer_id(through, current) then
-      redis.call('HSET', key, '*through', through)
-      changed = true
+  local current = hmget(key, names)
+  local out, at = {}, {}  -- at[book]: the position of book's value in out, for a book given twice
+  for r = 1, count do
+    local book = names[r + 2]
+    local slot = at[book]
+    if later(slot and out[slot] or current[r + 2], tss[r], upds[r]) then
+      if slot then
+        out[slot] = values[r]
+      else
+        out[#out + 1] = book
+        out[#out + 1] = values[r]
+        at[book] = #out
+      end
     end
   end
-  if changed then bump(key) end
+  if through ~= '' and ((not current[2]) or newer_id(through, current[2])) then
+    out[#out + 1] = '*through'
+    out[#out + 1] = through
+  end
+  if #out > 0 then
+    out[#out + 1] = '*seq'
+    out[#out + 1] = string.format('%.0f', math.max(tonumber(current[1] or '0') + 1, now_us))
+    for start = 1, #out, 2 * CHUNK do
+      redis.call('HSET', key, unpack(out, start, math.min(#out, start + 2 * CHUNK - 1)))
+    end
+  end
 end
 return #KEYS
 """
@@ -234,8 +257,7 @@ EMPTY = ReaderDelta()
 
 def book_value(row: StoredRating) -> str:
     """The value of a book's field for a store row: `TS UPDATED_AT RATING` (RATING `-` for a tombstone)."""
-    rating = DELETED if row.rating is None else number_text(row.rating)
-    return f"{row.ts!r} {row.updated_at!r} {rating}"
+    return f"{row.ts!r} {row.updated_at!r} {DELETED if row.rating is None else number_text(row.rating)}"
 
 
 def decode(compact: bytes | str) -> ReaderDelta:
@@ -266,14 +288,13 @@ def write(
     args: list[str] = []
     for user, user_rows in by_user.items():
         args += [throughs.get(user, ""), str(len(user_rows))]
-        for row in user_rows:
-            args += [row.book_id, *book_value(row).split(" ")]
+        args += [f"{book_value(row)} {row.book_id}" for row in user_rows]
+    delta_keys = [keys.delta(user) for user in by_user]
     if isinstance(client, redis.client.Pipeline):
-        # Queued first in the same MULTI: a pipeline loads its scripts once, before its first try, so a retry on
-        # a Redis that restarted meanwhile would hit NOSCRIPT inside the MULTI while the rest of it (the
-        # acknowledgement) still ran.
-        client.script_load(WRITE.script)
-    return WRITE(keys=[keys.delta(user) for user in by_user], args=args, client=client)
+        # EVAL with the source, not EVALSHA: a pipeline would ask SCRIPT EXISTS before every MULTI, and after a Redis
+        # restart its retry would hit NOSCRIPT inside the MULTI while the rest of it (the acknowledgement) ran.
+        return client.eval(WRITE.script, len(delta_keys), *delta_keys, *args)
+    return WRITE(keys=delta_keys, args=args, client=client)
 
 
 def read(client: redis.Redis, keys: Keys, user_ids: Sequence[str]) -> list[ReaderDelta]:

@@ -51,6 +51,25 @@ def test_a_book_s_field_holds_the_store_row_and_the_later_ts_wins_whatever_the_a
     assert (now.rated, now.removed) == (("b2",), ("b1",))
 
 
+def test_two_rows_of_one_book_in_one_write_the_later_wins_in_either_order() -> None:
+    redis = fakeredis.FakeRedis()
+    delta.write(redis, KEYS, [row("b", 4.0, 10.0, 100.0), row("b", 2.0, 5.0, 200.0)])
+    assert stored(redis)["b"] == "10.0 100.0 4"
+    delta.write(redis, KEYS, [row("c", 2.0, 5.0, 200.0), row("c", 4.0, 10.0, 100.0), row("c", 3.0, 7.0, 300.0)])
+    assert stored(redis)["c"] == "10.0 100.0 4"
+
+
+def test_a_reader_with_thousands_of_rows_and_book_ids_holding_spaces_is_written_whole() -> None:
+    redis = fakeredis.FakeRedis()  # a rebuild writes every row the store holds past the snapshot, ids as imported
+    rows = [row(f"book {n}", float(1 + n % 5), 10.0 + n, 100.0) for n in range(2_500)]
+    delta.write(redis, KEYS, rows, {"u": "9-1"})
+
+    fields = stored(redis)
+    assert {k: v for k, v in fields.items() if not k.startswith("*")} == {r.book_id: delta.book_value(r) for r in rows}
+    assert fields["*through"] == "9-1"
+    assert len(delta.read(redis, KEYS, ["u"])[0].rated) == 2_500
+
+
 def test_on_equal_ts_the_row_the_store_wrote_later_wins() -> None:
     redis = fakeredis.FakeRedis()
     delta.write(redis, KEYS, [row("b", 4.0, 10.0, 200.0)])
