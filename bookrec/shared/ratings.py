@@ -76,14 +76,23 @@ def parse_event(
     `entry_time_ms` (the entry's own time, the first part of its stream id) is the event's time when it
     has no `ts`. A delete needs no rating and ignores one. Ratings must be finite numbers within `scale`.
     """
-    values = {_text(key, "field name"): value for key, value in fields.items()}
+    values = _named(fields)
     op = _op(values.get(OP))
-    user = _identifier(values, USER_ID, required=True)
-    book = _identifier(values, BOOK_ID, required=True)
+    user = _identifier(values.get(USER_ID), USER_ID, required=True)
+    book = _identifier(values.get(BOOK_ID), BOOK_ID, required=True)
     rating = None if op == OP_DELETE else _rating(values.get(RATING), scale)
-    ts = entry_time_ms / 1000 if values.get(TS) is None else _timestamp(values[TS])
-    event_id = _identifier(values, EVENT_ID, required=False)
+    raw_ts = values.get(TS)
+    ts = entry_time_ms / 1000 if raw_ts is None else _timestamp(raw_ts)
+    event_id = _identifier(values.get(EVENT_ID), EVENT_ID, required=False)
     return RatingEvent(user, book, rating, ts, op, event_id, stream_id)
+
+
+def _named(fields: Mapping[bytes | str, bytes | str]) -> dict[str, bytes | str]:
+    """`fields` keyed by text; BadEvent naming a field name whose bytes are not UTF-8."""
+    try:
+        return {(key.decode() if key.__class__ is bytes else str(key)): value for key, value in fields.items()}
+    except UnicodeDecodeError:
+        return {_text(key, "field name"): value for key, value in fields.items()}
 
 
 def to_fields(event: RatingEvent) -> dict[str, str]:
@@ -119,17 +128,17 @@ def entry_time_ms(stream_id: str) -> int:
 
 def _text(value: Any, name: str) -> str:
     """A field's value as text; BadEvent if its bytes are not UTF-8."""
-    if isinstance(value, bytes):
+    if value.__class__ is bytes:
         try:
-            return value.decode("utf-8")
+            return value.decode()
         except UnicodeDecodeError:
             raise BadEvent(f"{name} {shown(value)} is not UTF-8 text") from None
-    return str(value)
+    return value if value.__class__ is str else str(value)
 
 
-def _identifier(values: Mapping[str, Any], name: str, required: bool) -> str | None:
-    """An id field: non-empty, at most MAX_ID_BYTES bytes, no whitespace or glob characters."""
-    raw = values.get(name)
+def _identifier(raw: Any, name: str, required: bool) -> str | None:
+    """An id field (`raw`, None when absent): non-empty, at most MAX_ID_BYTES bytes, no whitespace or glob
+    characters."""
     if raw is None:
         if required:
             raise BadEvent(f"missing {name}")
@@ -137,7 +146,7 @@ def _identifier(values: Mapping[str, Any], name: str, required: bool) -> str | N
     value = _text(raw, name)
     if not value:
         raise BadEvent(f"{name} is empty")
-    if len(value.encode("utf-8")) > MAX_ID_BYTES:
+    if len(value) > MAX_ID_BYTES // 4 and len(value.encode()) > MAX_ID_BYTES:  # a character is 1 to 4 bytes
         raise BadEvent(f"{name} {shown(value)} is longer than {MAX_ID_BYTES} bytes")
     if _WHITESPACE_OR_GLOB.search(value):
         raise BadEvent(f"{name} {shown(value)} holds whitespace or glob characters")
