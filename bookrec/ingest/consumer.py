@@ -5,6 +5,9 @@ Exactly once: an entry is acknowledged only after its batch committed, so a cras
 an event whose stream id or event_id it applied before. Dead letters and acknowledgements go in one MULTI, so a
 redelivered bad entry is dead-lettered once; so do the committed rows for the readers' deltas and the fresh jobs
 recomputing their lists (ingest/fresh.py), so a redelivered batch writes them again (the same rows: idempotent).
+
+A running ingest (`run`) acknowledges each batch on a thread of its own while it reads and commits the next one, so
+Redis's work on one batch overlaps the store's on the next; acknowledgements still land one at a time, in order.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import logging
 import os
 import socket
 import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -57,6 +62,17 @@ class DeadLetter:
     reason: str
 
 
+@dataclass(frozen=True)
+class _Committed:
+    """A batch the store committed and Redis has not acknowledged yet: what its acknowledging MULTI writes."""
+
+    ids: list[str]
+    dead: list[DeadLetter]
+    rows: list[StoredRating]
+    newest: dict[str, str]
+    result: BatchResult
+
+
 def consumer_name() -> str:
     """This process's consumer name in the group: `host-pid`, unique per process."""
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -90,10 +106,13 @@ class Ingest:
             _text(g["name"]) == GROUP for g in self.client.xinfo_groups(stream)
         )
 
-    def read(self, block_ms: int | None = None) -> list[Entry]:
+    def read(self, block_ms: int | None = None, new_only: bool = False) -> list[Entry]:
         """The next batch: this consumer's own pending entries first (a batch whose commit failed), then entries
-        another consumer left pending longer than BOOKREC_INGEST_CLAIM_S (XAUTOCLAIM), then new ones (XREADGROUP)."""
+        another consumer left pending longer than BOOKREC_INGEST_CLAIM_S (XAUTOCLAIM), then new ones (XREADGROUP);
+        with `new_only`, new ones only (while a batch of this consumer's own is being acknowledged)."""
         count = self.settings.ingest_batch
+        if new_only:
+            return self._group_read(">", count, block_ms)
         stream = self.keys.ratings_stream
         own = self._group_read("0", count, None)
         if own:
@@ -113,16 +132,21 @@ class Ingest:
     def process(self, entries: Sequence[Entry]) -> BatchResult:
         """Validate `entries`, apply the good ones in one transaction, then dead-letter the bad ones and acknowledge
         all of them at once. RatingsStoreError (nothing acknowledged) if the store fails."""
+        batch = self._commit(entries)
+        self._acknowledge(batch)
+        return batch.result
+
+    def _commit(self, entries: Sequence[Entry]) -> _Committed:
+        """Validate `entries` and apply the good ones in one transaction; what acknowledging them then writes."""
         events, dead = self._parse(entries)
         applied, duplicate, refused, rows = self._apply(events)
         dead += refused
         refused_ids = {letter.stream_id for letter in refused}
         newest = fresh.throughs(e for e, _ in events if e.stream_id not in refused_ids)
-        self._finish([i for i, _ in entries], dead, rows, newest)
         result = BatchResult(read=len(entries), applied=applied, duplicate=duplicate, dead=len(dead))
         if entries:
             log.info("batch of %d: %d applied, %d duplicate, %d dead", result.read, applied, duplicate, result.dead)
-        return result
+        return _Committed([i for i, _ in entries], dead, rows, newest, result)
 
     def _parse(self, entries: Sequence[Entry]) -> tuple[list[tuple[RatingEvent, dict]], list[DeadLetter]]:
         """The good events (each with its fields) and the dead letters among `entries`; deleted entries are neither."""
@@ -161,17 +185,17 @@ class Ingest:
             rows += result.rows
         return applied, duplicate, refused, rows
 
-    def _finish(self, ids: list[str], dead: list[DeadLetter], rows: list[StoredRating], newest: dict[str, str]) -> None:
+    def _acknowledge(self, batch: _Committed) -> None:
         """In one MULTI: the committed rows into their readers' deltas and fresh jobs for those readers (see
-        ingest/fresh.py), the dead letters into the dead stream, and the acknowledgement of `ids`."""
-        if not ids:
+        ingest/fresh.py), the dead letters into the dead stream, and the acknowledgement of the batch's entries."""
+        if not batch.ids:
             return
         pipe = self.client.pipeline(transaction=True)
-        fresh.queue_after_commit(self.client, pipe, self.keys, self.settings, rows, newest)
-        for letter in dead:
+        fresh.queue_after_commit(self.client, pipe, self.keys, self.settings, batch.rows, batch.newest)
+        for letter in batch.dead:
             log.warning("dead-lettered %s: %s", letter.stream_id, letter.reason)
             pipe.xadd(self.keys.ratings_dead, {**letter.fields, REASON: letter.reason})
-        pipe.xack(self.keys.ratings_stream, GROUP, *ids)
+        pipe.xack(self.keys.ratings_stream, GROUP, *batch.ids)
         pipe.execute()
 
     def trim(self) -> int:
@@ -198,27 +222,51 @@ class Ingest:
         return result
 
     def run(self) -> None:
-        """Process batches until `stop` is set (checked after each batch). While the store or Redis is down, at the
-        start (migrating the store, creating the group) or later, log and retry with backoff: the entries wait in
-        the stream, unacknowledged."""
+        """Process batches until `stop` is set (checked after each batch), each acknowledged on a thread of its own
+        while the next is read and committed (`_Acknowledger`). While the store or Redis is down, at the start
+        (migrating the store, creating the group) or later, log and retry with backoff: the entries wait in the
+        stream, unacknowledged."""
         backoff = Backoff(log, BACKOFF_START_S, BACKOFF_MAX_S)
         if not self._start(backoff):
             return
         log.info("ingest %s reads %s in group %s", self.name, self.keys.ratings_stream, GROUP)
-        while not self.stop.is_set():
-            try:
-                self.step(self.settings.ingest_block_ms)
-                backoff.reset()
-            except RETRIED as exc:
-                backoff.pause("ingest paused", exc, self.stop)
-            except redis.ResponseError:
-                if self._group_exists():
-                    raise
-                log.warning(
-                    "the consumer group %s is gone (Redis flushed or restarted empty); creating it again", GROUP
-                )
-                self.ensure_group()
+        acks = _Acknowledger(self)
+        try:
+            while not self.stop.is_set():
+                try:
+                    self._overlapped_step(acks)
+                    backoff.reset()
+                except RETRIED as exc:
+                    acks.settle(quiet=True)
+                    backoff.pause("ingest paused", exc, self.stop)
+                except redis.ResponseError:
+                    acks.settle(quiet=True)
+                    if self._group_exists():
+                        raise
+                    log.warning(
+                        "the consumer group %s is gone (Redis flushed or restarted empty); creating it again", GROUP
+                    )
+                    self.ensure_group()
+        finally:
+            acks.close()
         log.info("ingest %s stopped", self.name)
+
+    def _overlapped_step(self, acks: "_Acknowledger") -> None:
+        """`step`, with the batch handed to `acks`: read and commit a batch while the previous one is acknowledged,
+        then wait for that one and hand this one over. A full `read` (own pending entries, claims) waits for the
+        acknowledgement first, and happens at least every half BOOKREC_INGEST_CLAIM_S."""
+        if acks.busy and time.monotonic() >= acks.next_full_read:
+            acks.settle()
+        entries = self.read(self.settings.ingest_block_ms, new_only=acks.busy)
+        if not acks.busy:
+            acks.next_full_read = time.monotonic() + self.settings.ingest_claim_s / 2
+        if entries:
+            batch = self._commit(entries)
+            acks.settle()
+            acks.submit(batch)
+        else:
+            acks.settle()
+        self.deltas.prune_if_due()
 
     def _start(self, backoff: Backoff) -> bool:
         """Migrate the store, then create the group (so a group means a ready ingest), retrying while either is
@@ -233,6 +281,48 @@ class Ingest:
                 backoff.pause("ingest cannot start yet", exc, self.stop)
         log.info("ingest %s stopped before it started", self.name)
         return False
+
+
+class _Acknowledger:
+    """One thread acknowledging an ingest's committed batches (`Ingest._acknowledge`, then a trim), one at a time."""
+
+    def __init__(self, ingest: Ingest) -> None:
+        self.ingest = ingest
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ingest-ack-{ingest.name}")
+        self.future: Future[None] | None = None
+        self.next_full_read = 0.0
+
+    @property
+    def busy(self) -> bool:
+        """Whether a batch is handed over and not yet settled."""
+        return self.future is not None
+
+    def submit(self, batch: _Committed) -> None:
+        """Acknowledge `batch` on the thread; the previous one must be settled."""
+        assert self.future is None, "settle the previous acknowledgement first"
+        self.future = self.pool.submit(self._acknowledge, batch)
+
+    def _acknowledge(self, batch: _Committed) -> None:
+        self.ingest._acknowledge(batch)
+        self.ingest.trim()
+
+    def settle(self, quiet: bool = False) -> None:
+        """Wait for the batch handed over, if any; its error is raised, or with `quiet` logged (after an error
+        of the loop's own: its entries stay pending and are read again)."""
+        future, self.future = self.future, None
+        if future is None:
+            return
+        try:
+            future.result()
+        except Exception as exc:
+            if not quiet:
+                raise
+            log.warning("a batch was not acknowledged and will be read again: %s", exc)
+
+    def close(self) -> None:
+        """Settle the batch handed over (quietly) and stop the thread."""
+        self.settle(quiet=True)
+        self.pool.shutdown(wait=True)
 
 
 def dead_letters(client: redis.Redis, keys: Keys, count: int | None = None) -> list[DeadLetter]:
