@@ -8,6 +8,7 @@ import time
 
 import fakeredis
 import pytest
+import redis.exceptions as redis_errors
 
 from bookrec import cli
 from bookrec.ingest import consumer
@@ -256,3 +257,35 @@ def wait_for(condition, timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+def test_a_running_ingest_whose_acknowledgement_fails_reads_that_batch_again_and_loses_nothing(
+    ingest: Ingest, redis: fakeredis.FakeRedis, store: RatingsStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingest.settings = ingest.settings.with_overrides(ingest_block_ms=20, ingest_batch=10)
+    monkeypatch.setattr(consumer, "BACKOFF_START_S", 0.05)
+    acknowledge, acknowledged, failed = ingest._acknowledge, [], []
+
+    def fail_the_second(batch) -> None:
+        if len(failed) == 0 and len(acknowledged) == 1:
+            failed.append(batch.ids)
+            raise redis_errors.ConnectionError("Redis went away mid-MULTI")
+        acknowledge(batch)
+        acknowledged.append(batch.ids)
+
+    monkeypatch.setattr(ingest, "_acknowledge", fail_the_second)
+    sent = {(str(u), str(100 + u)): float(1 + u % 5) for u in range(45)}
+    for (user, book), rating in sent.items():
+        add(redis, user_id=user, book_id=book, rating=str(int(rating)))
+    runner = threading.Thread(target=ingest.run)
+    runner.start()
+    try:
+        wait_for(lambda: redis.xpending(STREAM, GROUP)["pending"] == 0 and live(store) == sent)
+    finally:
+        ingest.stop.set()
+        runner.join(10)
+
+    assert failed and any(set(failed[0]) <= set(ids) for ids in acknowledged[1:]), "the failed batch is read again"
+    order = [i for ids in acknowledged for i in ids]
+    assert order == sorted(set(order), key=order.index), "no entry acknowledged twice"
+    assert len(set(order)) == 45
