@@ -139,8 +139,7 @@ class RatingsStore:
             _check(event)
         now = time.time()
         with self._begin(write=True) as conn:
-            fresh = _unseen(conn, events)
-            _record_applied(conn, fresh, now)
+            fresh = _claim_ids(conn, events, now)
             written = _upsert_ratings(conn, _latest_per_pair(fresh), now)
             others = {(str(e.user_id), str(e.book_id)) for e in events}.difference(
                 (r.user_id, r.book_id) for r in written
@@ -430,48 +429,30 @@ def _ids(event: RatingEvent) -> list[tuple[str, str]]:
     return keys
 
 
-def _unseen(conn: Connection, events: Sequence[RatingEvent]) -> list[RatingEvent]:
-    """The events none of whose ids was applied before (in the store or earlier in this batch)."""
+def _claim_ids(conn: Connection, events: Sequence[RatingEvent], now: float) -> list[RatingEvent]:
+    """The events of `events` not applied before (in the store or earlier in this batch), their ids recorded in
+    applied_events. An event is known by its first id, its event_id if it has one, else its stream id (a stream
+    entry redelivered carries the same event_id): those go in with one INSERT … ON CONFLICT DO NOTHING RETURNING,
+    so an id another writer is recording at the same moment waits for its commit and counts as seen (concurrent
+    ingests never fail on the key); the stream ids of fresh events with an event_id follow in a second INSERT."""
     ids = [_ids(event) for event in events]
-    seen = set()
-    for kind in ("event", "stream"):
-        wanted = sorted({i for keys in ids for k, i in keys if k == kind})
-        seen.update((kind, i) for i in _applied_among(conn, kind, wanted))
-    fresh = []
+    first = [(kind, i, now) for kind, i in dict.fromkeys(keys[0] for keys in ids if keys)]
+    new = set(_insert_many(conn, applied_events, _ID_COLUMNS, first, _ID_IS_NEW, _ID_COLUMNS[:2])) if first else set()
+    fresh, also = [], []
     for event, keys in zip(events, ids):
-        if seen.isdisjoint(keys):
+        if not keys:
             fresh.append(event)
-        seen.update(keys)
+        elif keys[0] in new:
+            new.discard(keys[0])  # a second event with the same id in this batch is a duplicate
+            fresh.append(event)
+            also += [(kind, i, now) for kind, i in keys[1:]]
+    if also:
+        _insert_many(conn, applied_events, _ID_COLUMNS, also, _ID_IS_NEW)
     return fresh
 
 
-def _applied_among(conn: Connection, kind: str, ids: list[str]) -> list[str]:
-    """Which of `ids` (of `kind`) applied_events holds. PostgreSQL: one query, the ids one JSON parameter (dumped
-    in C; psycopg dumps an array element by element in Python), each id looked up by its own primary-key probe
-    (a LATERAL subquery with LIMIT, which the planner cannot turn into a scan: `IN (…)` and `= ANY (…)` were planned
-    as scans of every id of the kind while the table had no statistics, 170 ms a batch at 10,000 ids against
-    2-4 ms at any size this way); SQLite: IN lists of _LOOKUP_CHUNK ids."""
-    if not ids:
-        return []
-    if conn.dialect.name == "postgresql":
-        query = sa.text(
-            "SELECT x.id FROM json_array_elements_text(CAST(:ids AS json)) AS x(id) JOIN LATERAL "
-            "(SELECT 1 FROM applied_events a WHERE a.kind = :kind AND a.id = x.id LIMIT 1) AS found ON true"
-        )
-        return list(conn.execute(query, {"kind": kind, "ids": json.dumps(ids)}).scalars())
-    found = []
-    for start in range(0, len(ids), _LOOKUP_CHUNK):
-        part = ids[start : start + _LOOKUP_CHUNK]
-        query = f"SELECT id FROM applied_events WHERE kind = ? AND id IN ({', '.join('?' * len(part))})"
-        found.extend(row[0] for row in conn.exec_driver_sql(query, (kind, *part)))
-    return found
-
-
-def _record_applied(conn: Connection, events: Sequence[RatingEvent], now: float) -> None:
-    """Remember the ids of `events`; a concurrent writer applying one of them too makes this transaction fail."""
-    rows = [(kind, i, now) for event in events for kind, i in _ids(event)]
-    if rows:
-        _insert_many(conn, applied_events, ("kind", "id", "applied_at"), rows)
+_ID_COLUMNS = ("kind", "id", "applied_at")
+_ID_IS_NEW = "ON CONFLICT (kind, id) DO NOTHING"
 
 
 def _latest_per_pair(events: Sequence[RatingEvent]) -> list[RatingEvent]:
@@ -531,7 +512,7 @@ def _upsert_ratings(conn: Connection, events: Sequence[RatingEvent], now: float)
     values = [
         (str(e.user_id), str(e.book_id), None if e.op == OP_DELETE else float(e.rating), e.ts, now) for e in events
     ]
-    returned = _insert_many(conn, ratings, _RATING_COLUMNS, values, LATEST_TS_WINS, returning=True)
+    returned = _insert_many(conn, ratings, _RATING_COLUMNS, values, LATEST_TS_WINS, _RATING_COLUMNS)
     return [StoredRating(u, b, None if r is None else float(r), float(t), float(w)) for u, b, r, t, w in returned]
 
 
@@ -552,16 +533,16 @@ def _insert_many(
     columns: Sequence[str],
     rows: Sequence[tuple[Any, ...]],
     suffix: str = "",
-    returning: bool = False,
+    returning: Sequence[str] = (),
 ) -> list[tuple[Any, ...]]:
-    """INSERT `rows` (tuples of `columns` of `table`) followed by `suffix` (an ON CONFLICT clause); with
-    `returning`, the rows the statement inserted or updated (their `columns`), else []. PostgreSQL: one statement
-    reading the rows from one JSON parameter (one round trip and one plan for any number of rows, and JSON is dumped
-    in C where psycopg dumps arrays element by element in Python); SQLite: the driver's executemany of the tuples (it
-    loops in C; SQLAlchemy's handling of each row cost twice the insert itself), or multi-row VALUES statements when
-    rows come back (executemany returns none)."""
+    """INSERT `rows` (tuples of `columns` of `table`) followed by `suffix` (an ON CONFLICT clause); the `returning`
+    columns of the rows the statement inserted or updated ([] without). PostgreSQL: one statement reading the rows
+    from one JSON parameter (one round trip and one plan for any number of rows, and JSON is dumped in C where
+    psycopg dumps arrays element by element in Python); SQLite: the driver's executemany of the tuples (it loops in
+    C; SQLAlchemy's handling of each row cost twice the insert itself), or multi-row VALUES statements when rows
+    come back (executemany returns none)."""
     names = ", ".join(columns)
-    back = f" RETURNING {names}" if returning else ""
+    back = f" RETURNING {', '.join(returning)}" if returning else ""
     if conn.dialect.name == "postgresql":
         fields = ", ".join(f"CAST(x->>{n} AS {table.c[c].type.compile(conn.dialect)})" for n, c in enumerate(columns))
         statement = (

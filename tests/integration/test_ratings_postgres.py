@@ -5,13 +5,16 @@ database of its own that is dropped afterwards; skipped with the reason when Pos
 from __future__ import annotations
 
 import os
+import threading
+import time
 import uuid
 from typing import Iterator
 
 import pytest
 import sqlalchemy as sa
 
-from bookrec.ratings.store import RatingsStore
+from bookrec.ratings.store import ApplyResult, RatingsStore
+from bookrec.shared.ratings import RatingEvent
 from tests.unit.test_ratings_store import (  # noqa: F401  (collected here again, on PostgreSQL)
     test_a_delete_leaves_a_tombstone_an_older_rate_cannot_resurrect,
     test_a_failing_batch_changes_nothing,
@@ -70,3 +73,36 @@ def store(admin: sa.Engine) -> Iterator[RatingsStore]:
 def test_the_store_really_is_postgresql(store: RatingsStore) -> None:
     assert store.engine.dialect.name == "postgresql"
     assert store.engine.driver == "psycopg"
+
+
+def test_two_writers_applying_one_event_id_at_once_neither_fails_and_it_lands_once(store: RatingsStore) -> None:
+    other = RatingsStore(store.url)  # a second ingest: its own engine and connection
+    first = RatingEvent("u", "b", 4.0, 100.0, event_id="e-1", stream_id="5-0")
+    again = RatingEvent("u", "b", 2.0, 200.0, event_id="e-1", stream_id="6-0")  # the same event, sent again
+    results: list[object] = []
+    try:
+        with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:  # a fresh look each time
+            query = (
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            with store._begin(write=True) as holding:  # the first writer is mid-transaction, e-1 recorded
+                holding.exec_driver_sql("INSERT INTO applied_events VALUES ('event', 'e-1', 0)")
+                racer = threading.Thread(target=lambda: results.append(_apply_or_error(other, again)))
+                racer.start()
+                deadline = time.monotonic() + 10
+                while conn.execute(sa.text(query)).scalar() == 0:  # the second waits on the first's key
+                    assert time.monotonic() < deadline, "the second writer never waited for the first"
+                    time.sleep(0.01)
+            racer.join(10)
+    finally:
+        other.close()
+
+    assert results == [ApplyResult(applied=0, duplicate=1)], "the second writer sees the id, and does not fail"
+    assert store.apply([first]).duplicate == 1
+
+
+def _apply_or_error(store: RatingsStore, event: RatingEvent) -> object:
+    try:
+        return store.apply([event])
+    except Exception as exc:  # the assertion shows what went wrong
+        return exc
