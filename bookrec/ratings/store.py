@@ -550,7 +550,7 @@ def _insert_many(
             f"{suffix}{back}"
         )
         result = conn.execute(sa.text(statement), {"rows": json.dumps(rows)})
-        return [tuple(r) for r in result] if returning else []
+        return [tuple(r) for r in result] if returning else []  # plain tuples, as from SQLite
     if not returning:
         statement = f"INSERT INTO {table.name} ({names}) VALUES ({', '.join('?' * len(columns))}) {suffix}"
         conn.exec_driver_sql(statement, list(rows))
@@ -558,10 +558,14 @@ def _insert_many(
     written: list[tuple[Any, ...]] = []
     per = max(1, min(len(rows), _sqlite_variables(conn) // len(columns)))
     one = f"({', '.join('?' * len(columns))})"
-    for start in range(0, len(rows), per):
-        part = rows[start : start + per]
-        statement = f"INSERT INTO {table.name} ({names}) VALUES {', '.join([one] * len(part))} {suffix}{back}"
-        written += conn.exec_driver_sql(statement, tuple(x for row in part for x in row)).fetchall()
+    cursor = conn.connection.driver_connection.cursor()  # plain tuples back: SQLAlchemy's Rows hash and compare slowly
+    try:
+        for start in range(0, len(rows), per):
+            part = rows[start : start + per]
+            statement = f"INSERT INTO {table.name} ({names}) VALUES {', '.join([one] * len(part))} {suffix}{back}"
+            written += cursor.execute(statement, [x for row in part for x in row]).fetchall()
+    finally:
+        cursor.close()
     return written
 
 
