@@ -64,6 +64,31 @@ def synth_small(out: Path, users: int = 300, books: int = 200, ratings: int = 60
     return out
 
 
+PLANTED_GROUPS = 6
+"""Taste groups in `planted_tastes`: reader `u` belongs to group `u % PLANTED_GROUPS`, and so does book `b`."""
+
+
+def planted_tastes(
+    path: Path, users: int = 600, items: int = 240, groups: int = PLANTED_GROUPS, per_user: int = 24, seed: int = 0
+) -> Path:
+    """Readers in `groups` taste groups, each rating mostly books of its own group, with a popular head shared by all
+    (book 0 the most popular); written to `path` as user_id, book_id, rating."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    group_of_item = np.arange(items) % groups
+    popularity = 1.0 / np.arange(1, items + 1) ** 0.5
+    rows = []
+    for user in range(users):
+        taste = user % groups
+        weights = popularity * np.where(group_of_item == taste, 8.0, 1.0)
+        chosen = rng.choice(items, size=per_user, replace=False, p=weights / weights.sum())
+        rows += [(user, int(item), int(rng.integers(3, 6))) for item in chosen]
+    pd.DataFrame(rows, columns=["user_id", "book_id", "rating"]).to_csv(path, index=False)
+    return path
+
+
 def train_tiny(store: Path, data_dir: Path, kind: str = "mult-dae", seed: int = 0) -> str:
     """Train a small, fast model version into `store`; return its id."""
     from bookrec.model_store.store import ModelStore
