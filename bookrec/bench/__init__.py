@@ -4,6 +4,8 @@
 - `service.py`: a private Redis database and `bookrec worker` supervisors run as subprocesses.
 - `measure.py`: each measurement of the serving phase (throughput, latency, refresh, swap, retrain, memory, ...).
 - `ratings_in.py`: the ratings phase: `bookrec ingest` into SQLite and PostgreSQL, bulk import, snapshots.
+- `fresh_lists.py`: the fresh phase: a rating event to the reader's recomputed list, scoring from current histories,
+  worker memory while ratings flow.
 - `seed_path.py`: the 2019 seed notebook's way of scoring one user, for comparison.
 - `machine.py`: what the machine is and how busy it was; memory of a process.
 - `figures.py`: the figures, their targets and the table.
@@ -15,7 +17,7 @@
 This module itself holds only the constants the CLI needs to build its parser (it imports nothing).
 """
 
-PHASES = ("serving", "ratings")
+PHASES = ("serving", "ratings", "fresh")
 """The benchmark's phases, in the order a full run does them."""
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 """The PostgreSQL server (and a database on it to connect to) the ratings phase makes its databases on, unless told."""

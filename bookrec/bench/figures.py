@@ -185,7 +185,67 @@ RATINGS: tuple[Figure, ...] = (
     ),
 )
 
-FIGURES: tuple[Figure, ...] = SERVING + RATINGS
+
+def _breakdown(r: Values) -> str:
+    parts = r["breakdown_ms"]
+    if not parts["probes_matched"]:
+        return "no probe's fresh job found"
+    one = r["in_process_one_reader_ms"]
+    return (
+        f"split (p50 of {parts['probes_matched']} probes): ingest commit {_ms(parts['commit'])}, MULTI "
+        f"{_ms(parts['multi'])}, fresh job pickup {_ms(parts['pickup'])}, job to list {_ms(parts['run'])} ms "
+        f"({_n(parts['fresh_jobs'])} fresh jobs of {parts['readers_per_job']:g} readers (p50), pickup p99 "
+        f"{_ms(parts['all_pickup_p99'])} ms); in-process one reader: claim {_ms(one['claim'])}, scoring "
+        f"{_ms(one['score'])}, cache write {_ms(one['write'])} ms"
+    )
+
+
+FRESH: tuple[Figure, ...] = (
+    Figure(
+        "fresh_list_ms",
+        "p50 <= 15 ms, p99 <= 50 ms (2 workers, 1,000 events/s of other readers, a recommend stream)",
+        lambda f, r: f["fresh_list_ms"]["p50"] <= 15 and f["fresh_list_ms"]["p99"] <= 50,
+        lambda v: f"p50 {_ms(v['p50'])} / p99 {_ms(v['p99'])} ms",
+        lambda r: (
+            f"XADD -> the reader's list with ratings_through covering it, {_n(r['probes'])} readers one after another "
+            f"(max {_ms(r['max_ms'])} ms) under {_n(r['other_events_per_s'])} events/s of others and "
+            f"{_n(r['stream_requests'])} single-user recommends (p50 {_ms(r['stream_ms']['p50'])} / p99 "
+            f"{_ms(r['stream_ms']['p99'])} ms); plain single-user recommend p50 {_ms(r['plain_recommend_ms']['p50'])} "
+            f"/ p99 {_ms(r['plain_recommend_ms']['p99'])} ms; Gorse re-checks a list every {r['gorse_check_ms'] / 1000:.0f}"
+            f" s; {_breakdown(r)}"
+        ),
+    ),
+    Figure(
+        "history_throughput_users_per_s",
+        ">= 5,000 readers/s per process and >= 80% of the index path",
+        lambda f, r: (
+            f["history_throughput_users_per_s"]["per_process"] >= 5000
+            and f["history_throughput_users_per_s"]["of_index"] >= 0.8
+        ),
+        lambda v: f"{_n(v['per_process'])} readers/s per process; {v['of_index']:.0%} of the index path",
+        lambda r: (
+            f"recommend jobs of {r['batch']} readers each with a delta ({r['delta_books']} rated, 1 removed) on "
+            f"{r['processes']} processes: {_n(r['total_users_per_s'])}/s on {r['cores']:.2f} cores; in process, one "
+            f"TF thread, job path with the cache write: from current histories {_n(r['history_users_per_s'])}/s, "
+            f"index path {_n(r['index_users_per_s'])}/s, histories without a delta {_n(r['no_delta_users_per_s'])}/s; "
+            f"delta.read of {r['batch']} readers {_ms(r['read_ms_per_batch'])} ms"
+        ),
+    ),
+    Figure(
+        "fresh_worker_rss_mb",
+        "growth <= 10% after 1,000,000 ingested ratings",
+        lambda f, r: f["fresh_worker_rss_mb"]["growth_pct"] <= 10,
+        lambda v: f"{_n(v['rss_mb'])} MB, growth {v['growth_pct']:+.1f}%",
+        lambda r: (
+            f"{_n(r['events'])} events through one `bookrec ingest` (SQLite) in {r['seconds']:.0f} s "
+            f"({_n(r['events_per_s'])}/s) and {_n(r['jobs'])} worker jobs; from "
+            f"{' / '.join(_n(x) for x in r['rss_before_mb'])} MB to {' / '.join(_n(x) for x in r['rss_after_mb'])} MB; "
+            f"Redis grew {_n(r['redis_growth_mb'])} MB"
+        ),
+    ),
+)
+
+FIGURES: tuple[Figure, ...] = SERVING + RATINGS + FRESH
 """Every figure of a full run, in the order of the table."""
 
 

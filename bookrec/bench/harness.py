@@ -1,14 +1,16 @@
 """`bookrec bench`: run every measurement in order on one catalogue and return a `Report`.
 
-Two phases, `serving` then `ratings` (a run may do one of them). Serving, in this order so that its
+Three phases, `serving`, `ratings` and `fresh` (a run may do one of them). Serving, in this order so that its
 steps do not disturb each other: a trainer worker first (all cores: it trains the base model if
 none is cached, then the timed retrain), then in-process figures (ceiling, model load, seed path),
 then one serving process (throughput), then two (throughput, full refresh, cache reads, latency,
 memory over a soak of jobs, and last a hot swap to the retrained version under a stream of
 requests). Ratings in (`ratings_in.py`, no TensorFlow): real `bookrec ingest` processes into
-SQLite and PostgreSQL, then bulk import and snapshots. At the end the benchmark's Redis database
-is flushed, its PostgreSQL databases are dropped and its model store holds only the base version,
-in production.
+SQLite and PostgreSQL, then bulk import and snapshots. Fresh (`fresh_lists.py`), on an emptied Redis database
+with the base version in production: scoring from current histories in process and on two serving processes,
+a rating event to the reader's recomputed list under a rating load, and the workers' memory over 1,000,000
+ingested ratings. At the end the benchmark's Redis database is flushed, its PostgreSQL databases are dropped and
+its model store holds only the base version, in production.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from bookrec.bench import PHASES, catalogue, machine, measure, ratings_in
+from bookrec.bench import PHASES, catalogue, fresh_lists, machine, measure, ratings_in
 from bookrec.bench.catalogue import Data, Notify, Prepared, Size
 from bookrec.bench.figures import Report
 from bookrec.bench.service import Pool, Service
@@ -59,6 +61,7 @@ class Config:
     swap_timeout_s: float = 30.0
     phases: tuple[str, ...] = PHASES
     ratings: ratings_in.Plan = field(default_factory=ratings_in.Plan)
+    fresh: fresh_lists.Plan = field(default_factory=fresh_lists.Plan)
 
     @classmethod
     def full(cls, redis_url: str, cache_root: Path, books_from: Path | None) -> "Config":
@@ -83,6 +86,9 @@ class Config:
             soak_single_jobs=2000,
             swap_lead_s=1.0,
             ratings=ratings_in.Plan(events=20_000, latency_s=3.0),
+            fresh=fresh_lists.Plan(
+                throughput_users=2000, single_readers=100, plain_requests=200, probes=200, memory_events=100_000
+            ),
         )
 
 
@@ -136,6 +142,8 @@ def run(config: Config, notify: Notify = lambda message: None) -> Report:
                 state.figures.update(figures)
                 state.references.update(references)
                 state.details["postgres_server"] = databases.server_version
+            if "fresh" in config.phases:
+                _fresh_phase(state, service)
         finally:
             _clean_up(service, state)
     finally:
@@ -165,8 +173,9 @@ def run(config: Config, notify: Notify = lambda message: None) -> Report:
 
 
 def _prepare(config: Config, notify: Notify) -> Prepared | Data:
-    """The catalogue, with its cached base model when the serving phase runs (TensorFlow is imported only then)."""
-    if "serving" not in config.phases:
+    """The catalogue, with its cached base model when the serving or fresh phase runs (TensorFlow is imported only
+    then)."""
+    if not {"serving", "fresh"} & set(config.phases):
         return catalogue.prepare_data(config.size, config.cache_root, config.books_from, notify)
     from bookrec.worker.serve.tf_setup import configure_tensorflow
 
@@ -187,7 +196,7 @@ def _service_phases(state: _Run, service: Service) -> None:
         two = _passes(state, service, pids)
         _record_throughput(state, one, two)
         _refresh_and_reads(state, client)
-        baseline = _rss(pids), _jobs_done(service)
+        baseline = machine.rss_by_pid(pids), service.jobs_done()
         _latency(state, client)
         _soak(state, service)
         _record_memory(state, service, pids, baseline)
@@ -197,43 +206,81 @@ def _service_phases(state: _Run, service: Service) -> None:
 
 
 def _train(state: _Run, service: Service, client) -> str:
-    """On a real trainer worker (all cores): train the base if none is cached, then time a retrain; return its version.
+    """On a real trainer worker (all cores): the base version (`_base`), then a timed retrain; return its version.
 
     The catalogue is the one the base was trained on, and a retrain without new ratings trains nothing
     unless forced; so the timed retrain is forced (it still evaluates production for the gate), and the
     base is put back in production at once: the benchmark promotes the candidate itself, later, under load.
-    Both retrains name the catalogue's ratings.csv: the benchmark fills no ratings store.
     """
     from bookrec.model_store.promotion import promote
     from bookrec.model_store.store import ModelStore
 
-    prepared, store = state.prepared, ModelStore(state.prepared.store)
-    trainer = Pool(service, 1, state.prepared.log("trainer"), queues="retrain", tf_threads=0)
+    trainer = _trainer(state, service)
     try:
-        trainer.wait_listening()
-        state.base = prepared.base_version or ""
-        if not state.base:
-            state.notify(
-                f"training the base model ({prepared.kind}) with a retrain job into {prepared.store} (cached for later runs)"
-            )
-            state.base = client.retrain(
-                params=state.config.model_params, ratings=RATINGS_FILE, force=True, wait=True, timeout=3600
-            )["version"]
-            service.queue(QUEUE_REFRESH).empty()  # the refresh its promotion enqueued: no worker serves yet
-        promote(store, service.client, service.keys, state.base, reason="bench base")
+        _base(state, service, client)
         state.notify("retrain: one retrain job on a `bookrec worker --queues retrain` process (BOOKREC_TF_THREADS=0)")
         started = time.perf_counter()
         result = client.retrain(
             params=state.config.model_params, ratings=RATINGS_FILE, force=True, wait=True, timeout=3600
         )
         seconds = time.perf_counter() - started
-        promote(store, service.client, service.keys, state.base, reason="bench base")
+        promote(ModelStore(state.prepared.store), service.client, service.keys, state.base, reason="bench base")
         service.queue(QUEUE_REFRESH).empty()  # the refreshes both promotions enqueued: no worker serves yet
     finally:
         trainer.stop()
     state.figures["retrain_s"] = seconds
     state.references["retrain_s"] = {"fit_s": result["seconds"], "kind": result["model"]}
     return result["version"]
+
+
+def _trainer(state: _Run, service: Service) -> Pool:
+    """A `bookrec worker --queues retrain` process (BOOKREC_TF_THREADS=0: all cores), listening."""
+    trainer = Pool(service, 1, state.prepared.log("trainer"), queues="retrain", tf_threads=0)
+    try:
+        trainer.wait_listening()
+    except BaseException:
+        trainer.stop()
+        raise
+    return trainer
+
+
+def _base(state: _Run, service: Service, client) -> None:
+    """Put the base version in production: the cached one, or one trained now by a retrain job (a trainer must be
+    listening then, see `_trainer`), cached for later runs. It is trained from the catalogue's ratings.csv: the
+    benchmark fills no ratings store for it."""
+    from bookrec.model_store.promotion import promote
+    from bookrec.model_store.store import ModelStore
+
+    prepared = state.prepared
+    state.base = prepared.base_version or state.base
+    if not state.base:
+        state.notify(
+            f"training the base model ({prepared.kind}) with a retrain job into {prepared.store} (cached for later runs)"
+        )
+        state.base = client.retrain(
+            params=state.config.model_params, ratings=RATINGS_FILE, force=True, wait=True, timeout=3600
+        )["version"]
+        service.queue(QUEUE_REFRESH).empty()  # the refresh its promotion enqueued: no worker serves yet
+    promote(ModelStore(prepared.store), service.client, service.keys, state.base, reason="bench base")
+
+
+def _fresh_phase(state: _Run, service: Service) -> None:
+    """The fresh phase on an emptied database with the base version in production (trained first if none is)."""
+    from bookrec.producer.client import Client
+
+    service.reset()  # no list, queue, stream or worker of an earlier phase
+    client = Client(settings=service.settings)
+    if state.prepared.base_version or state.base:
+        _base(state, service, client)
+    else:
+        trainer = _trainer(state, service)
+        try:
+            _base(state, service, client)
+        finally:
+            trainer.stop()
+    figures, references = fresh_lists.run(service, state.prepared, state.base, state.config.fresh, state.notify)
+    state.figures.update(figures)
+    state.references.update(references)
 
 
 def _in_process(state: _Run) -> None:
@@ -373,24 +420,13 @@ def _soak(state: _Run, service: Service) -> None:
     measure.run_batches(service, singles, 1, config.n, state.timeout() + config.soak_single_jobs / 50)
 
 
-def _rss(pids: list[int]) -> dict[int, float]:
-    return {pid: machine.rss_mb(pid) for pid in pids}
-
-
-def _jobs_done(service: Service) -> int:
-    """Jobs the live workers have finished successfully, by RQ's own count."""
-    from rq.worker import Worker
-
-    return sum(w.successful_job_count for w in Worker.all(connection=service.client))
-
-
 def _record_memory(state: _Run, service: Service, pids: list[int], baseline: tuple[dict[int, float], int]) -> None:
     before, jobs_before = baseline
-    after = _rss(pids)
+    after = machine.rss_by_pid(pids)
     growth = max((after[pid] - before[pid]) / before[pid] * 100 for pid in pids)
     state.figures["worker_rss_mb"] = {"rss_mb": max(after.values()), "growth_pct": growth}
     state.references["worker_rss_mb"] = {
-        "jobs": _jobs_done(service) - jobs_before,
+        "jobs": service.jobs_done() - jobs_before,
         "rss_before_mb": max(before.values()),
         "load_mb": state.details["load_mb"],
         "rss_after_mb": list(after.values()),

@@ -22,6 +22,11 @@ def rss_mb(pid: int) -> float:
     raise OSError(f"/proc/{pid}/status has no VmRSS line")
 
 
+def rss_by_pid(pids: list[int]) -> dict[int, float]:
+    """`rss_mb` of each of `pids`."""
+    return {pid: rss_mb(pid) for pid in pids}
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU seconds (user + system) process `pid` has used so far, from /proc/PID/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

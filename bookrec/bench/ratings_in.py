@@ -211,7 +211,7 @@ def _ingest(service: Service, data: Data, plan: Plan, database: str, store: str,
     """Ingest rate and latency on one fresh store, with the bare load of the same rows as the rate's reference."""
     stream = service.keys.ratings_stream
     service.client.delete(stream, service.keys.ratings_dead)
-    events = _events(data, plan.events, seed=0)
+    events = rating_events(data, plan.events, seed=0)
     notify(f"ingest into {store}: {plan.events:,} events pre-loaded, then one `bookrec ingest` process")
     xadd_rate, last_id = _preload(service.client, stream, events)
     ingest = IngestProcess(service, database, data.log(f"ingest-{store}"))
@@ -235,7 +235,7 @@ def _ingest(service: Service, data: Data, plan: Plan, database: str, store: str,
     }
 
 
-def _events(data: Data, count: int, seed: int) -> list[dict[str, str]]:
+def rating_events(data: Data, count: int, seed: int) -> list[dict[str, str]]:
     """`count` rating events (the stream's fields, as any producer XADDs them) by readers and of books of the
     catalogue, 1 to 5 stars."""
     rng = np.random.default_rng(seed)
@@ -257,8 +257,10 @@ def _preload(client: redis.Redis, stream: str, events: list[dict[str, str]]) -> 
     return len(events) / (time.perf_counter() - started), _text(ids[-1])
 
 
-def _group(client: redis.Redis, stream: str) -> dict[str, Any] | None:
+def ingest_group(client: redis.Redis, stream: str) -> dict[str, Any] | None:
     """The ingest's consumer group on `stream` as XINFO GROUPS describes it, None before it is created."""
+    if not client.exists(stream):
+        return None
     return next((g for g in client.xinfo_groups(stream) if _text(g["name"]) == GROUP), None)
 
 
@@ -268,12 +270,12 @@ def _drain(
     """Seconds from the ingest creating its group until the group has delivered `last_id` and holds none pending,
     and the CPU seconds the ingest process and its PostgreSQL server processes (if on this machine) used meanwhile."""
     deadline = time.perf_counter() + timeout
-    while _group(client, stream) is None:
+    while ingest_group(client, stream) is None:
         _wait(ingest, deadline, "create its consumer group", 0.001)
     pids = [ingest.process.pid, *_server_pids(database)]
     started, cpu = time.perf_counter(), sum(machine.cpu_seconds(pid) for pid in pids)
     while True:
-        group = _group(client, stream)
+        group = ingest_group(client, stream)
         if _text(group["last-delivered-id"]) == last_id and group["pending"] == 0:
             return time.perf_counter() - started, sum(machine.cpu_seconds(pid) for pid in pids) - cpu
         _wait(ingest, deadline, f"acknowledge every entry up to {last_id}", 0.005)
@@ -328,7 +330,7 @@ def _latency(
     event's seconds from just before its XADD until a poll of the store shows it committed."""
     ping_ms = median(_round_trips(client, 1000)) * 1000
     count = max(1, int(plan.rate * plan.latency_s))
-    events = [{**fields, "user_id": f"latency-{i}"} for i, fields in enumerate(_events(data, count, seed=1))]
+    events = [{**fields, "user_id": f"latency-{i}"} for i, fields in enumerate(rating_events(data, count, seed=1))]
     producer = _PacedProducer(client, stream, events, plan.rate)
     ms = np.array(_until_committed(producer, database, ingest, plan.timeout_s)) * 1000
     return {

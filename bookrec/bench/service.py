@@ -56,9 +56,14 @@ class Service:
                 f"Redis database {settings.redis_url_redacted} is in use by a benchmark still running ({owner.decode()}); "
                 "wait for it or choose another database with --redis-db"
             )
-        client.flushdb()
-        client.set(OWNER_KEY, f"{socket.gethostname()}:{os.getpid()}")
-        return cls(settings, client, Keys(PREFIX))
+        service = cls(settings, client, Keys(PREFIX))
+        service.reset()
+        return service
+
+    def reset(self) -> None:
+        """Empty the database (between phases too), marked as this benchmark's."""
+        self.client.flushdb()
+        self.client.set(OWNER_KEY, f"{socket.gethostname()}:{os.getpid()}")
 
     def release(self) -> None:
         """Delete everything the benchmark wrote to its database."""
@@ -90,6 +95,10 @@ class Service:
     def versions(self, names: list[str]) -> list[str | None]:
         """The version each named worker serves (None if it has no state), in one round trip."""
         return worker_state.versions(self.client, self.keys, names)
+
+    def jobs_done(self) -> int:
+        """Jobs the live workers have finished successfully, by RQ's own count."""
+        return sum(w.successful_job_count for w in Worker.all(connection=self.client))
 
     def pids_serving(self, version: str) -> list[int]:
         """Process ids of the serving workers that have `version` loaded."""

@@ -19,9 +19,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="benchmark the service on a goodbooks-sized synthetic catalogue",
         description="Run the real service (Redis, `bookrec worker` processes) on a synthetic goodbooks-shaped "
         "catalogue (53,424 users x 10,000 books, ~1M ratings; --quick: 5,000 x 2,000, 100,000) and print each "
-        "figure beside its target and a reference measured in the same run. Two phases: serving (recommend "
-        "throughput and latency, refresh, cache reads, hot swap, retrain, memory) and ratings (real `bookrec "
-        "ingest` processes into SQLite and PostgreSQL, bulk import, snapshots); --only runs one. The catalogue "
+        "figure beside its target and a reference measured in the same run. Three phases: serving (recommend "
+        "throughput and latency, refresh, cache reads, hot swap, retrain, memory), ratings (real `bookrec "
+        "ingest` processes into SQLite and PostgreSQL, bulk import, snapshots) and fresh (a rating event to the "
+        "reader's recomputed list under load, scoring from current histories, worker memory over 1,000,000 "
+        "ingested ratings); --only runs one. The catalogue "
         "and its base model are cached under --cache-dir, so only the first run generates and trains them. Uses "
         "a Redis database of its own (--redis-db), flushed at the end, and PostgreSQL databases of its own on "
         "the --postgres server, dropped at the end. Timings are medians over repeats; the machine's other load "
@@ -37,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--only",
         choices=PHASES,
-        help="run one phase: serving (the recommend path) or ratings (ingest, import, snapshot); default both",
+        help="run one phase: serving (the recommend path), ratings (ingest, import, snapshot) or fresh (fresh "
+        "lists); default all three",
     )
     parser.add_argument(
         "--postgres",

@@ -5,14 +5,15 @@ Timings are never asserted here: they belong in the benchmark's own output.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from bookrec.bench import PHASES, ratings_in
+from bookrec.bench import PHASES, fresh_lists, ratings_in
 from bookrec.bench.catalogue import Size, prepare
-from bookrec.bench.figures import FIGURES, HEADERS, RATINGS, SERVING, Report, markdown
+from bookrec.bench.figures import FIGURES, FRESH, HEADERS, RATINGS, SERVING, Report, markdown
 from bookrec.bench.harness import Config, run
 from bookrec.bench.service import with_db
 from bookrec.model_store.store import ModelStore
@@ -116,8 +117,50 @@ def test_the_ratings_phase_reports_its_five_figures_and_drops_its_databases(
         assert len(names) == 2 and left.scalars().all() == []  # one for the ingest, one for the import
 
 
-def test_a_full_run_has_both_phases_and_a_report_shows_only_what_it_measured(tmp_path: Path) -> None:
-    assert Config.full(TEST_REDIS_URL, tmp_path, None).phases == PHASES == ("serving", "ratings")
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_fresh_phase_reports_its_three_figures_and_leaves_nothing_behind(redis_client, tmp_path: Path) -> None:
+    plan = fresh_lists.Plan(
+        batch=50,
+        throughput_users=100,
+        repeats=1,
+        single_readers=10,
+        plain_requests=20,
+        recommend_rate=20.0,
+        other_rate=100.0,
+        probes=10,
+        memory_events=2000,
+        timeout_s=120.0,
+    )
+    books = GOODBOOKS_BOOKS if GOODBOOKS_BOOKS.exists() else None
+    config = Config(TINY, TEST_REDIS_URL, cache_root=tmp_path, books_from=books, model_params={"epochs": 2})
+    messages: list[str] = []
+
+    document = run(replace(config, phases=("fresh",), fresh=plan), notify=messages.append).to_json()
+
+    keys = {figure.key for figure in FRESH}
+    assert set(document["figures"]) == keys and set(document["targets"]) == keys and set(document["references"]) == keys
+    figures, references = document["figures"], document["references"]
+    assert all(x > 0 for x in _leaves(figures["fresh_list_ms"]) + _leaves(figures["history_throughput_users_per_s"]))
+    assert figures["fresh_worker_rss_mb"]["rss_mb"] > 0
+    latency = references["fresh_list_ms"]
+    assert latency["probes"] == 10 and latency["breakdown_ms"]["probes_matched"] == 10, "every probe's job was found"
+    assert latency["other_events_per_s"] > 0 and latency["plain_recommend_ms"]["p50"] > 0
+    assert all(latency["in_process_one_reader_ms"][step] > 0 for step in ("claim", "score", "write"))
+    throughput = references["history_throughput_users_per_s"]
+    assert all(throughput[k] > 0 for k in ("index_users_per_s", "no_delta_users_per_s", "read_ms_per_batch"))
+    memory = references["fresh_worker_rss_mb"]
+    assert memory["events"] == 2000 and memory["jobs"] > 0 and len(memory["rss_after_mb"]) == 2
+    assert document["details"]["phases"] == ["fresh"] and document["details"]["model"].startswith("mult-dae")
+    assert any("training the base model" in m for m in messages) and any("event -> list" in m for m in messages)
+    # Nothing left in the benchmark's database; the store holds its one base version, in production.
+    assert redis_client.dbsize() == 0
+    store = ModelStore(tmp_path / TINY.key / "models")
+    assert [v["version"] for v in store.list()] == [store.production()]
+
+
+def test_a_full_run_has_every_phase_and_a_report_shows_only_what_it_measured(tmp_path: Path) -> None:
+    assert Config.full(TEST_REDIS_URL, tmp_path, None).phases == PHASES == ("serving", "ratings", "fresh")
     assert Config.quick_run(TEST_REDIS_URL, tmp_path, None).phases == PHASES
     full = _report()
     ratings_only = Report(
@@ -150,6 +193,9 @@ def _report(**changes) -> Report:
         "ingest_latency_ms": {"postgres": {"p50": 8.0, "p99": 40.0}, "sqlite": {"p50": 6.0, "p99": 30.0}},
         "import_postgres_s": 7.0,
         "snapshot_s": {"postgres": 2.0, "sqlite": 1.5},
+        "fresh_list_ms": {"p50": 12.0, "p99": 45.0},
+        "history_throughput_users_per_s": {"per_process": 6000.0, "of_index": 0.9},
+        "fresh_worker_rss_mb": {"rss_mb": 800.0, "growth_pct": 2.0},
     }
     figures.update(changes)
     ingest = {
@@ -208,6 +254,47 @@ def _report(**changes) -> Report:
             "psql_copy_keyed_s": 1.4,
         },
         "snapshot_s": {"rows": 981_756, "snapshot_only_s": {"postgres": 1.5, "sqlite": 1.0}, "read_csv_s": 0.3},
+        "fresh_list_ms": {
+            "max_ms": 60.0,
+            "probes": 500,
+            "other_events_per_s": 998.0,
+            "seconds": 30.0,
+            "stream_ms": {"p50": 5.0, "p99": 20.0},
+            "stream_requests": 1500,
+            "breakdown_ms": {
+                "commit": 4.0,
+                "multi": 0.5,
+                "pickup": 3.0,
+                "run": 4.0,
+                "probes_matched": 500,
+                "fresh_jobs": 5000,
+                "readers_per_job": 6.0,
+                "all_pickup_p99": 30.0,
+            },
+            "plain_recommend_ms": {"p50": 4.0, "p99": 6.0},
+            "gorse_check_ms": 60_000.0,
+            "in_process_one_reader_ms": {"claim": 0.2, "score": 0.6, "write": 0.2},
+        },
+        "history_throughput_users_per_s": {
+            "index_users_per_s": 7000.0,
+            "no_delta_users_per_s": 6800.0,
+            "history_users_per_s": 6300.0,
+            "read_ms_per_batch": 9.0,
+            "delta_books": 5,
+            "batch": 500,
+            "total_users_per_s": 12000.0,
+            "processes": 2,
+            "cores": 1.7,
+        },
+        "fresh_worker_rss_mb": {
+            "rss_before_mb": [790.0, 785.0],
+            "rss_after_mb": [800.0, 790.0],
+            "events": 1_000_000,
+            "seconds": 120.0,
+            "events_per_s": 8333.0,
+            "jobs": 1200,
+            "redis_growth_mb": 150.0,
+        },
     }
     machine = {
         "date": "2026-11-28 05:00 UTC",
@@ -239,6 +326,19 @@ def test_a_ratings_figure_of_two_stores_misses_when_either_store_misses() -> Non
     assert missed["ingest_latency_ms"]["met"] is False and missed["snapshot_s"]["met"] is False
     assert missed["ingest_sqlite_events_per_s"]["met"] is False and missed["ingest_postgres_events_per_s"]["met"]
     assert _report(import_postgres_s=15.5).targets()["import_postgres_s"]["met"] is False
+
+
+def test_a_fresh_figure_misses_when_either_of_its_bars_is_missed() -> None:
+    assert all(_report().targets()[figure.key]["met"] for figure in FRESH)
+    missed = _report(
+        fresh_list_ms={"p50": 12.0, "p99": 51.0},
+        history_throughput_users_per_s={"per_process": 6000.0, "of_index": 0.79},
+        fresh_worker_rss_mb={"rss_mb": 800.0, "growth_pct": 10.5},
+    ).targets()
+    assert not any(missed[figure.key]["met"] for figure in FRESH)
+    slow = {"per_process": 4999.0, "of_index": 0.95}
+    assert _report(history_throughput_users_per_s=slow).targets()["history_throughput_users_per_s"]["met"] is False
+    assert _report(fresh_list_ms={"p50": 16.0, "p99": 40.0}).targets()["fresh_list_ms"]["met"] is False
 
 
 def test_throughput_below_half_the_ceiling_misses_even_above_5000() -> None:
