@@ -207,10 +207,11 @@ FRESH: tuple[Figure, ...] = (
         lambda f, r: f["fresh_list_ms"]["p50"] <= 15 and f["fresh_list_ms"]["p99"] <= 50,
         lambda v: f"p50 {_ms(v['p50'])} / p99 {_ms(v['p99'])} ms",
         lambda r: (
-            f"XADD -> the reader's list with ratings_through covering it, {_n(r['probes'])} readers one after another "
-            f"(max {_ms(r['max_ms'])} ms) under {_n(r['other_events_per_s'])} events/s of others and "
-            f"{_n(r['stream_requests'])} single-user recommends (p50 {_ms(r['stream_ms']['p50'])} / p99 "
-            f"{_ms(r['stream_ms']['p99'])} ms); plain single-user recommend p50 {_ms(r['plain_recommend_ms']['p50'])} "
+            f"XADD -> the reader's list with ratings_through covering it, {_n(r['probes'])} readers at "
+            f"{r['probe_rate']:g}/s (max {_ms(r['max_ms'])} ms; {_n(r['fresh_backlog_jobs'])} fresh jobs queued at "
+            f"the last) under {_n(r['other_events_per_s'])} events/s of others and {_n(r['stream_requests'])} "
+            f"single-user recommends (p50 {_ms(r['stream_ms']['p50'])} / p99 {_ms(r['stream_ms']['p99'])} ms, "
+            f"{_n(r['stream_lost'])} unanswered in 10 s); plain single-user recommend p50 {_ms(r['plain_recommend_ms']['p50'])} "
             f"/ p99 {_ms(r['plain_recommend_ms']['p99'])} ms; Gorse re-checks a list every {r['gorse_check_ms'] / 1000:.0f}"
             f" s; {_breakdown(r)}"
         ),

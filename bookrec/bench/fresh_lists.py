@@ -15,8 +15,10 @@ On the benchmark's catalogue and base model (in production), in this order:
   timed as the serving phase times them. Then the plain single-user recommend latency (`plain_requests` at
   `recommend_rate`/s, no ratings flowing), the reference. Then the event -> list latency: while rating events of
   other readers go in at `other_rate`/s and single-user recommends of yet others at `recommend_rate`/s, `probes`
-  readers one after another each rate a book; a probe's time runs from just before its XADD until a poll (about
-  every millisecond) finds the reader's cached entry with `ratings_through` at or past the event's id. Each probe's
+  more readers each rate a book, `probe_rate` a second; a probe's time runs from just before its XADD until a poll
+  (about every millisecond) finds the reader's cached entry with `ratings_through` at or past the event's id. The
+  fresh jobs still queued when the last probe is sent say whether the workers kept up (a backlog that grows makes
+  the figure depend on how long the step runs). Each probe's
   time is split at the moments the ingest queued its fresh job (RQ's `enqueued_at`, just before the MULTI that
   acknowledges the batch), the reader's delta showed the event, a worker started that job and the list appeared.
 - **Memory**: the workers' RSS, then `memory_events` rating events XADDed as fast as the ingest takes them (at most
@@ -79,8 +81,8 @@ class Plan:
     plain_requests: int = 500  # single-user recommends of the plain latency reference
     recommend_rate: float = 50.0  # single-user recommends/s, alone and under the rating load
     other_rate: float = 1000.0  # rating events/s of other readers under the probes
-    probes: int = 500  # readers timed from their event to their list, one after another
-    probe_gap_s: float = 0.02  # at least this long between two probes' events
+    probes: int = 500  # readers timed from their event to their list
+    probe_rate: float = 10.0  # probes sent per second (each followed to its list, several in flight if slow)
     memory_events: int = 1_000_000
     timeout_s: float = 1800.0  # for one probe's list, a pass, or the memory step's events to go through
 
@@ -293,8 +295,8 @@ def _loaded_latency(
 ) -> Figures:
     """The event -> list latency of the probes under the rating load and the recommend stream (module docstring)."""
     notify(
-        f"fresh, event -> list: {plan.probes:,} readers one after another, while {plan.other_rate:,.0f} events/s of "
-        f"other readers and {plan.recommend_rate:.0f} single-user recommends/s flow"
+        f"fresh, event -> list: {plan.probes:,} readers at {plan.probe_rate:g}/s, while {plan.other_rate:,.0f} "
+        f"events/s of other readers and {plan.recommend_rate:.0f} single-user recommends/s flow"
     )
     load = _Load(service, ingest, readers["others"], readers["probes"], books, plan, rng)
     client = Client(settings=service.settings)
@@ -306,6 +308,7 @@ def _loaded_latency(
         **load.summary(),
         "stream_ms": {"p50": stream["p50"], "p99": stream["p99"]},
         "stream_requests": stream["requests"],
+        "stream_lost": stream["lost"],
         "breakdown_ms": _breakdown(service, load.probes),
     }
 
@@ -324,7 +327,8 @@ class _Probe:
 @dataclass
 class _Load:
     """What runs beside the recommend stream, one step per poll of it: rating events of `others` at `plan.other_rate`/s
-    (at most SEND_BURST between two polls), and the probes, one at a time (`_Probe`)."""
+    (at most SEND_BURST between two polls), and the probes (`_Probe`) at `plan.probe_rate`/s, each followed until its
+    reader's list includes it (all those in flight polled in one round trip)."""
 
     service: Service
     ingest: IngestProcess
@@ -334,24 +338,24 @@ class _Load:
     plan: Plan
     rng: np.random.Generator
     probes: list[_Probe] = field(default_factory=list)
+    waiting: list[_Probe] = field(default_factory=list)
     sent: int = 0
+    backlog: int = 0  # fresh jobs queued when the last probe was sent
     start: float = field(default_factory=time.perf_counter)
-    next_probe: float = 0.0
     next_check: float = 0.0
 
     def tick(self) -> bool:
-        """Send the events due, advance the probe; True once every probe's list has appeared."""
+        """Send the events and the probe due, poll the probes in flight; True once every probe's list has appeared."""
         now = time.perf_counter()
         self._send_others(now)
-        current = self.probes[-1] if self.probes else None
-        if current is not None and current.listed is None:
-            self._poll(current)
-        elif len(self.probes) < len(self.readers) and now >= self.next_probe:
+        if len(self.probes) < len(self.readers) and now >= self.start + len(self.probes) / self.plan.probe_rate:
             self._send_probe()
+        if self.waiting:
+            self._poll()
         if now >= self.next_check:
             self.ingest.check()
             self.next_check = now + 0.5
-        return len(self.probes) == len(self.readers) and self.probes[-1].listed is not None
+        return len(self.probes) == len(self.readers) and not self.waiting
 
     def _send_others(self, now: float) -> None:
         due = min(int((now - self.start) * self.plan.other_rate), self.sent + SEND_BURST) - self.sent
@@ -372,30 +376,34 @@ class _Load:
         user = self.readers[len(self.probes)]
         fields = {"user_id": user, "book_id": self.books[int(self.rng.integers(len(self.books)))], "rating": "5"}
         sent = time.time()
-        stream_id = text(self.service.client.xadd(self.service.keys.ratings_stream, fields))
-        self.probes.append(_Probe(user, stream_id, sent))
-        self.next_probe = time.perf_counter() + self.plan.probe_gap_s
+        probe = _Probe(user, text(self.service.client.xadd(self.service.keys.ratings_stream, fields)), sent)
+        self.probes.append(probe)
+        self.waiting.append(probe)
+        if len(self.probes) == len(self.readers):
+            self.backlog = self.service.queue(QUEUE_FRESH).count
 
-    def _poll(self, probe: _Probe) -> None:
-        """One round trip: the reader's delta's newest stream id and their cached entry."""
+    def _poll(self) -> None:
+        """One round trip: each waiting probe's reader's delta's newest stream id and their cached entry."""
         keys = self.service.keys
         pipe = self.service.client.pipeline(transaction=False)
-        pipe.hget(keys.delta(probe.user), "*through")
-        pipe.get(keys.recs(probe.user))
-        through, raw = pipe.execute()
-        now, wanted = time.time(), stream_id_key(probe.stream_id)
-        if probe.ingested is None and through is not None and stream_id_key(text(through)) >= wanted:
-            probe.ingested = now
-        if raw is not None:
-            listed = json.loads(raw).get("ratings_through")
+        for probe in self.waiting:
+            pipe.hget(keys.delta(probe.user), "*through")
+            pipe.get(keys.recs(probe.user))
+        replies = pipe.execute()
+        now = time.time()
+        for probe, through, raw in zip(self.waiting, replies[::2], replies[1::2]):
+            wanted = stream_id_key(probe.stream_id)
+            if probe.ingested is None and through is not None and stream_id_key(text(through)) >= wanted:
+                probe.ingested = now
+            listed = None if raw is None else json.loads(raw).get("ratings_through")
             if listed is not None and stream_id_key(listed) >= wanted:
-                probe.listed = now
-                probe.ingested = probe.ingested or now
-        if probe.listed is None and now - probe.sent > self.plan.timeout_s:
-            raise BookrecError(
-                f"reader {probe.user}'s list did not include their rating {probe.stream_id} within "
-                f"{self.plan.timeout_s:.0f} s; see the ingest and worker logs"
-            )
+                probe.listed, probe.ingested = now, probe.ingested or now
+            elif now - probe.sent > self.plan.timeout_s:
+                raise BookrecError(
+                    f"reader {probe.user}'s list did not include their rating {probe.stream_id} within "
+                    f"{self.plan.timeout_s:.0f} s; see the ingest and worker logs"
+                )
+        self.waiting = [probe for probe in self.waiting if probe.listed is None]
 
     def summary(self) -> Figures:
         """The probes' latency (ms) and what the load really was."""
@@ -406,8 +414,10 @@ class _Load:
             "p99": measure.percentile(ms, 99),
             "max_ms": float(ms.max()),
             "probes": len(self.probes),
+            "probe_rate": self.plan.probe_rate,
             "other_events_per_s": self.sent / seconds,
             "seconds": seconds,
+            "fresh_backlog_jobs": self.backlog,
         }
 
 

@@ -257,6 +257,9 @@ def _report(**changes) -> Report:
         "fresh_list_ms": {
             "max_ms": 60.0,
             "probes": 500,
+            "probe_rate": 10.0,
+            "fresh_backlog_jobs": 3,
+            "stream_lost": 0,
             "other_events_per_s": 998.0,
             "seconds": 30.0,
             "stream_ms": {"p50": 5.0, "p99": 20.0},
