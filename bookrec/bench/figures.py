@@ -226,7 +226,8 @@ FRESH: tuple[Figure, ...] = (
         lambda v: f"{_n(v['per_process'])} readers/s per process; {v['of_index']:.0%} of the index path",
         lambda r: (
             f"recommend jobs of {r['batch']} readers each with a delta ({r['delta_books']} rated, 1 removed) on "
-            f"{r['processes']} processes: {_n(r['total_users_per_s'])}/s on {r['cores']:.2f} cores; in process, one "
+            f"{r['processes']} processes: {_n(r['total_users_per_s'])}/s on {r['cores']:.2f} cores "
+            f"({_n(r['users_per_cpu_s'])} per worker CPU-second); in process, one "
             f"TF thread, job path with the cache write: from current histories {_n(r['history_users_per_s'])}/s, "
             f"index path {_n(r['index_users_per_s'])}/s, histories without a delta {_n(r['no_delta_users_per_s'])}/s; "
             f"delta.read of {r['batch']} readers {_ms(r['read_ms_per_batch'])} ms"
@@ -240,7 +241,8 @@ FRESH: tuple[Figure, ...] = (
         lambda r: (
             f"{_n(r['events'])} events through one `bookrec ingest` (SQLite) in {r['seconds']:.0f} s "
             f"({_n(r['events_per_s'])}/s) and {_n(r['jobs'])} worker jobs; from "
-            f"{' / '.join(_n(x) for x in r['rss_before_mb'])} MB to {' / '.join(_n(x) for x in r['rss_after_mb'])} MB; "
+            f"{' / '.join(_n(x) for x in r['rss_before_mb'])} MB to {' / '.join(_n(x) for x in r['rss_after_mb'])} MB "
+            f"(the larger while sending: {', '.join(_n(x) for x in r['rss_while_sending_mb'])} MB); "
             f"Redis grew {_n(r['redis_growth_mb'])} MB"
         ),
     ),

@@ -62,6 +62,7 @@ GORSE_CHECK_MS = 60_000.0
 """Gorse re-checks a user's cached list about once a minute (its default check period): the reference for the record."""
 BACKLOG = 50_000  # the most events the memory step lets wait in the stream
 PIPELINE = 1000  # XADDs per pipeline in the memory step
+SLICE = 100_000  # events of the memory step made at a time (1,000,000 dicts would take a GB)
 SEND_BURST = 50  # the most events of other readers sent between two polls
 
 Figures = dict[str, Any]
@@ -133,6 +134,7 @@ def _figures(
         "history_throughput_users_per_s": {
             **{k: v for k, v in in_process.items() if k != "one_reader_ms"},
             "total_users_per_s": throughput["users_per_s"],
+            "users_per_cpu_s": throughput["users_per_s"] / max(throughput["cores"], 1e-3),
             "processes": PROCESSES,
             "cores": throughput["cores"],
         },
@@ -476,7 +478,7 @@ def _memory(
     notify(f"fresh, memory: {plan.memory_events:,} rating events through the ingest and the fresh recomputes")
     before, jobs, redis_mb = machine.rss_by_pid(pids), service.jobs_done(), _redis_mb(service)
     started = time.perf_counter()
-    last = _send_all(service, prepared, ingest, plan)
+    last, trajectory = _send_all(service, prepared, ingest, pids, plan)
     _drain(service, ingest, last, started + plan.timeout_s)
     seconds = time.perf_counter() - started
     after = machine.rss_by_pid(pids)
@@ -485,6 +487,7 @@ def _memory(
         "growth_pct": max((after[pid] - before[pid]) / before[pid] * 100 for pid in pids),
         "rss_before_mb": list(before.values()),
         "rss_after_mb": list(after.values()),
+        "rss_while_sending_mb": trajectory,
         "events": plan.memory_events,
         "seconds": seconds,
         "events_per_s": plan.memory_events / seconds,
@@ -493,13 +496,16 @@ def _memory(
     }
 
 
-def _send_all(service: Service, prepared: Prepared, ingest: IngestProcess, plan: Plan) -> str:
-    """XADD the memory step's events in pipelines, never more than BACKLOG ahead of the ingest; the last one's id."""
+def _send_all(
+    service: Service, prepared: Prepared, ingest: IngestProcess, pids: list[int], plan: Plan
+) -> tuple[str, list[float]]:
+    """XADD the memory step's events in pipelines, never more than BACKLOG ahead of the ingest, a SLICE at a time;
+    the last one's id, and the larger worker RSS (MB) after each slice was sent."""
     client, stream = service.client, service.keys.ratings_stream
     deadline = time.perf_counter() + plan.timeout_s
-    last = ""
-    for first in range(0, plan.memory_events, 100_000):  # made a slice at a time: 1,000,000 dicts would take a GB
-        events = rating_events(prepared, min(100_000, plan.memory_events - first), seed=2 + first)
+    last, trajectory = "", []
+    for first in range(0, plan.memory_events, SLICE):
+        events = rating_events(prepared, min(SLICE, plan.memory_events - first), seed=2 + first)
         for start in range(0, len(events), PIPELINE):
             while client.xlen(stream) > BACKLOG:
                 _wait(ingest, deadline, "keep up with the memory step's events")
@@ -507,7 +513,8 @@ def _send_all(service: Service, prepared: Prepared, ingest: IngestProcess, plan:
             for fields in events[start : start + PIPELINE]:
                 pipe.xadd(stream, fields)
             last = text(pipe.execute()[-1])
-    return last
+        trajectory.append(max(machine.rss_by_pid(pids).values()))
+    return last, trajectory
 
 
 def _drain(service: Service, ingest: IngestProcess, last: str, deadline: float) -> None:

@@ -151,6 +151,7 @@ def test_the_fresh_phase_reports_its_three_figures_and_leaves_nothing_behind(red
     assert all(throughput[k] > 0 for k in ("index_users_per_s", "no_delta_users_per_s", "read_ms_per_batch"))
     memory = references["fresh_worker_rss_mb"]
     assert memory["events"] == 2000 and memory["jobs"] > 0 and len(memory["rss_after_mb"]) == 2
+    assert len(memory["rss_while_sending_mb"]) == 1  # one slice of events
     assert document["details"]["phases"] == ["fresh"] and document["details"]["model"].startswith("mult-dae")
     assert any("training the base model" in m for m in messages) and any("event -> list" in m for m in messages)
     # Nothing left in the benchmark's database; the store holds its one base version, in production.
@@ -286,12 +287,14 @@ def _report(**changes) -> Report:
             "delta_books": 5,
             "batch": 500,
             "total_users_per_s": 12000.0,
+            "users_per_cpu_s": 7000.0,
             "processes": 2,
             "cores": 1.7,
         },
         "fresh_worker_rss_mb": {
             "rss_before_mb": [790.0, 785.0],
             "rss_after_mb": [800.0, 790.0],
+            "rss_while_sending_mb": [795.0, 800.0],
             "events": 1_000_000,
             "seconds": 120.0,
             "events_per_s": 8333.0,
