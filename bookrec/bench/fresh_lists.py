@@ -63,7 +63,7 @@ GORSE_CHECK_MS = 60_000.0
 BACKLOG = 50_000  # the most events the memory step lets wait in the stream
 PIPELINE = 1000  # XADDs per pipeline in the memory step
 SLICE = 100_000  # events of the memory step made at a time (1,000,000 dicts would take a GB)
-SEND_BURST = 50  # the most events of other readers sent between two polls
+SEND_BURST = 1000  # the most events of other readers sent between two polls: a late poll catches up at once
 
 Figures = dict[str, Any]
 Notify = Callable[[str], None]
