@@ -675,8 +675,20 @@ def _copy_merge(conn: Connection, rows: Iterable[tuple[str, str, float, float]],
 
 
 def _last_stream_id(conn: Connection) -> str | None:
-    query = sa.select(stream_state.c.last_stream_id).where(stream_state.c.stream == RATINGS_STREAM)
-    return conn.execute(query).scalar()
+    return conn.execute(_LAST_STREAM_ID, {"stream_name": RATINGS_STREAM}).scalar()
+
+
+# Built once: building a statement costs more than running it, and the ingest advances the stream every batch.
+_LAST_STREAM_ID = sa.select(stream_state.c.last_stream_id).where(stream_state.c.stream == sa.bindparam("stream_name"))
+_LAST_STREAM_ID_FOR_UPDATE = _LAST_STREAM_ID.with_for_update()
+_START_STREAM = sa.insert(stream_state).values(
+    stream=sa.bindparam("stream_name"), last_stream_id=sa.bindparam("newest"), updated_at=sa.bindparam("now")
+)
+_ADVANCE_STREAM = (
+    sa.update(stream_state)
+    .where(stream_state.c.stream == sa.bindparam("stream_name"))
+    .values(last_stream_id=sa.bindparam("newest"), updated_at=sa.bindparam("now"))
+)
 
 
 def _advance_stream(conn: Connection, events: Sequence[RatingEvent], now: float) -> None:
@@ -685,16 +697,12 @@ def _advance_stream(conn: Connection, events: Sequence[RatingEvent], now: float)
     if not ids:
         return
     newest = max(ids, key=stream_id_key)
-    query = sa.select(stream_state.c.last_stream_id).where(stream_state.c.stream == RATINGS_STREAM).with_for_update()
-    current = conn.execute(query).scalar()
+    params = {"stream_name": RATINGS_STREAM, "newest": newest, "now": now}
+    current = conn.execute(_LAST_STREAM_ID_FOR_UPDATE, params).scalar()
     if current is None:
-        conn.execute(sa.insert(stream_state).values(stream=RATINGS_STREAM, last_stream_id=newest, updated_at=now))
+        conn.execute(_START_STREAM, params)
     elif stream_id_key(newest) > stream_id_key(current):
-        conn.execute(
-            sa.update(stream_state)
-            .where(stream_state.c.stream == RATINGS_STREAM)
-            .values(last_stream_id=newest, updated_at=now)
-        )
+        conn.execute(_ADVANCE_STREAM, params)
 
 
 def _book_row(row: dict[str, Any], now: float) -> dict[str, Any]:
