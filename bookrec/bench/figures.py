@@ -188,14 +188,14 @@ RATINGS: tuple[Figure, ...] = (
 
 def _breakdown(r: Values) -> str:
     parts = r["breakdown_ms"]
-    if not parts["probes_matched"]:
-        return "no probe's fresh job found"
+    if parts["ingest"] is None:
+        return "no probe's list was seen"
     one = r["in_process_one_reader_ms"]
     return (
-        f"split (p50 of {parts['probes_matched']} probes): ingest commit {_ms(parts['commit'])}, MULTI "
-        f"{_ms(parts['multi'])}, fresh job pickup {_ms(parts['pickup'])}, job to list {_ms(parts['run'])} ms "
-        f"({_n(parts['fresh_jobs'])} fresh jobs of {parts['readers_per_job']:g} readers (p50), pickup p99 "
-        f"{_ms(parts['all_pickup_p99'])} ms); in-process one reader: claim {_ms(one['claim'])}, scoring "
+        f"split (p50 of the probes): event -> in the reader's delta {_ms(parts['ingest'])}, -> list "
+        f"{_ms(parts['recompute'])} ms; {_n(parts['fresh_jobs'])} fresh jobs of {parts['readers_per_job']:g} "
+        f"readers (p50), pickup p50 {_ms(parts['pickup_p50'])} / p99 {_ms(parts['pickup_p99'])} ms, run p50 "
+        f"{_ms(parts['run_p50'])} ms; in-process one reader: claim {_ms(one['claim'])}, scoring "
         f"{_ms(one['score'])}, cache write {_ms(one['write'])} ms"
     )
 
@@ -208,8 +208,8 @@ FRESH: tuple[Figure, ...] = (
         lambda v: f"p50 {_ms(v['p50'])} / p99 {_ms(v['p99'])} ms",
         lambda r: (
             f"XADD -> the reader's list with ratings_through covering it, {_n(r['probes'])} readers at "
-            f"{r['probe_rate']:g}/s (max {_ms(r['max_ms'])} ms; {_n(r['fresh_backlog_jobs'])} fresh jobs queued at "
-            f"the last) under {_n(r['other_events_per_s'])} events/s of others and {_n(r['stream_requests'])} "
+            f"{r['probe_rate']:g}/s (max {_ms(r['max_ms'])} ms; {_n(r['fresh_backlog_jobs'])} fresh jobs queued and "
+            f"{_n(r['pending_readers'])} readers pending at the last) under {_n(r['other_events_per_s'])} events/s of others and {_n(r['stream_requests'])} "
             f"single-user recommends (p50 {_ms(r['stream_ms']['p50'])} / p99 {_ms(r['stream_ms']['p99'])} ms, "
             f"{_n(r['stream_lost'])} unanswered in 10 s); plain single-user recommend p50 {_ms(r['plain_recommend_ms']['p50'])} "
             f"/ p99 {_ms(r['plain_recommend_ms']['p99'])} ms; Gorse re-checks a list every {r['gorse_check_ms'] / 1000:.0f}"

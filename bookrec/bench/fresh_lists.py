@@ -10,17 +10,17 @@ On the benchmark's catalogue and base model (in production), in this order:
   histories, plus the cache write) and from their current histories (no delta: the delta read, scoring, the cache
   write), the second from their current histories with their deltas; passes interleaved, medians of `repeats`.
   Before that, one reader at a time of the second set through a fresh job's steps (claim, scoring, cache write).
-- **Through the service**: 2 `bookrec worker` processes on fresh,recommend,refresh and one real `bookrec ingest` into
+- **Through the service**: 2 `bookrec worker` processes on recommend,fresh,refresh and one real `bookrec ingest` into
   a fresh SQLite store (WAL, in a temporary directory). Throughput: recommend jobs of `batch` readers with deltas,
   timed as the serving phase times them. Then the plain single-user recommend latency (`plain_requests` at
   `recommend_rate`/s, no ratings flowing), the reference. Then the event -> list latency: while rating events of
   other readers go in at `other_rate`/s and single-user recommends of yet others at `recommend_rate`/s, `probes`
   more readers each rate a book, `probe_rate` a second; a probe's time runs from just before its XADD until a poll
   (about every millisecond) finds the reader's cached entry with `ratings_through` at or past the event's id. The
-  fresh jobs still queued when the last probe is sent say whether the workers kept up (a backlog that grows makes
-  the figure depend on how long the step runs). Each probe's
-  time is split at the moments the ingest queued its fresh job (RQ's `enqueued_at`, just before the MULTI that
-  acknowledges the batch), the reader's delta showed the event, a worker started that job and the list appeared.
+  fresh jobs still queued and the readers still pending when the last probe is sent say whether the workers kept up
+  (a backlog that grows makes the figure depend on how long the step runs). Each probe's time is split at the
+  moment the reader's delta showed the event (the ingest's commit and acknowledging MULTI), and the fresh jobs
+  that ran are summed up (readers per job, pickup and run time).
 - **Memory**: the workers' RSS, then `memory_events` rating events XADDed as fast as the ingest takes them (at most
   BACKLOG waiting), until the ingest has acknowledged them all and no fresh job is queued or running; RSS again.
 """
@@ -52,11 +52,11 @@ from bookrec.model_store.store import ModelStore
 from bookrec.producer.client import Client
 from bookrec.shared import delta
 from bookrec.shared.errors import BookrecError
-from bookrec.shared.keys import QUEUE_FRESH, QUEUE_RECOMMEND, QUEUE_REFRESH
+from bookrec.shared.keys import QUEUE_FRESH, SERVING_QUEUES
 from bookrec.shared.ratings import StoredRating, stream_id_key
 from bookrec.shared.redis_conn import text
 
-QUEUES = f"{QUEUE_FRESH},{QUEUE_RECOMMEND},{QUEUE_REFRESH}"
+QUEUES = ",".join(SERVING_QUEUES)
 PROCESSES = 2
 GORSE_CHECK_MS = 60_000.0
 """Gorse re-checks a user's cached list about once a minute (its default check period): the reference for the record."""
@@ -343,6 +343,7 @@ class _Load:
     waiting: list[_Probe] = field(default_factory=list)
     sent: int = 0
     backlog: int = 0  # fresh jobs queued when the last probe was sent
+    pending: int = 0  # readers in the pending set then
     start: float = field(default_factory=time.perf_counter)
     next_check: float = 0.0
 
@@ -383,6 +384,7 @@ class _Load:
         self.waiting.append(probe)
         if len(self.probes) == len(self.readers):
             self.backlog = self.service.queue(QUEUE_FRESH).count
+            self.pending = self.service.client.zcard(self.service.keys.fresh_pending)
 
     def _poll(self) -> None:
         """One round trip: each waiting probe's reader's delta's newest stream id and their cached entry."""
@@ -420,34 +422,31 @@ class _Load:
             "other_events_per_s": self.sent / seconds,
             "seconds": seconds,
             "fresh_backlog_jobs": self.backlog,
+            "pending_readers": self.pending,
         }
 
 
 def _breakdown(service: Service, probes: list[_Probe]) -> Figures:
-    """Medians (ms) of where each probe's time went, from RQ's timestamps of the fresh job that named its reader:
-    sent -> the ingest queued the job (read, parse, store commit); -> the delta showed the event (the acknowledging
-    MULTI, to within a poll); queued -> a worker started the job (pickup); started -> the list appeared (RQ's start,
-    claim, scoring, cache write, to within a poll). Also how many fresh jobs ran and how many readers each named."""
+    """Medians (ms) of where each probe's time went, from the polls: sent -> the reader's delta showed the event
+    (the ingest read, parsed and committed it, and ran the acknowledging MULTI that also pends the reader), and
+    -> the list appeared (a fresh job woken or already queued, picked up, took the reader, scored, cached). Also the
+    fresh jobs that ran: how many, readers per job, pickup (RQ's enqueued -> started) and run time."""
+    ingest = [p.ingested - p.sent for p in probes if p.ingested is not None and p.listed is not None]
+    recompute = [p.listed - p.ingested for p in probes if p.ingested is not None and p.listed is not None]
     jobs = _fresh_jobs(service)
-    by_reader = {user: job for job in jobs for user in job.kwargs.get("user_ids", ())}
-    parts: dict[str, list[float]] = {"commit": [], "multi": [], "pickup": [], "run": []}
-    for probe in probes:
-        job = by_reader.get(probe.user)
-        if job is None or job.enqueued_at is None or job.started_at is None:
-            continue
-        queued, started = _epoch(job.enqueued_at), _epoch(job.started_at)
-        parts["commit"].append(queued - probe.sent)
-        parts["multi"].append(probe.ingested - queued)
-        parts["pickup"].append(started - queued)
-        parts["run"].append(probe.listed - started)
-    readers = [len(job.kwargs.get("user_ids", ())) for job in jobs]
+    results = [job.return_value() or {} for job in jobs]
     pickup = [_epoch(j.started_at) - _epoch(j.enqueued_at) for j in jobs if j.started_at and j.enqueued_at]
+    readers = [r["users"] for r in results if "users" in r]
+    run = [r["seconds"] for r in results if "seconds" in r]
     return {
-        **{name: measure.median(v) * 1000 if v else None for name, v in parts.items()},
-        "probes_matched": len(parts["run"]),
+        "ingest": measure.median(ingest) * 1000 if ingest else None,
+        "recompute": measure.median(recompute) * 1000 if recompute else None,
+        "probes_split": len(ingest),
         "fresh_jobs": len(jobs),
         "readers_per_job": measure.median(readers) if readers else None,
-        "all_pickup_p99": measure.percentile(pickup, 99) * 1000 if pickup else None,
+        "pickup_p50": measure.median(pickup) * 1000 if pickup else None,
+        "pickup_p99": measure.percentile(pickup, 99) * 1000 if pickup else None,
+        "run_p50": measure.median(run) * 1000 if run else None,
     }
 
 
@@ -518,7 +517,8 @@ def _send_all(
 
 
 def _drain(service: Service, ingest: IngestProcess, last: str, deadline: float) -> None:
-    """Wait until the ingest has acknowledged every entry up to `last` and no fresh job is queued or running."""
+    """Wait until the ingest has acknowledged every entry up to `last`, no reader is pending and no fresh job is
+    queued or running."""
     client = service.client
     queue = service.queue(QUEUE_FRESH)
     started = StartedJobRegistry(queue.name, connection=client, serializer=JSONSerializer)
@@ -527,6 +527,7 @@ def _drain(service: Service, ingest: IngestProcess, last: str, deadline: float) 
         drained = group is not None and text(group["last-delivered-id"]) == last and group["pending"] == 0
         # A popped job sits in RQ's intermediate list until its worker has put it in the started registry.
         idle = queue.count == 0 and client.llen(queue.intermediate_queue_key) == 0
+        idle = idle and client.zcard(service.keys.fresh_pending) == 0
         if drained and idle and started.get_job_count(cleanup=False) == 0:
             return
         _wait(ingest, deadline, "take every event and its fresh jobs")

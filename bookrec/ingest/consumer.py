@@ -37,6 +37,8 @@ GROUP = "bookrec-ingest"
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 RETRIED = (RatingsStoreError, *CONNECTION_ERRORS)
+TRIM_EVERY_S = 1.0
+"""How often a running ingest trims the stream below what the group acknowledged (each trim is two round trips)."""
 """What the ingest waits out with backoff: the store or Redis not answering (or refusing a statement)."""
 
 Entry = tuple[str, dict[bytes, bytes] | None]
@@ -191,12 +193,12 @@ class Ingest:
         if not batch.ids:
             return
         pipe = self.client.pipeline(transaction=True)
-        fresh.queue_after_commit(self.client, pipe, self.keys, self.settings, batch.rows, batch.newest)
+        position = fresh.queue_after_commit(pipe, self.keys, batch.rows, batch.newest)
         for letter in batch.dead:
             log.warning("dead-lettered %s: %s", letter.stream_id, letter.reason)
             pipe.xadd(self.keys.ratings_dead, {**letter.fields, REASON: letter.reason})
         pipe.xack(self.keys.ratings_stream, GROUP, *batch.ids)
-        pipe.execute()
+        fresh.wake_if_asked(self.client, self.keys, self.settings, pipe.execute(), position)
 
     def trim(self) -> int:
         """Trim the stream below what the group has acknowledged: below its oldest pending entry, or its last
@@ -218,7 +220,7 @@ class Ingest:
         result = self.process(entries)
         if entries:
             self.trim()
-        self.deltas.prune_if_due()
+        self.deltas.upkeep_if_due()
         return result
 
     def run(self) -> None:
@@ -266,7 +268,8 @@ class Ingest:
             acks.submit(batch)
         else:
             acks.settle()
-        self.deltas.prune_if_due()
+            acks.trim_if_due()  # idle: the last batches' entries go too
+        self.deltas.upkeep_if_due()
 
     def _start(self, backoff: Backoff) -> bool:
         """Migrate the store, then create the group (so a group means a ready ingest), retrying while either is
@@ -284,13 +287,16 @@ class Ingest:
 
 
 class _Acknowledger:
-    """One thread acknowledging an ingest's committed batches (`Ingest._acknowledge`, then a trim), one at a time."""
+    """One thread acknowledging an ingest's committed batches (`Ingest._acknowledge`, then a trim at most every
+    TRIM_EVERY_S), one at a time."""
 
     def __init__(self, ingest: Ingest) -> None:
         self.ingest = ingest
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ingest-ack-{ingest.name}")
         self.future: Future[None] | None = None
         self.next_full_read = 0.0
+        self.next_trim = 0.0
+        self.owed = False  # entries acknowledged since the last trim
 
     @property
     def busy(self) -> bool:
@@ -304,7 +310,14 @@ class _Acknowledger:
 
     def _acknowledge(self, batch: _Committed) -> None:
         self.ingest._acknowledge(batch)
-        self.ingest.trim()
+        self.owed = True
+        self.trim_if_due()
+
+    def trim_if_due(self) -> None:
+        """Trim the stream if entries were acknowledged since the last trim and TRIM_EVERY_S has passed since it."""
+        if self.owed and time.monotonic() >= self.next_trim:
+            self.next_trim, self.owed = time.monotonic() + TRIM_EVERY_S, False
+            self.ingest.trim()
 
     def settle(self, quiet: bool = False) -> None:
         """Wait for the batch handed over, if any; its error is raised, or with `quiet` logged (after an error

@@ -1,10 +1,11 @@
 """Fresh lists, the ingest's side: keep each reader's delta in Redis and ask the workers to recompute their lists.
 
 Right after a batch commits, `queue_after_commit` puts into the MULTI that acknowledges it: the store's rows of the
-batch's (reader, book) pairs into their deltas (shared/delta.py), each reader's newest stream id, and fresh jobs
-naming the batch's readers on the `fresh` queue. `Deltas.rebuild` writes them again from the ratings store (the
-source of truth) when Redis came back empty; `Deltas.prune_if_due` drops what a newer production version covers,
-once every serving worker serves it (README: Fresh lists).
+batch's (reader, book) pairs into their deltas (shared/delta.py), each reader's newest stream id, and the batch's
+readers into the pending set (shared/pending.py); after it, `wake_if_asked` enqueues a fresh job if none is queued.
+`Deltas.rebuild` writes them again from the ratings store (the source of truth) when Redis came back empty;
+`Deltas.upkeep_if_due` wakes a fresh job for readers left pending without one and drops what a newer production
+version covers, once every serving worker serves it (README: Fresh lists).
 """
 
 from __future__ import annotations
@@ -16,15 +17,12 @@ from datetime import datetime
 from typing import Iterable, Iterator
 
 import redis
-from rq import Queue
-from rq.serializers import JSONSerializer
 
 from bookrec.model_store.store import ModelStore
 from bookrec.ratings.store import RatingsStore
-from bookrec.shared import delta, jobs, worker_state
+from bookrec.shared import delta, pending, worker_state
 from bookrec.shared.errors import BookrecError
-from bookrec.shared.keys import QUEUE_FRESH, Keys
-from bookrec.shared.payloads import MAX_USERS_PER_JOB
+from bookrec.shared.keys import Keys
 from bookrec.shared.ratings import RatingEvent, StoredRating, stream_id_key
 from bookrec.shared.redis_conn import text
 from bookrec.shared.settings import Settings
@@ -35,8 +33,9 @@ PRUNE_MARGIN_S = 60.0
 """A version is taken to cover only the rows the store wrote this many seconds before its snapshot's newest
 `updated_at`: a batch whose transaction began before the snapshot but committed after it may carry an older
 `updated_at` (its clock was read first; SQLite waits up to 30 s for the write lock), and must not be pruned."""
-PRUNE_CHECK_S = 5.0
-"""How often an ingest looks whether production has moved to a version the deltas were not pruned for."""
+UPKEEP_S = 5.0
+"""How often an ingest looks whether readers are pending with no fresh job queued, and whether production has moved
+to a version the deltas were not pruned for."""
 SCAN_BATCH = 500
 """Delta keys per prune script call (and readers per rebuild write)."""
 
@@ -54,24 +53,25 @@ def throughs(events: Iterable[RatingEvent]) -> dict[str, str]:
 
 
 def queue_after_commit(
-    client: redis.Redis,
-    pipe: redis.client.Pipeline,
-    keys: Keys,
-    settings: Settings,
-    rows: Iterable[StoredRating],
-    newest: dict[str, str],
-) -> None:
-    """Queue on `pipe` (`client`'s MULTI acknowledging a batch) the rows into their readers' deltas, each reader's newest
-    stream id, and fresh jobs (at most MAX_USERS_PER_JOB readers each) recomputing those readers' lists."""
+    pipe: redis.client.Pipeline, keys: Keys, rows: Iterable[StoredRating], newest: dict[str, str]
+) -> int | None:
+    """Queue on `pipe` (the MULTI acknowledging a batch) the rows into their readers' deltas, each reader's newest
+    stream id, and those readers into the pending set (shared/pending.py). Returns the position among the pipeline's
+    replies of the one saying whether a fresh job must be woken (`wake_if_asked`), None if no reader."""
     rows = list(rows)
     delta.write(pipe, keys, rows, newest)
     readers = sorted(set(newest) | {row.user_id for row in rows})
-    specs = [
-        jobs.fresh({"user_ids": readers[i : i + MAX_USERS_PER_JOB]}, settings, description="fresh lists after ratings")
-        for i in range(0, len(readers), MAX_USERS_PER_JOB)
-    ]
-    if specs:
-        Queue(keys.queue(QUEUE_FRESH), connection=client, serializer=JSONSerializer).enqueue_many(specs, pipeline=pipe)
+    if not readers:
+        return None
+    position = len(pipe)
+    pending.add(pipe, keys, readers)
+    return position
+
+
+def wake_if_asked(client: redis.Redis, keys: Keys, settings: Settings, replies: list, position: int | None) -> None:
+    """After the MULTI ran: enqueue a fresh job if `queue_after_commit`'s pending-set reply asked for one."""
+    if position is not None and replies[position]:
+        pending.wake(client, keys, settings)
 
 
 def covered_until(metadata: dict) -> float | None:
@@ -123,10 +123,8 @@ class Deltas:
             chunk = users[start : start + SCAN_BATCH]
             pipe = self.client.pipeline(transaction=True)
             newest = {user: last for user in chunk} if last else {}
-            queue_after_commit(
-                self.client, pipe, self.keys, self.settings, [r for u in chunk for r in by_user[u]], newest
-            )
-            pipe.execute()
+            position = queue_after_commit(pipe, self.keys, [r for u in chunk for r in by_user[u]], newest)
+            wake_if_asked(self.client, self.keys, self.settings, pipe.execute(), position)
         log.info(
             "rebuilt the deltas of %d readers (%d rows the store wrote after %s's snapshot) in %.2f s",
             len(users),
@@ -136,12 +134,15 @@ class Deltas:
         )
         return len(rows)
 
-    def prune_if_due(self) -> tuple[int, int] | None:
-        """At most every PRUNE_CHECK_S: if production names a version the deltas were not pruned for and every
-        serving worker serves it, prune them to it (`prune`). Returns what `prune` did, or None."""
+    def upkeep_if_due(self) -> tuple[int, int] | None:
+        """At most every UPKEEP_S: wake a fresh job if readers are pending and none is queued (`pending.ensure_job`);
+        then, if production names a version the deltas were not pruned for and every serving worker serves it,
+        prune them to it (`prune`). Returns what `prune` did, or None."""
         if time.monotonic() < self._next_check:
             return None
-        self._next_check = time.monotonic() + PRUNE_CHECK_S
+        self._next_check = time.monotonic() + UPKEEP_S
+        if pending.ensure_job(self.client, self.keys, self.settings):
+            log.warning("readers were waiting for a fresh recompute with no fresh job queued; enqueued one")
         current, pruned = (text(v) for v in self.client.mget([self.keys.model_current, self.keys.delta_pruned]))
         if current is None or current == pruned:
             return None

@@ -9,9 +9,10 @@ QUEUE_RECOMMEND = "recommend"
 QUEUE_REFRESH = "refresh"
 QUEUE_RETRAIN = "retrain"
 QUEUE_FRESH = "fresh"
-SERVING_QUEUES = (QUEUE_FRESH, QUEUE_RECOMMEND, QUEUE_REFRESH)
-"""The queues serving workers listen on, in the order they serve them: a reader's recompute after a rating first,
-then recommend requests, then bulk refresh chunks."""
+SERVING_QUEUES = (QUEUE_RECOMMEND, QUEUE_FRESH, QUEUE_REFRESH)
+"""The queues serving workers listen on, in the order they serve them: recommend requests first (a reader waits on
+each, and each is small), then the recomputes after ratings (one fresh job takes every reader pending meanwhile, so
+waiting makes it larger, not longer), then bulk refresh chunks."""
 QUEUES = (QUEUE_FRESH, QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN)
 """The logical queue names (what `bookrec worker --queues` takes); `Keys.queue` gives each one's RQ name."""
 
@@ -135,6 +136,20 @@ class Keys:
     def delta_pattern(self) -> str:
         """SCAN pattern matching every reader's delta."""
         return f"{self.prefix}delta:*"
+
+    @property
+    def fresh_pending(self) -> str:
+        """Sorted set of the readers waiting for a fresh recompute, by when they started waiting (shared/pending.py)."""
+        return f"{self.prefix}fresh:pending"
+
+    @property
+    def fresh_queued(self) -> str:
+        """String key set while a fresh job is queued that has not taken pending readers yet."""
+        return f"{self.prefix}fresh:queued"
+
+    def fresh_taken(self, job_id: str) -> str:
+        """List of the readers one fresh job took from the pending set, until their lists are cached."""
+        return f"{self.prefix}fresh:taken:{job_id}"
 
     @property
     def delta_pruned(self) -> str:

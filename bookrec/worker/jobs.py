@@ -16,9 +16,9 @@ from rq import Queue, get_current_job
 from rq.exceptions import DeserializationError
 from rq.serializers import JSONSerializer
 
-from bookrec.shared import delta, jobs, payloads
+from bookrec.shared import delta, jobs, payloads, pending
 from bookrec.shared.errors import ValidationError
-from bookrec.shared.keys import QUEUE_FRESH, QUEUE_REFRESH
+from bookrec.shared.keys import QUEUE_REFRESH
 from bookrec.worker.serve import context
 
 if TYPE_CHECKING:
@@ -73,42 +73,56 @@ def recommend(
     }
 
 
-def fresh(user_ids: list) -> dict[str, Any]:
-    """Recompute and cache the lists of the readers among `user_ids` (1 to 1,000) whose delta changed since their
-    list was computed, coalesced: a reader is claimed (shared/delta.py `claim`) by one job at a time, and one
-    whose list already follows their delta is skipped, however many jobs name them. A reader whose delta changes
-    while this job computes is computed again, up to FRESH_ROUNDS times, then handed to a new fresh job. A job
-    killed holding claims is run again under its own id, which claims them again (nothing is lost).
-    Returns {"users", "recomputed", "rounds", "rejected", "rejected_count", "model_version", "n", "seconds"}.
+def fresh(user_ids: list | None = None) -> dict[str, Any]:
+    """Recompute and cache the lists of readers whose delta changed since their list was computed: without
+    `user_ids` (as the ingest enqueues it), up to 1,000 of the readers waiting in the pending set (shared/pending.py),
+    oldest first, waking another fresh job if more wait; else the readers among `user_ids` (1 to 1,000).
+    Coalesced: a reader is claimed (shared/delta.py `claim`) by one job at a time, and one whose list already follows
+    their delta is skipped. A reader whose delta changes while this job computes is computed again, up to
+    FRESH_ROUNDS times, then handed back to the pending set. A job killed holding readers is run again under its own
+    id, which takes and claims the same readers again (nothing is lost).
+    Returns {"users", "recomputed", "rounds", "waiting", "rejected", "rejected_count", "model_version", "n",
+    "seconds"} (`waiting`: readers left in the pending set when it took its own).
     """
     started = time.perf_counter()
-    good, rejected = _checked_users(user_ids)
     ctx = _serving_context()
     runtime = ctx.holder.current
     job = get_current_job()
     job_id = job.id if job is not None else uuid.uuid4().hex
     lease_ms = (ctx.settings.job_timeout + CLAIM_MARGIN_S) * 1000
-    length, pending, recomputed, rounds = ctx.settings.cache_n, good, 0, 0
-    while pending and rounds < FRESH_ROUNDS:
-        claimed = delta.claim(ctx.client, ctx.keys, pending, job_id, lease_ms)
-        users = [user for user, found in zip(pending, claimed) if found is not None]
+    waiting = 0
+    if user_ids is None:
+        taken, waiting = pending.take(ctx.client, ctx.keys, job_id, payloads.MAX_USERS_PER_JOB, lease_ms)
+        if waiting:  # more than one job's worth: another worker may take them while this one computes
+            pending.ensure_job(ctx.client, ctx.keys, ctx.settings)
+        good, rejected = payloads.split_valid(taken)
+    else:
+        good, rejected = _checked_users(user_ids)
+    length, pending_users, recomputed, rounds = ctx.settings.cache_n, good, 0, 0
+    while pending_users and rounds < FRESH_ROUNDS:
+        claimed = delta.claim(ctx.client, ctx.keys, pending_users, job_id, lease_ms)
+        users = [user for user, found in zip(pending_users, claimed) if found is not None]
         if not users:  # each is up to date, or another job holds it (and computes it again if it moves)
-            pending = []
+            pending_users = []
             break
         rounds += 1
         found = [d for d in claimed if d is not None]
         _, length, skipped = _cache_lists(ctx, runtime, users, found, length, None, job_id)
         recomputed += len(users)
-        pending = [users[i] for i in skipped]
-    if pending:
-        logger.warning("%d readers' ratings kept changing during %d recomputes; handing them on", len(pending), rounds)
-        queue = Queue(ctx.keys.queue(QUEUE_FRESH), connection=ctx.client, serializer=JSONSerializer)
-        queue.enqueue_many([jobs.fresh({"user_ids": pending}, ctx.settings)])
+        pending_users = [users[i] for i in skipped]
+    if pending_users:
+        logger.warning(
+            "%d readers' ratings kept changing during %d recomputes; handing them on", len(pending_users), rounds
+        )
+        pending.add_and_wake(ctx.client, ctx.keys, ctx.settings, pending_users)
+    if user_ids is None:
+        pending.release(ctx.client, ctx.keys, job_id)
     logger.debug("fresh: recomputed %d of %d readers in %d rounds", recomputed, len(good), rounds)
     return {
         "users": len(good),
         "recomputed": recomputed,
         "rounds": rounds,
+        "waiting": waiting,
         "rejected": rejected[:MAX_REJECTED_LISTED],
         "rejected_count": len(rejected),
         "model_version": runtime.version,

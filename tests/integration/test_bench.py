@@ -144,7 +144,8 @@ def test_the_fresh_phase_reports_its_three_figures_and_leaves_nothing_behind(red
     assert all(x > 0 for x in _leaves(figures["fresh_list_ms"]) + _leaves(figures["history_throughput_users_per_s"]))
     assert figures["fresh_worker_rss_mb"]["rss_mb"] > 0
     latency = references["fresh_list_ms"]
-    assert latency["probes"] == 10 and latency["breakdown_ms"]["probes_matched"] == 10, "every probe's job was found"
+    assert latency["probes"] == 10 and latency["breakdown_ms"]["probes_split"] == 10, "every probe seen in its delta"
+    assert latency["breakdown_ms"]["fresh_jobs"] >= 1 and latency["pending_readers"] >= 0
     assert latency["other_events_per_s"] > 0 and latency["plain_recommend_ms"]["p50"] > 0
     assert all(latency["in_process_one_reader_ms"][step] > 0 for step in ("claim", "score", "write"))
     throughput = references["history_throughput_users_per_s"]
@@ -265,15 +266,16 @@ def _report(**changes) -> Report:
             "seconds": 30.0,
             "stream_ms": {"p50": 5.0, "p99": 20.0},
             "stream_requests": 1500,
+            "pending_readers": 8,
             "breakdown_ms": {
-                "commit": 4.0,
-                "multi": 0.5,
-                "pickup": 3.0,
-                "run": 4.0,
-                "probes_matched": 500,
-                "fresh_jobs": 5000,
-                "readers_per_job": 6.0,
-                "all_pickup_p99": 30.0,
+                "ingest": 8.0,
+                "recompute": 20.0,
+                "probes_split": 500,
+                "fresh_jobs": 1500,
+                "readers_per_job": 25.0,
+                "pickup_p50": 10.0,
+                "pickup_p99": 60.0,
+                "run_p50": 12.0,
             },
             "plain_recommend_ms": {"p50": 4.0, "p99": 6.0},
             "gorse_check_ms": 60_000.0,

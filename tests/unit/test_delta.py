@@ -166,12 +166,14 @@ def ingest(redis: fakeredis.FakeRedis, store: RatingsStore, tmp_path: Path) -> I
     return consumer
 
 
-def fresh_jobs(redis: fakeredis.FakeRedis) -> list[list[str]]:
+def fresh_asked(redis: fakeredis.FakeRedis) -> tuple[list[str], int]:
+    """The readers waiting in the pending set, and how many fresh jobs (each taking pending readers) are queued."""
     queue = Queue(KEYS.queue(QUEUE_FRESH), connection=redis, serializer=JSONSerializer)
-    return [job.kwargs["user_ids"] for job in queue.get_jobs() if job.func_name == job_names.FRESH]
+    jobs = [job for job in queue.get_jobs() if job.func_name == job_names.FRESH and job.kwargs == {}]
+    return [reader.decode() for reader in redis.zrange(KEYS.fresh_pending, 0, -1)], len(jobs)
 
 
-def test_the_ingest_writes_the_committed_rows_and_a_fresh_job_in_the_multi_that_acks(
+def test_the_ingest_writes_the_committed_rows_and_pends_their_readers_in_the_multi_that_acks(
     ingest: Ingest, redis: fakeredis.FakeRedis, store: RatingsStore
 ) -> None:
     redis.xadd(STREAM, {"user_id": "1", "book_id": "10", "rating": "4", "ts": "100"})
@@ -183,7 +185,7 @@ def test_the_ingest_writes_the_committed_rows_and_a_fresh_job_in_the_multi_that_
     one = delta.read(redis, KEYS, ["1"])[0]
     assert (sorted(one.rated), one.removed, one.through) == (["10", "11"], (), last)
     assert not redis.exists(KEYS.delta("2"))
-    assert fresh_jobs(redis) == [["1"]]
+    assert fresh_asked(redis) == (["1"], 1)
 
     store_rows = {(r.user_id, r.book_id): r for r in store.rows_since(0)[0]}
     assert stored(redis, "1")["10"] == delta.book_value(store_rows[("1", "10")])
@@ -201,7 +203,7 @@ def test_a_redelivered_batch_writes_the_same_rows_again_so_a_crash_before_the_ac
 
     assert (result.applied, result.duplicate) == (0, 1)
     assert delta.read(redis, KEYS, ["1"])[0].rated == ("10",) and stored(redis, "1")["*through"] == first
-    assert fresh_jobs(redis) == [["1"]]
+    assert fresh_asked(redis) == (["1"], 1)
 
 
 def test_rebuilding_writes_what_production_does_not_cover_and_asks_for_those_lists(
@@ -229,10 +231,10 @@ def test_rebuilding_writes_what_production_does_not_cover_and_asks_for_those_lis
     assert not redis.exists(KEYS.delta("old")), "a row the version covers is not in the delta"
     rebuilt = delta.read(redis, KEYS, ["new"])[0]
     assert (rebuilt.rated, rebuilt.removed, rebuilt.through) == (("b",), ("c",), "9-0")
-    assert fresh_jobs(redis) == [["new"]]
+    assert fresh_asked(redis) == (["new"], 1)
 
     redis.set(KEYS.delta_pruned, "an-older-version")
-    assert deltas.prune_if_due() == (0, 0), "no worker serves an older version, so it prunes (nothing covered)"
+    assert deltas.upkeep_if_due() == (0, 0), "no worker serves an older version, so it prunes (nothing covered)"
     assert redis.get(KEYS.delta_pruned) == trained.version.encode()
 
 
@@ -244,7 +246,7 @@ def test_pruning_waits_until_every_serving_worker_serves_production(
     deltas = fresh.Deltas(redis, store, Settings(model_store=tmp_path / "models"))
     redis.set(KEYS.model_current, "v-new")
     worker_state.publish(redis, KEYS, "w1", "v-old", "v-new", ["recommend"])
-    assert deltas.prune_if_due() is None and redis.get(KEYS.delta_pruned) is None
+    assert deltas.upkeep_if_due() is None and redis.get(KEYS.delta_pruned) is None
 
 
 def test_covered_until_is_the_snapshot_s_newest_row_or_a_file_trained_version_s_creation() -> None:

@@ -15,7 +15,7 @@ import pytest
 
 import bookrec.producer.client
 from bookrec.producer import Client
-from bookrec.shared import delta
+from bookrec.shared import delta, pending
 from bookrec.shared.entries import entry_problem, parse_entry
 from bookrec.shared.errors import MalformedEntry, Timeout
 from bookrec.shared.keys import Keys
@@ -125,6 +125,49 @@ def test_a_fresh_job_leaves_a_reader_another_job_holds_to_it_and_hands_nothing_o
     assert (result["recomputed"], result["rounds"]) == (0, 0)
     assert redis.get(KEYS.recs(user)) is None
     assert redis.llen(f"rq:queue:{KEYS.queue('fresh')}") == 0, "the claiming job writes it; nothing is handed on"
+
+
+def test_pending_readers_ask_for_one_fresh_job_until_it_takes_them(redis: fakeredis.FakeRedis) -> None:
+    assert pending.add(redis, KEYS, ["a"]) == 1, "no fresh job queued: ask for one"
+    assert pending.add(redis, KEYS, ["b", "a"]) == 0, "one is queued and has not taken anyone: it will take b too"
+
+    assert pending.take(redis, KEYS, "job-1", 1000, 60_000) == (["a", "b"], 0)
+    assert pending.add(redis, KEYS, ["a"]) == 1, "the job took them: a later rating asks for a new job"
+    assert pending.take(redis, KEYS, "job-1", 1000, 60_000) == (["a", "b"], 1), "run again: the same readers"
+    pending.release(redis, KEYS, "job-1")
+    assert pending.take(redis, KEYS, "job-2", 1000, 60_000) == (["a"], 0)
+
+
+def test_a_fresh_job_run_again_after_it_was_killed_recomputes_the_readers_it_had_taken(
+    worker, runtime: ModelRuntime, redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    users = runtime.user_map.to_list()[6:9]
+    for i, user in enumerate(users):
+        rated(redis, user, runtime.item_map.to_list()[i], f"170000000000{i}-0")
+    pending.add(redis, KEYS, users)
+    pending.take(redis, KEYS, "killed-job", 1000, 60_000)  # then the worker died
+    assert redis.zcard(KEYS.fresh_pending) == 0
+    monkeypatch.setattr(jobs, "get_current_job", lambda: type("Job", (), {"id": "killed-job"})())
+
+    result = jobs.fresh()
+
+    assert (result["users"], result["recomputed"], result["waiting"]) == (3, 3, 0)
+    assert [parse_entry(redis.get(KEYS.recs(u)))["ratings_through"] for u in users] == [
+        f"170000000000{i}-0" for i in range(3)
+    ]
+    assert not redis.exists(KEYS.fresh_taken("killed-job")), "done: nothing left under its id"
+
+
+def test_a_fresh_job_takes_at_most_1000_pending_readers_and_wakes_another_for_the_rest(
+    worker, redis: fakeredis.FakeRedis
+) -> None:
+    pending.add(redis, KEYS, [f"reader-{i}" for i in range(1200)])
+
+    result = jobs.fresh()
+
+    assert (result["users"], result["waiting"]) == (1000, 200)
+    assert redis.llen(f"rq:queue:{KEYS.queue('fresh')}") == 1, "another job for the 200 left, for any worker"
+    assert jobs.fresh()["users"] == 200
 
 
 def test_a_recommend_job_excludes_the_delta_and_says_how_fresh_it_is(

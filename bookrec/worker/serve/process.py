@@ -3,7 +3,7 @@
 A promotion is taken between jobs (see worker/swap.py), so no job runs beside a model load.
 
 Started by the supervisor (`bookrec worker`, see supervisor.py) as
-`python -m bookrec.worker.serve.process --queues fresh,recommend,refresh --name NAME --supervisor PID [--burst]`.
+`python -m bookrec.worker.serve.process --queues recommend,fresh,refresh --name NAME --supervisor PID [--burst]`.
 If Redis goes away, or refuses writes (out of memory, a read-only replica, MISCONF), the process waits
 with backoff and resumes with the model still loaded: it never exits for it. If its supervisor dies
 (even by SIGKILL), the process gets SIGTERM from the kernel (PR_SET_PDEATHSIG) and stops after its
