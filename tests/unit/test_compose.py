@@ -152,7 +152,9 @@ def test_init_is_the_one_shot_bookrec_init() -> None:
 def test_workers_serve_recommend_and_refresh_and_only_the_trainer_trains() -> None:
     worker, trainer = SERVICES["worker"]["command"], SERVICES["trainer"]["command"]
     assert worker[0] == trainer[0] == "worker"
-    assert option(worker, "--queues").split(",") == ["recommend", "fresh", "refresh"], "requests first, then fresh lists"
+    assert option(worker, "--queues").split(",") == ["recommend", "fresh", "refresh"], (
+        "requests first, then fresh lists"
+    )
     assert option(trainer, "--queues").split(",") == ["retrain"], "training must not share a queue with serving"
     # One process per replica: replicas are what scale (`--scale worker=N`).
     assert option(worker, "--processes") == "1"
