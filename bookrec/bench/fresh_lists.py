@@ -46,8 +46,9 @@ from rq.serializers import JSONSerializer
 
 from bookrec.bench import machine, measure
 from bookrec.bench.catalogue import Prepared
-from bookrec.bench.ratings_in import IngestProcess, ingest_group, rating_events
+from bookrec.bench.ratings_in import IngestProcess, rating_events
 from bookrec.bench.service import Pool, Service
+from bookrec.ingest.consumer import group_info
 from bookrec.model_store.store import ModelStore
 from bookrec.producer.client import Client
 from bookrec.shared import delta
@@ -256,7 +257,7 @@ def _split_readers(users: list[str], chosen: list[str], plan: Plan) -> dict[str,
 def _wait_ready(service: Service, ingest: IngestProcess, timeout: float) -> None:
     """Wait until the ingest has created its consumer group (it is reading); BookrecError if it exits or is late."""
     deadline = time.perf_counter() + timeout
-    while ingest_group(service.client, service.keys.ratings_stream) is None:
+    while group_info(service.client, service.keys.ratings_stream) is None:
         ingest.check()
         if time.perf_counter() > deadline:
             raise BookrecError(f"bookrec ingest did not start within {timeout:.0f} s; see {ingest.log}")
@@ -523,7 +524,7 @@ def _drain(service: Service, ingest: IngestProcess, last: str, deadline: float) 
     queue = service.queue(QUEUE_FRESH)
     started = StartedJobRegistry(queue.name, connection=client, serializer=JSONSerializer)
     while True:
-        group = ingest_group(client, service.keys.ratings_stream)
+        group = group_info(client, service.keys.ratings_stream)
         drained = group is not None and text(group["last-delivered-id"]) == last and group["pending"] == 0
         # A popped job sits in RQ's intermediate list until its worker has put it in the started registry.
         idle = queue.count == 0 and client.llen(queue.intermediate_queue_key) == 0

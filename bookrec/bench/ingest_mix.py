@@ -34,7 +34,7 @@ import redis
 import sqlalchemy as sa
 
 from bookrec.bench import machine
-from bookrec.ingest.consumer import GROUP
+from bookrec.ingest.consumer import GROUP, group_info
 from bookrec.ratings.schema import applied_events, ratings
 from bookrec.ratings.store import RatingsStore, stream_id_key
 from bookrec.shared.errors import BookrecError, ValidationError
@@ -362,7 +362,7 @@ def _await_ingested(
     """Wait until the group has delivered `last` and nothing is pending, reporting progress."""
 
     def ingested() -> bool:
-        group = _group(client, keys)
+        group = group_info(client, keys.ratings_stream)
         if group is None:
             return False
         pending = int(group["pending"])
@@ -387,16 +387,9 @@ def _await(condition: Callable[[], bool], ingests: list[IngestProcess], deadline
 
 def _consumers(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
     """The ingest group's consumers (one per ingest process, once it has read), none before the group exists."""
-    if _group(client, keys) is None:
+    if group_info(client, keys.ratings_stream) is None:
         return []
     return client.xinfo_consumers(keys.ratings_stream, GROUP)
-
-
-def _group(client: redis.Redis, keys: Keys) -> dict[str, Any] | None:
-    """The ingest group's XINFO GROUPS record, None before it exists."""
-    if not client.exists(keys.ratings_stream):
-        return None
-    return next((g for g in client.xinfo_groups(keys.ratings_stream) if text(g["name"]) == GROUP), None)
 
 
 def _tally(
@@ -452,7 +445,7 @@ def _count_bad(result: MixResult, event: MixEvent, times_applied: int, letters: 
 
 def _left(client: redis.Redis, keys: Keys, sent: list[str]) -> int:
     """Entries still pending in the group, plus entries sent that it never delivered."""
-    group = _group(client, keys)
+    group = group_info(client, keys.ratings_stream)
     if group is None:
         return len(sent)
     delivered = stream_id_key(text(group["last-delivered-id"]))

@@ -47,7 +47,7 @@ from bookrec.bench import DEFAULT_POSTGRES, machine
 from bookrec.bench.catalogue import Data
 from bookrec.bench.measure import median, percentile
 from bookrec.bench.service import Service
-from bookrec.ingest.consumer import GROUP
+from bookrec.ingest.consumer import group_info
 from bookrec.ratings.schema import RATINGS_STREAM, stream_state
 from bookrec.ratings.store import RatingsStore, database_url, stream_id_key
 from bookrec.shared.errors import BookrecError, ConfigError, MissingDependency, RatingsStoreError
@@ -257,25 +257,18 @@ def _preload(client: redis.Redis, stream: str, events: list[dict[str, str]]) -> 
     return len(events) / (time.perf_counter() - started), _text(ids[-1])
 
 
-def ingest_group(client: redis.Redis, stream: str) -> dict[str, Any] | None:
-    """The ingest's consumer group on `stream` as XINFO GROUPS describes it, None before it is created."""
-    if not client.exists(stream):
-        return None
-    return next((g for g in client.xinfo_groups(stream) if _text(g["name"]) == GROUP), None)
-
-
 def _drain(
     client: redis.Redis, stream: str, last_id: str, ingest: IngestProcess, database: str, timeout: float
 ) -> tuple[float, float]:
     """Seconds from the ingest creating its group until the group has delivered `last_id` and holds none pending,
     and the CPU seconds the ingest process and its PostgreSQL server processes (if on this machine) used meanwhile."""
     deadline = time.perf_counter() + timeout
-    while ingest_group(client, stream) is None:
+    while group_info(client, stream) is None:
         _wait(ingest, deadline, "create its consumer group", 0.001)
     pids = [ingest.process.pid, *_server_pids(database)]
     started, cpu = time.perf_counter(), sum(machine.cpu_seconds(pid) for pid in pids)
     while True:
-        group = ingest_group(client, stream)
+        group = group_info(client, stream)
         if _text(group["last-delivered-id"]) == last_id and group["pending"] == 0:
             return time.perf_counter() - started, sum(machine.cpu_seconds(pid) for pid in pids) - cpu
         _wait(ingest, deadline, f"acknowledge every entry up to {last_id}", 0.005)

@@ -103,10 +103,7 @@ class Ingest:
         return True
 
     def _group_exists(self) -> bool:
-        stream = self.keys.ratings_stream
-        return bool(self.client.exists(stream)) and any(
-            _text(g["name"]) == GROUP for g in self.client.xinfo_groups(stream)
-        )
+        return group_info(self.client, self.keys.ratings_stream) is not None
 
     def read(self, block_ms: int | None = None, new_only: bool = False) -> list[Entry]:
         """The next batch: this consumer's own pending entries first (a batch whose commit failed), then entries
@@ -336,6 +333,13 @@ class _Acknowledger:
         """Settle the batch handed over (quietly) and stop the thread."""
         self.settle(quiet=True)
         self.pool.shutdown(wait=True)
+
+
+def group_info(client: redis.Redis, stream: str) -> dict[str, Any] | None:
+    """The ingest's consumer group on `stream` as XINFO GROUPS describes it, None before it is created."""
+    if not client.exists(stream):
+        return None
+    return next((g for g in client.xinfo_groups(stream) if _text(g["name"]) == GROUP), None)
 
 
 def dead_letters(client: redis.Redis, keys: Keys, count: int | None = None) -> list[DeadLetter]:
