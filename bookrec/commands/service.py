@@ -219,6 +219,7 @@ def _status(args: argparse.Namespace) -> int:
     print(
         f"cached lists: {status['cache_entries']}   failed jobs: {status['failed_jobs']}   retrain: {_retrain_cell(status['retrain'])}"
     )
+    print(f"readers waiting for a fresh recompute: {status['fresh_pending']}")
     print(f"next scheduled retrain: {_schedule_cell(status['scheduler'])}")
     print(f"ratings since production snapshot: {_backlog_cell(status['ratings_since_production'])}\n")
     print(

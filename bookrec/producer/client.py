@@ -394,7 +394,8 @@ class Client:
                 time.sleep(0.05)  # a failed try that RQ is retrying: its next result has not been written yet
 
     def status(self) -> dict[str, Any]:
-        """Queues and lengths, workers and the version each serves, production version, cache size, failed jobs."""
+        """Queues and lengths, workers and the version each serves, production version, cache size, readers waiting
+        for a fresh recompute, failed jobs."""
         from rq.registry import FailedJobRegistry
 
         def collect() -> dict[str, Any]:
@@ -448,6 +449,7 @@ class Client:
                 "queues": queues,
                 "workers": sorted(workers, key=lambda w: w["name"]),
                 "cache_entries": sum(1 for _ in self.redis.scan_iter(match=self.keys.recs_pattern, count=1000)),
+                "fresh_pending": self.redis.zcard(self.keys.fresh_pending),
                 "failed_jobs": sum(q["failed"] for q in queues.values()),
                 "retrain_running": retrain,
                 "retrain": None if retrain is None else {"job": retrain, "state": self._retrain_state(lock, retrain)},

@@ -273,3 +273,14 @@ def test_bookrec_rate_wait_exits_7_when_the_list_does_not_follow(client_redis: f
     code, out, err = run_cli(["unrate", "42", "8", "--wait", "--timeout", "0.1", "--json"], capsys)
     assert code == 7 and out == ""
     assert err.splitlines()[-1].startswith("bookrec: error: the cached list of user 42 did not include rating event")
+
+
+def test_status_counts_the_readers_waiting_for_a_fresh_recompute(
+    client_redis: fakeredis.FakeRedis, capsys: pytest.CaptureFixture
+) -> None:
+    assert Client().status()["fresh_pending"] == 0
+    pending.add(client_redis, KEYS, ["a", "b"])
+
+    assert Client().status()["fresh_pending"] == 2
+    code, out, _ = run_cli(["status"], capsys)
+    assert code == 0 and "readers waiting for a fresh recompute: 2" in out
