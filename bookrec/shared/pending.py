@@ -7,8 +7,9 @@
 Whoever has readers to recompute (the ingest after a commit, a fresh job handing on readers) adds them (`add`): a
 reader already waiting keeps their place, and a fresh job is asked for (`wake`) only when none is queued. A fresh
 job without `user_ids` takes up to MAX_USERS_PER_JOB of the oldest (`take`), so however fast events arrive, one job
-recomputes everything that arrived while the one before it ran. Taking clears `queued` first: a reader added after
-it is either taken by this job or asks for a new one, never stranded. What a job took stays under its id until it
+recomputes everything that arrived while the one before it ran. A job's first take clears `queued`: a reader added
+after it is either taken by this job or asks for a new one, never stranded; a job taking again (worker/jobs.py)
+leaves `queued` alone, so a job queued meanwhile still stands for it and the queue never fills with jobs. What a job took stays under its id until it
 is done (`release`), so a job killed and run again under its id recomputes the same readers.
 """
 
@@ -53,12 +54,13 @@ return 0
 
 TAKE = PackedScript(
     """
--- KEYS[1] pending, KEYS[2] queued, KEYS[3] this job's taken list. ARGV[1] most readers, ARGV[2] the list's TTL (ms).
--- Returns {readers still pending, reader...}: the job's list if it has one (it is run again), else the oldest
--- pending readers, moved into it.
+-- KEYS[1] pending, KEYS[2] queued, KEYS[3] this job's taken list. ARGV[1] most readers, ARGV[2] the list's TTL (ms),
+-- ARGV[3] '1' for the job's first take (it clears queued: the job queued is this one), '0' for a later one (a job
+-- queued meanwhile still stands for queued). Returns {readers still pending, reader...}: the job's list if it has
+-- one (it is run again), else the oldest pending readers, moved into it.
 local taken = redis.call('LRANGE', KEYS[3], 0, -1)
 if #taken > 0 then return {redis.call('ZCARD', KEYS[1]), unpack(taken)} end
-redis.call('DEL', KEYS[2])
+if ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
 local popped = redis.call('ZPOPMIN', KEYS[1], ARGV[1])
 local readers = {}
 for i = 1, #popped, 2 do readers[#readers + 1] = popped[i] end
@@ -103,10 +105,14 @@ def ensure_job(client: redis.Redis, keys: Keys, settings: Settings) -> bool:
     return True
 
 
-def take(client: redis.Redis, keys: Keys, job_id: str, most: int, ttl_ms: int) -> tuple[list[str], int]:
+def take(
+    client: redis.Redis, keys: Keys, job_id: str, most: int, ttl_ms: int, first: bool = True
+) -> tuple[list[str], int]:
     """The readers fresh job `job_id` recomputes (those it took before, if it is run again; else up to `most` of the
-    oldest pending, kept under its id for `ttl_ms`), and how many are still pending."""
-    reply = TAKE(client, [keys.fresh_pending, keys.fresh_queued, keys.fresh_taken(job_id)], [most, ttl_ms])
+    oldest pending, kept under its id for `ttl_ms`), and how many are still pending. Only a job's `first` take
+    clears `queued`: a job queued while this one ran has taken nothing yet, and a later take leaves it standing."""
+    script_keys = [keys.fresh_pending, keys.fresh_queued, keys.fresh_taken(job_id)]
+    reply = TAKE(client, script_keys, [most, ttl_ms, "1" if first else "0"])
     return [text(reader) for reader in reply[1:]], int(reply[0])
 
 

@@ -34,6 +34,8 @@ MAX_REJECTED_LISTED = 20
 FRESH_ROUNDS = 3
 """Times a fresh job computes a reader whose ratings keep changing meanwhile before handing them to a new job."""
 CLAIM_MARGIN_S = 60
+TAKE_AGAIN_S = 0.05
+"""A fresh job without `user_ids` takes pending readers again after caching a batch while it has run less than this."""
 """Seconds a fresh job's claim on a reader outlives the job's timeout (then another job may take the reader)."""
 
 
@@ -76,13 +78,15 @@ def recommend(
 def fresh(user_ids: list | None = None) -> dict[str, Any]:
     """Recompute and cache the lists of readers whose delta changed since their list was computed: without
     `user_ids` (as the ingest enqueues it), up to 1,000 of the readers waiting in the pending set (shared/pending.py),
-    oldest first, waking another fresh job if more wait; else the readers among `user_ids` (1 to 1,000).
+    oldest first, waking another fresh job if more wait, and again after caching them while the job has run less
+    than TAKE_AGAIN_S (readers whose ratings arrived meanwhile are recomputed at once, not after a worker picks up
+    the job their commit woke); else the readers among `user_ids` (1 to 1,000).
     Coalesced: a reader is claimed (shared/delta.py `claim`) by one job at a time, and one whose list already follows
     their delta is skipped. A reader whose delta changes while this job computes is computed again, up to
     FRESH_ROUNDS times, then handed back to the pending set. A job killed holding readers is run again under its own
     id, which takes and claims the same readers again (nothing is lost).
-    Returns {"users", "recomputed", "rounds", "waiting", "rejected", "rejected_count", "model_version", "n",
-    "seconds"} (`waiting`: readers left in the pending set when it took its own).
+    Returns {"users", "recomputed", "rounds", "takes", "waiting", "rejected", "rejected_count", "model_version", "n",
+    "seconds"} (`waiting`: readers left in the pending set at its last take).
     """
     started = time.perf_counter()
     ctx = _serving_context()
@@ -90,45 +94,63 @@ def fresh(user_ids: list | None = None) -> dict[str, Any]:
     job = get_current_job()
     job_id = job.id if job is not None else uuid.uuid4().hex
     lease_ms = (ctx.settings.job_timeout + CLAIM_MARGIN_S) * 1000
-    waiting = 0
-    if user_ids is None:
-        taken, waiting = pending.take(ctx.client, ctx.keys, job_id, payloads.MAX_USERS_PER_JOB, lease_ms)
-        if waiting:  # more than one job's worth: another worker may take them while this one computes
-            pending.ensure_job(ctx.client, ctx.keys, ctx.settings)
-        good, rejected = payloads.split_valid(taken)
-    else:
+    summary = {"users": 0, "recomputed": 0, "rounds": 0, "takes": 0, "waiting": 0, "n": ctx.settings.cache_n}
+    rejected: list[dict[str, str]] = []
+    if user_ids is not None:
         good, rejected = _checked_users(user_ids)
-    length, pending_users, recomputed, rounds = ctx.settings.cache_n, good, 0, 0
-    while pending_users and rounds < FRESH_ROUNDS:
-        claimed = delta.claim(ctx.client, ctx.keys, pending_users, job_id, lease_ms)
-        users = [user for user, found in zip(pending_users, claimed) if found is not None]
-        if not users:  # each is up to date, or another job holds it (and computes it again if it moves)
-            pending_users = []
-            break
-        rounds += 1
-        found = [d for d in claimed if d is not None]
-        _, length, skipped = _cache_lists(ctx, runtime, users, found, length, None, job_id)
-        recomputed += len(users)
-        pending_users = [users[i] for i in skipped]
-    if pending_users:
-        logger.warning(
-            "%d readers' ratings kept changing during %d recomputes; handing them on", len(pending_users), rounds
+        _recompute(ctx, runtime, good, job_id, lease_ms, summary)
+    while user_ids is None:
+        first = summary["takes"] == 0
+        taken, summary["waiting"] = pending.take(
+            ctx.client, ctx.keys, job_id, payloads.MAX_USERS_PER_JOB, lease_ms, first
         )
-        pending.add_and_wake(ctx.client, ctx.keys, ctx.settings, pending_users)
-    if user_ids is None:
+        if summary["waiting"]:  # more than one job's worth: another worker may take them while this one computes
+            pending.ensure_job(ctx.client, ctx.keys, ctx.settings)
+        if not taken:
+            break
+        good, bad = payloads.split_valid(taken)
+        rejected += bad
+        _recompute(ctx, runtime, good, job_id, lease_ms, summary)
         pending.release(ctx.client, ctx.keys, job_id)
-    logger.debug("fresh: recomputed %d of %d readers in %d rounds", recomputed, len(good), rounds)
+        summary["takes"] += 1
+        if time.perf_counter() - started >= TAKE_AGAIN_S:
+            break
+    logger.debug("fresh: %s", summary)
     return {
-        "users": len(good),
-        "recomputed": recomputed,
-        "rounds": rounds,
-        "waiting": waiting,
+        **summary,
         "rejected": rejected[:MAX_REJECTED_LISTED],
         "rejected_count": len(rejected),
         "model_version": runtime.version,
-        "n": length,
         "seconds": round(time.perf_counter() - started, 4),
     }
+
+
+def _recompute(
+    ctx: context.WorkerContext,
+    runtime: ModelRuntime,
+    readers: list[str],
+    job_id: str,
+    lease_ms: int,
+    summary: dict[str, int],
+) -> None:
+    """Claim, recompute and cache the lists of `readers` for fresh job `job_id` (up to FRESH_ROUNDS rounds for those
+    whose delta moved meanwhile, then back into the pending set); counts go into `summary`."""
+    todo = readers
+    summary["users"] += len(readers)
+    for _ in range(FRESH_ROUNDS):
+        claimed = delta.claim(ctx.client, ctx.keys, todo, job_id, lease_ms)
+        users = [user for user, found in zip(todo, claimed) if found is not None]
+        if not users:  # each is up to date, or another job holds it (and computes it again if it moves)
+            return
+        summary["rounds"] += 1
+        found = [d for d in claimed if d is not None]
+        _, summary["n"], skipped = _cache_lists(ctx, runtime, users, found, summary["n"], None, job_id)
+        summary["recomputed"] += len(users)
+        todo = [users[i] for i in skipped]
+        if not todo:
+            return
+    logger.warning("%d readers' ratings kept changing during %d recomputes; handing them on", len(todo), FRESH_ROUNDS)
+    pending.add_and_wake(ctx.client, ctx.keys, ctx.settings, todo)
 
 
 def _checked_users(user_ids: Any) -> tuple[list[str], list[dict[str, str]]]:

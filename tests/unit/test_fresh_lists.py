@@ -135,7 +135,11 @@ def test_pending_readers_ask_for_one_fresh_job_until_it_takes_them(redis: fakere
     assert pending.add(redis, KEYS, ["a"]) == 1, "the job took them: a later rating asks for a new job"
     assert pending.take(redis, KEYS, "job-1", 1000, 60_000) == (["a", "b"], 1), "run again: the same readers"
     pending.release(redis, KEYS, "job-1")
-    assert pending.take(redis, KEYS, "job-2", 1000, 60_000) == (["a"], 0)
+    assert pending.take(redis, KEYS, "job-1", 1000, 60_000, first=False) == (["a"], 0), "job-1 takes again"
+    assert pending.add(redis, KEYS, ["c"]) == 0, "the job asked for by a's rating is still queued: it will take c"
+    pending.release(redis, KEYS, "job-1")
+    assert pending.take(redis, KEYS, "job-2", 1000, 60_000) == (["c"], 0)
+    assert pending.add(redis, KEYS, ["d"]) == 1, "job-2's first take: a later rating asks for a new job"
 
 
 def test_a_fresh_job_run_again_after_it_was_killed_recomputes_the_readers_it_had_taken(
@@ -159,15 +163,29 @@ def test_a_fresh_job_run_again_after_it_was_killed_recomputes_the_readers_it_had
 
 
 def test_a_fresh_job_takes_at_most_1000_pending_readers_and_wakes_another_for_the_rest(
-    worker, redis: fakeredis.FakeRedis
+    worker, redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pending.add(redis, KEYS, [f"reader-{i}" for i in range(1200)])
+    monkeypatch.setattr(jobs, "TAKE_AGAIN_S", 0.0)  # one take per job
 
     result = jobs.fresh()
 
-    assert (result["users"], result["waiting"]) == (1000, 200)
+    assert (result["users"], result["takes"], result["waiting"]) == (1000, 1, 200)
     assert redis.llen(f"rq:queue:{KEYS.queue('fresh')}") == 1, "another job for the 200 left, for any worker"
     assert jobs.fresh()["users"] == 200
+
+
+def test_a_fresh_job_takes_again_what_arrived_while_it_ran_within_its_time(
+    worker, redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pending.add(redis, KEYS, [f"reader-{i}" for i in range(1200)])
+    monkeypatch.setattr(jobs, "TAKE_AGAIN_S", 60.0)
+
+    result = jobs.fresh()
+
+    assert (result["users"], result["takes"], result["waiting"]) == (1200, 2, 0)
+    assert redis.zcard(KEYS.fresh_pending) == 0
+    assert list(redis.scan_iter(match=KEYS.fresh_taken("*"))) == [], "each take released once its lists were cached"
 
 
 def test_a_recommend_job_excludes_the_delta_and_says_how_fresh_it_is(
