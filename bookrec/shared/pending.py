@@ -9,8 +9,9 @@ reader already waiting keeps their place, and a fresh job is asked for (`wake`) 
 job without `user_ids` takes up to MAX_USERS_PER_JOB of the oldest (`take`), so however fast events arrive, one job
 recomputes everything that arrived while the one before it ran. A job's first take clears `queued`: a reader added
 after it is either taken by this job or asks for a new one, never stranded; a job taking again (worker/jobs.py)
-leaves `queued` alone, so a job queued meanwhile still stands for it and the queue never fills with jobs. What a job took stays under its id until it
-is done (`release`), so a job killed and run again under its id recomputes the same readers.
+leaves `queued` alone, so a job queued meanwhile still stands for it and the queue never fills with jobs. What a
+job took stays under its id until it is done (`release`), so a job killed and run again under its id recomputes the
+same readers.
 """
 
 from __future__ import annotations
