@@ -3,6 +3,8 @@ redelivery applied once, the latest ts winning in any order, claiming a dead con
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -289,3 +291,12 @@ def test_a_running_ingest_whose_acknowledgement_fails_reads_that_batch_again_and
     order = [i for ids in acknowledged for i in ids]
     assert order == sorted(set(order), key=order.index), "no entry acknowledged twice"
     assert len(set(order)) == 45
+
+
+def test_bookrec_ingest_freezes_what_is_alive_at_its_start_and_collects_the_young_generation_less_often() -> None:
+    code = (
+        "import gc; from bookrec.commands import ingest; ingest._steady_gc(); "
+        "print(gc.get_threshold()[0] == ingest.INGEST_GC_GEN0, gc.get_freeze_count() > 1000)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["True", "True"], result.stderr
