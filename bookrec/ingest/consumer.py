@@ -37,9 +37,9 @@ GROUP = "bookrec-ingest"
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 RETRIED = (RatingsStoreError, *CONNECTION_ERRORS)
+"""What the ingest waits out with backoff: the store or Redis not answering (or refusing a statement)."""
 TRIM_EVERY_S = 1.0
 """How often a running ingest trims the stream below what the group acknowledged (each trim is two round trips)."""
-"""What the ingest waits out with backoff: the store or Redis not answering (or refusing a statement)."""
 
 Entry = tuple[str, dict[bytes, bytes] | None]
 """A stream entry as read: its id and fields (None for an entry deleted while it was pending)."""

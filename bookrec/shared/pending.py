@@ -16,7 +16,7 @@ same readers.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import redis
 from redis.commands.core import Script
@@ -74,7 +74,7 @@ return {redis.call('ZCARD', KEYS[1]), unpack(readers)}
 )
 
 
-def add(client: redis.Redis | redis.client.Pipeline, keys: Keys, readers: Sequence[str]) -> int | None:
+def add(client: redis.Redis | redis.client.Pipeline, keys: Keys, readers: Sequence[str]) -> Any:
     """Add `readers` to the pending set in one script call; 1 if a fresh job must be asked for (`wake`), else 0. On
     a pipeline the call is queued there and its reply comes with the pipeline's."""
     args = [QUEUED_TTL_MS, *readers]

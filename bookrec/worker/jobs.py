@@ -34,9 +34,9 @@ MAX_REJECTED_LISTED = 20
 FRESH_ROUNDS = 3
 """Times a fresh job computes a reader whose ratings keep changing meanwhile before handing them to a new job."""
 CLAIM_MARGIN_S = 60
+"""Seconds a fresh job's claim on a reader outlives the job's timeout (then another job may take the reader)."""
 TAKE_AGAIN_S = 0.05
 """A fresh job without `user_ids` takes pending readers again after caching a batch while it has run less than this."""
-"""Seconds a fresh job's claim on a reader outlives the job's timeout (then another job may take the reader)."""
 
 
 def recommend(
@@ -95,26 +95,11 @@ def fresh(user_ids: list | None = None) -> dict[str, Any]:
     job_id = job.id if job is not None else uuid.uuid4().hex
     lease_ms = (ctx.settings.job_timeout + CLAIM_MARGIN_S) * 1000
     summary = {"users": 0, "recomputed": 0, "rounds": 0, "takes": 0, "waiting": 0, "n": ctx.settings.cache_n}
-    rejected: list[dict[str, str]] = []
-    if user_ids is not None:
+    if user_ids is None:
+        rejected = _recompute_pending(ctx, runtime, job_id, lease_ms, summary, started + TAKE_AGAIN_S)
+    else:
         good, rejected = _checked_users(user_ids)
         _recompute(ctx, runtime, good, job_id, lease_ms, summary)
-    while user_ids is None:
-        first = summary["takes"] == 0
-        taken, summary["waiting"] = pending.take(
-            ctx.client, ctx.keys, job_id, payloads.MAX_USERS_PER_JOB, lease_ms, first
-        )
-        if summary["waiting"]:  # more than one job's worth: another worker may take them while this one computes
-            pending.ensure_job(ctx.client, ctx.keys, ctx.settings)
-        if not taken:
-            break
-        good, bad = payloads.split_valid(taken)
-        rejected += bad
-        _recompute(ctx, runtime, good, job_id, lease_ms, summary)
-        pending.release(ctx.client, ctx.keys, job_id)
-        summary["takes"] += 1
-        if time.perf_counter() - started >= TAKE_AGAIN_S:
-            break
     logger.debug("fresh: %s", summary)
     return {
         **summary,
@@ -123,6 +108,35 @@ def fresh(user_ids: list | None = None) -> dict[str, Any]:
         "model_version": runtime.version,
         "seconds": round(time.perf_counter() - started, 4),
     }
+
+
+def _recompute_pending(
+    ctx: context.WorkerContext,
+    runtime: ModelRuntime,
+    job_id: str,
+    lease_ms: int,
+    summary: dict[str, int],
+    take_until: float,
+) -> list[dict[str, str]]:
+    """Take pending readers for fresh job `job_id` and `_recompute` them, again while there are some and
+    `time.perf_counter()` is before `take_until`; the ids rejected."""
+    rejected: list[dict[str, str]] = []
+    while True:
+        first = summary["takes"] == 0
+        taken, summary["waiting"] = pending.take(
+            ctx.client, ctx.keys, job_id, payloads.MAX_USERS_PER_JOB, lease_ms, first
+        )
+        if summary["waiting"]:  # more than one job's worth: another worker may take them while this one computes
+            pending.ensure_job(ctx.client, ctx.keys, ctx.settings)
+        if not taken:
+            return rejected
+        good, bad = payloads.split_valid(taken)
+        rejected += bad
+        _recompute(ctx, runtime, good, job_id, lease_ms, summary)
+        pending.release(ctx.client, ctx.keys, job_id)
+        summary["takes"] += 1
+        if time.perf_counter() >= take_until:
+            return rejected
 
 
 def _recompute(
