@@ -74,11 +74,12 @@ class Prepared(Data):
     base_version: str | None = None  # the cached base version; None until a run has trained one
 
 
-def model_params(overrides: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The default kind and its parameters with `overrides`, as metadata.json stores them."""
-    from bookrec.worker.learn.models import DEFAULT_KIND, get_spec
+def model_params(overrides: dict[str, Any], kind: str | None = None) -> tuple[str, dict[str, Any]]:
+    """`kind` (None: the default kind) and its parameters with `overrides`, as metadata.json stores them."""
+    from bookrec.worker.learn.models import get_spec
 
-    return DEFAULT_KIND, json.loads(json.dumps(get_spec(DEFAULT_KIND).params(overrides)))
+    spec = get_spec(kind)
+    return spec.kind, json.loads(json.dumps(spec.params(overrides)))
 
 
 def prepare_data(size: Size, cache_root: Path, books_from: Path | None, notify: Notify) -> Data:
@@ -98,14 +99,19 @@ def prepare_data(size: Size, cache_root: Path, books_from: Path | None, notify: 
 
 
 def prepare(
-    size: Size, cache_root: Path, books_from: Path | None, notify: Notify, overrides: dict[str, Any] | None = None
+    size: Size,
+    cache_root: Path,
+    books_from: Path | None,
+    notify: Notify,
+    overrides: dict[str, Any] | None = None,
+    kind: str | None = None,
 ) -> Prepared:
     """Synthesise the catalogue unless it is cached, and find a cached base version; say which happened.
 
-    `overrides` change the default kind's parameters (none: the default model).
+    The base model is of `kind` (None: the default kind); `overrides` change its parameters.
     """
     data = prepare_data(size, cache_root, books_from, notify)
-    kind, params = model_params(overrides or {})
+    kind, params = model_params(overrides or {}, kind)
     base = cached_base(ModelStore(data.root / "models"), kind, params)
     if base is not None:
         notify(f"reusing the cached base model {base} ({kind}) in {data.root / 'models'}")
@@ -113,13 +119,16 @@ def prepare(
 
 
 def cached_base(store: ModelStore, kind: str, params: dict[str, Any]) -> str | None:
-    """The newest stored version of `kind` trained with `params`, or None."""
+    """The newest stored version of `kind` trained with `params`, or None. A parameter asked for as None (one the
+    kind chooses itself, as `ease` chooses l2) matches whatever the version chose."""
     versions = [entry["version"] for entry in store.list()] if store.root.is_dir() else []
     for version in sorted(versions, reverse=True):
         try:
             metadata = store.metadata(version)
         except BookrecError:
             continue
-        if metadata.get("kind") == kind and metadata.get("params") == params:
+        stored = metadata.get("params") or {}
+        chosen = {k: stored.get(k) if v is None else v for k, v in params.items()}
+        if metadata.get("kind") == kind and stored == chosen:
             return version
     return None

@@ -45,7 +45,8 @@ class Config:
     cache_root: Path = Path("var/bench")
     books_from: Path | None = None
     quick: bool = False
-    model_params: dict[str, Any] = field(default_factory=dict)  # overrides of the default kind's parameters
+    model: str | None = None  # the kind of the base model; None: the default kind
+    model_params: dict[str, Any] = field(default_factory=dict)  # overrides of that kind's parameters
     batch: int = 500  # users per recommend job
     n: int = 10
     repeats: int = 3  # of each timed pass; the figure is the median
@@ -180,7 +181,9 @@ def _prepare(config: Config, notify: Notify) -> Prepared | Data:
     from bookrec.worker.serve.tf_setup import configure_tensorflow
 
     configure_tensorflow(1)  # the same single TensorFlow thread as each worker process
-    return catalogue.prepare(config.size, config.cache_root, config.books_from, notify, config.model_params)
+    return catalogue.prepare(
+        config.size, config.cache_root, config.books_from, notify, config.model_params, config.model
+    )
 
 
 def _service_phases(state: _Run, service: Service) -> None:
@@ -221,7 +224,12 @@ def _train(state: _Run, service: Service, client) -> str:
         state.notify("retrain: one retrain job on a `bookrec worker --queues retrain` process (BOOKREC_TF_THREADS=0)")
         started = time.perf_counter()
         result = client.retrain(
-            params=state.config.model_params, ratings=RATINGS_FILE, force=True, wait=True, timeout=3600
+            model=state.prepared.kind,
+            params=state.config.model_params,
+            ratings=RATINGS_FILE,
+            force=True,
+            wait=True,
+            timeout=3600,
         )
         seconds = time.perf_counter() - started
         promote(ModelStore(state.prepared.store), service.client, service.keys, state.base, reason="bench base")
@@ -258,7 +266,12 @@ def _base(state: _Run, service: Service, client) -> None:
             f"training the base model ({prepared.kind}) with a retrain job into {prepared.store} (cached for later runs)"
         )
         state.base = client.retrain(
-            params=state.config.model_params, ratings=RATINGS_FILE, force=True, wait=True, timeout=3600
+            model=state.prepared.kind,
+            params=state.config.model_params,
+            ratings=RATINGS_FILE,
+            force=True,
+            wait=True,
+            timeout=3600,
         )["version"]
         service.queue(QUEUE_REFRESH).empty()  # the refresh its promotion enqueued: no worker serves yet
     promote(ModelStore(prepared.store), service.client, service.keys, state.base, reason="bench base")
@@ -306,19 +319,25 @@ def _in_process(state: _Run) -> None:
     }
     state.details["in_process_single_user_ms"] = ceiling["single_user_ms"]
     state.details["model_load_s"] = measure.model_load_s(store, state.base, 2)
-    seed = seed_path.measure(
-        runtime, artifacts.read(store.root / state.base).books, state.sample(config.seed_users), config.n
-    )
+    if seed_path.applies(runtime):
+        _seed_path(state, runtime, artifacts.read(store.root / state.base).books, ceiling["users_per_s"])
+    del runtime
+    gc.collect()
+
+
+def _seed_path(state: _Run, runtime, books: list[dict], users_per_s: float) -> None:
+    """The seed notebook's way of scoring a few users, beside ours in-process."""
+    from bookrec.bench import seed_path
+
+    seed = seed_path.measure(runtime, books, state.sample(state.config.seed_users), state.config.n)
     state.figures["seed_path_ms_per_user"] = seed["ms_per_user"]
-    ours = 1000 / ceiling["users_per_s"]
+    ours = 1000 / users_per_s
     state.references["seed_path_ms_per_user"] = {
         "service_ms_per_user": ours,
         "speedup": seed["ms_per_user"] / ours,
         "same_top_n": seed["same_top_n"],
         "users": seed["users"],
     }
-    del runtime
-    gc.collect()
 
 
 def _throughput(state: _Run, service: Service, processes: int) -> list[dict[str, float]]:

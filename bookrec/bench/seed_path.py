@@ -21,11 +21,16 @@ from bookrec.worker.serve.runtime import ModelRuntime
 FEATURES = {"user_id": tf.io.FixedLenFeature([], tf.int64), "book_id": tf.io.FixedLenFeature([], tf.int64)}
 
 
+def applies(runtime: ModelRuntime) -> bool:
+    """Whether the version has the factorized scoring head the seed's way of scoring needs (not `ease`)."""
+    return hasattr(runtime.module.scoring, "item_bias")
+
+
 class SeedPath:
     """One loaded version scored the seed's way: a frame of all books, and book id -> item index."""
 
     def __init__(self, runtime: ModelRuntime, catalog: list[dict]) -> None:
-        if not hasattr(runtime.module.scoring, "item_bias"):
+        if not applies(runtime):
             raise BookrecError(f"the seed-path comparison needs a factorized scoring head; {runtime.kind} is not one")
         self.runtime = runtime
         self.item_ids = [str(book["book_id"]) for book in catalog]

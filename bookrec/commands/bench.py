@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bookrec.bench import DEFAULT_POSTGRES, PHASES
 from bookrec.commands.common import needs_worker_side, print_json, table
+from bookrec.shared.payloads import DEFAULT_MODEL_KIND, MODEL_KINDS
 from bookrec.shared.settings import Settings
 
 
@@ -41,6 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=PHASES,
         help="run one phase: serving (the recommend path), ratings (ingest, import, snapshot) or fresh (fresh "
         "lists); default all three",
+    )
+    parser.add_argument(
+        "--model",
+        choices=MODEL_KINDS,
+        help=f"the kind of the base model the serving and fresh phases serve (default: {DEFAULT_MODEL_KIND}); "
+        "each kind's base model is cached apart",
     )
     parser.add_argument(
         "--postgres",
@@ -86,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     config = replace(
         config,
         phases=(args.only,) if args.only else PHASES,
+        model=args.model,
         ratings=replace(config.ratings, postgres_url=args.postgres),
     )
     report = run_bench(config, notify=lambda message: print(f"bench: {message}", file=sys.stderr, flush=True))

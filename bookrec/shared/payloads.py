@@ -13,7 +13,7 @@ from typing import Any
 
 from bookrec.shared.errors import ValidationError
 
-MODEL_KINDS = ("mult-dae", "softmax-mf", "biased-mf", "mf", "deep")
+MODEL_KINDS = ("mult-dae", "ease", "softmax-mf", "biased-mf", "mf", "deep")
 """The model kinds a train or retrain may name, default first (the worker defines them in worker/models/)."""
 DEFAULT_MODEL_KIND = MODEL_KINDS[0]
 
@@ -57,6 +57,7 @@ PARAMS: dict[str, dict[str, Param]] = {
         "epochs": _EPOCHS,
         "max_epochs": Param(int, 1, 1000),
     },
+    "ease": {"l2": Param(float, 1e-3, 1e7), "keep": Param(int, 1, 100000), "dense_max": Param(int, 1, 1000000)},
     "softmax-mf": {**_FACTOR_PARAMS, "l2": _L2},
     "biased-mf": {**_FACTOR_PARAMS, "l2": _L2, "l2_bias": _L2},
     "mf": _FACTOR_PARAMS,

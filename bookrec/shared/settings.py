@@ -103,6 +103,7 @@ class Settings:
     keep_production: int = 3
     gate_tolerance: float = 0.0
     train_memory_mb: int = 4096
+    ease_dense_max: int = 20000
     retrain_lock_ttl: int = 600
     refresh_chunk: int = 500
     job_timeout: int = 600
@@ -137,6 +138,7 @@ class Settings:
             keep_production=_int(env, "BOOKREC_KEEP_PRODUCTION", 3, minimum=1),
             gate_tolerance=_float(env, "BOOKREC_GATE_TOLERANCE", 0.0),
             train_memory_mb=_int(env, "BOOKREC_TRAIN_MEMORY_MB", 4096, minimum=1),
+            ease_dense_max=_int(env, "BOOKREC_EASE_DENSE_MAX", 20000, minimum=1),
             retrain_lock_ttl=_int(env, "BOOKREC_RETRAIN_LOCK_TTL", 600, minimum=10),
             refresh_chunk=_int(env, "BOOKREC_REFRESH_CHUNK", 500, minimum=1),
             job_timeout=_int(env, "BOOKREC_JOB_TIMEOUT", 600, minimum=1),

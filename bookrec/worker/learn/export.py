@@ -19,6 +19,10 @@ History-based kinds (`ModelSpec.history_based`) also have:
   masked out before top-k; fewer than k candidates are padded with score -inf. A training user's books
   give that user's training-time scores, since the reader is encoded as training encoded them.
 
+An item-item kind (`ease`) scores every signature from books: a reader's scores are the sum of the rows of B
+of their books (gathered, never a dense readers x books product), and a user index stands for that user's
+training books, which the module holds.
+
 `serving_default` is `predict`. Users must be known indices (0..n_users-1); the worker handles
 unknown users with its popularity fallback.
 """
@@ -30,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from bookrec.worker.learn.models.base import EncoderWeights, FactorizedWeights, MLPWeights
+from bookrec.worker.learn.models.base import EncoderWeights, FactorizedWeights, ItemItemWeights, MLPWeights
 
 _USERS = tf.TensorSpec([None], tf.int32, name="user")
 _ITEMS = tf.TensorSpec([None], tf.int32, name="item")
@@ -119,12 +123,50 @@ class _EncodedHistory(tf.Module):
         self.bias = _var(weights.bias, "bias")
         self.items = items
 
-    def all_items(self, items: tf.Tensor, rows: tf.Tensor, n_readers: tf.Tensor) -> tf.Tensor:
+    def from_history(self, items: tf.Tensor, rows: tf.Tensor, n_readers: tf.Tensor) -> tf.Tensor:
         """[n_readers, n_items] scores of readers given as distinct (row, item) pairs."""
         books = tf.math.unsorted_segment_sum(tf.ones_like(items, tf.float32), rows, n_readers)
         summed = tf.math.unsorted_segment_sum(tf.gather(self.kernel, items), rows, n_readers)
         vectors = tf.tanh(summed / tf.maximum(tf.sqrt(books), 1e-6)[:, None] + self.bias)
         return self.items.score_vectors(vectors, tf.zeros([n_readers]))
+
+
+class _ItemItem(tf.Module):
+    """score(reader, i) = sum of B[j, i] over the reader's books j; B dense, or pruned and kept by source book."""
+
+    def __init__(self, weights: ItemItemWeights, name: str) -> None:
+        super().__init__(name=name)
+        self.n_items = int(weights.n_items)
+        self.history_splits = tf.Variable(
+            weights.history_indptr.astype(np.int64), trainable=False, name="history_splits"
+        )
+        self.history_items = tf.Variable(weights.history_items.astype(np.int32), trainable=False, name="history_items")
+        self.dense = None if weights.dense is None else _var(weights.dense, "item_item")
+        if weights.dense is None:
+            self.row_splits = tf.Variable(weights.row_splits.astype(np.int64), trainable=False, name="row_splits")
+            self.columns = tf.Variable(weights.columns.astype(np.int32), trainable=False, name="columns")
+            self.values = _var(weights.values, "values")
+
+    def all_items(self, users: tf.Tensor) -> tf.Tensor:
+        """[B, n_items] scores of training users, from their training books."""
+        books = tf.RaggedTensor.from_row_splits(self.history_items, self.history_splits, validate=False)
+        mine = tf.gather(books, users)
+        return self.from_history(mine.values, tf.cast(mine.value_rowids(), tf.int32), tf.shape(users)[0])
+
+    def from_history(self, items: tf.Tensor, rows: tf.Tensor, n_readers: tf.Tensor) -> tf.Tensor:
+        """[n_readers, n_items] scores of readers given as distinct (row, item) pairs, rows in ascending order."""
+        if self.dense is not None:
+            return tf.sparse.segment_sum(self.dense, items, rows, num_segments=n_readers)
+        columns = tf.gather(tf.RaggedTensor.from_row_splits(self.columns, self.row_splits, validate=False), items)
+        values = tf.gather(tf.RaggedTensor.from_row_splits(self.values, self.row_splits, validate=False), items)
+        reader = tf.cast(tf.gather(rows, columns.value_rowids()), tf.int64)
+        cells = reader * self.n_items + tf.cast(columns.values, tf.int64)
+        size = tf.cast(n_readers, tf.int64) * self.n_items
+        return tf.reshape(tf.math.unsorted_segment_sum(values.values, cells, size), [n_readers, self.n_items])
+
+    def pairs(self, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
+        """[N] scores of parallel (user, item) pairs (through each pair's whole row of scores)."""
+        return tf.gather(self.all_items(users), items[:, None], batch_dims=1)[:, 0]
 
 
 class ServingModule(tf.Module):
@@ -134,12 +176,15 @@ class ServingModule(tf.Module):
     their rating head is the `bias` baseline (mean + user bias + book bias) fitted on the same data.
     """
 
-    def __init__(self, scoring: FactorizedWeights | MLPWeights, rating: FactorizedWeights | None = None) -> None:
+    def __init__(
+        self, scoring: FactorizedWeights | MLPWeights | ItemItemWeights, rating: FactorizedWeights | None = None
+    ) -> None:
         super().__init__(name="bookrec")
         self.scoring = _build_head(scoring, "scoring")
         self.rating = self.scoring if rating is None else _build_head(rating, "rating")
-        self.n_items = tf.constant(int(scoring.item_vectors.shape[0]), dtype=tf.int32)
-        self.n_users = tf.constant(int(scoring.user_vectors.shape[0]), dtype=tf.int32)
+        n_items, n_users = _sizes(scoring)
+        self.n_items = tf.constant(n_items, dtype=tf.int32)
+        self.n_users = tf.constant(n_users, dtype=tf.int32)
 
     @tf.function(input_signature=[_USERS, _ITEMS])
     def predict(self, user: tf.Tensor, item: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -165,13 +210,17 @@ class ServingModule(tf.Module):
 
 
 class HistoryServingModule(ServingModule):
-    """A history-based kind's exported model: a `ServingModule` that also scores readers from their books."""
+    """A history-based kind's exported model: a `ServingModule` that also scores readers from their books
+    (through an encoder for a factorized head; an item-item head scores books itself)."""
 
     def __init__(
-        self, scoring: FactorizedWeights, history: EncoderWeights, rating: FactorizedWeights | None = None
+        self,
+        scoring: FactorizedWeights | ItemItemWeights,
+        history: EncoderWeights | None,
+        rating: FactorizedWeights | None = None,
     ) -> None:
         super().__init__(scoring, rating)
-        self.history = _EncodedHistory(history, self.scoring, "history")
+        self.history = self.scoring if history is None else _EncodedHistory(history, self.scoring, "history")
 
     @tf.function(input_signature=[_HISTORY_ITEM, _HISTORY_ROW, _N_READERS, _K])
     def recommend_history(
@@ -179,9 +228,9 @@ class HistoryServingModule(ServingModule):
     ) -> dict[str, tf.Tensor]:
         """The k best books for each of n_readers readers scored from their books, their own books masked out."""
         n_items = tf.cast(self.n_items, tf.int64)
-        keys, _ = tf.unique(tf.cast(history_row, tf.int64) * n_items + tf.cast(history_item, tf.int64))
+        keys, _ = tf.unique(tf.sort(tf.cast(history_row, tf.int64) * n_items + tf.cast(history_item, tf.int64)))
         rows, items = tf.cast(keys // n_items, tf.int32), tf.cast(keys % n_items, tf.int32)
-        scores = self.history.all_items(items, rows, n_readers)
+        scores = self.history.from_history(items, rows, n_readers)
         own = tf.stack([rows, items], axis=1)
         scores = tf.tensor_scatter_nd_update(scores, own, tf.fill([tf.shape(own)[0]], float("-inf")))
         scores, top = tf.math.top_k(scores, k=tf.minimum(k, self.n_items))
@@ -189,11 +238,14 @@ class HistoryServingModule(ServingModule):
 
 
 def serving_module(
-    scoring: FactorizedWeights | MLPWeights,
+    scoring: FactorizedWeights | MLPWeights | ItemItemWeights,
     rating: FactorizedWeights | None = None,
     history: EncoderWeights | None = None,
 ) -> ServingModule:
-    """The module to export: a `HistoryServingModule` when the kind gave history weights, else a `ServingModule`."""
+    """The module to export: a `HistoryServingModule` when the kind gave history weights or is item-item, else a
+    `ServingModule`."""
+    if isinstance(scoring, ItemItemWeights):
+        return HistoryServingModule(scoring, None, rating)
     if history is None:
         return ServingModule(scoring, rating)
     if not isinstance(scoring, FactorizedWeights):
@@ -201,8 +253,17 @@ def serving_module(
     return HistoryServingModule(scoring, history, rating)
 
 
-def _build_head(weights: FactorizedWeights | MLPWeights, name: str) -> tf.Module:
+def _build_head(weights: FactorizedWeights | MLPWeights | ItemItemWeights, name: str) -> tf.Module:
+    if isinstance(weights, ItemItemWeights):
+        return _ItemItem(weights, name)
     return _Factorized(weights, name) if isinstance(weights, FactorizedWeights) else _MLP(weights, name)
+
+
+def _sizes(weights: FactorizedWeights | MLPWeights | ItemItemWeights) -> tuple[int, int]:
+    """(books, training users) of a scoring head's weights."""
+    if isinstance(weights, ItemItemWeights):
+        return weights.n_items, weights.n_users
+    return int(weights.item_vectors.shape[0]), int(weights.user_vectors.shape[0])
 
 
 def save(module: ServingModule, path: Path) -> None:

@@ -140,7 +140,7 @@ def train_version(
         "kind": spec.kind,
         "task": spec.task,
         "gate_metric": spec.gate_metric,
-        "params": params,
+        "params": trained.params,
         "metrics": metrics,
         "baselines": baselines,
         "history": trained.history,
@@ -217,7 +217,7 @@ def measure_fold_in(
     }
     return {
         "model": spec.kind,
-        "params": params,
+        "params": trained.params,
         "metrics": metrics,
         "baselines": baselines,
         "seconds": round(trained.seconds, 2),

@@ -79,7 +79,12 @@ class SavedModelScorer:
         return self.recommend_history(items, rows, n_readers, k)[0]
 
     def _n_items(self) -> int:
-        return int(self.module.scoring.item_vectors.shape[0])
+        scoring = self.module.scoring
+        if hasattr(scoring, "item_vectors"):  # a factorized head
+            return int(scoring.item_vectors.shape[0])
+        if getattr(scoring, "dense", None) is not None:  # an item-item head, B dense or pruned
+            return int(scoring.dense.shape[0])
+        return int(scoring.row_splits.shape[0]) - 1
 
 
 def _padded(result: dict, k: int) -> tuple[np.ndarray, np.ndarray]:

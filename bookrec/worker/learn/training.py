@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from bookrec.worker.learn.data import Interactions
-from bookrec.worker.learn.models.base import EncoderWeights, FactorizedWeights, MLPWeights, ModelSpec
+from bookrec.worker.learn.models.base import EncoderWeights, FactorizedWeights, ItemItemWeights, MLPWeights, ModelSpec
 from bookrec.worker.learn.models.feeds import UserRows
 
 logger = logging.getLogger(__name__)
@@ -50,11 +50,11 @@ class Trained:
     """A fitted model with what is needed to export and describe it."""
 
     spec: ModelSpec
-    model: keras.Model
+    model: keras.Model | Any  # a closed-form kind's model is its own (`Solved.model`)
     params: dict[str, Any]
     history: dict[str, list[float]]
     seconds: float
-    weights: FactorizedWeights | MLPWeights
+    weights: FactorizedWeights | MLPWeights | ItemItemWeights
     history_weights: EncoderWeights | None = None  # history-based kinds only (`ModelSpec.history_weights`)
 
 
@@ -89,9 +89,16 @@ class _StopCheck(keras.callbacks.Callback):
 def fit(
     spec: ModelSpec, train: Interactions, params: dict[str, Any], seed: int, on_epoch: EpochCallback | None = None
 ) -> Trained:
-    """Build and fit `spec` on `train` with `params` (already merged with the defaults); repeatable for a seed."""
+    """Build and fit `spec` on `train` with `params` (already merged with the defaults); repeatable for a seed.
+
+    A closed-form kind is solved instead (`ModelSpec.solve`); its `Trained.params` hold the values it chose."""
     keras.utils.set_random_seed(seed)
     started = time.perf_counter()
+    if spec.solve is not None:
+        solved = spec.solve(train, params, seed)
+        seconds = time.perf_counter() - started
+        logger.info("solved %s in %.1f s", spec.kind, seconds)
+        return Trained(spec, solved.model, solved.params, solved.history, seconds, solved.weights)
     global_mean = float(train.ratings.mean()) if len(train) else 0.0
     model = spec.build(train.n_users, train.n_items, params, global_mean)
     fit_args = _FEEDS[spec.feed](train, params, seed)

@@ -63,7 +63,7 @@ def split_ratings(
     else:
         if "user" not in frame.columns:
             raise ValidationError("a per-user split needs a 'user' column in the ratings frame")
-        in_test = _per_user_mask(frame["user"], test_frac, rng)
+        in_test = per_user_mask(frame["user"], test_frac, rng)
     if keep_in_train is not None:
         in_test &= ~keep_in_train
     return frame[~in_test].reset_index(drop=True), frame[in_test].reset_index(drop=True)
@@ -76,7 +76,7 @@ def _random_mask(n_rows: int, test_frac: float, rng: np.random.Generator) -> np.
     return in_test
 
 
-def _per_user_mask(users: pd.Series, test_frac: float, rng: np.random.Generator) -> np.ndarray:
+def per_user_mask(users: pd.Series | np.ndarray, test_frac: float, rng: np.random.Generator) -> np.ndarray:
     """A boolean mask putting a random min(n - 1, floor(n * test_frac + 0.5)) of each user's n rows in test."""
     codes, _ = pd.factorize(users)
     counts = np.bincount(codes)

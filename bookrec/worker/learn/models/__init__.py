@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from bookrec.shared.errors import ValidationError
-from bookrec.worker.learn.models import biased_mf, deep, mf, mult_dae, softmax_mf
+from bookrec.worker.learn.models import biased_mf, deep, ease, mf, mult_dae, softmax_mf
 from bookrec.worker.learn.models.base import RANKING, RATING, ModelSpec
 
 KINDS: dict[str, ModelSpec] = {
-    spec.kind: spec for spec in (mult_dae.SPEC, softmax_mf.SPEC, biased_mf.SPEC, mf.SPEC, deep.SPEC)
+    spec.kind: spec for spec in (mult_dae.SPEC, ease.SPEC, softmax_mf.SPEC, biased_mf.SPEC, mf.SPEC, deep.SPEC)
 }
 DEFAULT_KIND = mult_dae.SPEC.kind
 

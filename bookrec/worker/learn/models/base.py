@@ -61,6 +61,41 @@ class EncoderWeights:
 
 
 @dataclass(frozen=True)
+class ItemItemWeights:
+    """Serving form of an item-item kind: score(reader, i) = sum of B[j, i] over the reader's distinct books j.
+
+    B is stored as it was solved (`dense`, [n_items, n_items] float32 with a zero diagonal), or pruned to the
+    largest entries of each column and kept by source book j in CSR form (`row_splits` [n_items + 1] int64,
+    `columns` int32, `values` float32), with `dense` None. A training user's scores are those of their training
+    books (`history_indptr` [n_users + 1] int64, `history_items` int32: the users' books in CSR form).
+    """
+
+    n_items: int
+    history_indptr: np.ndarray
+    history_items: np.ndarray
+    dense: np.ndarray | None = None
+    row_splits: np.ndarray | None = None
+    columns: np.ndarray | None = None
+    values: np.ndarray | None = None
+
+    @property
+    def n_users(self) -> int:
+        """Training users (rows of the index-based signatures)."""
+        return len(self.history_indptr) - 1
+
+
+@dataclass(frozen=True)
+class Solved:
+    """What a closed-form kind's `solve` returns: the model (multi-hot rows -> scores), its serving weights, the
+    parameters it settled on (a value chosen on validation filled in) and its record of that choice."""
+
+    model: Any
+    weights: ItemItemWeights
+    params: dict[str, Any]
+    history: dict[str, list[float]]
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One model kind.
 
@@ -70,26 +105,30 @@ class ModelSpec:
             (trained on user -> rated item over the whole catalogue, judged by ndcg@10).
         defaults: hyper-parameters; `--dim`, `--epochs` and retrain params override them.
         feed: what the model is fitted on: `pairs` ((user, item) -> stars), `positives`
-            (user -> one rated item, a class over the catalogue) or `histories` (a user's
-            multi-hot row of rated items -> the same row).
-        build: (n_users, n_items, params, global_mean) -> compiled keras.Model.
-        serving_weights: (trained keras.Model, training Interactions) -> the weights the SavedModel serves.
+            (user -> one rated item, a class over the catalogue), `histories` (a user's
+            multi-hot row of rated items -> the same row) or `closed-form` (no gradient fit: `solve`).
+        build: (n_users, n_items, params, global_mean) -> compiled keras.Model (None for a closed-form kind).
+        serving_weights: (trained keras.Model, training Interactions) -> the weights the SavedModel serves
+            (None for a closed-form kind).
         memory: (n_users, n_items, params) -> estimated bytes to fit and export the model (see `training_bytes`).
         description: one line for `--help` and the README.
         history_weights: for history-based kinds, (trained keras.Model) -> the weights the SavedModel's
             `recommend_history` signature scores readers from their books with; None for kinds that score
             only by user index (they get no history signature).
+        solve: for a closed-form kind (feed `closed-form`), (training Interactions, params, seed) -> `Solved`,
+            in place of build, fit and serving_weights; such a kind scores readers from their books.
     """
 
     kind: str
     task: str
     feed: str
     defaults: dict[str, Any]
-    build: Callable[..., Any]
-    serving_weights: Callable[[Any, Any], FactorizedWeights | MLPWeights]
     memory: Callable[[int, int, dict[str, Any]], int]
+    build: Callable[..., Any] | None = None
+    serving_weights: Callable[[Any, Any], FactorizedWeights | MLPWeights] | None = None
     description: str = ""
     history_weights: Callable[[Any], EncoderWeights] | None = None
+    solve: Callable[[Any, dict[str, Any], int], Solved] | None = None
     gate_metric: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -98,7 +137,7 @@ class ModelSpec:
     @property
     def history_based(self) -> bool:
         """Whether the kind scores readers from their books (and its SavedModel has `recommend_history`)."""
-        return self.history_weights is not None
+        return self.history_weights is not None or self.solve is not None
 
     def params(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """Defaults updated with the non-None `overrides`."""

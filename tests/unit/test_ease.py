@@ -1,0 +1,118 @@
+"""`ease`: the closed form solved exactly, l2 chosen on validation (or fixed), the pruned matrix served sparse,
+and the planted tastes learnt; scored through the SavedModel's own signatures, as workers score."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bookrec.model_store.store import ModelStore
+from bookrec.worker.learn import export, training
+from bookrec.worker.learn.data import Interactions
+from bookrec.worker.learn.datasets import read_ratings
+from bookrec.worker.learn.models import ease, get_spec
+from bookrec.worker.learn.pipeline import TrainRequest, make_split, train_version
+from tests.conftest import planted_tastes
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def train(tmp_path_factory: pytest.TempPathFactory) -> Interactions:
+    """The training part of a per-user 75/25 split of the planted-tastes catalogue."""
+    ratings = planted_tastes(tmp_path_factory.mktemp("planted") / "ratings.csv")
+    return make_split(TrainRequest(ratings=ratings), read_ratings(ratings), None).train
+
+
+def multi_hot(train: Interactions) -> np.ndarray:
+    """The users x books 0/1 matrix of the training ratings."""
+    rows = np.zeros((train.n_users, train.n_items))
+    rows[train.users, train.items] = 1.0
+    return rows
+
+
+def closed_form(train: Interactions, l2: float) -> np.ndarray:
+    """B = I - P / diag(P), P = (X^T X + l2 I)^-1, in float64 with numpy's general inverse."""
+    x = multi_hot(train)
+    p = np.linalg.inv(x.T @ x + l2 * np.eye(train.n_items))
+    return np.eye(train.n_items) - p / np.diag(p)
+
+
+def saved(fitted: training.Trained, path: Path):
+    """The fitted kind's SavedModel, written and loaded back."""
+    export.save(export.serving_module(fitted.weights), path)
+    return export.load(path)
+
+
+def test_a_fixed_l2_gives_the_closed_form_through_both_signatures(train: Interactions, tmp_path: Path) -> None:
+    spec = get_spec("ease")
+    fitted = training.fit(spec, train, spec.params({"l2": 30.0}), seed=0)
+    expected = multi_hot(train)[:8] @ closed_form(train, 30.0)
+    module = saved(fitted, tmp_path / "model")
+
+    by_index = module.top_k(user=np.arange(8, dtype=np.int32), k=np.int32(train.n_items))
+    rows, items = train.by_user().rows(np.arange(8))
+    by_books = module.recommend_history(
+        history_item=items.astype(np.int32),
+        history_row=rows.astype(np.int32),
+        n_readers=np.int32(8),
+        k=np.int32(train.n_items),
+    )
+
+    assert fitted.params["l2"] == 30.0 and fitted.history == {}
+    for result in (by_index, by_books):
+        got = np.take_along_axis(expected, result["items"].numpy(), axis=1)
+        finite = np.isfinite(result["scores"].numpy())
+        np.testing.assert_allclose(result["scores"].numpy()[finite], got[finite], rtol=0, atol=1e-4)
+    own = np.zeros((8, train.n_items), bool)
+    own[rows, items] = True
+    assert not np.take_along_axis(own, by_books["items"].numpy(), axis=1)[np.isfinite(by_books["scores"].numpy())].any()
+
+
+def test_l2_is_chosen_on_validation_and_every_tried_value_is_recorded(tmp_path: Path) -> None:
+    ratings = planted_tastes(tmp_path / "ratings.csv")
+
+    result = train_version(ModelStore(tmp_path / "store"), TrainRequest(ratings=ratings, kind="ease"))
+
+    metadata = json.loads(next((tmp_path / "store").glob("v*/metadata.json")).read_text())
+    tried = metadata["history"]
+    scores = dict(zip(tried["l2"], tried["validation_ndcg@10"]))
+    assert set(ease.L2_GRID) <= set(scores), "the coarse grid was not tried"
+    assert len(scores) == len(ease.L2_GRID) + 1, "one refinement beside the coarse best"
+    assert metadata["params"]["l2"] == max(scores, key=scores.get)
+    assert result["metrics"]["ndcg@10"] > 1.5 * result["baselines"]["popularity"]["ndcg@10"]
+    assert result["metrics"]["recall@10"] > result["baselines"]["popularity"]["recall@10"]
+
+
+def test_above_dense_max_each_column_keeps_its_largest_entries_and_is_served_sparse(
+    train: Interactions, tmp_path: Path
+) -> None:
+    spec, keep = get_spec("ease"), 12
+    dense = closed_form(train, 30.0)
+    pruned = np.zeros_like(dense)
+    for column in range(train.n_items):
+        best = np.argsort(-np.abs(dense[:, column]))[:keep]
+        pruned[best, column] = dense[best, column]
+    np.fill_diagonal(pruned, 0.0)
+
+    fitted = training.fit(spec, train, spec.params({"l2": 30.0, "keep": keep, "dense_max": 10}), seed=0)
+    module = saved(fitted, tmp_path / "model")
+    readers = np.array([0, 3, 5], dtype=np.int32)
+    rows, items = train.by_user().rows(readers)
+    result = module.recommend_history(
+        history_item=items.astype(np.int32),
+        history_row=rows.astype(np.int32),
+        n_readers=np.int32(3),
+        k=np.int32(train.n_items),
+    )
+
+    assert fitted.weights.dense is None
+    assert np.diff(fitted.weights.row_splits).sum() == np.count_nonzero(pruned)
+    expected = multi_hot(train)[readers] @ pruned
+    finite = np.isfinite(result["scores"].numpy())
+    got = np.take_along_axis(expected, result["items"].numpy(), axis=1)
+    np.testing.assert_allclose(result["scores"].numpy()[finite], got[finite], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(fitted.model(multi_hot(train)[readers]), expected, rtol=0, atol=1e-4)
