@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import Any
 
-from bookrec.commands.common import describe_entry, print_json, progress_bar, show_progress, table
+from bookrec.commands.common import describe_entry, json_object, print_json, progress_bar, show_progress, table
 from bookrec.commands.jobs import follow_retrain, register_retrain_actions, warn_if_unserved
 from bookrec.shared.errors import NotCached
 from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN
@@ -59,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     retrain.add_argument("--model", choices=MODEL_KINDS, help="model kind (default: mult-dae)")
     retrain.add_argument(
         "--params",
-        type=_json_object,
+        type=json_object,
         metavar="JSON",
         help="hyper-parameters as a JSON object, e.g. '{\"dim\": 128}' (the README lists each kind's)",
     )
@@ -139,17 +138,6 @@ def _get(args: argparse.Namespace) -> int:
             + ("" if cached.is_current else "\n(computed by an older model; a refresh will replace it)")
         )
     return 0
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    """A --params value: a JSON object (argparse turns the error into one line and exit 2)."""
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"a JSON object of hyper-parameters is needed, got {text!r}")
-    return value
 
 
 def _retrain(args: argparse.Namespace) -> int:

@@ -7,11 +7,11 @@ TensorFlow is imported only when the command runs, so the rest of the CLI stays 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from bookrec.commands.common import (
+    json_object,
     needs_worker_side,
     number,
     print_json,
@@ -20,7 +20,6 @@ from bookrec.commands.common import (
     show_progress,
     table,
 )
-from bookrec.shared.errors import ValidationError
 from bookrec.shared.payloads import MODEL_KINDS, hyper_params
 from bookrec.shared.settings import Settings
 from bookrec.worker.learn.inputs import ReadOptions, add_read_options
@@ -56,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int, metavar="E", help="maximum epochs (early stopping may end sooner)")
     parser.add_argument(
         "--params",
+        type=json_object,
         metavar="JSON",
         help="hyper-parameters of the kind as a JSON object, e.g. '{\"l2\": 200}' for ease (README: Models); "
         "--dim and --epochs win over the same keys",
@@ -91,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     from bookrec.worker.serve.tf_setup import configure_tensorflow
 
     settings = Settings.from_env()
-    params = hyper_params(_params(args), args.model)  # refused before TensorFlow loads
+    given = {k: v for k, v in (("dim", args.dim), ("epochs", args.epochs)) if v is not None}
+    params = hyper_params({**(args.params or {}), **given}, args.model)  # refused before TensorFlow loads
     configure_tensorflow(threads=0)
     from bookrec.model_store.store import ModelStore
     from bookrec.worker.learn.pipeline import TrainRequest, train_version
@@ -145,16 +146,3 @@ def _report(result: dict[str, Any]) -> str:
     metrics = result["metrics"]
     footer = f"test rows {metrics['test_rows']}, users ranked {metrics['test_users']}, rows with unknown user {metrics['unknown_user_rows']}, unknown item {metrics['unknown_item_rows']}"
     return "\n".join([header, "", table(["metric", result["model"], *BASELINES], rows), "", footer])
-
-
-def _params(args: argparse.Namespace) -> dict:
-    """The hyper-parameters asked for: --params, then --dim and --epochs where given; ValidationError on bad JSON."""
-    params = {}
-    if args.params is not None:
-        try:
-            params = json.loads(args.params)
-        except json.JSONDecodeError as exc:
-            raise ValidationError(f"--params must be a JSON object, e.g. '{{\"l2\": 200}}': {exc}") from None
-        if not isinstance(params, dict):
-            raise ValidationError(f"--params must be a JSON object of hyper-parameters, got {args.params!r}")
-    return {**params, **{k: v for k, v in (("dim", args.dim), ("epochs", args.epochs)) if v is not None}}

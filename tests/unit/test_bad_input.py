@@ -146,6 +146,22 @@ CLI_CASES = {
         r"unknown mult-dae hyper-parameter\(s\) dimm",
     ),
     "retrain --params not JSON": (["retrain", "--params", "dim=8"], "argument --params: not JSON"),
+    "train --params not JSON": (
+        ["train", "--ratings", "{data}/nan.csv", "--params", "l2=9"],
+        "argument --params: not JSON",
+    ),
+    "train --params a list": (
+        ["train", "--ratings", "{data}/nan.csv", "--params", "[1]"],
+        "a JSON object of hyper-parameters is needed",
+    ),
+    "train --params ease l2 0": (
+        ["train", "--ratings", "{data}/nan.csv", "--model", "ease", "--params", '{"l2": 0}'],
+        "ease hyper-parameter l2 must be a number from 0.001 to 1e[+]07, got 0",
+    ),
+    "train --params a key of another kind": (
+        ["train", "--ratings", "{data}/nan.csv", "--model", "ease", "--params", '{"dropout": 0.5}'],
+        r"unknown ease hyper-parameter\(s\) dropout; ease takes: l2, keep, dense_max",
+    ),
     "bench --only unknown phase": (["bench", "--only", "ingest"], r"argument --only: invalid choice: 'ingest'"),
     "bench --postgres not PostgreSQL": (
         ["bench", "--only", "ratings", "--postgres", "sqlite:///x.db"],

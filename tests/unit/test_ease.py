@@ -16,6 +16,7 @@ from bookrec.worker.learn.datasets import read_ratings
 from bookrec.worker.learn.models import ease, get_spec
 from bookrec.worker.learn.pipeline import TrainRequest, make_split, train_version
 from tests.conftest import planted_tastes
+from tests.unit.conftest import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -116,3 +117,16 @@ def test_above_dense_max_each_column_keeps_its_largest_entries_and_is_served_spa
     got = np.take_along_axis(expected, result["items"].numpy(), axis=1)
     np.testing.assert_allclose(result["scores"].numpy()[finite], got[finite], rtol=0, atol=1e-4)
     np.testing.assert_allclose(fitted.model(multi_hot(train)[readers]), expected, rtol=0, atol=1e-4)
+
+
+def test_train_params_fix_l2_and_skip_the_search(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    ratings = planted_tastes(tmp_path / "ratings.csv")
+    monkeypatch.setenv("BOOKREC_MODEL_STORE", str(tmp_path / "store"))
+
+    code, out, err = run_cli(
+        ["train", "--ratings", str(ratings), "--model", "ease", "--params", '{"l2": 30}', "--json"], capsys
+    )
+
+    assert code == 0, err
+    metadata = ModelStore(tmp_path / "store").metadata(json.loads(out)["version"])
+    assert metadata["kind"] == "ease" and metadata["params"]["l2"] == 30.0 and metadata["history"] == {}
