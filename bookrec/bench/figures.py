@@ -85,7 +85,8 @@ SERVING: tuple[Figure, ...] = (
         lambda v: f"{v['seconds']:.2f} s, {v['failed_jobs']} failed, slowest {_ms(v['slowest_ms'])} ms",
         lambda r: (
             f"slowest = {r['slowest_vs_p99']:.1f}x p99; in-process load {r['model_load_s']:.2f} s; "
-            f"{r['stale_after_swap']} answers from the old version after the swap"
+            f"{r['stale_after_swap']} answers from the old version after the swap; the workers' peak RSS "
+            f"(VmHWM, both versions held during the swap) {_n(r['peak_rss_mb'])} MB"
         ),
     ),
     Figure(

@@ -495,6 +495,7 @@ def _swap(state: _Run, service: Service, client, candidate: str) -> None:
         "slowest_ms": slowest,
     }
     state.references["swap_s"] = {
+        "peak_rss_mb": max(machine.rss_mb(pid, "VmHWM") for pid in service.pids_serving(candidate)),
         "slowest_vs_p99": slowest / state.figures["latency_ms"]["p99"],
         "requests": len(samples),
         "model_load_s": state.details["model_load_s"],

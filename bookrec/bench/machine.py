@@ -14,12 +14,13 @@ from typing import Any
 BUSY_CORES = 0.25  # other processes using more than this many cores on average: the machine was busy
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of process `pid` in MB (VmRSS from /proc/PID/status); OSError if it is gone."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of process `pid` in MB (VmRSS from /proc/PID/status; `VmHWM`: its peak so far); OSError if
+    it is gone."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise OSError(f"/proc/{pid}/status has no VmRSS line")
+    raise OSError(f"/proc/{pid}/status has no {field} line")
 
 
 def rss_by_pid(pids: list[int]) -> dict[int, float]:
