@@ -118,6 +118,14 @@ def prepare(
     return Prepared(**vars(data), store=data.root / "models", kind=kind, params=params, base_version=base)
 
 
+def cached_bases(store: ModelStore, but: str) -> list[str]:
+    """The cached base version of each kind but `but` with its default parameters, where the store holds one."""
+    from bookrec.worker.learn.models import KINDS
+
+    found = (cached_base(store, *model_params({}, kind)) for kind in KINDS if kind != but)
+    return [version for version in found if version is not None]
+
+
 def cached_base(store: ModelStore, kind: str, params: dict[str, Any]) -> str | None:
     """The newest stored version of `kind` trained with `params`, or None. A parameter asked for as None (one the
     kind chooses itself, as `ease` chooses l2) matches whatever the version chose."""

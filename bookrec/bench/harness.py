@@ -504,7 +504,8 @@ def _swap(state: _Run, service: Service, client, candidate: str) -> None:
 
 
 def _clean_up(service: Service, state: _Run) -> None:
-    """Flush the benchmark's database; leave the store with only the base version, in production (serving)."""
+    """Flush the benchmark's database; leave the store with the base version in production (serving) and the cached
+    base versions of other kinds (see `catalogue.cached_base`), deleting what the run trained besides its base."""
     from bookrec.model_store.store import ModelStore
 
     service.release()
@@ -512,6 +513,7 @@ def _clean_up(service: Service, state: _Run) -> None:
         return
     store = ModelStore(state.prepared.store)
     store.set_production(state.base)
+    kept = {state.base, *catalogue.cached_bases(store, but=state.prepared.kind)}
     for entry in store.list():
-        if entry["version"] != state.base:
+        if entry["version"] not in kept:
             store.delete(entry["version"])
