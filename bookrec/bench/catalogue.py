@@ -127,16 +127,14 @@ def cached_bases(store: ModelStore, but: str) -> list[str]:
 
 
 def cached_base(store: ModelStore, kind: str, params: dict[str, Any]) -> str | None:
-    """The newest stored version of `kind` trained with `params`, or None. A parameter asked for as None (one the
-    kind chooses itself, as `ease` chooses l2) matches whatever the version chose."""
+    """The newest stored version of `kind` trained with `params` asked for (metadata's `params_asked`: `ease` fills in
+    the l2 it chose in `params`), or None."""
     versions = [entry["version"] for entry in store.list()] if store.root.is_dir() else []
     for version in sorted(versions, reverse=True):
         try:
             metadata = store.metadata(version)
         except BookrecError:
             continue
-        stored = metadata.get("params") or {}
-        chosen = {k: stored.get(k) if v is None else v for k, v in params.items()}
-        if metadata.get("kind") == kind and stored == chosen:
+        if metadata.get("kind") == kind and metadata.get("params_asked", metadata.get("params")) == params:
             return version
     return None

@@ -228,7 +228,7 @@ def _report(**changes) -> Report:
         },
         "full_refresh_s": {"users": 53424, "ideal_s": 2.7},
         "cache_read_ms": {"ping_p50_ms": 0.1},
-        "swap_s": {"slowest_vs_p99": 2.0, "model_load_s": 0.5, "stale_after_swap": 0},
+        "swap_s": {"slowest_vs_p99": 2.0, "model_load_s": 0.5, "stale_after_swap": 0, "peak_rss_mb": 812.0},
         "retrain_s": {"fit_s": 80.0, "kind": "mult-dae"},
         "worker_rss_mb": {"jobs": 5000, "rss_before_mb": 890.0, "load_mb": 300.0},
         "scaling_2_vs_1": {
@@ -361,6 +361,7 @@ def test_markdown_names_date_cores_busy_machine_and_every_figure() -> None:
     assert "2026-11-28" in text and "2 cores" in text and "busy" in text
     assert "| " + " | ".join(HEADERS) + " |" in text
     assert all(f"| {figure.key} |" in text for figure in FIGURES)
+    assert "peak RSS (VmHWM, both versions held during the swap) 812 MB" in text
 
 
 def test_bench_database_replaces_the_one_in_the_url() -> None:

@@ -8,19 +8,20 @@ from bookrec.bench import catalogue
 from bookrec.model_store.store import ModelStore
 
 
-def add_version(store: ModelStore, kind: str, params: dict) -> str:
-    """A stored version of `kind` whose metadata records `params`."""
+def add_version(store: ModelStore, kind: str, asked: dict, params: dict | None = None) -> str:
+    """A stored version of `kind` trained with the parameters `asked`, which settled on `params` (default: those)."""
     with store.new_version(kind) as writer:
         (writer.path / "weights.bin").write_bytes(b"0")
-        writer.finish({"kind": kind, "params": params})
+        writer.finish({"kind": kind, "params": params or asked, "params_asked": asked})
     return writer.version
 
 
-def test_each_kind_finds_its_own_base_and_a_parameter_the_kind_chose_matches(tmp_path: Path) -> None:
+def test_each_kind_finds_its_own_base_by_the_parameters_asked_for(tmp_path: Path) -> None:
     store = ModelStore(tmp_path)
     mult_dae = add_version(store, *catalogue.model_params({}, "mult-dae"))
-    ease_params = {**catalogue.model_params({}, "ease")[1], "l2": 400.0}  # ease chose l2 on validation
-    ease = add_version(store, "ease", ease_params)
+    add_version(store, *catalogue.model_params({"epochs": 2}, "mult-dae"))
+    asked = catalogue.model_params({}, "ease")[1]
+    ease = add_version(store, "ease", asked, {**asked, "l2": 400.0})  # ease chose l2 on validation
 
     assert catalogue.cached_base(store, *catalogue.model_params({})) == mult_dae
     assert catalogue.cached_base(store, *catalogue.model_params({}, "ease")) == ease

@@ -141,6 +141,7 @@ def train_version(
         "task": spec.task,
         "gate_metric": spec.gate_metric,
         "params": trained.params,
+        "params_asked": params,
         "metrics": metrics,
         "baselines": baselines,
         "history": trained.history,
@@ -218,6 +219,7 @@ def measure_fold_in(
     return {
         "model": spec.kind,
         "params": trained.params,
+        "params_asked": params,
         "metrics": metrics,
         "baselines": baselines,
         "seconds": round(trained.seconds, 2),
