@@ -223,14 +223,7 @@ def _train(state: _Run, service: Service, client) -> str:
         _base(state, service, client)
         state.notify("retrain: one retrain job on a `bookrec worker --queues retrain` process (BOOKREC_TF_THREADS=0)")
         started = time.perf_counter()
-        result = client.retrain(
-            model=state.prepared.kind,
-            params=state.config.model_params,
-            ratings=RATINGS_FILE,
-            force=True,
-            wait=True,
-            timeout=3600,
-        )
+        result = _retrain(state, client)
         seconds = time.perf_counter() - started
         promote(ModelStore(state.prepared.store), service.client, service.keys, state.base, reason="bench base")
         service.queue(QUEUE_REFRESH).empty()  # the refreshes both promotions enqueued: no worker serves yet
@@ -239,6 +232,18 @@ def _train(state: _Run, service: Service, client) -> str:
     state.figures["retrain_s"] = seconds
     state.references["retrain_s"] = {"fit_s": result["seconds"], "kind": result["model"]}
     return result["version"]
+
+
+def _retrain(state: _Run, client) -> dict[str, Any]:
+    """One retrain job of the run's kind and parameters on the catalogue's ratings.csv, past the gate, waited for."""
+    return client.retrain(
+        model=state.prepared.kind,
+        params=state.config.model_params,
+        ratings=RATINGS_FILE,
+        force=True,
+        wait=True,
+        timeout=3600,
+    )
 
 
 def _trainer(state: _Run, service: Service) -> Pool:
@@ -265,14 +270,7 @@ def _base(state: _Run, service: Service, client) -> None:
         state.notify(
             f"training the base model ({prepared.kind}) with a retrain job into {prepared.store} (cached for later runs)"
         )
-        state.base = client.retrain(
-            model=state.prepared.kind,
-            params=state.config.model_params,
-            ratings=RATINGS_FILE,
-            force=True,
-            wait=True,
-            timeout=3600,
-        )["version"]
+        state.base = _retrain(state, client)["version"]
         service.queue(QUEUE_REFRESH).empty()  # the refresh its promotion enqueued: no worker serves yet
     promote(ModelStore(prepared.store), service.client, service.keys, state.base, reason="bench base")
 
