@@ -25,6 +25,7 @@ from scipy.linalg import lapack
 
 from bookrec.shared.settings import Settings
 from bookrec.worker.learn.data import Interactions, UserItems
+from bookrec.worker.learn.evaluation.baselines import top_k_from_scores
 from bookrec.worker.learn.evaluation.metrics import ranking_metrics
 from bookrec.worker.learn.evaluation.splits import per_user_mask
 from bookrec.worker.learn.models.base import RANKING, ItemItemWeights, ModelSpec, Solved
@@ -85,11 +86,15 @@ def solve(train: Interactions, params: dict[str, Any], seed: int) -> Solved:
     return Solved(ItemItemModel(weights), weights, {**params, "l2": float(l2)}, history)
 
 
+def multi_hot(by_user: UserItems, n_items: int, dtype: type = np.float64) -> sparse.csr_matrix:
+    """X: the users' 0/1 rows over the catalogue, sparse."""
+    values = np.ones(len(by_user.indices), dtype)
+    return sparse.csr_matrix((values, by_user.indices, by_user.indptr), shape=(by_user.n_users, n_items))
+
+
 def gram(by_user: UserItems, n_items: int) -> np.ndarray:
     """X^T X (float64, [n_items, n_items]) of the users' 0/1 rows."""
-    x = sparse.csr_matrix(
-        (np.ones(len(by_user.indices)), by_user.indices, by_user.indptr), shape=(by_user.n_users, n_items)
-    )
+    x = multi_hot(by_user, n_items)
     return np.asarray((x.T @ x).todense())
 
 
@@ -123,11 +128,12 @@ def choose_l2(train: Interactions, seed: int) -> tuple[float, dict[str, list[flo
         return L2_GRID[1], {}
     readers = np.sort(np.random.default_rng(seed).permutation(readers)[:VALIDATION_READERS])
     fit_gram = gram(fit, train.n_items)
+    validation = _Validation(fit, target, readers, train.n_items)
     tried: dict[float, float] = {}
 
     def score(l2: float) -> float:
         if l2 not in tried:
-            tried[l2] = validation_ndcg(item_item(fit_gram, l2, np.float32), fit, target, readers)
+            tried[l2] = validation.ndcg(item_item(fit_gram, l2, np.float32))
             logger.info("ease l2 %g: validation ndcg@%d %.4f", l2, VALIDATION_K, tried[l2])
         return tried[l2]
 
@@ -148,19 +154,19 @@ def _refinement(best: float, tried: dict[float, float]) -> float:
     return best * 2 if tried[upper[0]] > tried[lower[-1]] else best / 2
 
 
-def validation_ndcg(matrix: np.ndarray, fit: UserItems, target: UserItems, readers: np.ndarray) -> float:
-    """ndcg@10 of `readers`' held-out books, ranked by their fit books times `matrix`, fit books excluded."""
-    x = sparse.csr_matrix(
-        (np.ones(len(fit.indices), np.float32), fit.indices, fit.indptr), shape=(fit.n_users, len(matrix))
-    )
-    scores = np.asarray(x[readers] @ matrix)
-    rows, items = fit.rows(readers)
-    scores[rows, items] = -np.inf
-    part = np.argpartition(-scores, VALIDATION_K, axis=1)[:, :VALIDATION_K]
-    top = np.take_along_axis(part, np.argsort(-np.take_along_axis(scores, part, 1), axis=1), 1).astype(np.int32)
-    target_rows, target_items = target.rows(readers)
-    relevant = UserItems.from_pairs(target_rows, target_items, len(readers))
-    return float(ranking_metrics(top, relevant, len(matrix), relevant.counts())[f"ndcg@{VALIDATION_K}"])
+class _Validation:
+    """The validation readers' fit rows, the books they exclude and their held-out books, gathered once for every l2."""
+
+    def __init__(self, fit: UserItems, target: UserItems, readers: np.ndarray, n_items: int) -> None:
+        self.rows = multi_hot(fit, n_items, np.float32)[readers]
+        self.exclude = fit.rows(readers)
+        self.relevant = UserItems.from_pairs(*target.rows(readers), len(readers))
+        self.n_items = n_items
+
+    def ndcg(self, matrix: np.ndarray) -> float:
+        """ndcg@10 of the readers' held-out books, ranked by their fit books times `matrix`, fit books excluded."""
+        top = top_k_from_scores(np.asarray(self.rows @ matrix), VALIDATION_K, *self.exclude)
+        return float(ranking_metrics(top, self.relevant, self.n_items, self.relevant.counts())[f"ndcg@{VALIDATION_K}"])
 
 
 def prune(matrix: np.ndarray, keep: int, by_user: UserItems) -> ItemItemWeights:
