@@ -94,7 +94,7 @@ def train_tiny(store: Path, data_dir: Path, kind: str = "mult-dae", seed: int = 
     from bookrec.model_store.store import ModelStore
     from bookrec.worker.learn.pipeline import TrainRequest, train_version
 
-    params = {"steps": 60} if kind == "mult-dae" else {"epochs": 3}
+    params = {"mult-dae": {"steps": 60}, "ease": {"l2": 30.0}}.get(kind, {"epochs": 3})
     request = TrainRequest(
         ratings=data_dir / "ratings.csv", books=data_dir / "books.csv", kind=kind, params=params, seed=seed
     )

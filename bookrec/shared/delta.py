@@ -117,7 +117,8 @@ return #KEYS
 """The ingest's write (and the rebuild's): redis-py's Script, so it can go in the MULTI that acknowledges a batch."""
 
 _COMPACT = r"""
--- A reader's delta as one string: '*seq\n*through\n' then '+book' (rated) or '-book' (removed) lines; '' for none.
+-- A reader's delta as one string: '*seq\n*through\n' then '+RATING book' (rated) or '-book' (removed) lines; ''
+-- for none.
 -- One string per reader instead of every field: the worker parses 500 of them, not thousands of values.
 local function compact(key)
   local flat = redis.call('HGETALL', key)
@@ -130,7 +131,8 @@ local function compact(key)
     elseif field == '*through' then
       through = value
     elseif string.sub(field, 1, 1) ~= '*' then
-      lines[#lines + 1] = (string.sub(value, -2) == ' -' and '-' or '+') .. field
+      local rating = string.match(value, '(%S+)$')
+      lines[#lines + 1] = rating == '-' and ('-' .. field) or ('+' .. rating .. ' ' .. field)
     end
   end
   return seq .. '\n' .. through .. '\n' .. table.concat(lines, '\n')
@@ -244,12 +246,18 @@ return {dropped, deleted}
 @dataclass(frozen=True)
 class ReaderDelta:
     """One reader's delta as a worker reads it: the change stamp, the newest stream id committed, the books rated
-    and the books whose rating was removed since the served version's snapshot."""
+    (with their ratings, `stars`, in the same order) and the books whose rating was removed since the served
+    version's snapshot."""
 
     seq: int = 0
     through: str | None = None
     rated: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
+    stars: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.stars) != len(self.rated):
+            raise ValueError(f"a delta gives {len(self.rated)} rated books and {len(self.stars)} ratings")
 
 
 EMPTY = ReaderDelta()
@@ -261,14 +269,21 @@ def book_value(row: StoredRating) -> str:
 
 
 def decode(compact: bytes | str) -> ReaderDelta:
-    """A ReaderDelta from the scripts' compact form of a delta (`*seq`, `*through`, then `+book` / `-book` lines)."""
+    """A ReaderDelta from the scripts' compact form of a delta (`*seq`, `*through`, then `+RATING book` / `-book`
+    lines)."""
     if not compact:
         return EMPTY
     lines = (compact.decode() if isinstance(compact, bytes) else compact).split("\n")
     books = lines[2:] if lines[2:] != [""] else []
-    rated = tuple(line[1:] for line in books if line[0] == "+")
+    rated = [line[1:].split(" ", 1) for line in books if line[0] == "+"]
     removed = tuple(line[1:] for line in books if line[0] == "-")
-    return ReaderDelta(int(lines[0]), lines[1] or None, rated, removed)
+    return ReaderDelta(
+        int(lines[0]),
+        lines[1] or None,
+        tuple(book for _, book in rated),
+        removed,
+        tuple(float(stars) for stars, _ in rated),
+    )
 
 
 def write(

@@ -38,6 +38,21 @@ class Param:
         return value
 
 
+@dataclass(frozen=True)
+class Choice:
+    """The rule for a hyper-parameter that names one of a few ways (`values`)."""
+
+    values: tuple[str, ...]
+
+    def check(self, kind: str, name: str, value: Any) -> str:
+        """`value` if it is one of `values`; ValidationError naming the kind, the parameter and the choices otherwise."""
+        if not isinstance(value, str) or value not in self.values:
+            raise ValidationError(
+                f"{kind} hyper-parameter {name} must be one of {', '.join(map(repr, self.values))}, got {shown(value)}"
+            )
+        return value
+
+
 _DIM = Param(int, 1, 4096)
 _EPOCHS = Param(int, 1, 200)
 _BATCH = Param(int, 1, 65536)
@@ -46,7 +61,7 @@ _L2 = Param(float, 0.0, 1.0)
 _PATIENCE = Param(int, 0, 50)
 _FACTOR_PARAMS = {"dim": _DIM, "epochs": _EPOCHS, "batch_size": _BATCH, "learning_rate": _RATE, "patience": _PATIENCE}
 
-PARAMS: dict[str, dict[str, Param]] = {
+PARAMS: dict[str, dict[str, Param | Choice]] = {
     "mult-dae": {
         "dim": _DIM,
         "dropout": Param(float, 0.0, 0.95),
@@ -57,7 +72,12 @@ PARAMS: dict[str, dict[str, Param]] = {
         "epochs": _EPOCHS,
         "max_epochs": Param(int, 1, 1000),
     },
-    "ease": {"l2": Param(float, 1e-3, 1e7), "keep": Param(int, 1, 100000), "dense_max": Param(int, 1, 1000000)},
+    "ease": {
+        "l2": Param(float, 1e-3, 1e8),
+        "weighting": Choice(("rating", "binary")),
+        "keep": Param(int, 1, 100000),
+        "dense_max": Param(int, 1, 1000000),
+    },
     "softmax-mf": {**_FACTOR_PARAMS, "l2": _L2},
     "biased-mf": {**_FACTOR_PARAMS, "l2": _L2, "l2_bias": _L2},
     "mf": _FACTOR_PARAMS,

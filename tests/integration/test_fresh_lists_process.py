@@ -108,12 +108,12 @@ def start_service(redis_client: redis.Redis, tmp_path: Path) -> Iterator[Callabl
 
 
 @pytest.fixture
-def mf_store(trained: TrainedStore, tmp_path: Path) -> Callable[[], TrainedStore]:
-    """A factory training the rating-only `mf` on the session's catalogue (only the test that needs it pays)."""
+def kind_store(trained: TrainedStore, tmp_path: Path) -> Callable[[str], TrainedStore]:
+    """A factory training a kind on the session's catalogue (only the test that needs it pays)."""
 
-    def make() -> TrainedStore:
-        version = train_tiny(tmp_path / "mf-models", trained.data_dir, kind="mf")
-        return TrainedStore(trained.data_dir, tmp_path / "mf-models", version)
+    def make(kind: str) -> TrainedStore:
+        version = train_tiny(tmp_path / f"{kind}-models", trained.data_dir, kind=kind)
+        return TrainedStore(trained.data_dir, tmp_path / f"{kind}-models", version)
 
     return make
 
@@ -122,11 +122,11 @@ def item_ids(entry: dict) -> list[str]:
     return [str(item["book_id"]) for item in entry["items"]]
 
 
-@pytest.mark.parametrize("kind", ["mult-dae", "mf"])
+@pytest.mark.parametrize("kind", ["mult-dae", "ease", "mf"])
 def test_a_rated_book_leaves_the_recomputed_list_and_rate_wait_prints_it(
-    kind: str, fresh_store: TrainedStore, mf_store: Callable[[], TrainedStore], start_service
+    kind: str, fresh_store: TrainedStore, kind_store: Callable[[str], TrainedStore], start_service
 ) -> None:
-    service = start_service(fresh_store if kind == "mult-dae" else mf_store())
+    service = start_service(fresh_store if kind == "mult-dae" else kind_store(kind))
     reader = service.users()[0]
     client = service.client()
     (before,) = client.recommend([reader], n=10, wait=True, timeout=60)
@@ -142,7 +142,7 @@ def test_a_rated_book_leaves_the_recomputed_list_and_rate_wait_prints_it(
 
     popular = item_ids(client.recommend(["a-new-reader"], n=10, wait=True, timeout=60)[0])[0]
     entry = client.rate("another-new-reader", popular, 4, wait=True, timeout=60)
-    if kind == "mult-dae":  # history-based: scored from the one book they rated
+    if kind != "mf":  # history-based: scored from the one book they rated (ease: its row of B, times 4)
         assert entry["fallback"] is None, "a reader the model never saw is scored from their first rating"
     else:
         assert entry["fallback"] == "popular", "a rating-only kind keeps a reader it never saw on the fallback"

@@ -156,11 +156,15 @@ CLI_CASES = {
     ),
     "train --params ease l2 0": (
         ["train", "--ratings", "{data}/nan.csv", "--model", "ease", "--params", '{"l2": 0}'],
-        "ease hyper-parameter l2 must be a number from 0.001 to 1e[+]07, got 0",
+        "ease hyper-parameter l2 must be a number from 0.001 to 1e[+]08, got 0",
+    ),
+    "train --params ease weighting": (
+        ["train", "--ratings", "{data}/nan.csv", "--model", "ease", "--params", '{"weighting": "stars"}'],
+        "ease hyper-parameter weighting must be one of 'rating', 'binary', got 'stars'",
     ),
     "train --params a key of another kind": (
         ["train", "--ratings", "{data}/nan.csv", "--model", "ease", "--params", '{"dropout": 0.5}'],
-        r"unknown ease hyper-parameter\(s\) dropout; ease takes: l2, keep, dense_max",
+        r"unknown ease hyper-parameter\(s\) dropout; ease takes: l2, weighting, keep, dense_max",
     ),
     "bench --only unknown phase": (["bench", "--only", "ingest"], r"argument --only: invalid choice: 'ingest'"),
     "bench --postgres not PostgreSQL": (

@@ -44,11 +44,11 @@ def test_a_book_s_field_holds_the_store_row_and_the_later_ts_wins_whatever_the_a
 
     fields = stored(redis)
     assert (fields["b1"], fields["b2"], fields["*through"]) == ("10.0 100.0 4", "11.0 100.5 -", "7-0")
-    assert delta.read(redis, KEYS, ["u"])[0] == delta.ReaderDelta(int(fields["*seq"]), "7-0", ("b1",), ("b2",))
+    assert delta.read(redis, KEYS, ["u"])[0] == delta.ReaderDelta(int(fields["*seq"]), "7-0", ("b1",), ("b2",), (4.0,))
 
     delta.write(redis, KEYS, [row("b1", None, 12.0, 400.0), row("b2", 5.0, 13.0, 400.0)])  # newer: they win
     now = delta.read(redis, KEYS, ["u"])[0]
-    assert (now.rated, now.removed) == (("b2",), ("b1",))
+    assert (now.rated, now.removed, now.stars) == (("b2",), ("b1",), (5.0,))
 
 
 def test_two_rows_of_one_book_in_one_write_the_later_wins_in_either_order() -> None:

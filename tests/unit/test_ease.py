@@ -28,16 +28,16 @@ def train(tmp_path_factory: pytest.TempPathFactory) -> Interactions:
     return make_split(TrainRequest(ratings=ratings), read_ratings(ratings), None).train
 
 
-def multi_hot(train: Interactions) -> np.ndarray:
-    """The users x books 0/1 matrix of the training ratings."""
+def reader_rows(train: Interactions, weighted: bool = True) -> np.ndarray:
+    """The users x books matrix of the training ratings: their stars, or 1 for each when not `weighted`."""
     rows = np.zeros((train.n_users, train.n_items))
-    rows[train.users, train.items] = 1.0
+    rows[train.users, train.items] = train.ratings if weighted else 1.0
     return rows
 
 
-def closed_form(train: Interactions, l2: float) -> np.ndarray:
+def closed_form(train: Interactions, l2: float, weighted: bool = True) -> np.ndarray:
     """B = I - P / diag(P), P = (X^T X + l2 I)^-1, in float64 with numpy's general inverse."""
-    x = multi_hot(train)
+    x = reader_rows(train, weighted)
     p = np.linalg.inv(x.T @ x + l2 * np.eye(train.n_items))
     return np.eye(train.n_items) - p / np.diag(p)
 
@@ -48,17 +48,22 @@ def saved(fitted: training.Trained, path: Path):
     return export.load(path)
 
 
-def test_a_fixed_l2_gives_the_closed_form_through_both_signatures(train: Interactions, tmp_path: Path) -> None:
-    spec = get_spec("ease")
-    fitted = training.fit(spec, train, spec.params({"l2": 30.0}), seed=0)
-    expected = multi_hot(train)[:8] @ closed_form(train, 30.0)
+@pytest.mark.parametrize("weighting", ["rating", "binary"])
+def test_a_fixed_l2_gives_the_closed_form_through_both_signatures(
+    train: Interactions, tmp_path: Path, weighting: str
+) -> None:
+    spec, weighted = get_spec("ease"), weighting == "rating"
+    assert len(np.unique(train.ratings)) > 1, "the planted ratings must tell the weightings apart"
+    fitted = training.fit(spec, train, spec.params({"l2": 30.0, "weighting": weighting}), seed=0)
+    expected = reader_rows(train, weighted)[:8] @ closed_form(train, 30.0, weighted)
     module = saved(fitted, tmp_path / "model")
 
     by_index = module.top_k(user=np.arange(8, dtype=np.int32), k=np.int32(train.n_items))
-    rows, items = train.by_user().rows(np.arange(8))
+    rows, items, ratings = train.by_user().rated_rows(np.arange(8))
     by_books = module.recommend_history(
         history_item=items.astype(np.int32),
         history_row=rows.astype(np.int32),
+        history_rating=ratings,
         n_readers=np.int32(8),
         k=np.int32(train.n_items),
     )
@@ -81,7 +86,9 @@ def test_l2_is_chosen_on_validation_and_every_tried_value_is_recorded(tmp_path: 
     metadata = json.loads(next((tmp_path / "store").glob("v*/metadata.json")).read_text())
     tried = metadata["history"]
     scores = dict(zip(tried["l2"], tried["validation_ndcg@10"]))
-    assert set(ease.L2_GRID) <= set(scores), "the coarse grid was not tried"
+    train = make_split(TrainRequest(ratings=ratings), read_ratings(ratings), None).train
+    scale = float(np.mean(np.square(train.ratings)))  # the grid is for stars as large as the data's
+    assert all(any(np.isclose(scale * l2, v) for v in scores) for l2 in ease.L2_GRID), "the coarse grid was not tried"
     assert len(scores) == len(ease.L2_GRID) + 1, "one refinement beside the coarse best"
     assert metadata["params"]["l2"] == max(scores, key=scores.get)
     assert result["metrics"]["ndcg@10"] > 1.5 * result["baselines"]["popularity"]["ndcg@10"]
@@ -102,21 +109,22 @@ def test_above_dense_max_each_column_keeps_its_largest_entries_and_is_served_spa
     fitted = training.fit(spec, train, spec.params({"l2": 30.0, "keep": keep, "dense_max": 10}), seed=0)
     module = saved(fitted, tmp_path / "model")
     readers = np.array([0, 3, 5], dtype=np.int32)
-    rows, items = train.by_user().rows(readers)
+    rows, items, ratings = train.by_user().rated_rows(readers)
     result = module.recommend_history(
         history_item=items.astype(np.int32),
         history_row=rows.astype(np.int32),
+        history_rating=ratings,
         n_readers=np.int32(3),
         k=np.int32(train.n_items),
     )
 
     assert fitted.weights.dense is None
     assert np.diff(fitted.weights.row_splits).sum() == np.count_nonzero(pruned)
-    expected = multi_hot(train)[readers] @ pruned
+    expected = reader_rows(train)[readers] @ pruned
     finite = np.isfinite(result["scores"].numpy())
     got = np.take_along_axis(expected, result["items"].numpy(), axis=1)
     np.testing.assert_allclose(result["scores"].numpy()[finite], got[finite], rtol=0, atol=1e-4)
-    np.testing.assert_allclose(fitted.model(multi_hot(train)[readers]), expected, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(fitted.model(reader_rows(train)[readers]), expected, rtol=0, atol=1e-4)
 
 
 def test_train_params_fix_l2_and_skip_the_search(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -78,8 +78,10 @@ class Oracle:
     def __init__(self, targets: dict[int, list[int]]) -> None:
         self.targets, self.calls = targets, []
 
-    def top_k_from_history(self, items: np.ndarray, rows: np.ndarray, n_readers: int, k: int) -> np.ndarray:
-        self.calls.append((items.copy(), rows.copy(), n_readers))
+    def top_k_from_history(
+        self, items: np.ndarray, rows: np.ndarray, ratings: np.ndarray, n_readers: int, k: int
+    ) -> np.ndarray:
+        self.calls.append((items.copy(), rows.copy(), ratings.copy(), n_readers))
         top = np.full((n_readers, k), -1, np.int32)
         for row in range(n_readers):
             found = self.targets.get(row, [])[:k]
@@ -91,7 +93,7 @@ def hand_split() -> tuple[FoldInSplit, IdMap]:
     """Readers r1 (history b0 b1 b9, target b2) and r2 (history b3, target b4 and b8); b8 and b9 are unknown."""
     columns = ["user", "item", "rating"]
     history = pd.DataFrame(
-        [("r1", "b0", 4.0), ("r1", "b1", 4.0), ("r1", "b9", 4.0), ("r2", "b3", 4.0)], columns=columns
+        [("r1", "b0", 4.0), ("r1", "b1", 2.5), ("r1", "b9", 4.0), ("r2", "b3", 1.0)], columns=columns
     )
     target = pd.DataFrame([("r1", "b2", 4.0), ("r2", "b4", 4.0), ("r2", "b8", 4.0)], columns=columns)
     train = pd.DataFrame([("t", f"b{i}", 4.0) for i in range(6)], columns=columns)
@@ -108,9 +110,10 @@ def test_a_ranker_finding_every_known_target_scores_one_and_unknown_targets_coun
     assert metrics["precision@2"] == pytest.approx((0.5 + 0.5) / 2)
     assert (metrics["readers"], metrics["history_rows"], metrics["unknown_target_rows"]) == (2, 3, 1)
     assert metrics["ordered_by"] == BY_ROW and metrics["empty_histories"] == 0
-    ((given_items, given_rows, n_readers),) = oracle.calls
+    ((given_items, given_rows, given_ratings, n_readers),) = oracle.calls
     assert n_readers == 2
-    assert sorted(zip(given_rows.tolist(), given_items.tolist())) == [(0, 0), (0, 1), (1, 3)]  # b9 is unknown
+    given = sorted(zip(given_rows.tolist(), given_items.tolist(), given_ratings.tolist()))
+    assert given == [(0, 0, 4.0), (0, 1, 2.5), (1, 3, 1.0)]  # b9 is unknown
 
 
 def test_readers_are_ranked_in_batches_with_rows_counted_from_each_batch() -> None:
@@ -119,7 +122,7 @@ def test_readers_are_ranked_in_batches_with_rows_counted_from_each_batch() -> No
 
     evaluate_fold_in(oracle, split, items, k=2, batch_size=1)
 
-    assert [(rows.tolist(), items.tolist(), n) for items, rows, n in oracle.calls] == [
+    assert [(rows.tolist(), items.tolist(), n) for items, rows, _, n in oracle.calls] == [
         ([0, 0], [0, 1], 1),
         ([0], [3], 1),
     ]
@@ -133,7 +136,7 @@ def test_popularity_ranks_the_most_rated_books_a_reader_has_not_read() -> None:
         n_users=3,
         n_items=4,
     )
-    top = Popularity(train).top_k_from_history(np.array([0, 2]), np.array([0, 1]), n_readers=3, k=3)
+    top = Popularity(train).top_k_from_history(np.array([0, 2]), np.array([0, 1]), np.ones(2), n_readers=3, k=3)
 
     assert top.tolist() == [[1, 2, 3], [0, 1, 3], [0, 1, 2]]
 
@@ -142,7 +145,7 @@ def test_a_ranker_returning_the_wrong_shape_is_named() -> None:
     split, items = hand_split()
 
     class Short:
-        def top_k_from_history(self, items, rows, n_readers, k):
+        def top_k_from_history(self, items, rows, ratings, n_readers, k):
             return np.zeros((n_readers, k - 1), np.int32)
 
     with pytest.raises(ValidationError, match=r"Short.top_k_from_history returned \(2, 1\), not \(2, 2\)"):

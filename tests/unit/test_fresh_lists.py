@@ -12,8 +12,10 @@ import time
 import fakeredis
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import bookrec.producer.client
+from bookrec.model_store.store import ModelStore
 from bookrec.producer import Client
 from bookrec.shared import delta, pending
 from bookrec.shared.entries import entry_problem, parse_entry
@@ -22,6 +24,7 @@ from bookrec.shared.keys import Keys
 from bookrec.shared.ratings import StoredRating
 from bookrec.shared.settings import Settings
 from bookrec.worker import jobs
+from bookrec.worker.learn import artifacts, export
 from bookrec.worker.serve.runtime import ModelRuntime, current_history
 from tests.unit.conftest import install_context, run_cli
 
@@ -43,7 +46,7 @@ def test_a_book_rated_after_the_snapshot_leaves_a_known_reader_s_list(runtime: M
     (before,) = runtime.recommend([user], 10).entries
     top = book_ids(before)[0]
 
-    (after,) = runtime.recommend([user], 10, [delta.ReaderDelta(1, "5-0", rated=(top,))]).entries
+    (after,) = runtime.recommend([user], 10, [delta.ReaderDelta(1, "5-0", rated=(top,), stars=(5.0,))]).entries
 
     assert top not in book_ids(after) and len(book_ids(after)) == 10
     assert json.loads(after)["ratings_through"] == "5-0" and json.loads(before)["ratings_through"] is None
@@ -58,7 +61,7 @@ def test_a_new_reader_gets_a_personalised_list_from_their_first_rating_for_a_his
     first = book_ids(before)[0]
 
     (after,) = runtime.recommend(
-        ["brand-new"], 10, [delta.ReaderDelta(1, "5-0", rated=(first, "no-such-book"))]
+        ["brand-new"], 10, [delta.ReaderDelta(1, "5-0", rated=(first, "no-such-book"), stars=(5.0, 4.0))]
     ).entries
 
     assert json.loads(after)["fallback"] is None
@@ -70,25 +73,71 @@ def test_a_rating_moves_a_known_reader_s_list_for_a_history_based_kind(runtime: 
     (before,) = runtime.recommend([reader], 10).entries
     top = book_ids(before)[:3]
 
-    (after,) = runtime.recommend([reader], 10, [delta.ReaderDelta(1, "5-0", rated=tuple(top))]).entries
+    (after,) = runtime.recommend(
+        [reader], 10, [delta.ReaderDelta(1, "5-0", rated=tuple(top), stars=(5.0,) * 3)]
+    ).entries
 
     assert not set(top) & set(book_ids(after))
     assert [i["score"] for i in json.loads(after)["items"]] != [i["score"] for i in json.loads(before)["items"]][3:]
 
 
-def test_the_current_history_adds_the_delta_s_books_and_drops_the_removed_ones(runtime: ModelRuntime) -> None:
+def test_the_current_history_adds_the_delta_s_books_at_its_ratings_and_drops_the_removed_ones(
+    runtime: ModelRuntime,
+) -> None:
     users = runtime.user_map.to_list()[:2]
     seen_rows = runtime.seen_users.index(users)
-    own = runtime.seen.items_of(int(seen_rows[0]))
-    gone, kept = runtime.item_map.to_list()[own[0]], own[1:]
+    own_rows, own, own_ratings = runtime.seen.rated_rows(seen_rows[:1])
+    ids = runtime.item_map.to_list()
+    gone, again, kept = own[0], own[1], own[2:]
     outside = next(i for i in range(runtime.n_items) if i not in own)
-    deltas = [delta.ReaderDelta(1, None, rated=(runtime.item_map.to_list()[outside],), removed=(gone,)), delta.EMPTY]
+    deltas = [
+        delta.ReaderDelta(1, None, rated=(ids[outside], ids[again]), removed=(ids[gone],), stars=(5.0, 0.5)),
+        delta.EMPTY,
+    ]
 
-    rows, items = current_history(runtime.seen, seen_rows, deltas, runtime.item_map)
+    rows, items, ratings = current_history(runtime.seen, seen_rows, deltas, runtime.item_map)
 
-    assert rows.dtype == items.dtype == np.int32
-    assert sorted(items[rows == 0].tolist()) == sorted([*kept.tolist(), outside])
+    assert rows.dtype == items.dtype == np.int32 and ratings.dtype == np.float32
+    mine = dict(zip(items[rows == 0].tolist(), ratings[rows == 0].tolist()))
+    assert mine == {**dict(zip(kept.tolist(), own_ratings[2:].tolist())), outside: 5.0, again: 0.5}
+    assert len(np.unique(own_ratings)) > 1, "the seen sets keep each book's rating"
     assert sorted(items[rows == 1].tolist()) == sorted(runtime.seen.items_of(int(seen_rows[1])).tolist())
+
+
+class BooksOnly(tf.Module):
+    """The history signature of versions saved before it took ratings: readers' books only."""
+
+    def __init__(self, module) -> None:
+        super().__init__()
+        self.inner = module
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None], tf.int32, name="history_item"),
+            tf.TensorSpec([None], tf.int32, name="history_row"),
+            tf.TensorSpec([], tf.int32, name="n_readers"),
+            tf.TensorSpec([], tf.int32, name="k"),
+        ]
+    )
+    def recommend_history(self, history_item, history_row, n_readers, k):
+        ones = tf.ones_like(history_item, tf.float32)
+        return self.inner.recommend_history(history_item, history_row, ones, n_readers, k)
+
+
+def test_a_version_saved_before_the_history_signature_took_ratings_still_serves(trained, runtime, tmp_path) -> None:
+    old, module = tmp_path / "books-only", BooksOnly(runtime.module)
+    tf.saved_model.save(module, str(old), signatures={"recommend_history": module.recommend_history})
+    store = ModelStore(trained.store)
+    loaded = export.load(old)
+    served = ModelRuntime(
+        trained.version, store.metadata(trained.version), loaded, artifacts.read(store.verify(trained.version))
+    )
+    users = runtime.user_map.to_list()[:3]
+
+    assert not export.history_takes_ratings(loaded) and export.history_takes_ratings(runtime.module)
+    assert [book_ids(e) for e in served.recommend(users, 10).entries] == [
+        book_ids(e) for e in runtime.recommend(users, 10).entries
+    ], "the session's version is mult-dae, which reads 0/1 histories"
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ import pytest
 
 from bookrec.shared.errors import ValidationError
 from bookrec.worker.learn import export
-from bookrec.worker.learn.models.base import EncoderWeights, FactorizedWeights
+from bookrec.worker.learn.models.base import EncoderWeights, FactorizedWeights, ItemItemWeights
+from bookrec.worker.learn.models.ease import dense_matrix
 from bookrec.worker.learn.scoring import SavedModelScorer
 
 N_ITEMS, DIM = 5, 3
@@ -96,6 +97,53 @@ def test_malformed_histories_are_refused_with_the_problem_named(
 ) -> None:
     with pytest.raises(ValidationError, match=problem):
         scorer.recommend_history(np.array(items), np.array(rows), n_readers, k)
+
+
+@pytest.mark.parametrize(
+    "ratings, problem", [([4.0], "one length"), ([4.0, float("nan")], "finite numbers"), (["4", "5"], "finite")]
+)
+def test_malformed_ratings_are_refused_with_the_problem_named(
+    scorer: SavedModelScorer, ratings: list, problem: str
+) -> None:
+    with pytest.raises(ValidationError, match=problem):
+        scorer.recommend_history(np.array([0, 1]), np.array([0, 0]), 1, 3, np.array(ratings))
+
+
+def item_item(weighted: bool, pruned: bool) -> ItemItemWeights:
+    """A random 5-book B with a zero diagonal (every entry kept when `pruned`, in CSR form), no training users."""
+    matrix = _rng.normal(size=(N_ITEMS, N_ITEMS)).astype(np.float32)
+    np.fill_diagonal(matrix, 0.0)
+    empty = (np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
+    if not pruned:
+        return ItemItemWeights(N_ITEMS, *empty, weighted, dense=matrix)
+    source, target = np.nonzero(matrix)
+    splits = np.concatenate([[0], np.cumsum(np.bincount(source, minlength=N_ITEMS))]).astype(np.int64)
+    return ItemItemWeights(
+        N_ITEMS, *empty, weighted, row_splits=splits, columns=target.astype(np.int32), values=matrix[source, target]
+    )
+
+
+@pytest.mark.parametrize("pruned", [False, True], ids=["dense", "pruned"])
+@pytest.mark.parametrize("weighted", [True, False], ids=["weighted", "binary"])
+def test_an_item_item_kind_sums_the_rows_of_its_books_times_their_ratings_when_weighted(
+    weighted: bool, pruned: bool
+) -> None:
+    weights = item_item(weighted, pruned)
+    dense = dense_matrix(weights)
+    scorer = SavedModelScorer(export.serving_module(weights), fallback=None)
+    # reader 0: book 1 at 4 stars, book 3 at 2 (given twice: counted once, at the larger); reader 1: book 0 at 0.5
+    items, rows, ratings = np.array([1, 3, 0, 3]), np.array([0, 0, 1, 0]), np.array([4.0, 2.0, 0.5, 1.0])
+
+    top, scores = scorer.recommend_history(items, rows, 2, N_ITEMS, ratings)
+
+    stars = [{1: 4.0, 3: 2.0}, {0: 0.5}]
+    for row, books in enumerate(stars):
+        expected = sum((value if weighted else 1.0) * dense[book] for book, value in books.items())
+        expected[list(books)] = -np.inf
+        finite = np.isfinite(scores[row])
+        assert finite.sum() == N_ITEMS - len(books)
+        np.testing.assert_allclose(scores[row][finite], expected[top[row][finite]], rtol=0, atol=1e-5)
+        assert np.all(np.diff(scores[row][finite]) <= 0)
 
 
 def test_a_model_scoring_by_user_index_only_has_no_history_scoring() -> None:

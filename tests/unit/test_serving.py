@@ -57,6 +57,7 @@ for kind in sys.argv[2:]:
     if "recommend_history" in sig:
         hist = sig["recommend_history"](history_item=tf.constant(inputs["history_item"]),
                                         history_row=tf.constant(inputs["history_row"]),
+                                        history_rating=tf.constant(inputs["history_rating"]),
                                         n_readers=tf.constant(inputs["n_readers"]), k=tf.constant(inputs["all_k"]))
         out.update(hist_items=hist["items"].numpy(), hist_scores=hist["scores"].numpy())
     np.savez(root + "/" + kind + ".out.npz", **out)
@@ -77,10 +78,11 @@ class RoundTrip:
 
 def keras_scores(model, kind: str, train: Interactions) -> np.ndarray:
     """The in-memory Keras model's score of every book for each of USERS."""
-    if get_spec(kind).feed in ("histories", "closed-form"):  # scores from the user's multi-hot row of rated books
+    feed = get_spec(kind).feed
+    if feed in ("histories", "closed-form"):  # scores from the user's row of rated books (ease: of their ratings)
         rows = np.zeros((len(USERS), train.n_items), np.float32)
-        row, items = train.by_user().rows(USERS)
-        rows[row, items] = 1.0
+        row, items, ratings = train.by_user().rated_rows(USERS)
+        rows[row, items] = ratings if feed == "closed-form" else 1.0
         return np.asarray(model(rows, training=False))
     users = np.repeat(USERS, train.n_items)
     items = np.tile(np.arange(train.n_items, dtype=np.int32), len(USERS))
@@ -102,7 +104,7 @@ def round_trips(trained, tmp_path_factory) -> dict[str, RoundTrip]:
         if spec.history_based:
             empty[kind] = np.asarray(fitted.model(np.zeros((1, split.train.n_items), np.float32), training=False))[0]
     own_books = [split.train.by_user().items_of(user) for user in USERS]
-    history_row, history_item = split.train.by_user().rows(USERS)
+    history_row, history_item, history_rating = split.train.by_user().rated_rows(USERS)
     np.savez(
         root / "inputs.npz",
         users=USERS,
@@ -111,9 +113,11 @@ def round_trips(trained, tmp_path_factory) -> dict[str, RoundTrip]:
         exclude_item=EXCLUDED[1],
         pair_users=USERS[PAIRS[0]],
         pair_items=PAIRS[1],
-        # USERS' training books, the first pair repeated (counted once), and an empty reader as the last row
+        # USERS' training books and ratings, the first pair repeated at a lower rating (counted once, at the
+        # larger), and an empty reader as the last row
         history_item=np.append(history_item, history_item[0]).astype(np.int32),
         history_row=np.append(history_row, history_row[0]).astype(np.int32),
+        history_rating=np.append(history_rating, history_rating[0] - 1.0).astype(np.float32),
         n_readers=np.int32(len(USERS) + 1),
         all_k=np.int32(split.train.n_items),
     )

@@ -1,7 +1,8 @@
 """The files of a model version besides metadata.json, and how they are written and read.
 
     saved_model/   the TensorFlow SavedModel (see worker/serving.py)
-    seen.npz       every user's rated books (CSR over the model's item indices), for filtering;
+    seen.npz       every user's rated books and their ratings (CSR over the model's item indices), for filtering
+                   and for scoring a reader from their books;
                    users are all users of the data files, including any the model never trained on
     catalog.json   one entry per item index: book_id, title, authors, year, image_url
     popularity.npy number of training ratings of each item index (the cold-start fallback ranks by it)
@@ -57,6 +58,7 @@ def write(directory: Path, catalogue: Catalogue) -> None:
         user_ids=np.asarray(catalogue.seen_users.to_list(), dtype=str),
         indptr=catalogue.seen.indptr,
         indices=catalogue.seen.indices,
+        **({} if catalogue.seen.ratings is None else {"ratings": catalogue.seen.ratings}),
     )
     np.save(directory / POPULARITY, catalogue.popularity.astype(np.int64))
     (directory / CATALOG).write_text(json.dumps(catalogue.books, ensure_ascii=False), encoding="utf-8")
@@ -83,7 +85,8 @@ def read(directory: Path) -> Catalogue:
     try:
         with np.load(directory / SEEN, allow_pickle=False) as seen:
             users = IdMap.from_list(seen["user_ids"].tolist())
-            matrix = UserItems(indptr=seen["indptr"], indices=seen["indices"])
+            ratings = seen["ratings"] if "ratings" in seen.files else None  # none in versions made before
+            matrix = UserItems(indptr=seen["indptr"], indices=seen["indices"], ratings=ratings)
     except (OSError, ValueError, KeyError) as exc:
         raise CorruptVersion(f"{directory / SEEN} cannot be read: {exc}") from None
     try:

@@ -90,32 +90,39 @@ class Interactions:
         return np.bincount(self.items[known], minlength=self.n_items)
 
     def by_user(self) -> "UserItems":
-        """Each known user's items (unknown users and items are left out)."""
-        return UserItems.from_pairs(self.users, self.items, self.n_users)
+        """Each known user's items with their ratings (unknown users and items are left out)."""
+        return UserItems.from_pairs(self.users, self.items, self.n_users, self.ratings)
 
 
 @dataclass(frozen=True)
 class UserItems:
-    """A sparse user -> items relation in CSR form (indptr, indices), items sorted within a user."""
+    """A sparse user -> items relation in CSR form (indptr, indices), items sorted within a user, with each
+    pair's rating (`ratings`, parallel to indices) when it was built from ratings."""
 
     indptr: np.ndarray  # int64, length n_users + 1
     indices: np.ndarray  # int32
+    ratings: np.ndarray | None = None  # float32
 
     @classmethod
-    def from_pairs(cls, users: np.ndarray, items: np.ndarray, n_users: int) -> "UserItems":
-        """Build from parallel index arrays; pairs with a negative index are dropped, duplicates kept once."""
+    def from_pairs(
+        cls, users: np.ndarray, items: np.ndarray, n_users: int, ratings: np.ndarray | None = None
+    ) -> "UserItems":
+        """Build from parallel index arrays (and ratings); pairs with a negative index are dropped, a pair given
+        twice is kept once, with its last rating."""
         keep = (users >= 0) & (items >= 0)
         u = users[keep].astype(np.int64)
         i = items[keep].astype(np.int64)
-        order = np.lexsort((i, u))
+        order = np.lexsort((i, u))  # stable: a repeated pair's last occurrence comes last
         u, i = u[order], i[order]
+        r = None if ratings is None else np.asarray(ratings, np.float32)[keep][order]
         if len(u):
-            first = np.ones(len(u), dtype=bool)
-            first[1:] = (u[1:] != u[:-1]) | (i[1:] != i[:-1])
-            u, i = u[first], i[first]
+            last = np.ones(len(u), dtype=bool)
+            last[:-1] = (u[1:] != u[:-1]) | (i[1:] != i[:-1])
+            u, i = u[last], i[last]
+            r = None if r is None else r[last]
         indptr = np.zeros(n_users + 1, dtype=np.int64)
         np.cumsum(np.bincount(u, minlength=n_users), out=indptr[1:])
-        return cls(indptr=indptr, indices=i.astype(np.int32))
+        return cls(indptr=indptr, indices=i.astype(np.int32), ratings=r)
 
     @property
     def n_users(self) -> int:
@@ -129,6 +136,18 @@ class UserItems:
 
     def rows(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row, item) pairs for a batch of users: row is the position in `users`. Unknown users have none."""
+        row, at = self._positions(users)
+        return row, self.indices[at]
+
+    def rated_rows(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row, item, rating) for a batch of users, as `rows`; rating 1 for each pair of a relation without
+        ratings."""
+        row, at = self._positions(users)
+        ratings = np.ones(len(at), np.float32) if self.ratings is None else self.ratings[at]
+        return row, self.indices[at], ratings
+
+    def _positions(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each pair's row (position in `users`) and its position in `indices`."""
         users = np.asarray(users, dtype=np.int64)
         valid = (users >= 0) & (users < self.n_users)
         starts = np.where(valid, self.indptr[np.clip(users, 0, self.n_users - 1) if self.n_users else 0], 0)
@@ -137,9 +156,9 @@ class UserItems:
         total = int(lengths.sum())
         row = np.repeat(np.arange(len(users), dtype=np.int32), lengths)
         if total == 0:
-            return row, np.empty(0, dtype=np.int32)
+            return row, np.empty(0, dtype=np.int64)
         offsets = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
-        return row, self.indices[np.arange(total) + offsets]
+        return row, np.arange(total) + offsets
 
     def counts(self) -> np.ndarray:
         """Number of items of each user."""

@@ -12,16 +12,18 @@
 
 History-based kinds (`ModelSpec.history_based`) also have:
 
-- `recommend_history(history_item, history_row, n_readers, k)` -> `{"items", "scores"}`: the k best
-  books for each of `n_readers` readers scored from their books, not from a user index. Reader r's
-  books are the `history_item[j]` with `history_row[j] == r` (parallel flat int32 arrays, pairs in any
-  order, repeats counted once; a reader with no pair has an empty history). Each reader's own books are
-  masked out before top-k; fewer than k candidates are padded with score -inf. A training user's books
-  give that user's training-time scores, since the reader is encoded as training encoded them.
+- `recommend_history(history_item, history_row, history_rating, n_readers, k)` -> `{"items", "scores"}`:
+  the k best books for each of `n_readers` readers scored from their books, not from a user index. Reader
+  r's books are the `history_item[j]` with `history_row[j] == r`, rated `history_rating[j]` (parallel flat
+  arrays, int32, int32 and float32, pairs in any order; a pair given twice counts once, at its larger rating;
+  a reader with no pair has an empty history). Kinds that read 0/1 histories ignore the ratings. Each
+  reader's own books are masked out before top-k; fewer than k candidates are padded with score -inf. A
+  training user's books and ratings give that user's training-time scores, since the reader is encoded as
+  training encoded them.
 
 An item-item kind (`ease`) scores every signature from books: a reader's scores are the sum of the rows of B
-of their books (gathered, never a dense readers x books product), and a user index stands for that user's
-training books, which the module holds.
+of their books, each times its rating if B was solved on ratings (gathered, never a dense readers x books
+product), and a user index stands for that user's training books and ratings, which the module holds.
 
 `serving_default` is `predict`. Users must be known indices (0..n_users-1); the worker handles
 unknown users with its popularity fallback.
@@ -43,6 +45,7 @@ _EXCLUDE_ROW = tf.TensorSpec([None], tf.int32, name="exclude_row")
 _EXCLUDE_ITEM = tf.TensorSpec([None], tf.int32, name="exclude_item")
 _HISTORY_ITEM = tf.TensorSpec([None], tf.int32, name="history_item")
 _HISTORY_ROW = tf.TensorSpec([None], tf.int32, name="history_row")
+_HISTORY_RATING = tf.TensorSpec([None], tf.float32, name="history_rating")
 _N_READERS = tf.TensorSpec([], tf.int32, name="n_readers")
 
 
@@ -123,8 +126,8 @@ class _EncodedHistory(tf.Module):
         self.bias = _var(weights.bias, "bias")
         self.items = items
 
-    def from_history(self, items: tf.Tensor, rows: tf.Tensor, n_readers: tf.Tensor) -> tf.Tensor:
-        """[n_readers, n_items] scores of readers given as distinct (row, item) pairs."""
+    def from_history(self, items: tf.Tensor, rows: tf.Tensor, ratings: tf.Tensor, n_readers: tf.Tensor) -> tf.Tensor:
+        """[n_readers, n_items] scores of readers given as distinct (row, item) pairs (their ratings unused)."""
         books = tf.math.unsorted_segment_sum(tf.ones_like(items, tf.float32), rows, n_readers)
         summed = tf.math.unsorted_segment_sum(tf.gather(self.kernel, items), rows, n_readers)
         vectors = tf.tanh(summed / tf.maximum(tf.sqrt(books), 1e-6)[:, None] + self.bias)
@@ -132,15 +135,18 @@ class _EncodedHistory(tf.Module):
 
 
 class _ItemItem(tf.Module):
-    """score(reader, i) = sum of B[j, i] over the reader's books j; B dense, or pruned and kept by source book."""
+    """score(reader, i) = sum of w_j B[j, i] over the reader's books j (w_j their rating of j if B is weighted,
+    else 1); B dense, or pruned and kept by source book."""
 
     def __init__(self, weights: ItemItemWeights, name: str) -> None:
         super().__init__(name=name)
         self.n_items = int(weights.n_items)
+        self.weighted = bool(weights.weighted)
         self.history_splits = tf.Variable(
             weights.history_indptr.astype(np.int64), trainable=False, name="history_splits"
         )
         self.history_items = tf.Variable(weights.history_items.astype(np.int32), trainable=False, name="history_items")
+        self.history_ratings = _var(weights.history_ratings, "history_ratings")
         self.dense = None if weights.dense is None else _var(weights.dense, "item_item")
         if weights.dense is None:
             self.row_splits = tf.Variable(weights.row_splits.astype(np.int64), trainable=False, name="row_splits")
@@ -148,21 +154,46 @@ class _ItemItem(tf.Module):
             self.values = _var(weights.values, "values")
 
     def all_items(self, users: tf.Tensor) -> tf.Tensor:
-        """[B, n_items] scores of training users, from their training books."""
+        """[B, n_items] scores of training users, from their training books and ratings."""
         books = tf.RaggedTensor.from_row_splits(self.history_items, self.history_splits, validate=False)
+        ratings = tf.RaggedTensor.from_row_splits(self.history_ratings, self.history_splits, validate=False)
         mine = tf.gather(books, users)
-        return self.from_history(mine.values, tf.cast(mine.value_rowids(), tf.int32), tf.shape(users)[0])
+        rows = tf.cast(mine.value_rowids(), tf.int32)
+        return self.from_history(mine.values, rows, tf.gather(ratings, users).values, tf.shape(users)[0])
 
-    def from_history(self, items: tf.Tensor, rows: tf.Tensor, n_readers: tf.Tensor) -> tf.Tensor:
+    def from_history(self, items: tf.Tensor, rows: tf.Tensor, ratings: tf.Tensor, n_readers: tf.Tensor) -> tf.Tensor:
         """[n_readers, n_items] scores of readers given as distinct (row, item) pairs, rows in ascending order."""
-        if self.dense is not None:
+        if self.dense is None:
+            return self._pruned(items, rows, ratings, n_readers)
+        if not self.weighted:
             return tf.sparse.segment_sum(self.dense, items, rows, num_segments=n_readers)
+        # No weighted form of the gathered sum: one per distinct rating, scaled (a handful of star levels).
+        levels, level_of = tf.unique(ratings)
+
+        def add_level(level: tf.Tensor, scores: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            mine = tf.equal(level_of, level)
+            part = tf.sparse.segment_sum(
+                self.dense, tf.boolean_mask(items, mine), tf.boolean_mask(rows, mine), num_segments=n_readers
+            )
+            return level + 1, scores + levels[level] * part
+
+        _, scores = tf.while_loop(
+            lambda level, _: level < tf.size(levels),
+            add_level,
+            (tf.constant(0), tf.zeros(tf.stack([n_readers, self.n_items]))),
+        )
+        return scores
+
+    def _pruned(self, items: tf.Tensor, rows: tf.Tensor, ratings: tf.Tensor, n_readers: tf.Tensor) -> tf.Tensor:
+        """`from_history` through the pruned B: each kept entry of the readers' books' rows, scattered."""
         columns = tf.gather(tf.RaggedTensor.from_row_splits(self.columns, self.row_splits, validate=False), items)
         values = tf.gather(tf.RaggedTensor.from_row_splits(self.values, self.row_splits, validate=False), items)
-        reader = tf.cast(tf.gather(rows, columns.value_rowids()), tf.int64)
+        pair = columns.value_rowids()
+        reader = tf.cast(tf.gather(rows, pair), tf.int64)
         cells = reader * self.n_items + tf.cast(columns.values, tf.int64)
+        entries = values.values * tf.gather(ratings, pair) if self.weighted else values.values
         size = tf.cast(n_readers, tf.int64) * self.n_items
-        return tf.reshape(tf.math.unsorted_segment_sum(values.values, cells, size), [n_readers, self.n_items])
+        return tf.reshape(tf.math.unsorted_segment_sum(entries, cells, size), [n_readers, self.n_items])
 
     def pairs(self, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
         """[N] scores of parallel (user, item) pairs (through each pair's whole row of scores)."""
@@ -222,15 +253,24 @@ class HistoryServingModule(ServingModule):
         super().__init__(scoring, rating)
         self.history = self.scoring if history is None else _EncodedHistory(history, self.scoring, "history")
 
-    @tf.function(input_signature=[_HISTORY_ITEM, _HISTORY_ROW, _N_READERS, _K])
+    @tf.function(input_signature=[_HISTORY_ITEM, _HISTORY_ROW, _HISTORY_RATING, _N_READERS, _K])
     def recommend_history(
-        self, history_item: tf.Tensor, history_row: tf.Tensor, n_readers: tf.Tensor, k: tf.Tensor
+        self,
+        history_item: tf.Tensor,
+        history_row: tf.Tensor,
+        history_rating: tf.Tensor,
+        n_readers: tf.Tensor,
+        k: tf.Tensor,
     ) -> dict[str, tf.Tensor]:
-        """The k best books for each of n_readers readers scored from their books, their own books masked out."""
+        """The k best books for each of n_readers readers scored from their books and ratings, their own books
+        masked out."""
         n_items = tf.cast(self.n_items, tf.int64)
-        keys, _ = tf.unique(tf.sort(tf.cast(history_row, tf.int64) * n_items + tf.cast(history_item, tf.int64)))
+        given = tf.cast(history_row, tf.int64) * n_items + tf.cast(history_item, tf.int64)
+        order = tf.argsort(given)
+        keys, pair = tf.unique(tf.gather(given, order))
+        ratings = tf.math.segment_max(tf.gather(history_rating, order), pair)
         rows, items = tf.cast(keys // n_items, tf.int32), tf.cast(keys % n_items, tf.int32)
-        scores = self.history.from_history(items, rows, n_readers)
+        scores = self.history.from_history(items, rows, ratings, n_readers)
         own = tf.stack([rows, items], axis=1)
         scores = tf.tensor_scatter_nd_update(scores, own, tf.fill([tf.shape(own)[0]], float("-inf")))
         scores, top = tf.math.top_k(scores, k=tf.minimum(k, self.n_items))
@@ -283,3 +323,10 @@ def save(module: ServingModule, path: Path) -> None:
 def load(path: Path):
     """Load a SavedModel written by `save` (plain `tf.saved_model.load`)."""
     return tf.saved_model.load(str(path))
+
+
+def history_takes_ratings(loaded) -> bool:
+    """Whether a loaded SavedModel's `recommend_history` takes `history_rating` (those saved before it did take
+    readers' books only)."""
+    signature = loaded.signatures.get("recommend_history")
+    return signature is not None and "history_rating" in signature.structured_input_signature[1]

@@ -265,7 +265,10 @@ def _catalogue(
     everything = pd.concat([ratings.frame, test.frame]) if test is not None else ratings.frame
     seen_users = IdMap.from_ids(everything["user"])
     seen = UserItems.from_pairs(
-        seen_users.index(everything["user"]), split.item_map.index(everything["item"]), len(seen_users)
+        seen_users.index(everything["user"]),
+        split.item_map.index(everything["item"]),
+        len(seen_users),
+        everything["rating"].to_numpy(),
     )
     return artifacts.Catalogue(
         seen_users, seen, split.train.item_counts(), artifacts.build_catalog(split.item_map, books)

@@ -46,7 +46,7 @@ class SavedModelScorer:
         return _padded(result, k)[0]
 
     def recommend_history(
-        self, items: np.ndarray, rows: np.ndarray, n_readers: int, k: int
+        self, items: np.ndarray, rows: np.ndarray, n_readers: int, k: int, ratings: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """The k best books for each of `n_readers` readers scored from their books, none of their own books.
 
@@ -56,6 +56,7 @@ class SavedModelScorer:
                 dropped; repeats count once; a reader without pairs is scored from an empty history.
             n_readers: how many readers (rows of the result).
             k: list length, at least 1.
+            ratings: each pair's rating (finite numbers, parallel to items); None rates every pair 1.
 
         Returns:
             (items int32 [n_readers, k] best first, -1 where fewer than k books are left;
@@ -67,16 +68,22 @@ class SavedModelScorer:
         """
         if not self.history_based:
             raise ValidationError("this model has no recommend_history signature: its kind scores by user index only")
-        items, rows = _checked_history(items, rows, n_readers, k, self._n_items())
+        items, rows, ratings = _checked_history(items, rows, ratings, n_readers, k, self._n_items())
         known = items >= 0
         result = self.module.recommend_history(
-            history_item=items[known], history_row=rows[known], n_readers=np.int32(n_readers), k=np.int32(k)
+            history_item=items[known],
+            history_row=rows[known],
+            history_rating=ratings[known],
+            n_readers=np.int32(n_readers),
+            k=np.int32(k),
         )
         return _padded(result, k)
 
-    def top_k_from_history(self, items: np.ndarray, rows: np.ndarray, n_readers: int, k: int) -> np.ndarray:
+    def top_k_from_history(
+        self, items: np.ndarray, rows: np.ndarray, ratings: np.ndarray, n_readers: int, k: int
+    ) -> np.ndarray:
         """The item part of `recommend_history` (the fold-in evaluation's `HistoryRanker` protocol)."""
-        return self.recommend_history(items, rows, n_readers, k)[0]
+        return self.recommend_history(items, rows, n_readers, k, ratings)[0]
 
     def _n_items(self) -> int:
         scoring = self.module.scoring
@@ -98,14 +105,19 @@ def _padded(result: dict, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _checked_history(
-    items: np.ndarray, rows: np.ndarray, n_readers: int, k: int, n_items: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(items, rows) as int32 after checking them against n_readers and n_items; ValidationError names the problem."""
+    items: np.ndarray, rows: np.ndarray, ratings: np.ndarray | None, n_readers: int, k: int, n_items: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(items, rows) as int32 and ratings as float32 (1 each when None) after checking them against n_readers and
+    n_items; ValidationError names the problem."""
     items, rows = np.asarray(items), np.asarray(rows)
-    if items.ndim != 1 or items.shape != rows.shape:
+    ratings = np.ones(items.shape, np.float32) if ratings is None else np.asarray(ratings)
+    if items.ndim != 1 or items.shape != rows.shape or items.shape != ratings.shape:
         raise ValidationError(
-            f"history items and rows must be 1-D arrays of one length, got shapes {items.shape} and {rows.shape}"
+            "history items, rows and ratings must be 1-D arrays of one length, got shapes "
+            f"{items.shape}, {rows.shape} and {ratings.shape}"
         )
+    if ratings.size and (not np.issubdtype(ratings.dtype, np.number) or not np.isfinite(ratings).all()):
+        raise ValidationError("history ratings must be finite numbers")
     if (items.size and not np.issubdtype(items.dtype, np.integer)) or (
         rows.size and not np.issubdtype(rows.dtype, np.integer)
     ):
@@ -119,4 +131,4 @@ def _checked_history(
             f"history items must be book indices 0..{n_items - 1} (or -1 for an unknown book), "
             f"got {items.min()}..{items.max()}"
         )
-    return items.astype(np.int32), rows.astype(np.int32)
+    return items.astype(np.int32), rows.astype(np.int32), ratings.astype(np.float32)

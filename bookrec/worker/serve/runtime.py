@@ -5,7 +5,7 @@ batched model call. History-based kinds score each reader's current history (a r
 included, once they have rated a book the version knows); rating-only kinds score by user index. Readers with
 nothing to score from get the most popular books they have not rated. A reader's books are their
 current history: the version's training history plus the books of their delta (rated after the version's
-snapshot), minus the ones whose rating they removed (`current_history`).
+snapshot, at the delta's rating), minus the ones whose rating they removed (`current_history`).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ class ModelRuntime:
         self.module = module
         self.history_based = hasattr(module, "recommend_history")
         """Whether the version scores readers from their books (its SavedModel has `recommend_history`)."""
+        self._history_ratings = export.history_takes_ratings(module)
         self.user_map = IdMap.from_list(metadata["id_maps"]["users"])
         self.item_map = IdMap.from_list(metadata["id_maps"]["items"])
         self.n_items = len(self.item_map)
@@ -87,12 +88,14 @@ class ModelRuntime:
         omitted), as cache-entry JSON strings, with one model call for the batch."""
         deltas = deltas if deltas is not None else [EMPTY] * len(user_ids)
         users = self.user_map.index(user_ids)
-        history_rows, history_items = current_history(self.seen, self.seen_users.index(user_ids), deltas, self.item_map)
+        history_rows, history_items, history_ratings = current_history(
+            self.seen, self.seen_users.index(user_ids), deltas, self.item_map
+        )
         scored = np.unique(history_rows) if self.history_based else np.flatnonzero(users >= 0)
         items = np.full((len(user_ids), n), -1, dtype=np.int32)
         scores = np.zeros((len(user_ids), n), dtype=np.float32)
         if len(scored):
-            top, top_scores = self.score(users, scored, history_rows, history_items, n)
+            top, top_scores = self.score(users, scored, (history_rows, history_items, history_ratings), n)
             items[scored, : top.shape[1]] = top
             scores[scored, : top.shape[1]] = top_scores
         unknown = np.setdiff1d(np.arange(len(user_ids)), scored, assume_unique=True)
@@ -111,22 +114,26 @@ class ModelRuntime:
         return Batch(list(user_ids), entries, len(unknown))
 
     def score(
-        self, users: np.ndarray, scored: np.ndarray, history_rows: np.ndarray, history_items: np.ndarray, k: int
+        self, users: np.ndarray, scored: np.ndarray, history: tuple[np.ndarray, np.ndarray, np.ndarray], k: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """The top-`k` items and scores of the readers at positions `scored` of the batch, none of them in the
-        reader's current history (`history_rows`, `history_items`: flat int32 arrays, row = position in the batch).
+        reader's current history (`history`: its rows, items and ratings as flat arrays, row = position in the
+        batch, from `current_history`).
         A history-based kind scores the current history through its `recommend_history` signature (so a rating
         moves the list, and a reader the version never saw is scored from their books); the others score by user
         index (`users`, the readers' indices; every scored reader is known to the version)."""
+        history_rows, history_items, history_ratings = history
         position = np.full(len(users), -1, dtype=np.int32)
         position[scored] = np.arange(len(scored), dtype=np.int32)
         mine = position[history_rows] >= 0
         if self.history_based:
+            ratings = {"history_rating": history_ratings[mine]} if self._history_ratings else {}
             result = self.module.recommend_history(
                 history_item=history_items[mine],
                 history_row=position[history_rows[mine]],
                 n_readers=np.int32(len(scored)),
                 k=np.int32(k),
+                **ratings,
             )
         else:
             result = self.module.recommend(
@@ -177,37 +184,49 @@ class ModelRuntime:
 
 def current_history(
     seen: UserItems, seen_rows: np.ndarray, deltas: list[ReaderDelta], item_map: IdMap
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each reader's current history as flat int32 arrays (row = position in the batch, item index): their books
-    in the version's seen sets (`seen_rows`, -1 for none) plus the books their delta rated, minus the ones it
-    removed. Books the version does not know are left out."""
-    rows, items = seen.rows(seen_rows)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each reader's current history as flat arrays (row = position in the batch, item index, rating; int32, int32,
+    float32): their books in the version's seen sets (`seen_rows`, -1 for none) at the rating seen there, minus the
+    ones their delta removed or rated again, plus the books their delta rated at the delta's rating. Books the
+    version does not know are left out."""
+    rows, items, ratings = seen.rated_rows(seen_rows)
     rows, items = rows.astype(np.int32), items.astype(np.int32)
-    rated_rows, rated = _flat(deltas, "rated", item_map)
-    removed_rows, removed = _flat(deltas, "removed", item_map)
-    if len(removed):
+    rated_rows, rated, stars = _rated(deltas, item_map)
+    removed_rows, removed = _removed(deltas, item_map)
+    changed_rows, changed = np.concatenate([rated_rows, removed_rows]), np.concatenate([rated, removed])
+    if len(changed):
         n_items = np.int64(len(item_map))
-        keep = ~np.isin(rows * n_items + items, removed_rows * n_items + removed)
-        rows, items = rows[keep], items[keep]
+        keep = ~np.isin(rows * n_items + items, changed_rows * n_items + changed)
+        rows, items, ratings = rows[keep], items[keep], ratings[keep]
     if len(rated):
         rows, items = np.concatenate([rows, rated_rows]), np.concatenate([items, rated])
+        ratings = np.concatenate([ratings, stars])
+    return rows, items, ratings.astype(np.float32)
+
+
+def _rated(deltas: list[ReaderDelta], item_map: IdMap) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The (row, item index, rating) of every book a reader's delta rated that the version knows."""
+    rows, items, known = _flat([reader.rated for reader in deltas], item_map)
+    stars = np.fromiter((stars for reader in deltas for stars in reader.stars), np.float32)
+    return rows, items, stars[known]
+
+
+def _removed(deltas: list[ReaderDelta], item_map: IdMap) -> tuple[np.ndarray, np.ndarray]:
+    """The (row, item index) of every book a reader's delta removed that the version knows."""
+    rows, items, _ = _flat([reader.removed for reader in deltas], item_map)
     return rows, items
 
 
-def _flat(deltas: list[ReaderDelta], which: str, item_map: IdMap) -> tuple[np.ndarray, np.ndarray]:
-    """The (row, item index) pairs of every reader's `which` books (`rated` or `removed`) the version knows."""
-    books: list[str] = []
-    rows: list[int] = []
-    for row, reader in enumerate(deltas):
-        found = getattr(reader, which)
-        if found:
-            books.extend(found)
-            rows.extend([row] * len(found))
-    if not books:
-        return np.empty(0, dtype=np.int32), np.empty(0, dtype=np.int32)
-    indices = item_map.index(books)
+def _flat(books: list[tuple[str, ...]], item_map: IdMap) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each reader's `books` in one flat list: the (row, item index) of those the version knows, and the mask of
+    them over the flat list."""
+    flat = [book for mine in books for book in mine]
+    if not flat:
+        return np.empty(0, dtype=np.int32), np.empty(0, dtype=np.int32), np.empty(0, dtype=bool)
+    rows = np.repeat(np.arange(len(books), dtype=np.int32), [len(mine) for mine in books])
+    indices = item_map.index(flat)
     known = indices >= 0
-    return np.asarray(rows, dtype=np.int32)[known], indices[known]
+    return rows[known], indices[known], known
 
 
 def _item_fragments(books: list[dict]) -> tuple[list[str], list[str]]:

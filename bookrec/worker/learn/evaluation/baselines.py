@@ -108,8 +108,11 @@ class _RanksByItemScore:
         top = top_k_from_scores(by_position, k, rows[in_prefix], seen_positions[in_prefix])
         return np.where(top >= 0, order[top], -1).astype(np.int32)
 
-    def top_k_from_history(self, items: np.ndarray, rows: np.ndarray, n_readers: int, k: int) -> np.ndarray:
-        """[n_readers, k] item indices by decreasing item score, none of reader r's books (items[rows == r])."""
+    def top_k_from_history(
+        self, items: np.ndarray, rows: np.ndarray, ratings: np.ndarray, n_readers: int, k: int
+    ) -> np.ndarray:
+        """[n_readers, k] item indices by decreasing item score, none of reader r's books (items[rows == r]; their
+        ratings do not move an item's score)."""
         history = UserItems.from_pairs(np.asarray(rows), np.asarray(items), n_readers)
         return self.top_k(np.arange(n_readers), k, history)
 

@@ -33,8 +33,11 @@ BY_ROW = "file order"
 class HistoryRanker(Protocol):
     """What fold-in evaluation needs: top-k lists for readers given only their books (index space)."""
 
-    def top_k_from_history(self, items: np.ndarray, rows: np.ndarray, n_readers: int, k: int) -> np.ndarray:
-        """[n_readers, k] item indices (int32), best first, none of reader r's books (items[rows == r]), -1 pads."""
+    def top_k_from_history(
+        self, items: np.ndarray, rows: np.ndarray, ratings: np.ndarray, n_readers: int, k: int
+    ) -> np.ndarray:
+        """[n_readers, k] item indices (int32), best first, none of reader r's books (items[rows == r], rated
+        ratings[rows == r]), -1 pads."""
         ...
 
 
@@ -119,7 +122,9 @@ def evaluate_fold_in(
     history_rows = pd.Index(readers).get_indexer(split.history["user"])
     history_items = item_map.index(split.history["item"])
     known = (history_rows >= 0) & (history_items >= 0)
-    history = UserItems.from_pairs(history_rows[known], history_items[known], len(readers))
+    history = UserItems.from_pairs(
+        history_rows[known], history_items[known], len(readers), split.history["rating"].to_numpy()[known]
+    )
     top = np.vstack([_ranked(ranker, history, start, k, batch_size) for start in range(0, len(readers), batch_size)])
     target_items = item_map.index(split.target["item"])
     relevant = UserItems.from_pairs(target_rows, target_items, len(readers))
@@ -139,8 +144,8 @@ def evaluate_fold_in(
 def _ranked(ranker: HistoryRanker, history: UserItems, start: int, k: int, batch_size: int) -> np.ndarray:
     """The ranker's checked [batch, k] lists for the readers start..start + batch_size - 1."""
     batch = np.arange(start, min(start + batch_size, history.n_users))
-    rows, items = history.rows(batch)
-    top = np.asarray(ranker.top_k_from_history(items, rows, len(batch), k))
+    rows, items, ratings = history.rated_rows(batch)
+    top = np.asarray(ranker.top_k_from_history(items, rows, ratings, len(batch), k))
     if top.shape != (len(batch), k):
         raise ValidationError(f"{type(ranker).__name__}.top_k_from_history returned {top.shape}, not {(len(batch), k)}")
     return top.astype(np.int32)

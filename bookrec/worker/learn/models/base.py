@@ -62,17 +62,21 @@ class EncoderWeights:
 
 @dataclass(frozen=True)
 class ItemItemWeights:
-    """Serving form of an item-item kind: score(reader, i) = sum of B[j, i] over the reader's distinct books j.
+    """Serving form of an item-item kind: score(reader, i) = sum of w_j B[j, i] over the reader's distinct books j,
+    w_j the reader's rating of j when the kind is `weighted` (B was solved on rating-weighted rows), else 1.
 
     B is stored as it was solved (`dense`, [n_items, n_items] float32 with a zero diagonal), or pruned to the
     largest entries of each column and kept by source book j in CSR form (`row_splits` [n_items + 1] int64,
     `columns` int32, `values` float32), with `dense` None. A training user's scores are those of their training
-    books (`history_indptr` [n_users + 1] int64, `history_items` int32: the users' books in CSR form).
+    books (`history_indptr` [n_users + 1] int64, `history_items` int32, `history_ratings` float32: the users'
+    books and ratings in CSR form).
     """
 
     n_items: int
     history_indptr: np.ndarray
     history_items: np.ndarray
+    history_ratings: np.ndarray
+    weighted: bool
     dense: np.ndarray | None = None
     row_splits: np.ndarray | None = None
     columns: np.ndarray | None = None

@@ -2,13 +2,15 @@
 
 Steck, "Embarrassingly Shallow Autoencoders for Sparse Data" (WWW 2019): the book-book weights B minimise
 ||X - X B||^2 + l2 ||B||^2 with a zero diagonal (no book may explain itself), where X is the readers x books
-0/1 matrix. The optimum is closed-form: with P = (X^T X + l2 I)^-1, B = I - P / diag(P). A reader's scores are
-x B, the sum of B's rows of their books, so a new rating folds in with no retraining.
+matrix of the readers' ratings (`weighting` "rating", the default: it ranks better on MovieLens, see the
+README's Quality) or of 1 for each rating ("binary"). The optimum is closed-form: with P = (X^T X + l2 I)^-1,
+B = I - P / diag(P). A reader's scores are x B, the sum of B's rows of their books weighted as X is, so a new
+rating folds in with no retraining.
 
 The ridge penalty l2 is chosen on a validation split of the training data (each user's ratings, 10% held out
-at random): a coarse grid, then one refinement beside the best, each scored by ndcg@10 of the held-out
-ratings; every tried value and its score are kept (`Solved.history`, the version's metadata). `--params l2=...`
-fixes it. The solves go through LAPACK's Cholesky factorisation and inverse (scipy's potrf/potri, a third of
+at random): a coarse grid (scaled by the mean squared entry of X, so stars and 0/1 rows are penalised alike),
+then one refinement beside the best, each scored by ndcg@10 of the held-out ratings; every tried value and its
+score are kept (`Solved.history`, the version's metadata). `--params l2=...` fixes it. The solves go through LAPACK's Cholesky factorisation and inverse (scipy's potrf/potri, a third of
 the time of a general inverse), the grid in float32 and the final B in float64, stored as float32. A catalogue
 larger than `dense_max` books (default BOOKREC_EASE_DENSE_MAX) is served with each column of B pruned to its
 `keep` largest entries (by magnitude), sparse in the graph.
@@ -17,6 +19,7 @@ larger than `dense_max` books (default BOOKREC_EASE_DENSE_MAX) is served with ea
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -33,8 +36,8 @@ from bookrec.worker.learn.models.base import RANKING, ItemItemWeights, ModelSpec
 logger = logging.getLogger(__name__)
 
 L2_GRID = (100.0, 400.0, 1600.0)
-"""The coarse grid of l2 values tried on validation; the best is then refined once, by a factor of 2 toward its
-better neighbour (outward at an edge of the grid): four solves in all."""
+"""The coarse grid of l2 values tried on validation, times the mean squared entry of X; the best is then refined
+once, by a factor of 2 toward its better neighbour (outward at an edge of the grid): four solves in all."""
 VALIDATION_FRACTION = 0.1
 VALIDATION_READERS = 5000
 """At most this many readers with held-out ratings score each tried l2 (a random sample, the same for every l2)."""
@@ -44,13 +47,13 @@ PRUNE_CHUNK = 1024
 
 
 class ItemItemModel:
-    """Multi-hot reader rows -> scores over the catalogue (rows @ B), as served."""
+    """Reader rows (weighted as X is) -> scores over the catalogue (rows @ B), as served."""
 
     def __init__(self, weights: ItemItemWeights) -> None:
         self.weights = weights
 
     def __call__(self, rows: np.ndarray, training: bool = False) -> np.ndarray:
-        """[len(rows), n_items] scores of dense multi-hot rows (`training` is accepted as Keras models take it)."""
+        """[len(rows), n_items] scores of dense reader rows (`training` is accepted as Keras models take it)."""
         return np.asarray(rows, np.float32) @ dense_matrix(self.weights)
 
 
@@ -66,19 +69,24 @@ def dense_matrix(weights: ItemItemWeights) -> np.ndarray:
 
 
 def solve(train: Interactions, params: dict[str, Any], seed: int) -> Solved:
-    """EASE on `train`'s 0/1 reader x book matrix, l2 from params or chosen on validation (see the module)."""
+    """EASE on `train`'s reader x book matrix (weighted by `params["weighting"]`), l2 from params or chosen on
+    validation (see the module)."""
+    weighted = params["weighting"] == "rating"
     by_user = train.by_user()
     history: dict[str, list[float]] = {}
     l2 = params.get("l2")
     if l2 is None:
-        l2, history = choose_l2(train, seed)
-    matrix = item_item(gram(by_user, train.n_items), float(l2), np.float64)
+        l2, history = choose_l2(train, seed, weighted)
+    matrix = item_item(gram(by_user, train.n_items, weighted), float(l2), np.float64)
     dense_max = int(params.get("dense_max") or Settings.from_env().ease_dense_max)
-    weights = ItemItemWeights(train.n_items, by_user.indptr, by_user.indices, dense=matrix)
-    if train.n_items > dense_max:
-        weights = prune(matrix, int(params["keep"]), by_user)
+    history_ratings = by_user.ratings if weighted else np.ones(len(by_user.indices), np.float32)
+    served = ItemItemWeights(train.n_items, by_user.indptr, by_user.indices, history_ratings, weighted)
+    weights = (
+        replace(served, dense=matrix) if train.n_items <= dense_max else prune(matrix, int(params["keep"]), served)
+    )
     logger.info(
-        "solved ease with l2 %g over %d books (%s)",
+        "solved ease (%s) with l2 %g over %d books (%s)",
+        params["weighting"],
         l2,
         train.n_items,
         "dense" if weights.dense is not None else "pruned",
@@ -86,15 +94,15 @@ def solve(train: Interactions, params: dict[str, Any], seed: int) -> Solved:
     return Solved(ItemItemModel(weights), weights, {**params, "l2": float(l2)}, history)
 
 
-def multi_hot(by_user: UserItems, n_items: int, dtype: type = np.float64) -> sparse.csr_matrix:
-    """X: the users' 0/1 rows over the catalogue, sparse."""
-    values = np.ones(len(by_user.indices), dtype)
+def reader_rows(by_user: UserItems, n_items: int, weighted: bool, dtype: type = np.float64) -> sparse.csr_matrix:
+    """X: the users' rows over the catalogue, sparse: their ratings if `weighted`, else 1 for each."""
+    values = by_user.ratings.astype(dtype) if weighted else np.ones(len(by_user.indices), dtype)
     return sparse.csr_matrix((values, by_user.indices, by_user.indptr), shape=(by_user.n_users, n_items))
 
 
-def gram(by_user: UserItems, n_items: int) -> np.ndarray:
-    """X^T X (float64, [n_items, n_items]) of the users' 0/1 rows."""
-    x = multi_hot(by_user, n_items)
+def gram(by_user: UserItems, n_items: int, weighted: bool) -> np.ndarray:
+    """X^T X (float64, [n_items, n_items]) of the users' rows."""
+    x = reader_rows(by_user, n_items, weighted)
     return np.asarray((x.T @ x).todense())
 
 
@@ -118,17 +126,19 @@ def item_item(gram_matrix: np.ndarray, l2: float, dtype: type) -> np.ndarray:
     return full
 
 
-def choose_l2(train: Interactions, seed: int) -> tuple[float, dict[str, list[float]]]:
+def choose_l2(train: Interactions, seed: int, weighted: bool) -> tuple[float, dict[str, list[float]]]:
     """The l2 whose B ranks the validation ratings best, and every tried value with its ndcg@10."""
     held = per_user_mask(train.users, VALIDATION_FRACTION, np.random.default_rng(seed))
-    fit = UserItems.from_pairs(train.users[~held], train.items[~held], train.n_users)
+    fit = UserItems.from_pairs(train.users[~held], train.items[~held], train.n_users, train.ratings[~held])
     target = UserItems.from_pairs(train.users[held], train.items[held], train.n_users)
+    scale = float(np.mean(np.square(train.ratings))) if weighted and len(train.ratings) else 1.0
+    grid = tuple(scale * l2 for l2 in L2_GRID)
     readers = np.flatnonzero(target.counts() > 0)
     if len(readers) == 0:
-        return L2_GRID[1], {}
+        return grid[1], {}
     readers = np.sort(np.random.default_rng(seed).permutation(readers)[:VALIDATION_READERS])
-    fit_gram = gram(fit, train.n_items)
-    validation = _Validation(fit, target, readers, train.n_items)
+    fit_gram = gram(fit, train.n_items, weighted)
+    validation = _Validation(fit, target, readers, train.n_items, weighted)
     tried: dict[float, float] = {}
 
     def score(l2: float) -> float:
@@ -137,16 +147,16 @@ def choose_l2(train: Interactions, seed: int) -> tuple[float, dict[str, list[flo
             logger.info("ease l2 %g: validation ndcg@%d %.4f", l2, VALIDATION_K, tried[l2])
         return tried[l2]
 
-    best = max(L2_GRID, key=score)
-    best = max((best, _refinement(best, tried)), key=score)
+    best = max(grid, key=score)
+    best = max((best, _refinement(best, grid, tried)), key=score)
     order = sorted(tried)
     return best, {"l2": order, f"validation_ndcg@{VALIDATION_K}": [round(tried[v], 6) for v in order]}
 
 
-def _refinement(best: float, tried: dict[float, float]) -> float:
+def _refinement(best: float, grid: tuple[float, ...], tried: dict[float, float]) -> float:
     """The l2 halfway (by a factor of 2) from the coarse best toward its better coarse neighbour (outward at an edge)."""
-    lower = [v for v in L2_GRID if v < best]
-    upper = [v for v in L2_GRID if v > best]
+    lower = [v for v in grid if v < best]
+    upper = [v for v in grid if v > best]
     if not lower:
         return best / 2
     if not upper:
@@ -157,8 +167,8 @@ def _refinement(best: float, tried: dict[float, float]) -> float:
 class _Validation:
     """The validation readers' fit rows, the books they exclude and their held-out books, gathered once for every l2."""
 
-    def __init__(self, fit: UserItems, target: UserItems, readers: np.ndarray, n_items: int) -> None:
-        self.rows = multi_hot(fit, n_items, np.float32)[readers]
+    def __init__(self, fit: UserItems, target: UserItems, readers: np.ndarray, n_items: int, weighted: bool) -> None:
+        self.rows = reader_rows(fit, n_items, weighted, np.float32)[readers]
         self.exclude = fit.rows(readers)
         self.relevant = UserItems.from_pairs(*target.rows(readers), len(readers))
         self.n_items = n_items
@@ -169,8 +179,8 @@ class _Validation:
         return float(ranking_metrics(top, self.relevant, self.n_items, self.relevant.counts())[f"ndcg@{VALIDATION_K}"])
 
 
-def prune(matrix: np.ndarray, keep: int, by_user: UserItems) -> ItemItemWeights:
-    """B with each column cut to its `keep` largest entries by magnitude, in CSR form by source book."""
+def prune(matrix: np.ndarray, keep: int, served: ItemItemWeights) -> ItemItemWeights:
+    """`served` with B, each column cut to its `keep` largest entries by magnitude, in CSR form by source book."""
     n = len(matrix)
     keep = min(keep, n)
     sources, targets = [], []
@@ -187,9 +197,7 @@ def prune(matrix: np.ndarray, keep: int, by_user: UserItems) -> ItemItemWeights:
     source, target, values = source[nonzero], target[nonzero], values[nonzero]
     splits = np.zeros(n + 1, np.int64)
     np.cumsum(np.bincount(source, minlength=n), out=splits[1:])
-    return ItemItemWeights(
-        n, by_user.indptr, by_user.indices, row_splits=splits, columns=target.astype(np.int32), values=values
-    )
+    return replace(served, row_splits=splits, columns=target.astype(np.int32), values=values)
 
 
 def memory(n_users: int, n_items: int, params: dict) -> int:
@@ -201,7 +209,7 @@ SPEC = ModelSpec(
     kind="ease",
     task=RANKING,
     feed="closed-form",
-    defaults={"l2": None, "keep": 1000, "dense_max": None},
+    defaults={"l2": None, "weighting": "rating", "keep": 1000, "dense_max": None},
     memory=memory,
     solve=solve,
     description="book-book linear autoencoder solved in closed form (EASE, Steck 2019), l2 chosen on validation: "
