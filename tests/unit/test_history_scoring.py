@@ -123,11 +123,15 @@ def item_item(weighted: bool, pruned: bool) -> ItemItemWeights:
     )
 
 
-@pytest.mark.parametrize("pruned", [False, True], ids=["dense", "pruned"])
-@pytest.mark.parametrize("weighted", [True, False], ids=["weighted", "binary"])
+@pytest.mark.parametrize(
+    "weighted, pruned, levels",
+    [(True, False, 16), (True, False, 2), (True, True, 16), (False, False, 16), (False, True, 16)],
+    ids=["weighted-dense", "weighted-dense-many-ratings", "weighted-pruned", "binary-dense", "binary-pruned"],
+)
 def test_an_item_item_kind_sums_the_rows_of_its_books_times_their_ratings_when_weighted(
-    weighted: bool, pruned: bool
+    weighted: bool, pruned: bool, levels: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(export, "MAX_STAR_LEVELS", levels)  # 2: more distinct ratings than that, the product path
     weights = item_item(weighted, pruned)
     dense = dense_matrix(weights)
     scorer = SavedModelScorer(export.serving_module(weights), fallback=None)
