@@ -142,7 +142,7 @@ def test_a_rated_book_leaves_the_recomputed_list_and_rate_wait_prints_it(
 
     popular = item_ids(client.recommend(["a-new-reader"], n=10, wait=True, timeout=60)[0])[0]
     entry = client.rate("another-new-reader", popular, 4, wait=True, timeout=60)
-    if kind != "mf":  # history-based: scored from the one book they rated (ease: its row of B, times 4)
+    if kind != "mf":  # history-based: scored from the one book they rated (ease: its row of B)
         assert entry["fallback"] is None, "a reader the model never saw is scored from their first rating"
     else:
         assert entry["fallback"] == "popular", "a rating-only kind keeps a reader it never saw on the fallback"

@@ -81,7 +81,8 @@ def test_a_fixed_l2_gives_the_closed_form_through_both_signatures(
 def test_l2_is_chosen_on_validation_and_every_tried_value_is_recorded(tmp_path: Path) -> None:
     ratings = planted_tastes(tmp_path / "ratings.csv")
 
-    result = train_version(ModelStore(tmp_path / "store"), TrainRequest(ratings=ratings, kind="ease"))
+    request = TrainRequest(ratings=ratings, kind="ease", params={"weighting": "rating"})
+    result = train_version(ModelStore(tmp_path / "store"), request)
 
     metadata = json.loads(next((tmp_path / "store").glob("v*/metadata.json")).read_text())
     tried = metadata["history"]
@@ -106,7 +107,8 @@ def test_above_dense_max_each_column_keeps_its_largest_entries_and_is_served_spa
         pruned[best, column] = dense[best, column]
     np.fill_diagonal(pruned, 0.0)
 
-    fitted = training.fit(spec, train, spec.params({"l2": 30.0, "keep": keep, "dense_max": 10}), seed=0)
+    params = {"l2": 30.0, "weighting": "rating", "keep": keep, "dense_max": 10}
+    fitted = training.fit(spec, train, spec.params(params), seed=0)
     module = saved(fitted, tmp_path / "model")
     readers = np.array([0, 3, 5], dtype=np.int32)
     rows, items, ratings = train.by_user().rated_rows(readers)

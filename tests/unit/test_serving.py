@@ -78,11 +78,11 @@ class RoundTrip:
 
 def keras_scores(model, kind: str, train: Interactions) -> np.ndarray:
     """The in-memory Keras model's score of every book for each of USERS."""
-    feed = get_spec(kind).feed
-    if feed in ("histories", "closed-form"):  # scores from the user's row of rated books (ease: of their ratings)
+    spec = get_spec(kind)
+    if spec.feed in ("histories", "closed-form"):  # scores from the user's row of rated books (or of their stars)
         rows = np.zeros((len(USERS), train.n_items), np.float32)
         row, items, ratings = train.by_user().rated_rows(USERS)
-        rows[row, items] = ratings if feed == "closed-form" else 1.0
+        rows[row, items] = ratings if spec.params().get("weighting") == "rating" else 1.0
         return np.asarray(model(rows, training=False))
     users = np.repeat(USERS, train.n_items)
     items = np.tile(np.arange(train.n_items, dtype=np.int32), len(USERS))
