@@ -3,15 +3,15 @@
 Steck, "Embarrassingly Shallow Autoencoders for Sparse Data" (WWW 2019): the book-book weights B minimise
 ||X - X B||^2 + l2 ||B||^2 with a zero diagonal (no book may explain itself), where X is the readers x books
 matrix of 1 for each rating (`weighting` "binary", the default) or of the ratings' stars ("rating": it folds
-readers in better on MovieLens but serves about 3 times slower, see the README's Quality). The optimum is closed-form: with P = (X^T X + l2 I)^-1,
-B = I - P / diag(P). A reader's scores are x B, the sum of B's rows of their books weighted as X is, so a new
+readers in better on MovieLens but serves 1.7 times slower, see the README's Quality). The optimum is
+closed-form: with P = (X^T X + l2 I)^-1, B = I - P / diag(P). A reader's scores are x B, the sum of B's rows of their books weighted as X is, so a new
 rating folds in with no retraining.
 
 The ridge penalty l2 is chosen on a validation split of the training data (each user's ratings, 10% held out
 at random): a coarse grid (scaled by the mean squared entry of X, so stars and 0/1 rows are penalised alike),
 then one refinement beside the best, each scored by ndcg@10 of the held-out ratings; every tried value and its
-score are kept (`Solved.history`, the version's metadata). `--params l2=...` fixes it. The solves go through LAPACK's Cholesky factorisation and inverse (scipy's potrf/potri, a third of
-the time of a general inverse), the grid in float32 and the final B in float64, stored as float32. A catalogue
+score are kept (`Solved.history`, the version's metadata). `--params l2=...` fixes it. The solves go through
+LAPACK's Cholesky factorisation and inverse (scipy's potrf/potri, a third of the time of a general inverse), the grid in float32 and the final B in float64, stored as float32. A catalogue
 larger than `dense_max` books (default BOOKREC_EASE_DENSE_MAX) is served with each column of B pruned to its
 `keep` largest entries (by magnitude), sparse in the graph.
 """
@@ -79,8 +79,9 @@ def solve(train: Interactions, params: dict[str, Any], seed: int) -> Solved:
         l2, history = choose_l2(train, seed, weighted)
     matrix = item_item(gram(by_user, train.n_items, weighted), float(l2), np.float64)
     dense_max = int(params.get("dense_max") or Settings.from_env().ease_dense_max)
-    history_ratings = by_user.ratings if weighted else np.ones(len(by_user.indices), np.float32)
-    served = ItemItemWeights(train.n_items, by_user.indptr, by_user.indices, history_ratings, weighted)
+    served = ItemItemWeights(
+        train.n_items, by_user.indptr, by_user.indices, entries(by_user, weighted, np.float32), weighted
+    )
     weights = (
         replace(served, dense=matrix) if train.n_items <= dense_max else prune(matrix, int(params["keep"]), served)
     )
@@ -94,9 +95,14 @@ def solve(train: Interactions, params: dict[str, Any], seed: int) -> Solved:
     return Solved(ItemItemModel(weights), weights, {**params, "l2": float(l2)}, history)
 
 
+def entries(by_user: UserItems, weighted: bool, dtype: type) -> np.ndarray:
+    """X's value for each of the users' ratings (parallel to `by_user.indices`): the stars if `weighted`, else 1."""
+    return by_user.ratings.astype(dtype) if weighted else np.ones(len(by_user.indices), dtype)
+
+
 def reader_rows(by_user: UserItems, n_items: int, weighted: bool, dtype: type = np.float64) -> sparse.csr_matrix:
-    """X: the users' rows over the catalogue, sparse: their ratings if `weighted`, else 1 for each."""
-    values = by_user.ratings.astype(dtype) if weighted else np.ones(len(by_user.indices), dtype)
+    """X: the users' rows over the catalogue, sparse (`entries` as values)."""
+    values = entries(by_user, weighted, dtype)
     return sparse.csr_matrix((values, by_user.indices, by_user.indptr), shape=(by_user.n_users, n_items))
 
 
