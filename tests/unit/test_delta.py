@@ -9,6 +9,7 @@ from pathlib import Path
 
 import fakeredis
 import pytest
+from redis.exceptions import ResponseError
 from rq import Queue
 from rq.serializers import JSONSerializer
 
@@ -49,6 +50,33 @@ def test_a_book_s_field_holds_the_store_row_and_the_later_ts_wins_whatever_the_a
     delta.write(redis, KEYS, [row("b1", None, 12.0, 400.0), row("b2", 5.0, 13.0, 400.0)])  # newer: they win
     now = delta.read(redis, KEYS, ["u"])[0]
     assert (now.rated, now.removed, now.stars) == (("b2",), ("b1",), (5.0,))
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_a_batch_read_gives_each_reader_s_delta_in_order_over_either_protocol(
+    server: fakeredis.FakeServer, protocol: int
+) -> None:
+    client = fakeredis.FakeRedis(server=server, protocol=protocol)
+    delta.write(client, KEYS, [row("b1", 4.5, 10.0, 100.0), row("b2", None, 11.0, 100.5)], {"u": "7-0"})
+    delta.write(client, KEYS, [row("c", 2.0, 10.0, 100.0, user="v")])
+    seq_u, seq_v = (int(client.hget(KEYS.delta(user), "*seq")) for user in ("u", "v"))
+
+    assert delta.read(client, KEYS, ["v", "nobody", "u"]) == [
+        delta.ReaderDelta(seq_v, None, ("c",), (), (2.0,)),
+        delta.EMPTY,
+        delta.ReaderDelta(seq_u, "7-0", ("b1",), ("b2",), (4.5,)),
+    ]
+    assert delta.read(client, KEYS, ["u"]) == delta.claim(client, KEYS, ["u"], "job", 60_000)
+
+
+def test_a_batch_read_meeting_a_key_of_another_type_raises_and_leaves_the_connection_usable(
+    redis: fakeredis.FakeRedis,
+) -> None:
+    redis.set(KEYS.delta("clobbered"), "not a hash")
+    delta.write(redis, KEYS, [row("b", 4.0, 10.0, 100.0)])
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        delta.read(redis, KEYS, ["clobbered", "u"])
+    assert delta.read(redis, KEYS, ["u"])[0].rated == ("b",)
 
 
 def test_two_rows_of_one_book_in_one_write_the_later_wins_in_either_order() -> None:
