@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
 
 from bookrec.commands.common import describe_entry, json_object, print_json, progress_bar, show_progress, table
 from bookrec.commands.jobs import follow_retrain, register_retrain_actions, warn_if_unserved
@@ -195,9 +194,9 @@ def _refresh(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    client = _client()
-    status = client.status()
-    status.update(_schedule(client, status))
+    from bookrec.scheduler.status import service_status
+
+    status = service_status(_client())
     if args.json:
         print_json(status)
         return 0
@@ -225,28 +224,6 @@ def _status(args: argparse.Namespace) -> int:
     ]
     print(table(["worker", "state", "queues", "model", "job"], rows) if rows else "no live workers")
     return 0
-
-
-def _schedule(client: Any, status: dict) -> dict[str, Any]:
-    """`scheduler` (rq.cron's registry, None when no scheduler runs) and `ratings_since_production` (the ratings
-    store, with `error` instead of a count when it cannot be read), and a warning if two schedulers run."""
-    from bookrec.scheduler.status import ratings_since_production, schedule_status
-    from bookrec.shared.redis_conn import CONNECTION_ERRORS, unavailable
-
-    try:
-        schedule = schedule_status(client.redis, client.keys)
-    except CONNECTION_ERRORS as exc:
-        raise unavailable(client.settings, exc) from None
-    if schedule and len(schedule["schedulers"]) > 1:
-        names = ", ".join(s["name"] for s in schedule["schedulers"])
-        status["warnings"].append(
-            f"{len(schedule['schedulers'])} schedulers run for this deployment ({names}); one is enough: the retrain "
-            "lock makes the others' retrains no-ops"
-        )
-    return {
-        "scheduler": schedule,
-        "ratings_since_production": ratings_since_production(client.settings, status["production_version"]),
-    }
 
 
 def _schedule_cell(schedule: dict | None) -> str:

@@ -1,6 +1,6 @@
-"""What `bookrec status` says about schedules: this deployment's live schedulers and when their entries are due next
-(rq.cron's registry in Redis), and how many ratings production has not trained on (the ratings store), which never
-makes the status fail."""
+"""What `bookrec status` (and the dashboard's overview) says about schedules: this deployment's live schedulers and when
+their entries are due next (rq.cron's registry in Redis), and how many ratings production has not trained on (the
+ratings store), which never makes the status fail; `service_status` adds them to `Client.status()`."""
 
 from __future__ import annotations
 
@@ -11,11 +11,33 @@ from rq.cron import CronJob, CronScheduler
 
 from bookrec.model_store.store import ModelStore
 from bookrec.model_store.store import iso as store_iso
+from bookrec.producer.client import Client
 from bookrec.scheduler.backlog import horizon, iso
 from bookrec.scheduler.triggers import AFTER_RATINGS, CRON
 from bookrec.shared.errors import BookrecError
 from bookrec.shared.keys import Keys
+from bookrec.shared.redis_conn import CONNECTION_ERRORS, unavailable
 from bookrec.shared.settings import Settings, redact_url
+
+
+def service_status(client: Client) -> dict[str, Any]:
+    """`Client.status()` with `scheduler` (`schedule_status`) and `ratings_since_production` (the ratings store,
+    with `error` instead of a count when it cannot be read), and a warning if two schedulers run: what `bookrec
+    status` prints. RedisUnavailable when Redis does not answer."""
+    status = client.status()
+    try:
+        schedule = schedule_status(client.redis, client.keys)
+    except CONNECTION_ERRORS as exc:
+        raise unavailable(client.settings, exc) from None
+    if schedule and len(schedule["schedulers"]) > 1:
+        names = ", ".join(s["name"] for s in schedule["schedulers"])
+        status["warnings"].append(
+            f"{len(schedule['schedulers'])} schedulers run for this deployment ({names}); one is enough: the retrain "
+            "lock makes the others' retrains no-ops"
+        )
+    status["scheduler"] = schedule
+    status["ratings_since_production"] = ratings_since_production(client.settings, status["production_version"])
+    return status
 
 
 def schedulers(connection: Redis, keys: Keys) -> list[CronScheduler]:

@@ -74,6 +74,26 @@ def _cron(env: Mapping[str, str]) -> str | None:
     return raw
 
 
+DASHBOARD_TOKEN_MIN_LENGTH = 16
+"""The shortest BOOKREC_DASHBOARD_TOKEN accepted: the token is all that stands between a browser and a promotion."""
+
+
+def _dashboard_token(env: Mapping[str, str]) -> str | None:
+    """BOOKREC_DASHBOARD_TOKEN (None when unset or empty: the dashboard is read-only), checked for length and
+    surrounding whitespace; the message never quotes it."""
+    token = env.get("BOOKREC_DASHBOARD_TOKEN") or ""
+    if not token:
+        return None
+    if token != token.strip():
+        raise ConfigError("BOOKREC_DASHBOARD_TOKEN starts or ends with whitespace; set it without")
+    if len(token) < DASHBOARD_TOKEN_MIN_LENGTH:
+        raise ConfigError(
+            f"BOOKREC_DASHBOARD_TOKEN is {len(token)} characters; use at least {DASHBOARD_TOKEN_MIN_LENGTH}, "
+            "e.g. `openssl rand -hex 32`"
+        )
+    return token
+
+
 def _key_prefix(prefix: str) -> str:
     """BOOKREC_KEY_PREFIX, checked: it also names the queues (RQ joins a worker's queue names with commas)
     and starts the SCAN patterns, so whitespace, commas and glob characters are refused."""
@@ -119,6 +139,7 @@ class Settings:
     retrain_cron: str | None = None
     retrain_after_ratings: int = 0
     retrain_check_s: int = 60
+    dashboard_token: str | None = field(default=None, repr=False)
     extra: dict = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -152,6 +173,7 @@ class Settings:
             retrain_cron=_cron(env),
             retrain_after_ratings=_int(env, "BOOKREC_RETRAIN_AFTER_RATINGS", 0, minimum=0),
             retrain_check_s=_int(env, "BOOKREC_RETRAIN_CHECK_S", 60, minimum=1, maximum=86_400),
+            dashboard_token=_dashboard_token(env),
             **_rating_scale(env),
         )
 
