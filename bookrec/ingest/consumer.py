@@ -342,9 +342,12 @@ def group_info(client: redis.Redis, stream: str) -> dict[str, Any] | None:
     return next((g for g in client.xinfo_groups(stream) if _text(g["name"]) == GROUP), None)
 
 
-def dead_letters(client: redis.Redis, keys: Keys, count: int | None = None) -> list[DeadLetter]:
-    """The dead stream's entries, oldest first (at most `count`)."""
-    entries = client.xrange(keys.ratings_dead, count=count)
+def dead_letters(
+    client: redis.Redis, keys: Keys, count: int | None = None, newest_first: bool = False
+) -> list[DeadLetter]:
+    """The dead stream's entries, oldest first, or newest first with `newest_first` (at most `count`)."""
+    read = client.xrevrange if newest_first else client.xrange
+    entries = read(keys.ratings_dead, count=count)
     return [_letter(_text(i), fields) for i, fields in entries]
 
 

@@ -59,6 +59,8 @@ PROMOTED, REJECTED = "promoted", "rejected"
 MIN_SHARED_CATALOGUE = 0.5
 """A promotion is refused (without `force`) when the candidate and production share fewer than this
 fraction of the items either of them holds (shared / union of the two item id sets)."""
+LOWER_IS_BETTER = frozenset({"rmse", "mae"})
+"""The metrics of a version's `metrics` and `baselines` that are errors (lower is better); every other is a score."""
 TEMP_PREFIX = ".tmp-"
 _ID_FORMAT = "v%Y%m%dT%H%M%S%fZ"
 _LOCK = ".lock"
@@ -341,6 +343,13 @@ class ModelStore:
                 announce(restored, current)
         log.info("rolled back from model version %s to %s", current, restored)
         return restored, current
+
+    def rollback_target(self) -> str | None:
+        """The version a rollback would put back now (the newest earlier production version still in the store), or
+        None when there is nothing to roll back to."""
+        record = self._read_record()
+        below = self._entry_below(record["version"], record["history"])
+        return None if below is None else record["history"][below]["version"]
 
     def decision(self, version: str) -> dict | None:
         """`version`'s recorded decision {"decision": "promoted" | "rejected", "reason", "decided_at"}, or None."""

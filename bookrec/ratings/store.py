@@ -102,6 +102,15 @@ class Changes:
     newest_updated_at: float | None
 
 
+@dataclass(frozen=True)
+class ReaderRatings:
+    """One reader's live ratings, newest first, each a dict {book_id, rating, ts, title, authors, year, image_url}
+    (the book's fields None when the catalogue lacks it), and how many live ratings the reader has in all."""
+
+    rows: tuple[dict[str, Any], ...]
+    total: int
+
+
 class RatingsStore:
     """The durable ratings store at a SQLAlchemy URL (BOOKREC_DATABASE_URL)."""
 
@@ -252,6 +261,30 @@ class RatingsStore:
         """The catalogue: each book's columns keyed by book_id."""
         with self._begin() as conn:
             return {row.book_id: dict(row._mapping) for row in conn.execute(sa.select(books))}
+
+    def reader_ratings(self, user_id: str, limit: int = 100) -> ReaderRatings:
+        """One reader's live ratings, newest `ts` first (at most `limit`), with their books' title, authors, year
+        and cover from the catalogue, and how many they have in all; one transaction, by the primary key."""
+        live = sa.and_(ratings.c.user_id == user_id, ratings.c.rating.is_not(None))
+        query = (
+            sa.select(
+                ratings.c.book_id,
+                ratings.c.rating,
+                ratings.c.ts,
+                books.c.title,
+                books.c.authors,
+                books.c.original_publication_year.label("year"),
+                books.c.image_url,
+            )
+            .select_from(ratings.outerjoin(books, books.c.book_id == ratings.c.book_id))
+            .where(live)
+            .order_by(ratings.c.ts.desc(), ratings.c.book_id)
+            .limit(limit)
+        )
+        with self._begin(snapshot=True) as conn:
+            rows = tuple(dict(row._mapping) for row in conn.execute(query))
+            total = conn.execute(sa.select(sa.func.count()).select_from(ratings).where(live)).scalar_one()
+        return ReaderRatings(rows=rows, total=int(total))
 
     def prune_applied(self, older_than_s: float) -> int:
         """Forget applied event and stream ids recorded more than `older_than_s` seconds ago; return how many."""

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bookrec.model_store.store import ModelStore
+from bookrec.model_store.store import LOWER_IS_BETTER, ModelStore
 from bookrec.worker.learn import artifacts, export
 from bookrec.worker.learn.data import IdMap, UserItems
 from bookrec.worker.learn.evaluation import BiasBaseline, Popularity, evaluate
@@ -31,7 +31,6 @@ from bookrec.worker.learn.evaluation.splits import pair_keys
 from bookrec.worker.learn.models import ModelSpec
 from bookrec.worker.learn.scoring import SavedModelScorer
 
-LOWER_IS_BETTER = {"rmse", "mae"}
 CROSS_TASK_METRIC = "ndcg@10"
 """What a candidate of another task than production's is judged on: the top-N lists readers see."""
 
