@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "bookrec.commands.ratings",
     "bookrec.commands.ingest",
     "bookrec.commands.scheduler",
+    "bookrec.commands.dashboard",
     "bookrec.commands.worker",
     "bookrec.commands.init",
     "bookrec.commands.db",

@@ -102,10 +102,16 @@ WORKER_SIDE = ("tensorflow", "keras", "numpy", "pandas")
 
 def needs_worker_side(command: str, modules: Sequence[str] = WORKER_SIDE) -> None:
     """MissingDependency (exit 2, one line) unless every module in `modules` is installed; imports none of them."""
+    needs_extra(command, "worker", modules)
+
+
+def needs_extra(command: str, extra: str, modules: Sequence[str]) -> None:
+    """MissingDependency (exit 2, one line) naming bookrec[`extra`] unless every module in `modules` (what that extra
+    brings) is installed; imports none of them."""
     missing = [name for name in modules if not _installed(name)]
     if missing:
         raise MissingDependency(
-            f"`{command}` needs bookrec[worker] (pip install 'bookrec[worker]'); not installed: {', '.join(missing)}"
+            f"`{command}` needs bookrec[{extra}] (pip install 'bookrec[{extra}]'); not installed: {', '.join(missing)}"
         )
 
 

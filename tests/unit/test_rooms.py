@@ -1,6 +1,6 @@
 """The house reads top-down: each room imports only the rooms below it (see the README's folder table).
 
-bookrec's CLI (cli, commands, plot), bench, scheduler, producer, worker/serve (with worker/jobs.py), ingest, worker/learn,
+bookrec's CLI (cli, commands, plot), bench, dashboard, scheduler, producer, worker/serve (with worker/jobs.py), ingest, worker/learn,
 model_store, ratings, shared. Checked on the source with `ast`, imports inside functions included.
 """
 
@@ -12,7 +12,19 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "bookrec"
-HOUSE = ("cli", "bench", "scheduler", "producer", "serve", "ingest", "learn", "model_store", "ratings", "shared")
+HOUSE = (
+    "cli",
+    "bench",
+    "dashboard",
+    "scheduler",
+    "producer",
+    "serve",
+    "ingest",
+    "learn",
+    "model_store",
+    "ratings",
+    "shared",
+)
 WORKER_SIDE = {"tensorflow", "keras", "pandas", "numpy", "matplotlib", "sklearn", "scipy"}
 
 
