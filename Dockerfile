@@ -1,10 +1,10 @@
 # syntax=docker/dockerfile:1
 #
-# The bookrec image: one image for `bookrec init`, the serving workers and the trainer
-# (target `app`, the default), and a `dashboard` target that adds rq-dashboard on top of it.
+# The bookrec image: one image for `bookrec init`, the serving workers, the trainer and `bookrec dashboard`
+# (target `app`, the default), and an `rq-dashboard` target that adds rq-dashboard on top of it.
 #
 #   docker build -t bookrec .                                     # target app
-#   docker build --target dashboard -t bookrec-dashboard .
+#   docker build --target rq-dashboard -t bookrec-rq-dashboard .
 #   docker compose build                                          # both, as docker-compose.yml uses them
 #
 # Needs BuildKit (the default builder since Docker 23): the project source is bind-mounted into
@@ -38,7 +38,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN --mount=type=bind,target=/src,rw \
     --mount=type=cache,target=/root/.cache/pip \
     python -m venv /opt/bookrec \
- && /opt/bookrec/bin/pip install '/src[worker]'
+ && /opt/bookrec/bin/pip install '/src[worker,web]'
 
 # Where `bookrec` keeps models, data and the ratings store inside the container (docker-compose.yml
 # mounts the shared `bookrec-data` volume at /var/lib/bookrec; /app is not writable by uid 10001).
@@ -51,11 +51,11 @@ USER 10001:10001
 ENTRYPOINT ["bookrec"]
 CMD ["--help"]
 
-# ---- dashboard: rq-dashboard for the queues, on top of the bookrec layers ---------------------
+# ---- rq-dashboard: RQ's raw queues, on top of the bookrec layers ------------------------------
 # Built on the bookrec stage so it shares its layers on disk and uses exactly the rq version the
 # workers run (the dashboard reads RQ's job hashes, whose format changes between rq majors).
 # `six` is listed because rq-dashboard 0.9.0 imports it without declaring it as a dependency.
-FROM bookrec AS dashboard
+FROM bookrec AS rq-dashboard
 USER root
 RUN --mount=type=bind,target=/src,rw \
     --mount=type=cache,target=/root/.cache/pip \

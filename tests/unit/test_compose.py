@@ -1,6 +1,7 @@
 """docker-compose.yml and the Dockerfile: every container runs a real `bookrec` command, and the
 deployment keeps the promises DESIGN.md makes (workers wait for Redis and the first model, the
-model store is on the shared volume, the dashboard reads JSON jobs, no secret goes through a shell).
+model store is on the shared volume, the dashboard is bookrec's own and reaches the same stores, rq-dashboard reads JSON
+jobs, no secret goes through a shell).
 
 The compose file is read with PyYAML, so no Docker is needed. Compose's `${VAR:-default}`
 interpolation is applied with an empty environment (what `docker compose up` does without a
@@ -245,20 +246,46 @@ def test_redis_password_reaches_server_healthcheck_and_every_client(password: st
     assert option(redis["command"], "--requirepass") == password
     assert environment(redis).get("REDISCLI_AUTH") == password
     urls = [environment(services[name])["BOOKREC_REDIS_URL"] for name in BOOKREC_SERVICES]
-    urls.append(environment(services["dashboard"])["RQ_DASHBOARD_REDIS_URL"])
+    urls.append(environment(services["rq-dashboard"])["RQ_DASHBOARD_REDIS_URL"])
     for url in urls:
         assert parse_url(url).get("password") == (password or None), url
 
 
-def test_dashboard_reads_jobs_with_the_json_serializer() -> None:
-    dashboard = SERVICES["dashboard"]
+def test_rq_dashboard_reads_jobs_with_the_json_serializer() -> None:
+    dashboard = SERVICES["rq-dashboard"]
     assert dashboard.get("entrypoint") == ["rq-dashboard"]
     command = dashboard.get("command") or []
     # rq-dashboard's flag for rq.serializers.JSONSerializer is -j/--json (it has no --serializer).
-    assert "--json" in command or "-j" in command, f"dashboard would unpickle jobs: {command!r}"
+    assert "--json" in command or "-j" in command, f"rq-dashboard would unpickle jobs: {command!r}"
     assert option(command, "--port") == "9181"
     assert environment(dashboard)["RQ_DASHBOARD_REDIS_URL"] == environment(SERVICES["worker"])["BOOKREC_REDIS_URL"]
     assert any(str(port).endswith(":9181") for port in dashboard.get("ports", []))
+
+
+def test_the_dashboard_is_bookrec_dashboard_on_the_host_s_loopback_reading_the_same_stores() -> None:
+    dashboard = SERVICES["dashboard"]
+    assert "dashboard" in BOOKREC_SERVICES, "the dashboard must run the bookrec image (its app target has bookrec[web])"
+    command = dashboard["command"]
+    assert command[0] == "dashboard" and option(command, "--host") == "0.0.0.0"
+    port = option(command, "--port")
+    published = [str(p) for p in dashboard.get("ports", [])]
+    assert published == [f"127.0.0.1:8050:{port}"], (
+        f"the dashboard must publish its port on 127.0.0.1 only: {published}"
+    )
+    env, worker = environment(dashboard), environment(SERVICES["worker"])
+    for key in ("BOOKREC_REDIS_URL", "BOOKREC_DATABASE_URL", "BOOKREC_MODEL_STORE", "BOOKREC_KEY_PREFIX"):
+        assert env[key] == worker[key], f"the dashboard's {key} is not the workers'"
+    assert volume_mounts(dashboard).get(SHARED_VOLUME) == volume_mounts(SERVICES["worker"])[SHARED_VOLUME]
+    assert dashboard["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_the_dashboard_token_comes_from_the_environment_and_is_empty_by_default() -> None:
+    assert environment(SERVICES["dashboard"])["BOOKREC_DASHBOARD_TOKEN"] == "", "read-only unless .env sets a token"
+    token = "0123456789abcdef0123"
+    services = load_compose({"BOOKREC_DASHBOARD_TOKEN": token, "BOOKREC_DASHBOARD_PORT": "18050"})["services"]
+    assert environment(services["dashboard"])["BOOKREC_DASHBOARD_TOKEN"] == token
+    assert [str(p) for p in services["dashboard"]["ports"]] == ["127.0.0.1:18050:8050"]
+    assert not any("BOOKREC_DASHBOARD_TOKEN" in environment(services[name]) for name in services if name != "dashboard")
 
 
 # ---- no secret through a shell -------------------------------------------------------------------
@@ -345,7 +372,7 @@ def test_dockerfile_app_target_runs_bookrec_as_a_user_with_the_compose_paths() -
     mount = PurePosixPath(volume_mounts(SERVICES["worker"])[SHARED_VOLUME])
     assert PurePosixPath(app["env"]["BOOKREC_MODEL_STORE"]).parent == mount
     assert mount in PurePosixPath(app["env"]["BOOKREC_DATA_DIR"]).parents
-    dashboard = stages["dashboard"]
+    dashboard = stages["rq-dashboard"]
     assert dashboard["entrypoint"] == ["rq-dashboard"] and dashboard["user"].split(":")[0] not in ("root", "0")
 
 
