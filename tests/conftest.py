@@ -24,6 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 MOVIELENS = SHARED_DATA / "movielens" / "ml-latest-small" / "ratings.csv"
 GOODBOOKS_BOOKS = SHARED_DATA / "goodbooks" / "books.csv"
+BOOKS_SAMPLE = REPO / "tests" / "fixtures" / "books_sample.csv"
+"""The first 200 books of goodbooks-10k's books.csv: real metadata where ../shared/data is absent."""
 TEST_REDIS_URL = os.environ.get("BOOKREC_TEST_REDIS_URL", "redis://localhost:6379/13")
 
 
@@ -50,7 +52,7 @@ class TrainedStore:
 
 
 def synth_small(out: Path, users: int = 300, books: int = 200, ratings: int = 6000, seed: int = 0) -> Path:
-    """Write a tiny goodbooks-shaped catalogue (real titles) into `out`."""
+    """Write a tiny goodbooks-shaped catalogue (real titles: goodbooks' books.csv, else its first 200 books) into `out`."""
     from bookrec.worker.learn.synth import synthesise
 
     synthesise(
@@ -59,7 +61,7 @@ def synth_small(out: Path, users: int = 300, books: int = 200, ratings: int = 60
         books=books,
         ratings=ratings,
         seed=seed,
-        books_from=GOODBOOKS_BOOKS if GOODBOOKS_BOOKS.exists() else None,
+        books_from=GOODBOOKS_BOOKS if GOODBOOKS_BOOKS.exists() else BOOKS_SAMPLE,
     )
     return out
 
