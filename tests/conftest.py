@@ -38,7 +38,8 @@ class TrainedStore:
     version: str
 
     def env(self, redis_url: str = TEST_REDIS_URL, **extra: str) -> dict[str, str]:
-        """Environment for a bookrec process using this store and data dir."""
+        """Environment for a bookrec process using this store and data dir; it serves no metrics unless `extra`
+        gives it a metrics port."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("BOOKREC_")}
         env.update(
             BOOKREC_REDIS_URL=redis_url,
@@ -46,8 +47,11 @@ class TrainedStore:
             BOOKREC_DATA_DIR=str(self.data_dir),
             BOOKREC_TF_THREADS="1",
             BOOKREC_LOG_LEVEL="INFO",
-            **extra,
+            BOOKREC_METRICS_PORT="0",
+            BOOKREC_INGEST_METRICS_PORT="0",
+            BOOKREC_SCHEDULER_METRICS_PORT="0",
         )
+        env.update(extra)
         return env
 
 

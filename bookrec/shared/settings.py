@@ -19,6 +19,11 @@ from bookrec.shared.ratings import DEFAULT_RATING_SCALE
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_DATABASE_URL = "sqlite:///var/bookrec.db"
+DEFAULT_METRICS_PORT = 9810
+"""`bookrec worker`'s metrics port (BOOKREC_METRICS_PORT); `bookrec ingest` and `bookrec scheduler` use the next two.
+Not Prometheus's 9100 family: 9100 is node_exporter's, which often runs on the same host."""
+DEFAULT_INGEST_METRICS_PORT = DEFAULT_METRICS_PORT + 1
+DEFAULT_SCHEDULER_METRICS_PORT = DEFAULT_METRICS_PORT + 2
 
 
 def _int(
@@ -46,6 +51,11 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    """A TCP port to serve metrics on, 0 to serve none; unset or empty means `default`."""
+    return _int(env, name, default, minimum=0, maximum=65_535)
 
 
 def _rating_scale(env: Mapping[str, str]) -> dict[str, float]:
@@ -140,6 +150,10 @@ class Settings:
     retrain_after_ratings: int = 0
     retrain_check_s: int = 60
     dashboard_token: str | None = field(default=None, repr=False)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = DEFAULT_METRICS_PORT
+    ingest_metrics_port: int = DEFAULT_INGEST_METRICS_PORT
+    scheduler_metrics_port: int = DEFAULT_SCHEDULER_METRICS_PORT
     extra: dict = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -174,6 +188,10 @@ class Settings:
             retrain_after_ratings=_int(env, "BOOKREC_RETRAIN_AFTER_RATINGS", 0, minimum=0),
             retrain_check_s=_int(env, "BOOKREC_RETRAIN_CHECK_S", 60, minimum=1, maximum=86_400),
             dashboard_token=_dashboard_token(env),
+            metrics_host=(env.get("BOOKREC_METRICS_HOST") or "127.0.0.1").strip(),
+            metrics_port=_port(env, "BOOKREC_METRICS_PORT", DEFAULT_METRICS_PORT),
+            ingest_metrics_port=_port(env, "BOOKREC_INGEST_METRICS_PORT", DEFAULT_INGEST_METRICS_PORT),
+            scheduler_metrics_port=_port(env, "BOOKREC_SCHEDULER_METRICS_PORT", DEFAULT_SCHEDULER_METRICS_PORT),
             **_rating_scale(env),
         )
 

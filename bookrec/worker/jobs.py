@@ -19,7 +19,7 @@ from rq.serializers import JSONSerializer
 from bookrec.shared import delta, jobs, payloads, pending
 from bookrec.shared.errors import ValidationError
 from bookrec.shared.keys import QUEUE_REFRESH
-from bookrec.worker.serve import context
+from bookrec.worker.serve import context, metrics
 
 if TYPE_CHECKING:
     from rq.job import Job
@@ -159,6 +159,8 @@ def _recompute(
         summary["rounds"] += 1
         found = [d for d in claimed if d is not None]
         _, summary["n"], skipped = _cache_lists(ctx, runtime, users, found, summary["n"], None, job_id)
+        left = set(skipped)
+        metrics.fresh_lists_written(d.through for i, d in enumerate(found) if i not in left)
         summary["recomputed"] += len(users)
         todo = [users[i] for i in skipped]
         if not todo:
@@ -198,12 +200,15 @@ def _cache_lists(
     another request raised `cache:n` meanwhile. Returns the batch, the length used and the positions of the
     readers skipped (their delta changed since it was read)."""
     length = max(length, ctx.cache_n)
+    queue = metrics.current_queue()
     while True:
         batch = runtime.recommend(users, length, deltas) if users else None
         lists = [(u, e, d.seq) for u, e, d in zip(users, batch.entries, deltas)] if batch else []
         larger, skipped = delta.write_lists(
             ctx.client, ctx.keys, lists, length, ctx.settings.cache_expiry, job_id, refresh
         )
+        written = 0 if larger else len(lists) - len(skipped)
+        metrics.lists_cached(queue, len(users), batch.fallbacks if batch else 0, written)
         if larger is None:
             return batch, length, skipped
         logger.info("lists are now %d long (cache:n), not %d: computing this batch again", larger, length)

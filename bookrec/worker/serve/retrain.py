@@ -23,6 +23,7 @@ from bookrec.shared.locks import CANCELLED_STAGE, RetrainLock
 from bookrec.worker.learn import gate, training
 from bookrec.worker.learn.datasets import RatingsData, fingerprint, read_books
 from bookrec.worker.learn.pipeline import TrainRequest, train_version
+from bookrec.worker.serve import metrics
 from bookrec.worker.serve.context import WorkerContext
 from bookrec.worker.serve.store_ratings import read_store
 
@@ -102,8 +103,39 @@ def run_retrain(
     RatingsStoreError if it does not answer). `books` None means none; callers that default to books.csv pass
     None when it is absent. With the ratings production was trained on (the same file, or a snapshot of the same
     rows) and no `force`, nothing is trained. A production version whose directory is gone is no production for
-    the gate: the candidate is judged as the first one.
+    the gate: the candidate is judged as the first one. Its duration and outcome go to the retrain metrics.
     """
+    started = time.perf_counter()
+    outcome = "failed"
+    try:
+        result = _retrain(ctx, job, model, params, ratings, books, force, seed)
+        outcome = retrain_outcome(result)
+        return result
+    except RetrainCancelled:
+        outcome = "cancelled"
+        raise
+    finally:
+        metrics.retrain_ended(outcome, time.perf_counter() - started)
+
+
+def retrain_outcome(result: dict[str, Any]) -> str:
+    """What a finished retrain did, for its metrics: `unchanged` (no new ratings), `promoted` or `rejected`."""
+    if result["decision"].get("no_new_ratings"):
+        return "unchanged"
+    return "promoted" if result["promoted"] else "rejected"
+
+
+def _retrain(
+    ctx: WorkerContext,
+    job: Job | None,
+    model: str | None,
+    params: dict,
+    ratings: Path | None,
+    books: Path | None,
+    force: bool,
+    seed: int,
+) -> dict[str, Any]:
+    """`run_retrain`'s work."""
     job_id = job.id if job is not None else f"local-{time.time():.0f}"
     _lock(ctx).hold(job_id)  # the producer took it at enqueue time; a job enqueued by hand takes it here
     try:
@@ -138,6 +170,7 @@ def run_retrain(
                 ctx.store, request, on_epoch=progress.epoch, on_stage=progress.stage, judge_with=judge_with
             )
         decision = {k: v for k, v in result["decision"].items() if k != "production_metrics"}
+        metrics.gate_judged(decision["metric"], decision["candidate"], decision["production"])
         progress.stage("promote" if decision["promote"] else "rejected")
         refresh_job = None
         if decision["promote"]:

@@ -31,7 +31,7 @@ from bookrec.shared import jobs
 from bookrec.shared.payloads import shown
 from bookrec.shared.redis_conn import Backoff, refuses_writes
 from bookrec.worker.jobs import FUNCTIONS, refresh_chunk_failed
-from bookrec.worker.serve import context
+from bookrec.worker.serve import context, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -342,9 +342,13 @@ class BookrecWorker(SimpleWorker):
 
     def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
         """RQ's perform_job, with the job bound to the queue it was popped from: the allowlist checks that queue
-        (`AllowlistedJob.func`), and the job's registries are that queue's whatever its hash says."""
+        (`AllowlistedJob.func`), and the job's registries are that queue's whatever its hash says. Counted in the
+        job metrics (worker/serve/metrics.py)."""
         job.dequeued_from = job.origin = queue.name
-        return super().perform_job(job, queue, execution)
+        started = time.perf_counter()
+        succeeded = super().perform_job(job, queue, execution)
+        metrics.job_ran(queue.name, succeeded, time.perf_counter() - started)
+        return succeeded
 
     def _dequeue(self, timeout: int | float | None, max_idle_time: int | float | None) -> tuple[Job, Queue] | None:
         """One RQ dequeue, waiting with backoff while Redis refuses writes."""

@@ -11,6 +11,8 @@ held while loading a model is given back (see `release_swap_slots`). When it sta
 it also hands back the jobs of workers it never knew that died (a whole pool SIGKILLed with its
 supervisor, a host lost), wherever in RQ's claim they died (see `Recovery`). Its workers die with it:
 each gets SIGTERM from the kernel when the supervisor dies, and stops after its current job.
+It serves the metrics of all its workers on one port (BOOKREC_METRICS_PORT; see shared/metrics.py): each worker
+writes them into a directory the supervisor made for this run, and the supervisor reads them at each scrape.
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ import redis
 from bookrec.shared.errors import BookrecError
 from bookrec.shared.keys import QUEUES, SERVING_QUEUES, Keys
 from bookrec.shared.logs import setup_logging
+from bookrec.shared.metrics import MetricsServer, WorkerMetricsDir, without_multiprocess
+from bookrec.shared.metrics import serve as serve_metrics
 from bookrec.shared.redis_conn import connect
 from bookrec.shared.settings import Settings
+from bookrec.worker.serve.supervisor_metrics import SupervisorCollector
 from bookrec.worker.serve.swap_slots import SwapSlots
 
 logger = logging.getLogger(__name__)
@@ -76,9 +81,13 @@ class Supervisor:
     client: redis.Redis | None = None
     keys: Keys = field(default_factory=Keys)
     swap_slots: int = 1  # BOOKREC_SWAP_SLOTS: which slot keys a dead worker may have held
+    metrics_host: str = "127.0.0.1"  # BOOKREC_METRICS_HOST
+    metrics_port: int = 0  # BOOKREC_METRICS_PORT: 0 serves no metrics
     slots: list[Slot] = field(default_factory=list)
     stopping: bool = False
     recovery: Recovery | None = None
+    metrics_dir: WorkerMetricsDir | None = None
+    metrics_server: MetricsServer | None = None
 
     def run(self) -> int:
         """Start the processes and supervise until SIGTERM/SIGINT (or, with --burst, until all finish)."""
@@ -87,16 +96,47 @@ class Supervisor:
         self.slots = [Slot(i) for i in range(self.processes)]
         if self.client is not None:
             self.recovery = Recovery(self.client, [self.keys.queue(q) for q in self.queues])
-        for slot in self.slots:
-            self._start(slot)
-        while not self.stopping:
-            if self.burst and all(slot.finished for slot in self.slots):
-                break
-            self._check()
-            if self.recovery is not None:
-                self.recovery.sweep_if_due()
-            time.sleep(0.2)
-        return self._stop_all()
+        self._serve_metrics()
+        try:
+            for slot in self.slots:
+                self._start(slot)
+            while not self.stopping:
+                if self.burst and all(slot.finished for slot in self.slots):
+                    break
+                self._check()
+                if self.recovery is not None:
+                    self.recovery.sweep_if_due()
+                time.sleep(0.2)
+            return self._stop_all()
+        finally:
+            self._stop_metrics()
+
+    def _serve_metrics(self) -> None:
+        """Serve the metrics of every worker process (and the supervisor's own) on one port, unless it is 0 or busy."""
+        if not self.metrics_port:
+            return
+        self.metrics_dir = WorkerMetricsDir()
+        collector = SupervisorCollector(
+            self.client, self.keys, [self.keys.queue(q) for q in self.queues], self._process_counts
+        )
+        self.metrics_server = serve_metrics(
+            self.metrics_dir.registry(collector), self.metrics_host, self.metrics_port, "supervisor"
+        )
+        if self.metrics_server is None:
+            self._stop_metrics()
+
+    def _stop_metrics(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+            self.metrics_server = None
+        if self.metrics_dir is not None:
+            self.metrics_dir.remove()
+            self.metrics_dir = None
+
+    def _process_counts(self) -> tuple[int, int]:
+        """(worker processes running, restarts so far), for the metrics."""
+        alive = sum(1 for s in self.slots if s.process is not None and s.process.poll() is None)
+        return alive, sum(s.restarts for s in self.slots)
 
     def _request_stop(self, signum, frame) -> None:
         logger.info("supervisor: %s received, stopping workers after their current job", signal.Signals(signum).name)
@@ -122,12 +162,15 @@ class Supervisor:
         logger.info("supervisor: started worker %s (pid %d)", slot.name, slot.process.pid)
 
     def _worker_env(self) -> dict[str, str]:
-        """The environment of a worker process: this one's, plus for a serving worker glibc's malloc told to map
+        """The environment of a worker process: this one's, with the directory to write its metrics into when this
+        supervisor serves them (`WorkerMetricsDir`), plus for a serving worker glibc's malloc told to map
         every buffer above SERVING_MMAP_THRESHOLD on its own (returned to the system when freed) and to keep two
         arenas, unless the operator set either. Without it glibc's moving threshold lets the scores of large batches
         (a 1,000-reader batch holds [1000, books] floats several times) settle in the heap, which grows and stays
         grown: measured in `bookrec bench --only fresh` (README: Fresh lists, measured)."""
-        env = dict(os.environ)
+        env = without_multiprocess(dict(os.environ))
+        if self.metrics_dir is not None:
+            env.update(self.metrics_dir.env())
         if set(self.queues) <= set(SERVING_QUEUES):
             env.setdefault("MALLOC_MMAP_THRESHOLD_", str(SERVING_MMAP_THRESHOLD))
             env.setdefault("MALLOC_ARENA_MAX", "2")
@@ -145,6 +188,8 @@ class Supervisor:
             code = slot.process.poll()
             if code is None:
                 continue
+            if self.metrics_dir is not None:
+                self.metrics_dir.process_dead(slot.process.pid)
             if self.burst and code == 0:
                 slot.finished = True
                 continue
@@ -455,6 +500,8 @@ def run(args: argparse.Namespace) -> int:
         client=connect(settings),
         keys=Keys(settings.key_prefix),
         swap_slots=settings.swap_slots,
+        metrics_host=settings.metrics_host,
+        metrics_port=settings.metrics_port,
     ).run()
 
 

@@ -32,6 +32,7 @@ from bookrec.model_store.store import ModelStore
 from bookrec.shared import worker_state
 from bookrec.shared.errors import BookrecError, VersionNotServed
 from bookrec.shared.keys import Keys
+from bookrec.worker.serve import metrics
 from bookrec.worker.serve.runtime import ModelRuntime
 from bookrec.worker.serve.swap_slots import SwapSlots
 
@@ -181,6 +182,7 @@ class ModelHolder:
         return self.failed is None or self.failed.version != version or self.clock() >= self.failed.retry_at
 
     def _load(self, version: str) -> bool:
+        started = time.perf_counter()
         try:
             runtime = self.loader(self.store, version)
         except BookrecError as exc:
@@ -188,8 +190,10 @@ class ModelHolder:
             return False
         old, self.current = self.current, runtime
         self.pending_version, self.failed, self.load_error = None, None, None
+        metrics.serving(version, old.version if old else None)
         if old is not None:
-            logger.info("swapped model %s -> %s", old.version if old else None, version)
+            metrics.swapped(time.perf_counter() - started)
+            logger.info("swapped model %s -> %s", old.version, version)
         del old
         gc.collect()
         self._publish_quietly()
@@ -203,6 +207,7 @@ class ModelHolder:
         )
         self.failed = _FailedLoad(version, error, delay, self.clock() + delay)
         self.pending_version, self.load_error = version, error
+        metrics.swap_failed()
         logger.error(
             "cannot load model %s, keeping %s: %s; trying again in %.0f s", version, self.version, error, delay
         )
@@ -214,7 +219,9 @@ class ModelHolder:
         return self.current.version if self.current else None
 
     def publish_state(self) -> None:
-        """Record this worker's loaded and pending versions and its load error in Redis (expires if the worker dies)."""
+        """Record this worker's loaded and pending versions and its load error in Redis (expires if the worker dies),
+        and whether a swap is pending in its metrics."""
+        metrics.swap_pending(self.pending_version is not None)
         worker_state.publish(
             self.client, self.keys, self.name, self.version, self.pending_version, self.queues, self.load_error
         )
