@@ -15,7 +15,8 @@ DESCRIPTION = (
     "Read the ratings stream through the consumer group bookrec-ingest, validate each event, write each batch to the "
     "ratings store (BOOKREC_DATABASE_URL) in one transaction and acknowledge it only after the commit. Run as many "
     "replicas as you like; entries a dead replica left pending are claimed after BOOKREC_INGEST_CLAIM_S. Bad events "
-    "go to the dead stream. Stops after its current batch on SIGTERM or Ctrl-C."
+    "go to the dead stream. Serves Prometheus metrics on BOOKREC_INGEST_METRICS_PORT (0: none). Stops after its "
+    "current batch on SIGTERM or Ctrl-C."
 )
 
 
@@ -54,16 +55,23 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(settings.database_url)
     # A blocking read must not outlast the socket timeout.
     client = connect(settings, socket_timeout=settings.ingest_block_ms / 1000 + 5)
-    from bookrec.ingest.consumer import Ingest  # after open_store: needs bookrec[store] too
+    from bookrec.ingest.consumer import GROUP, Ingest  # after open_store: needs bookrec[store] too
+    from bookrec.ingest.metrics import LagCollector
+    from bookrec.shared.metrics import process_registry, serve
 
     ingest = Ingest(client, store, settings)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: ingest.stop.set())
+    metrics = None
     try:
         redis_client(settings).close()  # RedisUnavailable at once, in one line, if Redis does not answer
+        registry = process_registry(LagCollector(client, ingest.keys, GROUP))
+        metrics = serve(registry, settings.metrics_host, settings.ingest_metrics_port, f"ingest {ingest.name}")
         _steady_gc()
         ingest.run()
     finally:
+        if metrics is not None:
+            metrics.stop()
         store.close()
     return 0
 

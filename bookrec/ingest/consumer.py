@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import redis
 
-from bookrec.ingest import fresh
+from bookrec.ingest import fresh, metrics
 from bookrec.ratings.store import RatingsStore
 from bookrec.shared.errors import BadEvent, RatingsStoreError, ValidationError
 from bookrec.shared.keys import Keys
@@ -138,7 +138,10 @@ class Ingest:
     def _commit(self, entries: Sequence[Entry]) -> _Committed:
         """Validate `entries` and apply the good ones in one transaction; what acknowledging them then writes."""
         events, dead = self._parse(entries)
+        started = time.perf_counter()
         applied, duplicate, refused, rows = self._apply(events)
+        if events:
+            metrics.batch_committed(time.perf_counter() - started)
         dead += refused
         refused_ids = {letter.stream_id for letter in refused}
         newest = fresh.throughs(e for e, _ in events if e.stream_id not in refused_ids)
@@ -186,7 +189,8 @@ class Ingest:
 
     def _acknowledge(self, batch: _Committed) -> None:
         """In one MULTI: the committed rows into their readers' deltas and fresh jobs for those readers (see
-        ingest/fresh.py), the dead letters into the dead stream, and the acknowledgement of the batch's entries."""
+        ingest/fresh.py), the dead letters into the dead stream, and the acknowledgement of the batch's entries; then
+        the batch's events are counted in the metrics (ingest/metrics.py)."""
         if not batch.ids:
             return
         pipe = self.client.pipeline(transaction=True)
@@ -195,7 +199,9 @@ class Ingest:
             log.warning("dead-lettered %s: %s", letter.stream_id, letter.reason)
             pipe.xadd(self.keys.ratings_dead, {**letter.fields, REASON: letter.reason})
         pipe.xack(self.keys.ratings_stream, GROUP, *batch.ids)
-        fresh.wake_if_asked(self.client, self.keys, self.settings, pipe.execute(), position)
+        replies = pipe.execute()
+        metrics.batch_acknowledged(batch.result.applied, batch.result.duplicate, batch.result.dead)
+        fresh.wake_if_asked(self.client, self.keys, self.settings, replies, position)
 
     def trim(self) -> int:
         """Trim the stream below what the group has acknowledged: below its oldest pending entry, or its last

@@ -25,6 +25,7 @@ from bookrec.producer.client import Client
 from bookrec.scheduler.status import schedulers
 from bookrec.scheduler.triggers import AFTER_RATINGS, CRON, RatingsTrigger, ScheduledRetrain, request_retrain
 from bookrec.shared.keys import QUEUE_RETRAIN
+from bookrec.shared.metrics import process_registry, serve
 from bookrec.shared.redis_conn import CONNECTION_ERRORS, refuses_writes
 from bookrec.shared.settings import Settings
 
@@ -84,6 +85,16 @@ def build(settings: Settings, client: Client, ratings: RatingsStore | None) -> R
 
 
 def run(settings: Settings, client: Client, ratings: RatingsStore | None) -> None:
+    """Run the schedule until SIGTERM or SIGINT, serving its metrics on BOOKREC_SCHEDULER_METRICS_PORT (0: none)."""
+    metrics = serve(process_registry(), settings.metrics_host, settings.scheduler_metrics_port, "scheduler")
+    try:
+        _schedule(settings, client, ratings)
+    finally:
+        if metrics is not None:
+            metrics.stop()
+
+
+def _schedule(settings: Settings, client: Client, ratings: RatingsStore | None) -> None:
     """Run the schedule until SIGTERM or SIGINT. When Redis is lost or refuses writes: log, wait (1 s doubling to 30 s),
     and start again as a new scheduler (a new name: the old one's registry entry expires 120 s after its last heartbeat)."""
     delay = 1.0

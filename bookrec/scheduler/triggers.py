@@ -20,6 +20,7 @@ from rq.job import Job
 
 from bookrec.model_store.store import ModelStore
 from bookrec.producer.client import Client
+from bookrec.scheduler import metrics
 from bookrec.scheduler.backlog import horizon, iso
 from bookrec.shared import jobs
 from bookrec.shared.errors import BookrecError, RedisUnavailable, RetrainRunning
@@ -36,21 +37,24 @@ AFTER_RATINGS = "retrain-after-ratings"
 """The rq.cron entry of BOOKREC_RETRAIN_AFTER_RATINGS, an interval of BOOKREC_RETRAIN_CHECK_S seconds."""
 
 
-def request_retrain(client: Client, why: str) -> Job | None:
+def request_retrain(client: Client, why: str, trigger: str = CRON) -> Job | None:
     """Enqueue a retrain with `bookrec retrain`'s defaults through `Client.retrain`, which takes the retrain lock first.
 
     None, logged, when a retrain is already queued or running (nothing is enqueued and no job fails) or Redis does not
-    answer (the next due time tries again).
+    answer (the next due time tries again). Counted in the metrics under `trigger` (an entry name: CRON, AFTER_RATINGS).
     """
     try:
         job = client.retrain()
     except RetrainRunning as exc:
         log.info("scheduled retrain (%s) not enqueued: %s", why, exc)
+        metrics.retrain_asked(trigger, metrics.RUNNING)
         return None
     except RedisUnavailable as exc:
         log.warning("scheduled retrain (%s) not enqueued: %s", why, exc)
+        metrics.retrain_asked(trigger, metrics.FAILED)
         return None
     log.info("scheduled retrain (%s) enqueued as job %s on queue %s", why, job.id, job.origin)
+    metrics.retrain_asked(trigger, metrics.ENQUEUED)
     return job
 
 
@@ -100,11 +104,14 @@ class RatingsTrigger:
             changes, since = self.count()
         except (BookrecError, *CONNECTION_ERRORS) as exc:
             log.warning("ratings check failed, the next one tries again: %s", exc)
+            metrics.retrain_asked(AFTER_RATINGS, metrics.FAILED)
             return None
+        metrics.ratings_counted(changes.rows)
         if changes.rows < self.threshold:
             log.debug("%d ratings %s, threshold %d", changes.rows, since, self.threshold)
             return None
-        job = request_retrain(self.client, f"{changes.rows} ratings {since}, threshold {self.threshold}")
+        why = f"{changes.rows} ratings {since}, threshold {self.threshold}"
+        job = request_retrain(self.client, why, AFTER_RATINGS)
         if job is not None:
             self._move_mark(changes.newest_updated_at)
         return job
