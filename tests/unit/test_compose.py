@@ -22,6 +22,7 @@ import yaml
 from redis.connection import parse_url
 
 from bookrec.cli import build_parser
+from bookrec.shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -286,6 +287,60 @@ def test_the_dashboard_token_comes_from_the_environment_and_is_empty_by_default(
     assert environment(services["dashboard"])["BOOKREC_DASHBOARD_TOKEN"] == token
     assert [str(p) for p in services["dashboard"]["ports"]] == ["127.0.0.1:18050:8050"]
     assert not any("BOOKREC_DASHBOARD_TOKEN" in environment(services[name]) for name in services if name != "dashboard")
+
+
+# ---- metrics: Prometheus scrapes every bookrec service that serves them --------------------------
+
+PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
+METRICS_SERVICES = {
+    "worker": "metrics_port",
+    "trainer": "metrics_port",
+    "ingest": "ingest_metrics_port",
+    "scheduler": "scheduler_metrics_port",
+}
+"""The services that serve metrics, and the setting naming their port."""
+
+
+def scrape_targets() -> dict[str, tuple[str, int]]:
+    """Per job of the committed scrape config: the Compose service it finds by DNS and the port it scrapes."""
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    targets = {}
+    for job in config["scrape_configs"]:
+        (lookup,) = job["dns_sd_configs"]
+        assert lookup.get("type") == "A", f"{job['job_name']}: replicas are found by their A records"
+        (name,) = lookup["names"]
+        targets[job["job_name"]] = (name, lookup["port"])
+    return targets
+
+
+def test_prometheus_runs_a_pinned_image_with_the_committed_config_and_only_a_loopback_port() -> None:
+    prometheus = SERVICES["prometheus"]
+    image = prometheus["image"]
+    assert image.startswith("prom/prometheus:v"), f"pin a Prometheus release, not {image!r}"
+    mounts = volume_mounts(prometheus)
+    assert mounts.get("./deploy/prometheus") == "/etc/prometheus", mounts
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    assert all(str(port).startswith("127.0.0.1:") for port in prometheus.get("ports", [])), prometheus["ports"]
+
+
+@pytest.mark.parametrize("name", sorted(METRICS_SERVICES))
+def test_prometheus_scrapes_each_bookrec_service_at_the_port_it_serves_on(name: str) -> None:
+    settings = Settings.from_env(environment(SERVICES[name]))
+    port = getattr(settings, METRICS_SERVICES[name])
+    assert port, f"{name} serves no metrics"
+    assert settings.metrics_host == "0.0.0.0", (
+        f"{name} serves metrics on {settings.metrics_host}, out of Prometheus's reach"
+    )
+    assert scrape_targets().get(name) == (name, port), f"Prometheus does not scrape {name} on port {port}"
+    assert not SERVICES[name].get("ports"), f"{name} publishes a host port"
+
+
+def test_the_scrape_config_names_only_services_that_exist_and_its_rule_files() -> None:
+    assert {service for service, _ in scrape_targets().values()} <= set(SERVICES)
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    for rules in config.get("rule_files", []):
+        groups = yaml.safe_load((PROMETHEUS_DIR / rules).read_text())["groups"]
+        assert all(rule["alert"] and rule["expr"] for group in groups for rule in group["rules"]), rules
 
 
 # ---- no secret through a shell -------------------------------------------------------------------
