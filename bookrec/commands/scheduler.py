@@ -14,7 +14,8 @@ DESCRIPTION = (
     "host's local time, e.g. '0 3 * * *'), and once BOOKREC_RETRAIN_AFTER_RATINGS ratings arrived in the ratings store "
     "since production's snapshot (counted every BOOKREC_RETRAIN_CHECK_S seconds). Each goes through the retrain lock as "
     "`bookrec retrain` does: with a retrain already queued or running it is a no-op, logged. Run one per deployment; "
-    "it logs each enqueue and stops on SIGTERM or Ctrl-C. Exits 2 when neither setting is set."
+    "it logs each enqueue, serves Prometheus metrics on BOOKREC_SCHEDULER_METRICS_PORT (0: none) and stops on "
+    "SIGTERM or Ctrl-C. Exits 2 when neither setting is set."
 )
 
 

@@ -53,7 +53,8 @@ DESCRIPTION = (
     "user's rated books once, then serves jobs from the given queues in priority order, swapping to a newly "
     "promoted model between jobs. Dead processes are restarted and their job handed back to the queue. "
     "SIGTERM/Ctrl-C stops each process after its current job. Run a separate `--queues retrain` worker "
-    "(the trainer) so training never starves serving."
+    "(the trainer) so training never starves serving. Serves the Prometheus metrics of all its processes on "
+    "BOOKREC_METRICS_PORT (0: none; a second supervisor on the host needs its own)."
 )
 
 
