@@ -55,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(settings.database_url)
     # A blocking read must not outlast the socket timeout.
     client = connect(settings, socket_timeout=settings.ingest_block_ms / 1000 + 5)
-    from bookrec.ingest.consumer import GROUP, Ingest  # after open_store: needs bookrec[store] too
-    from bookrec.ingest.metrics import LagCollector
+    from bookrec.ingest.consumer import Ingest  # after open_store: needs bookrec[store] too
+    from bookrec.ingest.lag import LagCollector
     from bookrec.shared.metrics import process_registry, serve
 
     ingest = Ingest(client, store, settings)
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = None
     try:
         redis_client(settings).close()  # RedisUnavailable at once, in one line, if Redis does not answer
-        registry = process_registry(LagCollector(client, ingest.keys, GROUP))
+        registry = process_registry(LagCollector(client, ingest.keys))
         metrics = serve(registry, settings.metrics_host, settings.ingest_metrics_port, f"ingest {ingest.name}")
         _steady_gc()
         ingest.run()

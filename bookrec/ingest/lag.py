@@ -1,18 +1,24 @@
 """How far the ingest is behind the ratings stream, as Redis tells it: the stream's length, the consumer group's
 entries not yet delivered (XINFO GROUPS `lag`) and delivered but not acknowledged (`pending`), the age of the oldest
 pending entry, each consumer's pending count and idle time, and the dead letters. Read-only: one XINFO STREAM, XINFO
-GROUPS, XINFO CONSUMERS, XPENDING and XLEN (README: Ingest)."""
+GROUPS, XINFO CONSUMERS, XPENDING and XLEN (README: Ingest). `LagCollector` serves it to Prometheus (README: Metrics)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import Iterator
 
 import redis
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from bookrec.ingest.consumer import GROUP, group_info
 from bookrec.shared.keys import Keys
 from bookrec.shared.ratings import entry_time_ms
 from bookrec.shared.redis_conn import text
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -78,3 +84,31 @@ def _age(client: redis.Redis, stream_id: bytes | str | None) -> float | None:
         return None
     seconds, micro = client.time()
     return max(0.0, seconds + micro / 1e6 - entry_time_ms(text(stream_id)) / 1000)
+
+
+class LagCollector(Collector):
+    """The ingest's lag (`ingest_lag`) as gauges, read at each scrape; left out while Redis does not answer. Every
+    ingest replica reports the same group-wide values: aggregate them with `max`, not `sum`."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.client, self.keys = client, keys
+
+    def collect(self) -> Iterator[Metric]:
+        """The metric families of one scrape."""
+        try:
+            lag = ingest_lag(self.client, self.keys)
+        except redis.exceptions.RedisError as exc:
+            logger.debug("ingest: lag metrics left out of this scrape: %s", exc)
+            return
+        yield GaugeMetricFamily("bookrec_ingest_dead_entries", "Entries in the dead stream (refused events)", lag.dead)
+        if lag.undelivered is not None:
+            yield GaugeMetricFamily(
+                "bookrec_ingest_unacknowledged_entries",
+                "Ratings-stream entries the ingest has not acknowledged: not yet read, or read and not yet committed",
+                lag.undelivered + lag.pending,
+            )
+        yield GaugeMetricFamily(
+            "bookrec_ingest_oldest_unacknowledged_age_seconds",
+            "Age of the oldest ratings-stream entry not acknowledged yet (0 when there is none)",
+            lag.oldest_age_s or 0.0,
+        )

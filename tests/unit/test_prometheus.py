@@ -22,7 +22,7 @@ from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
 from bookrec.ingest.consumer import GROUP, Ingest
-from bookrec.ingest.metrics import LagCollector, oldest_unacknowledged
+from bookrec.ingest.lag import LagCollector
 from bookrec.model_store.promotion import promote
 from bookrec.model_store.store import ModelStore
 from bookrec.producer import Client
@@ -327,12 +327,6 @@ def test_an_acknowledged_batch_counts_its_events_by_outcome_and_its_commit(
     assert sample("bookrec_ingest_commit_seconds_count") == commits + 2
 
 
-def test_the_oldest_unacknowledged_entry_is_the_oldest_pending_one_else_the_first_not_read() -> None:
-    assert oldest_unacknowledged({"pending": 2, "min": b"1000-0"}, "3000-0") == "1000-0"
-    assert oldest_unacknowledged({"pending": 0, "min": None}, "3000-0") == "3000-0"
-    assert oldest_unacknowledged({"pending": 0, "min": None}, None) is None
-
-
 def test_the_lag_collector_reports_the_dead_stream_and_the_age_of_the_oldest_entry_not_acknowledged(
     ingest: Ingest, redis: fakeredis.FakeRedis, server: fakeredis.FakeServer
 ) -> None:
@@ -342,7 +336,7 @@ def test_the_lag_collector_reports_the_dead_stream_and_the_age_of_the_oldest_ent
     redis.xadd(stream, {"user_id": "1", "book_id": "11", "rating": "9"})
     redis.xreadgroup(GROUP, "someone", {stream: ">"}, count=1)  # read, not acknowledged: pending
     registry = CollectorRegistry()
-    registry.register(LagCollector(redis, ingest.keys, GROUP))
+    registry.register(LagCollector(redis, ingest.keys))
 
     assert 8 <= sample("bookrec_ingest_oldest_unacknowledged_age_seconds", registry) < 60
     assert sample("bookrec_ingest_dead_entries", registry) == 0
