@@ -21,8 +21,9 @@ FROM ${PYTHON_IMAGE} AS bookrec
 # it by number, so an orchestrator can verify it is not root). /var/lib/bookrec/* is created
 # here, owned by that user: Docker copies it (with its owner) into a named volume the first time
 # the volume is mounted there, which is what makes the volume writable for the user.
-# /app/data is where a real goodbooks books.csv can be mounted read-only for
-# `bookrec init --books-from /app/data/books.csv` (see docker-compose.yml).
+# /app/data is where another catalogue's books file can be mounted read-only for
+# `bookrec init --books-from /app/data/books.csv` (see docker-compose.yml); without one, init's synthetic readers
+# rate goodbooks-10k's books.csv, which the bookrec package ships.
 RUN groupadd --system --gid 10001 bookrec \
  && useradd --system --uid 10001 --gid bookrec --create-home --home-dir /home/bookrec bookrec \
  && mkdir -p /var/lib/bookrec/models /var/lib/bookrec/data /app/data \

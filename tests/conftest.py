@@ -23,9 +23,10 @@ from bookrec.worker.serve.launch import WorkerProcesses
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 MOVIELENS = SHARED_DATA / "movielens" / "ml-latest-small" / "ratings.csv"
-GOODBOOKS_BOOKS = SHARED_DATA / "goodbooks" / "books.csv"
+GOODBOOKS_BOOKS = REPO / "bookrec" / "worker" / "learn" / "goodbooks" / "books.csv"
+"""goodbooks-10k's books.csv as bookrec ships it: real titles for the synthetic catalogues."""
 BOOKS_SAMPLE = REPO / "tests" / "fixtures" / "books_sample.csv"
-"""The first 200 books of goodbooks-10k's books.csv: real metadata where ../shared/data is absent."""
+"""The first 200 books of goodbooks-10k's books.csv (the titles a catalogue of 200 synthetic books takes)."""
 TEST_REDIS_URL = os.environ.get("BOOKREC_TEST_REDIS_URL", "redis://localhost:6379/13")
 
 
@@ -56,7 +57,7 @@ class TrainedStore:
 
 
 def synth_small(out: Path, users: int = 300, books: int = 200, ratings: int = 6000, seed: int = 0) -> Path:
-    """Write a tiny goodbooks-shaped catalogue (real titles: goodbooks' books.csv, else its first 200 books) into `out`."""
+    """Write a tiny goodbooks-shaped catalogue (real titles, from the shipped goodbooks books.csv) into `out`."""
     from bookrec.worker.learn.synth import synthesise
 
     synthesise(
@@ -65,7 +66,7 @@ def synth_small(out: Path, users: int = 300, books: int = 200, ratings: int = 60
         books=books,
         ratings=ratings,
         seed=seed,
-        books_from=GOODBOOKS_BOOKS if GOODBOOKS_BOOKS.exists() else BOOKS_SAMPLE,
+        books_from=GOODBOOKS_BOOKS,
     )
     return out
 

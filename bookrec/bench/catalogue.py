@@ -16,14 +16,15 @@ from typing import Any, Callable
 
 from bookrec.model_store.store import ModelStore
 from bookrec.shared.errors import BookrecError
-from bookrec.worker.learn.inputs import PRESETS
+from bookrec.worker.learn.inputs import GOODBOOKS_BOOKS, PRESETS
 from bookrec.worker.learn.synth import synthesise
 
 Notify = Callable[[str], None]
 
 REPO = Path(__file__).resolve().parents[2]
-REAL_BOOKS = REPO.parent / "shared" / "data" / "goodbooks" / "books.csv"
-"""goodbooks-10k's real books.csv in the team folder beside the checkout: titles for the synthetic catalogue when present."""
+REAL_BOOKS = GOODBOOKS_BOOKS
+"""goodbooks-10k's real books.csv, shipped with bookrec: the synthetic catalogue's books take its titles in file order
+(they did when the team folder beside the checkout held it, so a cached catalogue of either time is the same)."""
 
 
 @dataclass(frozen=True)

@@ -252,9 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     notify: Notify = lambda message: print(f"load: {message}", file=sys.stderr, flush=True)  # noqa: E731
 
     size = catalogue.QUICK if args.quick else catalogue.FULL
-    prepared = catalogue.prepare(
-        size, args.cache_dir, catalogue.REAL_BOOKS if catalogue.REAL_BOOKS.exists() else None, notify
-    )
+    prepared = catalogue.prepare(size, args.cache_dir, catalogue.REAL_BOOKS, notify)
     if prepared.base_version is None:
         raise BookrecError(
             f"no cached base model for {size.describe()}; run `bookrec bench{' --quick' if args.quick else ''}` once to train it"

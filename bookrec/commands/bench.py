@@ -88,8 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     url = with_db(settings.redis_url, args.redis_db)
-    books_from = REAL_BOOKS if REAL_BOOKS.exists() else None
-    config = (Config.quick_run if args.quick else Config.full)(url, args.cache_dir, books_from)
+    config = (Config.quick_run if args.quick else Config.full)(url, args.cache_dir, REAL_BOOKS)
     config = replace(
         config,
         phases=(args.only,) if args.only else PHASES,

@@ -1,5 +1,5 @@
-"""`bookrec data`: generate a synthetic goodbooks-shaped dataset, check a ratings file before training, and move
-ratings and books in and out of the ratings store in bulk."""
+"""`bookrec data`: generate synthetic ratings of real books (or the benchmarks' latent catalogue), check a ratings
+file before training, and move ratings and books in and out of the ratings store in bulk."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any, Callable
 from bookrec.commands.common import needs_worker_side, print_json, progress_bar, show_progress
 from bookrec.commands.db import open_store
 from bookrec.shared.settings import Settings, redact_url
-from bookrec.worker.learn.inputs import PRESETS, ReadOptions, add_read_options
+from bookrec.worker.learn.inputs import PRESETS, ReadOptions, add_book_options, add_read_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "data",
         help="generate synthetic ratings, check a ratings file, or import/export the ratings store",
-        description="Generate a synthetic goodbooks-shaped dataset, check that a ratings file reads "
+        description="Generate synthetic ratings of real books, check that a ratings file reads "
         "correctly before training on it, or move ratings and books in and out of the ratings store in bulk.",
     )
     actions = parser.add_subparsers(dest="data_command", metavar="ACTION")
@@ -38,25 +38,40 @@ def _register_synth(actions: argparse._SubParsersAction, json_flag: argparse.Arg
     synth = actions.add_parser(
         "synth",
         parents=[json_flag],
-        help="write a synthetic goodbooks-format ratings.csv and books.csv",
-        description="Write ratings.csv (user_id,book_id,rating; 1-5 stars) and books.csv in goodbooks format "
-        "into --out. Users have hidden tastes and book popularity follows a power law, so models have "
-        f"something to learn. Presets: {sizes}. --users/--books/--ratings override the preset "
-        "(default preset: small). The same seed gives identical files.",
+        help="write synthetic ratings of real books (ratings.csv) and their books.csv",
+        description="Write ratings.csv (user_id,book_id,rating; 1-5 stars) by synthetic readers of real books, and "
+        "books.csv, the catalogue's rows of the books they rate, into --out. The books are goodbooks-10k's (shipped "
+        "with bookrec; goodbooks-10k, Zygmunt Zając, CC BY-SA 4.0) or --books-from's: each as popular as its real "
+        "ratings_count, rated around its real average rating; each reader has a few favourite authors and series, a "
+        "leaning per publication era and a language, so models have real structure to learn. --latent writes the "
+        f"benchmarks' latent-factor catalogue instead. Presets: {sizes}. --users/--books/--ratings override the preset "
+        "(default preset: small; over real books, --books takes the most rated). The same seed gives identical files.",
     )
     synth.add_argument(
         "--out", metavar="DIR", type=Path, required=True, help="directory to write into (created if needed)"
     )
     synth.add_argument("--preset", choices=sorted(PRESETS), help="dataset size to start from (default: small)")
     synth.add_argument("--users", metavar="U", type=_count, help="number of users (ids 1..U)")
-    synth.add_argument("--books", metavar="B", type=_count, help="number of books (ids 1..B)")
+    synth.add_argument(
+        "--books",
+        metavar="B",
+        type=_count,
+        help="number of books: the B most rated of the catalogue (--latent: ids 1..B)",
+    )
     synth.add_argument("--ratings", metavar="R", type=_count, help="exact number of ratings, between U and U x B")
     synth.add_argument("--seed", metavar="S", type=int, default=0, help="random seed (default: 0)")
     synth.add_argument(
         "--books-from",
         metavar="PATH",
         type=Path,
-        help="a real goodbooks books.csv to take titles, authors, years and covers from",
+        help="the books file whose books the readers rate (default: goodbooks-10k's books.csv, shipped with bookrec); "
+        "with --latent, a goodbooks books.csv whose titles, authors, years and covers the synthetic books take",
+    )
+    synth.add_argument(
+        "--latent",
+        action="store_true",
+        help="the benchmarks' catalogue instead: latent tastes, power-law popularity over book ids 1..B, titles "
+        "'Synthetic Book N' (or --books-from's, in file order)",
     )
     synth.set_defaults(handler=_synth)
 
@@ -95,12 +110,14 @@ def _register_bulk(actions: argparse._SubParsersAction, json_flag: argparse.Argu
     books = actions.add_parser(
         "import-books",
         parents=[store],
-        help="insert or replace the catalogue from a goodbooks books.csv",
-        description="Read a goodbooks books.csv the way training does (same errors) and insert or replace its "
-        "rows in the ratings store's catalogue in one transaction, migrating the schema first. "
-        "JSON: {database, path, rows, seconds}.",
+        help="insert or replace the catalogue from a books file (goodbooks' books.csv, MovieLens' movies.csv, ...)",
+        description="Read a books file the way training does (columns by name, the same errors) and insert or "
+        "replace its rows in the ratings store's catalogue in one transaction, migrating the schema first: the item "
+        "id becomes book_id, the title title, authors and year authors and original_publication_year; goodbooks' "
+        "other columns are kept, others ignored. JSON: {database, path, rows, seconds}.",
     )
-    books.add_argument("file", metavar="FILE", type=Path, help="books.csv (goodbooks format)")
+    books.add_argument("file", metavar="FILE", type=Path, help="books file (CSV or TSV) with an id and a title column")
+    add_book_options(books, item_col=True)
     books.set_defaults(handler=_import_books)
     export = actions.add_parser(
         "export",
@@ -127,18 +144,17 @@ def _count(text: str) -> int:
 
 def _synth(args: argparse.Namespace) -> int:
     needs_worker_side("bookrec data synth")
-    from bookrec.worker.learn.synth import synthesise
+    from bookrec.worker.learn.synth import synthesise, synthesise_readers
 
     sizes = {**PRESETS[args.preset or "small"]}
     sizes.update({name: getattr(args, name) for name in sizes if getattr(args, name) is not None})
     with progress_bar(sizes["users"], "synthesising", show_progress(args.json), unit="user") as bar:
-        summary = synthesise(
-            args.out,
-            seed=args.seed,
-            books_from=args.books_from,
-            progress=lambda done, _total: bar.update(done - bar.n),
-            **sizes,
-        )
+        progress = lambda done, _total: bar.update(done - bar.n)  # noqa: E731
+        if args.latent:
+            summary = synthesise(args.out, seed=args.seed, books_from=args.books_from, progress=progress, **sizes)
+        else:
+            catalogue = {"catalogue": args.books_from} if args.books_from is not None else {}
+            summary = synthesise_readers(args.out, seed=args.seed, progress=progress, **sizes, **catalogue)
     if args.json:
         print_json(summary)
     else:
@@ -186,7 +202,7 @@ def _import_ratings(args: argparse.Namespace) -> int:
 
 def _import_books(args: argparse.Namespace) -> int:
     needs_worker_side("bookrec data import-books", ("numpy", "pandas"))
-    summary = import_books_file(_database(args), args.file, show_progress(args.json))
+    summary = import_books_file(_database(args), args.file, show_progress(args.json), ReadOptions.from_args(args))
     _report(args, summary, imported_books(summary))
     return 0
 
@@ -204,14 +220,14 @@ def import_ratings_file(url: str, path: Path, options: ReadOptions, show: bool) 
     return {"database": redact_url(url), "path": str(path), **result.as_dict(), "seconds": seconds}
 
 
-def import_books_file(url: str, path: Path, show: bool) -> dict[str, Any]:
-    """Read a goodbooks books.csv as `train` does and insert or replace its rows in the ratings store's catalogue at
-    `url` (migrated first), with a progress bar when `show`; return {"database" (redacted), "path", "rows",
-    "seconds"}."""
+def import_books_file(url: str, path: Path, show: bool, options: ReadOptions = ReadOptions()) -> dict[str, Any]:
+    """Read a books file as `train` does (with `options`' item and title columns) and insert or replace its rows in
+    the ratings store's catalogue at `url` (migrated first), with a progress bar when `show`; return {"database"
+    (redacted), "path", "rows", "seconds"}."""
     from bookrec.worker.learn.datasets import read_book_rows
 
     started = time.monotonic()
-    rows = read_book_rows(path)
+    rows = read_book_rows(path, options)
     count = _into_store(url, show, len(rows), "book", lambda store, progress: store.import_books(rows, progress))
     seconds = round(time.monotonic() - started, 3)
     return {"database": redact_url(url), "path": str(path), "rows": count, "seconds": seconds}

@@ -1,5 +1,6 @@
 """`bookrec init`: first-run setup — migrate the ratings store, fill it from the data dir when it holds no ratings
-(synthesising the data first if there is none), train the first model on it and promote it.
+(synthesising the data first if there is none: readers of goodbooks-10k's real books, which bookrec ships), train the
+first model on it and promote it.
 
 Trains and promotes nothing when the model store already has a production model, so it is safe as a one-shot
 service in docker compose that runs on every `up`.
@@ -26,8 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "init",
         help="first run: fill the ratings store (synthesising data if missing), train and promote the first model",
         description="Migrate the ratings store (BOOKREC_DATABASE_URL). If it holds no ratings, import "
-        "BOOKREC_DATA_DIR's ratings.csv and books.csv into it, first writing a synthetic goodbooks-shaped catalogue "
-        "there when ratings.csv is missing and no model is in production. If BOOKREC_MODEL_STORE has no production "
+        "BOOKREC_DATA_DIR's ratings.csv and books.csv into it, first writing synthetic ratings of real books there "
+        "(goodbooks-10k's, shipped with bookrec, or --books-from's) when ratings.csv is missing and no model is in "
+        "production. If BOOKREC_MODEL_STORE has no production "
         "model, train the default model on the store's ratings and promote it; otherwise make sure Redis points at "
         "the production model and exit.",
     )
@@ -35,7 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--preset", choices=sorted(PRESETS), default="small", help="size of the synthetic catalogue (default: small)"
     )
     parser.add_argument(
-        "--books-from", type=Path, metavar="FILE", help="real goodbooks books.csv for titles and authors"
+        "--books-from",
+        type=Path,
+        metavar="FILE",
+        help="the books file whose books the synthetic readers rate (default: goodbooks-10k's, shipped with bookrec)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for data and training (default: 0)")
     parser.set_defaults(handler=run)
@@ -87,10 +92,14 @@ def _fill_ratings_store(settings: Settings, args: argparse.Namespace, may_synthe
         return
     ratings, books = settings.data_dir / RATINGS_FILE, settings.data_dir / DEFAULT_BOOKS
     if not ratings.exists() and may_synthesise:
-        from bookrec.worker.learn.synth import synthesise
+        from bookrec.worker.learn.synth import synthesise_readers
 
-        summary = synthesise(settings.data_dir, seed=args.seed, books_from=args.books_from, **PRESETS[args.preset])
-        print(f"synthesised {summary['ratings']:,} ratings into {settings.data_dir}")
+        catalogue = {"catalogue": args.books_from} if args.books_from is not None else {}
+        summary = synthesise_readers(settings.data_dir, seed=args.seed, **PRESETS[args.preset], **catalogue)
+        print(
+            f"synthesised {summary['ratings']:,} ratings by {summary['users']:,} readers of {summary['books']:,} real "
+            f"books from {summary['books_from']} into {settings.data_dir}"
+        )
     if not ratings.exists():
         print(
             f"bookrec: warning: ratings store {database} holds no ratings and {ratings} does not exist: retrains fail "

@@ -22,7 +22,7 @@ from bookrec.commands.common import (
 )
 from bookrec.shared.payloads import MODEL_KINDS, hyper_params
 from bookrec.shared.settings import Settings
-from bookrec.worker.learn.inputs import ReadOptions, add_read_options
+from bookrec.worker.learn.inputs import ReadOptions, add_book_options, add_read_options
 
 METRICS = ("rmse", "mae", "precision@10", "recall@10", "ndcg@10", "map@10", "coverage@10")
 BASELINES = ("global_mean", "bias", "popularity")
@@ -45,7 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="ratings CSV/TSV (user, item, rating columns); default: the ratings store (BOOKREC_DATABASE_URL)",
     )
     parser.add_argument(
-        "--books", type=Path, metavar="FILE", help="goodbooks-style books.csv for titles, authors, years, covers"
+        "--books",
+        type=Path,
+        metavar="FILE",
+        help="books file for titles (and authors, years, covers): goodbooks' books.csv, MovieLens' movies.csv, any CSV "
+        "with an item id and a title column (see 'reading the books file')",
     )
     parser.add_argument(
         "--test", type=Path, metavar="FILE", help="explicit test file (read with the same options); no split is made"
@@ -82,6 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--json", action="store_true", help="print one JSON object instead of a table; no progress output"
     )
     add_read_options(parser)
+    add_book_options(parser, item_col=False)
     parser.set_defaults(handler=run)
 
 

@@ -31,7 +31,7 @@ def _leaves(value) -> list[float]:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_tiny_serving_run_reports_every_serving_figure_and_leaves_nothing_behind(redis_client, tmp_path: Path) -> None:
-    books = GOODBOOKS_BOOKS if GOODBOOKS_BOOKS.exists() else None
+    books = GOODBOOKS_BOOKS
     params = {"epochs": 2}  # the default kind, trained briefly
     config = Config(
         TINY,
@@ -132,7 +132,7 @@ def test_the_fresh_phase_reports_its_three_figures_and_leaves_nothing_behind(red
         memory_events=2000,
         timeout_s=120.0,
     )
-    books = GOODBOOKS_BOOKS if GOODBOOKS_BOOKS.exists() else None
+    books = GOODBOOKS_BOOKS
     config = Config(TINY, TEST_REDIS_URL, cache_root=tmp_path, books_from=books, model_params={"epochs": 2})
     messages: list[str] = []
 

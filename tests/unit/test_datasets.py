@@ -14,12 +14,27 @@ import pytest
 
 from bookrec.cli import main
 from bookrec.shared.errors import DataError
-from bookrec.worker.learn.datasets import fingerprint, ratings_from_frame, read_books, read_ratings, rows_sha256
-from bookrec.worker.learn.inputs import ReadOptions, add_read_options
+from bookrec.worker.learn.datasets import (
+    fingerprint,
+    ratings_from_frame,
+    read_book_rows,
+    read_books,
+    read_ratings,
+    rows_sha256,
+)
+from bookrec.worker.learn.inputs import GOODBOOKS_BOOKS, ReadOptions, add_read_options
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 MOVIELENS = SHARED_DATA / "movielens" / "ml-latest-small" / "ratings.csv"
+MOVIELENS_MOVIES = MOVIELENS.with_name("movies.csv")
+MOVIES = (
+    "movieId,title,genres\n"
+    "3,Quiet Harbour (1994),Drama\n"
+    '17,"Night Train, The (2001)",Thriller|Mystery\n'
+    "1204,Paper Moons (1988),Comedy\n"
+)
+"""A movies file shaped like MovieLens' movies.csv (written here; no MovieLens row is copied)."""
 
 
 def write(path: Path, text: str) -> Path:
@@ -294,14 +309,69 @@ def test_books_title_falls_back_to_original_title_and_missing_year_is_none(tmp_p
 
 def test_books_missing_columns_are_listed(tmp_path: Path) -> None:
     path = write(tmp_path / "books.csv", "book_id,name\n1,x\n")
-    with pytest.raises(DataError, match=r"missing column\(s\) authors, title .*columns found: book_id, name"):
+    with pytest.raises(DataError, match=r"missing column\(s\) title \(.*--title-col.*\); columns found: book_id, name"):
         read_books(path)
 
 
 def test_books_without_key_column(tmp_path: Path) -> None:
     path = write(tmp_path / "books.csv", "goodreads_book_id,title,authors\n1,x,y\n")
-    with pytest.raises(DataError, match=r"missing column\(s\) book_id"):
+    with pytest.raises(DataError, match=r"missing column\(s\) book_id \(.*--item-col"):
         read_books(path)
+
+
+def test_a_movies_file_reads_by_column_name_with_titles_and_no_authors(tmp_path: Path) -> None:
+    books = read_books(write(tmp_path / "movies.csv", MOVIES))
+
+    assert list(books.index) == ["3", "17", "1204"]
+    assert books.loc["17"].to_dict() == {
+        "title": "Night Train, The (2001)",
+        "authors": None,
+        "year": None,
+        "image_url": None,
+    }
+
+
+def test_books_take_optional_author_and_year_columns_by_their_other_names(tmp_path: Path) -> None:
+    books = read_books(write(tmp_path / "items.tsv", "item_id\tTitle\tAuthor\tYear\nb7\tA Title\tSomeone\t1999\n"))
+
+    assert books.loc["b7"].to_dict() == {"title": "A Title", "authors": "Someone", "year": 1999, "image_url": None}
+
+
+def test_item_and_title_columns_can_be_named(tmp_path: Path) -> None:
+    path = write(tmp_path / "items.csv", "sku,name,title\nx1,The Name,a subtitle\n")
+
+    books = read_books(path, ReadOptions(item_col="sku", title_col="name"))
+    rows = read_book_rows(path, ReadOptions(item_col="sku", title_col="name"))
+
+    assert books.loc["x1", "title"] == "The Name"
+    assert rows == [{"book_id": "x1", "title": "The Name"}]
+    with pytest.raises(DataError, match=r"no column 'isbn' \(given by --item-col\); columns found: sku, name, title"):
+        read_books(path, ReadOptions(item_col="isbn"))
+    with pytest.raises(DataError, match=r"no column 'label' \(given by --title-col\)"):
+        read_books(path, ReadOptions(item_col="sku", title_col="label"))
+
+
+def test_store_rows_of_a_movies_file_carry_goodbooks_names(tmp_path: Path) -> None:
+    rows = read_book_rows(write(tmp_path / "movies.csv", MOVIES))
+
+    assert rows[1] == {"book_id": "17", "title": "Night Train, The (2001)", "genres": "Thriller|Mystery"}
+
+
+def test_the_shipped_goodbooks_books_read_whole() -> None:
+    books = read_books(GOODBOOKS_BOOKS)
+
+    assert len(books) == 10_000 and books.loc["1", "title"] == "The Hunger Games (The Hunger Games, #1)"
+    assert (GOODBOOKS_BOOKS.parent / "LICENSE").read_text().startswith("This work is licensed under the Creative")
+    assert "goodbooks-10k, Zygmunt Zając, CC BY-SA 4.0" in (GOODBOOKS_BOOKS.parent / "README.md").read_text()
+
+
+@pytest.mark.skipif(not MOVIELENS_MOVIES.exists(), reason="MovieLens is read from ../shared/data, which is absent")
+def test_movielens_movies_read_with_a_title_for_every_movie_rated() -> None:
+    movies = read_books(MOVIELENS_MOVIES)
+    rated = set(read_ratings(MOVIELENS).frame["item"])
+
+    assert rated <= set(movies.index) and movies["title"].str.len().gt(0).all()
+    assert movies["authors"].isna().all()
 
 
 def test_books_repeated_id(tmp_path: Path) -> None:

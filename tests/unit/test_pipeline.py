@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -119,3 +120,54 @@ def test_train_cli_reports_a_missing_column_in_one_line(tmp_path: Path, monkeypa
     err = capsys.readouterr().err.strip()
     assert code != 0 and "\n" not in err and "rating" in err and "stars" in err
     assert ModelStore(tmp_path / "store").list() == []
+
+
+def movies_catalogue(root: Path) -> tuple[Path, Path]:
+    """A movies-shaped catalogue written here (MovieLens' columns, made-up rows): ratings.csv keyed by userId and
+    movieId, and movies.csv with movieId, title, genres (no authors)."""
+    rng = np.random.default_rng(0)
+    movies = [10 * m + 7 for m in range(12)]  # ids that are not 1..N
+    rows = [
+        (u, m, float(rng.integers(1, 11)) / 2, 1_000_000 + u)
+        for u in range(1, 41)
+        for m in rng.choice(movies, 6, replace=False)
+    ]
+    pd.DataFrame(rows, columns=["userId", "movieId", "rating", "timestamp"]).to_csv(root / "ratings.csv", index=False)
+    titles = pd.DataFrame(
+        {"movieId": movies, "title": [f"Film Number {m} ({1990 + m % 20})" for m in movies], "genres": "Drama"}
+    )
+    titles.to_csv(root / "movies.csv", index=False)
+    return root / "ratings.csv", root / "movies.csv"
+
+
+def test_train_on_a_movies_file_shows_its_titles(tmp_path: Path, monkeypatch, capsys) -> None:
+    ratings, movies = movies_catalogue(tmp_path)
+    monkeypatch.setenv("BOOKREC_MODEL_STORE", str(tmp_path / "store"))
+
+    code = main(
+        ["train", "--ratings", str(ratings), "--books", str(movies), "--model", "mf", "--epochs", "1", "--json"]
+    )
+
+    assert code == 0, capsys.readouterr().err
+    version = json.loads(capsys.readouterr().out)["version"]
+    catalog = json.loads((tmp_path / "store" / version / "catalog.json").read_text())
+    assert len(catalog) == 12
+    assert all(
+        book["title"] == f"Film Number {book['book_id']} ({1990 + int(book['book_id']) % 20})" for book in catalog
+    )
+    assert {book["authors"] for book in catalog} == {None}
+
+
+def test_train_names_the_books_file_s_title_column_and_refuses_one_it_lacks(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    ratings, movies = movies_catalogue(tmp_path)
+    pd.read_csv(movies).rename(columns={"title": "label"}).to_csv(movies, index=False)
+    monkeypatch.setenv("BOOKREC_MODEL_STORE", str(tmp_path / "store"))
+    args = ["train", "--ratings", str(ratings), "--books", str(movies), "--model", "mf", "--epochs", "1", "--json"]
+
+    assert main(args) == 2
+    assert capsys.readouterr().err.startswith(f"bookrec: error: {movies}: missing column(s) title (")
+    assert main([*args, "--title-col", "label"]) == 0
+    version = json.loads(capsys.readouterr().out)["version"]
+    assert json.loads((tmp_path / "store" / version / "catalog.json").read_text())[0]["title"].startswith("Film Number")

@@ -109,6 +109,31 @@ def test_the_older_goodbooks_release_keys_books_by_id(tmp_path: Path, store: Rat
     assert store.books()["1"]["goodreads_book_id"] == 2767052
 
 
+def test_import_books_takes_a_movies_file_and_named_columns(
+    tmp_path: Path, store: RatingsStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    movies = write_csv(tmp_path / "movies.csv", ["movieId", "title", "genres"], [[3, "Quiet Harbour (1994)", "Drama"]])
+    items = write_csv(tmp_path / "items.csv", ["sku", "name", "year"], [["x1", "The Name", 1999]])
+    url = f"sqlite:///{tmp_path / 'ratings.db'}"
+
+    assert run(["data", "import-books", str(movies), "--database", url], capsys)[0] == 0
+    code, out, _ = run(
+        ["data", "import-books", str(items), "--item-col", "sku", "--title-col", "name", "--json", "--database", url],
+        capsys,
+    )
+
+    assert code == 0 and json.loads(out)["rows"] == 1
+    books = store.books()
+    assert (books["3"]["title"], books["3"]["authors"]) == ("Quiet Harbour (1994)", None)
+    assert (books["x1"]["title"], books["x1"]["original_publication_year"]) == ("The Name", 1999)
+    code, _, err = run(["data", "import-books", str(items), "--title-col", "label", "--database", url], capsys)
+    assert (
+        code == 2
+        and err.strip()
+        == f"bookrec: error: {items}: no column 'label' (given by --title-col); columns found: sku, name, year"
+    )
+
+
 def test_an_export_reads_back_as_the_same_ratings(store: RatingsStore, tmp_path: Path) -> None:
     source = write_csv(tmp_path / "ratings.csv", ["user_id", "book_id", "rating"], RATINGS)
     store.import_ratings(read_ratings(source).frame)
@@ -189,11 +214,11 @@ def test_a_bad_ratings_file_is_trains_error_in_one_line_and_exit_2(
 def test_a_bad_books_file_is_trains_error_in_one_line_and_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = write_csv(tmp_path / "books.csv", ["book_id", "title"], [[1, "T"]])
+    path = write_csv(tmp_path / "books.csv", ["book_id", "name"], [[1, "T"]])
     code, _, err = run(["data", "import-books", str(path), "--database", f"sqlite:///{tmp_path / 'b.db'}"], capsys)
     assert code == 2
     assert err.strip().splitlines() == [f"bookrec: error: {error_of(read_book_rows, path)}"]
-    assert "missing column(s) authors" in err
+    assert "missing column(s) title" in err
 
 
 def test_a_bad_or_unreachable_database_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -23,6 +23,7 @@ from bookrec.shared.keys import QUEUE_RETRAIN, Keys
 from bookrec.shared.ratings import RatingEvent
 from bookrec.shared.settings import Settings
 from bookrec.worker.learn.datasets import read_ratings, rows_sha256
+from bookrec.worker.learn.inputs import GOODBOOKS_BOOKS
 from bookrec.worker.serve import context
 from bookrec.worker.serve.context import WorkerContext
 from bookrec.worker.serve.retrain import run_retrain
@@ -257,3 +258,27 @@ def test_init_fills_an_empty_store_from_the_data_dir_and_trains_the_first_model_
         f"ratings store {url} already holds ratings; nothing imported",
         f"model store already initialised: {production} is in production",
     ]
+
+
+def test_init_on_a_fresh_data_dir_synthesises_readers_of_the_shipped_real_books(
+    tmp_path: Path, cli_env: ModelStore, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    url = f"sqlite:///{tmp_path / 'ratings.db'}"
+    monkeypatch.setenv("BOOKREC_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("BOOKREC_DATABASE_URL", url)
+    monkeypatch.setitem(init_command.PRESETS, "small", dict(users=60, books=40, ratings=600))
+    server = fakeredis.FakeServer()
+    monkeypatch.setattr(init_command, "redis_client", lambda settings: fakeredis.FakeRedis(server=server))
+
+    code, out, err = run_cli(["init"], capsys)
+
+    assert code == 0, err
+    assert out.splitlines()[1] == (
+        f"synthesised 600 ratings by 60 readers of 40 real books from {GOODBOOKS_BOOKS} into {tmp_path / 'data'}"
+    )
+    ratings_store = RatingsStore(url)
+    books = ratings_store.books()
+    ratings_store.close()
+    assert len(books) == 40 and books["1"]["title"] == "The Hunger Games (The Hunger Games, #1)"
+    catalog = json.loads((cli_env.root / cli_env.production() / "catalog.json").read_text())
+    assert all(book["title"] == books[book["book_id"]]["title"] for book in catalog)

@@ -1,4 +1,5 @@
-"""The synthetic dataset generator (`bookrec.worker.learn.synth`) and `bookrec data synth`."""
+"""The synthetic dataset generators (`bookrec.worker.learn.synth`: the benchmarks' latent catalogue, and readers of
+real books) and `bookrec data synth`."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import pytest
 
 from bookrec.cli import main
 from bookrec.shared.errors import DataError, ValidationError
-from bookrec.worker.learn.datasets import read_books, read_ratings
-from bookrec.worker.learn.inputs import PRESETS
-from bookrec.worker.learn.synth import BOOK_COLUMNS, synthesise
+from bookrec.worker.learn.book_traits import traits
+from bookrec.worker.learn.datasets import read_book_table, read_books, read_ratings
+from bookrec.worker.learn.inputs import GOODBOOKS_BOOKS, PRESETS
+from bookrec.worker.learn.synth import BOOK_COLUMNS, synthesise, synthesise_readers
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -259,3 +261,141 @@ def test_cli_rejects_a_non_positive_count(tmp_path: Path, capsys: pytest.Capture
         main(["data", "synth", "--out", str(tmp_path), "--users", "0"])
     assert exit_.value.code == 2
     assert "--users: must be at least 1, got 0" in capsys.readouterr().err
+
+
+# --- readers of real books --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def readers(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The `small` preset over the shipped goodbooks catalogue (its 1,000 most-rated books), generated once."""
+    return synthesise_readers(tmp_path_factory.mktemp("readers"), **PRESETS["small"], seed=0)
+
+
+def catalogue() -> pd.DataFrame:
+    """The shipped goodbooks books as text, with each book's traits."""
+    table = read_book_table(GOODBOOKS_BOOKS)
+    return table.join(traits(table))
+
+
+def pooled_lift(ratings: pd.DataFrame, books: pd.DataFrame, pairs: np.ndarray) -> float:
+    """How much more often the book pairs marked in `pairs` (books x books, `books`' order) are rated by one reader
+    than if readers chose each book independently with its popularity: observed co-ratings / expected, pooled."""
+    column = {book: i for i, book in enumerate(books["book_id"])}
+    kept = ratings[ratings["book_id"].astype(str).isin(column)]
+    seen = np.zeros((ratings["user_id"].max(), len(books)), np.float32)
+    seen[kept["user_id"] - 1, kept["book_id"].astype(str).map(column)] = 1
+    together = seen.T @ seen
+    share = seen.mean(axis=0)
+    expected = len(seen) * np.outer(share, share)
+    pairs = pairs & ~np.eye(len(books), dtype=bool)
+    return float(together[pairs].sum() / expected[pairs].sum())
+
+
+def same(values: pd.Series) -> np.ndarray:
+    known = values.notna().to_numpy()
+    v = values.to_numpy()
+    return (v[:, None] == v[None, :]) & known[:, None] & known[None, :]
+
+
+def test_readers_rate_the_most_rated_real_books_under_their_real_ids(tmp_path: Path) -> None:
+    summary = synthesise_readers(tmp_path, users=300, ratings=6000, seed=1, books=120)
+
+    ratings = pd.read_csv(summary["ratings_path"], dtype={"book_id": str})
+    real = read_book_table(GOODBOOKS_BOOKS)
+    top = real.assign(count=real["ratings_count"].astype(int)).nlargest(120, "count", keep="first")
+    assert len(ratings) == 6000 and not ratings.duplicated(["user_id", "book_id"]).any()
+    assert sorted(ratings["user_id"].unique()) == list(range(1, 301)) and ratings["rating"].between(1, 5).all()
+    assert set(ratings["book_id"]) <= set(top["book_id"])
+    written = read_book_table(summary["books_path"])
+    assert written.equals(real[real["book_id"].isin(top["book_id"])].reset_index(drop=True))
+    assert summary["generator"] == "readers of real books" and summary["books_from"] == str(GOODBOOKS_BOOKS)
+
+
+def test_readers_follow_the_books_real_popularity(readers: dict) -> None:
+    counts = ratings_of(readers)["book_id"].value_counts()
+    real = pd.read_csv(readers["books_path"]).set_index("book_id")["ratings_count"]
+    assert np.corrcoef(np.log(real.reindex(counts.index)), np.log(counts))[0, 1] > 0.6
+    assert counts.nlargest(len(real) // 10).sum() / counts.sum() > 0.25
+
+
+def test_a_reader_who_rated_an_author_or_a_series_rates_more_of_it(readers: dict, tmp_path: Path) -> None:
+    """Pairs of books by one author, of one series or of one era are rated together far more often than other pairs
+    (readers' activity alone lifts every pair above 1, so each is compared with the other pairs'); the latent
+    catalogue, whose books merely borrow the same titles, shows no such thing."""
+    books = catalogue()
+    latent = synthesise(tmp_path, **PRESETS["small"], seed=0, books_from=GOODBOOKS_BOOKS)  # book i: the file's i-th
+    for summary, factors in ((readers, {"author": 1.6, "series": 1.4, "era": 1.3}), (latent, None)):
+        ratings = ratings_of(summary)
+        rated = books[books["book_id"].isin(ratings["book_id"].astype(str))].reset_index(drop=True)
+        for trait in ("author", "series", "era"):
+            alike = same(rated[trait])
+            ratio = pooled_lift(ratings, rated, alike) / pooled_lift(ratings, rated, ~alike)
+            assert ratio > factors[trait] if factors else ratio < 1.2, (summary["generator"], trait, ratio)
+
+
+def test_readers_of_a_book_in_another_language_than_english_read_more_in_it(tmp_path: Path) -> None:
+    summary = synthesise_readers(tmp_path, users=3000, ratings=90_000, seed=0)
+    ratings = ratings_of(summary)
+    books = catalogue()
+    foreign = books["language"].notna() & (books["language"] != "eng")
+    books = books[foreign | books.index.isin(range(300))].reset_index(drop=True)  # and the 300 first English ones
+    foreign = (books["language"] != "eng").to_numpy()
+    alike = same(books["language"]) & foreign[:, None]
+    mixed = foreign[:, None] & ~foreign[None, :]
+    assert foreign.sum() > 100
+    assert pooled_lift(ratings, books, alike) > 5 * pooled_lift(ratings, books, mixed)
+
+
+def test_readers_stars_look_like_goodbooks_and_follow_the_real_average(readers: dict) -> None:
+    ratings = ratings_of(readers)
+    share = ratings["rating"].value_counts(normalize=True)
+    assert share[4] > share[3] > share[2] > share[1]
+    assert 3.6 < ratings["rating"].mean() < 4.1
+    stars = ratings.groupby("book_id")["rating"].agg(["mean", "size"])
+    stars = stars[stars["size"] >= 30]
+    real = pd.read_csv(readers["books_path"]).set_index("book_id")["average_rating"].reindex(stars.index)
+    assert np.corrcoef(real, stars["mean"])[0, 1] > 0.3
+
+
+def test_readers_are_repeatable_by_seed(tmp_path: Path, readers: dict) -> None:
+    again = synthesise_readers(tmp_path / "again", **PRESETS["small"], seed=0)
+    other = synthesise_readers(tmp_path / "other", **PRESETS["small"], seed=1)
+
+    for name in ("ratings_path", "books_path"):
+        assert Path(again[name]).read_bytes() == Path(readers[name]).read_bytes()
+    assert Path(other["ratings_path"]).read_bytes() != Path(readers["ratings_path"]).read_bytes()
+
+
+def test_readers_rate_any_books_file_even_one_with_only_ids_and_titles(tmp_path: Path) -> None:
+    items = tmp_path / "items.csv"
+    items.write_text("item_id,title\n" + "".join(f'm{i},"Item {i} (A Saga, #{i})"\n' for i in range(1, 41)))
+
+    summary = synthesise_readers(tmp_path / "out", users=50, ratings=400, seed=0, catalogue=items)
+
+    assert set(ratings_of(summary)["book_id"]) <= {f"m{i}" for i in range(1, 41)}
+    assert read_books(summary["books_path"]).loc["m7", "title"] == "Item 7 (A Saga, #7)"
+
+
+def test_readers_cannot_rate_more_books_than_the_catalogue_holds(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="holds 10,000 books; readers can rate at most that many, not 10,001"):
+        synthesise_readers(tmp_path / "out", users=5, ratings=10, seed=0, books=10_001)
+    with pytest.raises(DataError, match="no such file"):
+        synthesise_readers(tmp_path / "out", users=5, ratings=10, seed=0, catalogue=tmp_path / "books.csv")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_synth_rates_the_shipped_real_books_and_latent_keeps_the_benchmarks_catalogue(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sizes = ["--users", "40", "--books", "30", "--ratings", "200"]
+    assert main(["data", "synth", "--out", str(tmp_path / "real"), *sizes, "--json"]) == 0
+    real = json.loads(capsys.readouterr().out)
+    assert main(["data", "synth", "--out", str(tmp_path / "latent"), *sizes, "--latent", "--json"]) == 0
+    latent = json.loads(capsys.readouterr().out)
+
+    assert real["generator"] == "readers of real books" and latent["generator"] == "latent"
+    assert read_books(real["books_path"]).loc["1", "title"] == "The Hunger Games (The Hunger Games, #1)"
+    assert read_books(latent["books_path"]).loc["1", "title"] == "Synthetic Book 1"
+    expected = synthesise(tmp_path / "direct", users=40, books=30, ratings=200, seed=0)
+    assert Path(latent["ratings_path"]).read_bytes() == Path(expected["ratings_path"]).read_bytes()

@@ -164,62 +164,140 @@ def _tidy(
     return frame, len(users) - len(keep)
 
 
-def read_books(path: str | Path) -> pd.DataFrame:
-    """Read a goodbooks-style books.csv into a frame indexed by book id string (index name `book_id`).
+BOOK_KEY_COLUMNS = ("id", *ITEM_COLUMNS)
+"""Recognised item id columns of a books file, in order of preference: `id` first, the key of goodbooks' older
+release (whose `book_id` is the goodreads id)."""
+TITLE_COLUMNS = ("title", "original_title")
+"""A books file's title columns: the first one present, blanks filled from the second (compared case-insensitively)."""
+OPTIONAL_BOOK_COLUMNS = {
+    "authors": ("authors", "author"),
+    "year": ("original_publication_year", "year"),
+    "image_url": ("image_url",),
+}
+"""The optional columns of a books file by role, each role's recognised names in order (compared case-insensitively)."""
+GOODBOOKS_NAMES = {"authors": "authors", "year": "original_publication_year", "image_url": "image_url"}
+"""The goodbooks column each optional role is stored under in the ratings store's catalogue."""
 
-    The key column is `id` in the older goodbooks release (where `book_id` is the goodreads id)
-    and `book_id` in the newer one. Columns: title (str, falling back to `original_title`),
-    authors (str), year (int or None, from `original_publication_year`), image_url (str or None).
+
+@dataclass(frozen=True)
+class BookColumns:
+    """The columns of a books file, by role: `key` (the item id), `titles` (the title, then its fallback), and the
+    optional `authors`, `year` and `image_url` (None when the file has none)."""
+
+    key: str
+    titles: tuple[str, ...]
+    authors: str | None
+    year: str | None
+    image_url: str | None
+
+
+def book_columns(path: str | Path, options: ReadOptions = ReadOptions()) -> BookColumns:
+    """Find a books file's columns by name: the item id (`--item-col`, else `id`, `book_id`, `item_id`, `item` or
+    `movieId`), the title (`--title-col`, else `title` falling back to `original_title`), and the optional authors
+    (`authors`, `author`), year (`original_publication_year`, `year`) and cover (`image_url`).
 
     Raises:
-        DataError: the file is missing, unreadable, empty, lacks a needed column or repeats a book id.
+        DataError: the file is missing or unreadable, a named column is absent, or it has no id or title column.
     """
     path = _check_file(Path(path))
-    header = _header(path, ",", None)
-    key = "id" if "id" in header else "book_id"
-    title_cols = [c for c in ("title", "original_title") if c in header]
-    missing = [c for c in (key, "authors") if c not in header] + ([] if title_cols else ["title"])
+    header = _header(path, _separator(path, None), None)
+    key = _named(path, header, options.item_col, "--item-col") or _recognised(header, BOOK_KEY_COLUMNS)
+    titles = (_named(path, header, options.title_col, "--title-col"),) if options.title_col else ()
+    titles = titles or tuple(filter(None, (_recognised(header, (name,)) for name in TITLE_COLUMNS)))
+    missing = ([] if key else ["book_id"]) + ([] if titles else ["title"])
     if missing:
         raise DataError(
-            f"{path}: missing column(s) {', '.join(missing)} (a book file needs book_id or id, title or "
-            f"original_title, and authors); columns found: {_listing(header)}"
+            f"{path}: missing column(s) {', '.join(missing)} (a books file needs an id column, one of "
+            f"{', '.join(BOOK_KEY_COLUMNS)} or another named by --item-col, and a title column, {' or '.join(TITLE_COLUMNS)} "
+            f"or another named by --title-col; authors, year and image_url are optional); columns found: {_listing(header)}"
         )
-    raw = _read_csv(path, sep=",", dtype={key: str, "authors": str, **{c: str for c in title_cols}})
-    if raw.empty:
-        raise DataError(f"{path}: the file has no rows of books; check that it is the right file")
-    codes, distinct = _ids(str(path), raw[key], key, first_line=2)
-    ids = distinct[codes]
-    _require_unique(path, ids, key)
-    title = raw[title_cols[0]]
-    if len(title_cols) == 2:
-        title = title.fillna(raw[title_cols[1]])
-    columns = {
+    optional = {role: _recognised(header, names) for role, names in OPTIONAL_BOOK_COLUMNS.items()}
+    return BookColumns(key, titles, **optional)
+
+
+def read_books(path: str | Path, options: ReadOptions = ReadOptions()) -> pd.DataFrame:
+    """Read a books file (goodbooks' books.csv, MovieLens' movies.csv, any CSV or TSV with an id and a title) into a
+    frame indexed by item id string (index name `book_id`), its columns found by name (`book_columns`).
+
+    Columns: title (str), authors (str or None), year (int or None), image_url (str or None); a file without
+    the optional column has None throughout.
+
+    Raises:
+        DataError: the file is missing, unreadable, empty, lacks a needed column or repeats an item id.
+    """
+    raw, columns = _book_frame(path, options)
+    title = raw[columns.titles[0]]
+    for fallback in columns.titles[1:]:
+        title = title.fillna(raw[fallback])
+    values = {
         "title": title.fillna("").tolist(),
-        "authors": raw["authors"].fillna("").tolist(),
-        "year": _optional_years(raw, "original_publication_year"),
-        "image_url": _optional_text(raw, "image_url"),
+        "authors": _optional_text(raw, columns.authors),
+        "year": _optional_years(raw, columns.year),
+        "image_url": _optional_text(raw, columns.image_url),
     }
-    index = pd.Index(ids, dtype=object, name="book_id")
+    index = pd.Index(raw.index, dtype=object, name="book_id")
     # object dtype keeps None as None for year and image_url (an inferred dtype would turn it into NaN).
-    return pd.DataFrame({name: pd.Series(values, index=index, dtype=object) for name, values in columns.items()})
+    return pd.DataFrame({name: pd.Series(v, index=index, dtype=object) for name, v in values.items()})
 
 
-def read_book_rows(path: str | Path) -> list[dict[str, str]]:
-    """Read a goodbooks-style books.csv whole, checked as `read_books` checks it, as one dict per book keyed by
-    the newer release's column names (`book_id` the catalogue id, `goodreads_book_id`), values as text ('' when
-    blank); what `RatingsStore.import_books` takes.
+def read_book_table(path: str | Path, options: ReadOptions = ReadOptions()) -> pd.DataFrame:
+    """Read a books file whole, checked as `read_books` checks it, as text ('' when blank) under goodbooks' newer
+    column names: the item id as `book_id`, first (the older release's `book_id` becomes `goodreads_book_id`), the
+    title as `title`, the optional columns as `authors`, `original_publication_year` and `image_url`; other columns as
+    they are. Rows in file order.
 
     Raises:
         DataError: as `read_books`.
     """
-    ids = read_books(path).index
-    raw = _read_csv(Path(path), sep=",", dtype=str, keep_default_na=False)
-    if "id" in raw.columns:  # the older release: `id` is the catalogue id, `book_id` the goodreads one
-        raw = raw.drop(columns="id")
-        if "goodreads_book_id" not in raw.columns:
-            raw = raw.rename(columns={"book_id": "goodreads_book_id"})
-    raw["book_id"] = list(ids)
-    return raw.to_dict("records")
+    raw, columns = _book_frame(path, options, dtype=str, keep_default_na=False)
+    renamed = {columns.titles[0]: "title"}
+    renamed.update({getattr(columns, role): name for role, name in GOODBOOKS_NAMES.items() if getattr(columns, role)})
+    if columns.key.lower() == "id" and "book_id" in raw.columns and "goodreads_book_id" not in raw.columns:
+        renamed["book_id"] = "goodreads_book_id"  # the older release: `id` is the catalogue id, `book_id` goodreads'
+    # A column already holding a name another column takes (a `title` beside --title-col's) gives way to it.
+    displaced = [c for c in raw.columns if c in renamed.values() and c not in renamed]
+    table = raw.drop(columns=[columns.key, *displaced]).rename(columns=renamed)
+    table.insert(0, "book_id", list(raw.index))
+    return table.reset_index(drop=True)
+
+
+def read_book_rows(path: str | Path, options: ReadOptions = ReadOptions()) -> list[dict[str, str]]:
+    """`read_book_table` as one dict per book (what `RatingsStore.import_books` takes).
+
+    Raises:
+        DataError: as `read_books`.
+    """
+    return read_book_table(path, options).to_dict("records")
+
+
+def _book_frame(path: str | Path, options: ReadOptions, **kwargs: Any) -> tuple[pd.DataFrame, BookColumns]:
+    """A books file's rows indexed by their id strings (checked: present, each once), and its columns."""
+    columns = book_columns(path, options)
+    path = Path(path)
+    text = {c: str for c in (columns.key, *columns.titles, columns.authors) if c}
+    raw = _read_csv(path, sep=_separator(path, None), dtype=kwargs.pop("dtype", text), **kwargs)
+    if raw.empty:
+        raise DataError(f"{path}: the file has no rows of books; check that it is the right file")
+    keys = raw[columns.key]
+    codes, distinct = _ids(str(path), keys.mask(keys == ""), columns.key, first_line=2)
+    ids = distinct[codes]
+    _require_unique(path, ids, columns.key)
+    return raw.set_index(pd.Index(ids, dtype=object)), columns
+
+
+def _named(path: Path, header: list[str], name: str | None, flag: str) -> str | None:
+    """The column a flag names (None if not given); DataError if the file has no such column."""
+    if name is None:
+        return None
+    if name not in header:
+        raise DataError(f"{path}: no column {name!r} (given by {flag}); columns found: {_listing(header)}")
+    return name
+
+
+def _recognised(header: list[str], names: Sequence[str]) -> str | None:
+    """The header's column for the first of `names` present (compared case-insensitively), or None."""
+    lowered = {c.lower(): c for c in reversed(header)}
+    return next((lowered[n.lower()] for n in names if n.lower() in lowered), None)
 
 
 def fingerprint(path: str | Path) -> dict[str, Any]:
@@ -402,17 +480,17 @@ def _require_unique(path: Path, ids: np.ndarray, column: str) -> None:
         )
 
 
-def _optional_years(raw: pd.DataFrame, column: str) -> list[int | None]:
-    """Whole years from `column` (None where missing or not a number, or for every row without the column)."""
-    if column not in raw:
+def _optional_years(raw: pd.DataFrame, column: str | None) -> list[int | None]:
+    """Whole years from `column` (None where missing or not a number, or for every row when `column` is None)."""
+    if column is None:
         return [None] * len(raw)
     years = pd.to_numeric(raw[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     return [None if np.isnan(y) else int(y) for y in years]
 
 
-def _optional_text(raw: pd.DataFrame, column: str) -> list[str | None]:
-    """Text from `column` (None where missing, or for every row without the column)."""
-    if column not in raw:
+def _optional_text(raw: pd.DataFrame, column: str | None) -> list[str | None]:
+    """Text from `column` (None where missing, or for every row when `column` is None)."""
+    if column is None:
         return [None] * len(raw)
     return [None if pd.isna(v) else str(v) for v in raw[column]]
 

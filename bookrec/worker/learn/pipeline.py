@@ -121,7 +121,7 @@ def train_version(
     if not isinstance(ratings, RatingsData):
         ratings = read_ratings(ratings, request.read_options)
     test = read_ratings(request.test, request.read_options) if request.test else None
-    books = read_books(request.books) if request.books else None
+    books = read_books(request.books, request.read_options) if request.books else None
     keep = gate.trained_by_production(store, judge_with, ratings.frame) if test is None else None
     split = make_split(request, ratings, test, keep)
     check_memory(spec, params, split.train.n_users, split.train.n_items, request.memory_mb)

@@ -1,10 +1,17 @@
-"""A synthetic goodbooks-shaped dataset with learnable structure, for demos and full-scale benchmarks.
+"""Synthetic ratings with learnable structure, in goodbooks' format: readers of a real catalogue, and a latent-factor
+catalogue for full-scale benchmarks.
 
-Users and books get latent factors (tastes); book popularity follows a power law and user
-activity a lognormal. Each user's books are drawn without replacement from
-softmax(popularity + affinity) with the Gumbel-top-k trick, a chunk of users at a time so memory
-stays bounded; each rating is mean + book quality + user bias + affinity + noise, rounded and
-clipped to 1..5 stars. The same arguments and seed give byte-identical files.
+Two worlds, one way of drawing from them. `synthesise_readers` (the demo, `bookrec init`, `bookrec data synth`):
+readers of real books (goodbooks-10k's, which bookrec ships, or another books file), each book as popular as its
+real `ratings_count` and as good as its real `average_rating`, each reader with a few favourite authors and series, a
+leaning per publication era and a language (`book_traits`), so a reader who rated Tolkien rates more Tolkien.
+`synthesise` (the benchmarks, `bookrec data synth --latent`): users and books with latent factors (tastes), book
+popularity a power law over the book ids.
+
+In both, user activity is lognormal; each user's books are drawn without replacement from softmax(popularity +
+affinity) with the Gumbel-top-k trick, a chunk of users at a time so memory stays bounded; each rating is mean + book
+quality + user bias + affinity + noise, rounded and clipped to 1..5 stars. The same arguments and seed give
+byte-identical files.
 """
 
 from __future__ import annotations
@@ -12,14 +19,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import Callable, Protocol, TextIO
 
 import numpy as np
 import pandas as pd
 
 from bookrec.shared.errors import ValidationError
 from bookrec.shared.files import atomic_text
-from bookrec.worker.learn.datasets import read_books
+from bookrec.worker.learn import book_traits
+from bookrec.worker.learn.datasets import read_book_table, read_books
+from bookrec.worker.learn.inputs import GOODBOOKS_BOOKS
 
 BOOK_COLUMNS = (
     "book_id", "goodreads_book_id", "best_book_id", "work_id", "books_count", "isbn", "isbn13", "authors",
@@ -47,6 +56,18 @@ AFFINITY_EFFECT = 0.225  # stars per unit of affinity logit
 NOISE_SD = 0.75
 CHUNK_CELLS = 4_000_000  # users per chunk = CHUNK_CELLS // books, so each float32 work array is ~16 MB
 
+# Readers of a real catalogue (`synthesise_readers`); logits are beside the popularity logit.
+POPULARITY_PER_LOG_COUNT = 0.8  # popularity logit per unit of log(ratings_count): the real head, somewhat flattened
+EXTRA_FAVOURITE_AUTHORS = 3.0  # each reader has 1 + Poisson(this) favourite authors
+FAVOURITE_SERIES = 2.0  # and Poisson(this) favourite series
+FAVOURITE_SKEW = 0.5  # a favourite is drawn in proportion to (its books' ratings_count summed) ** this
+AUTHOR_LIKE = 4.0  # logit of each book by a favourite author
+SERIES_LIKE = 2.5  # logit of each book of a favourite series (on top of its author's)
+ERA_SD = 1.0  # spread of a reader's leaning toward each publication era
+LANGUAGE_LIKE = 2.5  # logit of a book in the reader's own language; minus this for another language but English
+STAR_SHIFT = -0.8  # stars a synthetic rating sits from the book's real average rating, before the reader's lift
+READER_NOISE_SD = 0.95  # a rating's own noise: wider than the latent catalogue's, for goodbooks' share of 1 to 3 stars
+
 Progress = Callable[[int, int], None]
 
 
@@ -59,7 +80,8 @@ def synthesise(
     books_from: str | Path | None = None,
     progress: Progress | None = None,
 ) -> dict:
-    """Write goodbooks-format `ratings.csv` and `books.csv` into `out_dir`.
+    """Write goodbooks-format `ratings.csv` and `books.csv` of a latent-factor world into `out_dir` (the benchmarks'
+    catalogue: `bench.catalogue`).
 
     Args:
         out_dir: directory to write into (created if needed); each file appears only when complete.
@@ -97,8 +119,85 @@ def synthesise(
         "ratings": ratings,
         "seed": seed,
         "books_from": str(books_from) if books_from is not None else None,
+        "generator": "latent",
         "min_ratings_per_user": int(counts.min()),
     }
+
+
+def synthesise_readers(
+    out_dir: str | Path,
+    users: int,
+    ratings: int,
+    seed: int,
+    books: int | None = None,
+    catalogue: str | Path = GOODBOOKS_BOOKS,
+    progress: Progress | None = None,
+) -> dict:
+    """Write `ratings.csv` (user_id, book_id, rating) by synthetic readers of a real catalogue, and `books.csv`, that
+    catalogue's rows of the books they rate, into `out_dir` (see the module for how readers choose and rate).
+
+    Args:
+        out_dir: directory to write into (created if needed); each file appears only when complete.
+        users: how many readers; ids are 1..users.
+        ratings: exact number of (reader, book, 1-5 stars) rows, no pair repeated; every reader rates at least 3
+            books (1 if there are too few ratings for that).
+        seed: the same seed gives byte-identical files.
+        books: how many of the catalogue's books the readers rate, the most rated first (by its `ratings_count`;
+            in file order without one); None: all of them. Their ids are the catalogue's.
+        catalogue: a books file (`datasets.read_books`'s columns; goodbooks' `ratings_count`, `average_rating`,
+            `language_code` and "(Series, #n)" titles give the readers more to follow); default goodbooks-10k's.
+        progress: called as progress(done_readers, total_readers) after each chunk of readers.
+
+    Returns:
+        A summary: paths written, counts, seed, the catalogue and the minimum ratings per reader.
+
+    Raises:
+        ValidationError: an argument is out of range (`books` more than the catalogue holds). DataError: the
+            catalogue cannot be read.
+    """
+    table = read_book_table(catalogue)
+    books = len(table) if books is None else books
+    _validate(users, books, ratings, seed)
+    if books > len(table):
+        raise ValidationError(
+            f"{catalogue} holds {len(table):,} books; readers can rate at most that many, not {books:,}"
+        )
+    out = _output_dir(Path(out_dir))
+    chosen = _most_rated(table, books)
+    rng = np.random.default_rng(seed)
+    world = _Readers.draw(rng, users, chosen)
+    counts = _activity(rng, users, books, ratings)
+    ratings_path, books_path = out / "ratings.csv", out / "books.csv"
+    with atomic_text(ratings_path) as ratings_file:
+        _write_ratings(ratings_file, rng, world, counts, progress)
+        with atomic_text(books_path) as books_file:
+            chosen.to_csv(books_file, index=False, lineterminator="\n")
+    return {
+        "ratings_path": str(ratings_path),
+        "books_path": str(books_path),
+        "users": users,
+        "books": books,
+        "ratings": ratings,
+        "seed": seed,
+        "books_from": str(catalogue),
+        "generator": "readers of real books",
+        "min_ratings_per_user": int(counts.min()),
+    }
+
+
+def _most_rated(table: pd.DataFrame, books: int) -> pd.DataFrame:
+    """The `books` rows with the largest `ratings_count` (ties and a catalogue without one: file order), in file
+    order."""
+    count = _numbers(table, "ratings_count")
+    order = np.argsort(-np.nan_to_num(count, nan=-1.0), kind="stable") if count is not None else np.arange(len(table))
+    return table.iloc[np.sort(order[:books])].reset_index(drop=True)
+
+
+def _numbers(table: pd.DataFrame, column: str) -> np.ndarray | None:
+    """A column of text as float64 (NaN where blank or not a number), or None if the table has no such column."""
+    if column not in table:
+        return None
+    return pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 def _validate(users: int, books: int, ratings: int, seed: int) -> None:
@@ -126,9 +225,31 @@ def _output_dir(out: Path) -> Path:
     return out
 
 
+class _Tastes(Protocol):
+    """What ratings are drawn from: per book a popularity logit and a quality in stars, per user a bias in stars,
+    and each user's affinity logit for each book."""
+
+    popularity: np.ndarray
+    quality: np.ndarray
+    user_bias: np.ndarray
+    mean: float  # stars of an average rating before quality, bias and affinity
+    noise: float  # the sd of a rating's own noise, in stars
+
+    @property
+    def users(self) -> int: ...
+
+    @property
+    def books(self) -> int: ...
+
+    @property
+    def book_ids(self) -> np.ndarray: ...
+
+    def affinity(self, users: np.ndarray) -> np.ndarray: ...
+
+
 @dataclass(frozen=True)
 class _World:
-    """The hidden truth the ratings are drawn from: tastes, popularity, quality and bias."""
+    """The hidden truth a latent-factor catalogue is drawn from: tastes, popularity, quality and bias."""
 
     user_factors: np.ndarray  # users x FACTORS
     book_factors: np.ndarray  # books x FACTORS
@@ -158,6 +279,144 @@ class _World:
     def books(self) -> int:
         return len(self.book_factors)
 
+    @property
+    def book_ids(self) -> np.ndarray:
+        """The ids the files give books: 1..books."""
+        return np.arange(1, self.books + 1)
+
+    mean = MEAN_RATING
+    noise = NOISE_SD
+
+    def affinity(self, users: np.ndarray) -> np.ndarray:
+        """users x books affinity logits: the dot products of their factors."""
+        return self.user_factors[users] @ self.book_factors.T
+
+
+@dataclass(frozen=True)
+class _Likes:
+    """Each reader's favourite values of one trait (CSR: reader r's codes are codes[indptr[r]:indptr[r + 1]]), and
+    each book's code of the trait (-1: the book has none)."""
+
+    indptr: np.ndarray
+    codes: np.ndarray
+    of_book: np.ndarray
+    values: int  # how many distinct values the trait has
+
+    @classmethod
+    def draw(
+        cls, rng: np.random.Generator, users: int, of_book: np.ndarray, weight: np.ndarray, least: int, mean: float
+    ) -> "_Likes":
+        """`least` + Poisson(`mean`) favourites per reader (repeats allowed), each value drawn in proportion to
+        `weight` ** FAVOURITE_SKEW."""
+        if not len(weight):
+            return cls(np.zeros(users + 1, np.int64), np.empty(0, np.int64), of_book, 0)
+        indptr = np.concatenate(([0], np.cumsum(least + rng.poisson(mean, users))))
+        chance = weight**FAVOURITE_SKEW
+        codes = rng.choice(len(weight), size=int(indptr[-1]), p=chance / chance.sum())
+        return cls(indptr, codes, of_book, len(weight))
+
+    def affinity(self, users: np.ndarray, like: float) -> np.ndarray:
+        """users x books: `like` where the book's value is among the reader's favourites, else 0."""
+        marks = np.zeros((len(users), self.values + 1), np.float32)  # the last column, 0: books without the trait
+        starts, lengths = self.indptr[users], self.indptr[users + 1] - self.indptr[users]
+        rows = np.repeat(np.arange(len(users)), lengths)
+        at = np.arange(int(lengths.sum())) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+        marks[rows, self.codes[at]] = like
+        return marks[:, self.of_book]  # a book's -1 picks the last column
+
+
+@dataclass(frozen=True)
+class _Readers:
+    """Readers of a real catalogue: the books' real popularity and quality; the readers' favourite authors and
+    series, leaning per era and own language."""
+
+    book_ids: np.ndarray  # the catalogue's ids, as text
+    popularity: np.ndarray  # per book, a logit: POPULARITY_PER_LOG_COUNT x log(ratings_count)
+    quality: np.ndarray  # per book, in stars: its real average rating (the catalogue's mean where it has none)
+    user_bias: np.ndarray  # per reader, in stars
+    authors: _Likes
+    series: _Likes
+    era_leaning: np.ndarray  # readers x (eras + 1) logits, the last column 0 (books without a year)
+    era_of_book: np.ndarray  # per book, its era's code (-1: none)
+    home_language: np.ndarray  # per reader, a language's code
+    language_of_book: np.ndarray  # per book, its language's code (-1: none)
+    english: int  # English's code (-1 if no book is in English)
+
+    mean = STAR_SHIFT
+    noise = READER_NOISE_SD
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, users: int, table: pd.DataFrame) -> "_Readers":
+        """Draw `users` readers of the books of `table` (`datasets.read_book_table`'s columns)."""
+        traits = book_traits.traits(table)
+        count = _numbers(table, "ratings_count")
+        if count is None:  # no counts: popularity falls with the file's order, as a latent catalogue's with the id
+            rank = np.arange(1, len(table) + 1)
+            popularity = np.log(rank**-POPULARITY_EXPONENT + POPULARITY_FLOOR / len(table))
+            weight = np.exp(popularity)
+        else:
+            weight = _filled(np.where(count > 0, count, np.nan), np.nanmin, 1.0)
+            popularity = POPULARITY_PER_LOG_COUNT * np.log(weight)
+        average = _numbers(table, "average_rating")
+        quality = _filled(average if average is not None else np.full(len(table), np.nan), np.nanmean, 4.0)
+        author_of, author_weight, _ = _codes(traits["author"], weight)
+        series_of, series_weight, _ = _codes(traits["series"], weight)
+        era_of, eras, _ = _codes(traits["era"], weight)
+        language_of, books_in, languages = _codes(traits["language"], np.ones(len(table)))
+        leaning = np.hstack([ERA_SD * rng.standard_normal((users, len(eras))), np.zeros((users, 1))])
+        user_bias = USER_BIAS_SD * rng.standard_normal(users)
+        return cls(
+            book_ids=table["book_id"].to_numpy(dtype=object),
+            popularity=popularity.astype(np.float32),
+            quality=quality.astype(np.float32),
+            user_bias=user_bias.astype(np.float32),
+            authors=_Likes.draw(rng, users, author_of, author_weight, 1, EXTRA_FAVOURITE_AUTHORS),
+            series=_Likes.draw(rng, users, series_of, series_weight, 0, FAVOURITE_SERIES),
+            era_leaning=leaning.astype(np.float32),
+            era_of_book=era_of,
+            home_language=rng.choice(len(books_in), size=users, p=books_in / books_in.sum())
+            if len(books_in)
+            else np.full(users, -1),
+            language_of_book=language_of,
+            english=languages.index(book_traits.ENGLISH) if book_traits.ENGLISH in languages else -1,
+        )
+
+    @property
+    def users(self) -> int:
+        return len(self.user_bias)
+
+    @property
+    def books(self) -> int:
+        return len(self.book_ids)
+
+    def affinity(self, users: np.ndarray) -> np.ndarray:
+        """users x books affinity logits: favourite authors and series, the era leaning, the language."""
+        affinity = self.authors.affinity(users, AUTHOR_LIKE)
+        affinity += self.series.affinity(users, SERIES_LIKE)
+        affinity += self.era_leaning[users][:, self.era_of_book]
+        own = self.home_language[users][:, None] == self.language_of_book[None, :]
+        foreign = ((self.language_of_book >= 0) & (self.language_of_book != self.english))[None, :]
+        affinity += np.where(own, LANGUAGE_LIKE, np.where(foreign, -LANGUAGE_LIKE, 0.0)).astype(np.float32)
+        return affinity
+
+
+def _codes(values: pd.Series, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
+    """Each book's code of its trait value (-1: none), each value's `weight` summed over its books, and the values
+    in code order."""
+    codes, uniques = pd.factorize(values)
+    known = codes >= 0
+    return (
+        codes.astype(np.int64),
+        np.bincount(codes[known], weights=weight[known], minlength=len(uniques)),
+        list(uniques),
+    )
+
+
+def _filled(values: np.ndarray, fill: Callable[[np.ndarray], float], default: float) -> np.ndarray:
+    """`values` with every NaN replaced by `fill` of the others (`default` when all are NaN)."""
+    known = np.isfinite(values)
+    return np.where(known, values, fill(values) if known.any() else default)
+
 
 def _activity(rng: np.random.Generator, users: int, books: int, ratings: int) -> np.ndarray:
     """Ratings per user: lognormal shares of the total on top of a floor, capped at `books`, summing to `ratings`."""
@@ -179,7 +438,7 @@ def _activity(rng: np.random.Generator, users: int, books: int, ratings: int) ->
 
 
 def _write_ratings(
-    handle: TextIO, rng: np.random.Generator, world: _World, counts: np.ndarray, progress: Progress | None
+    handle: TextIO, rng: np.random.Generator, world: _Tastes, counts: np.ndarray, progress: Progress | None
 ) -> np.ndarray:
     """Write the header and every user's ratings; return star counts per book (books x 5)."""
     handle.write("user_id,book_id,rating\n")
@@ -188,7 +447,7 @@ def _write_ratings(
     for start in range(0, world.users, chunk):
         users, items, rating = _chunk(rng, world, start, counts[start : start + chunk])
         stars += np.bincount(items * 5 + (rating - 1), minlength=world.books * 5)
-        frame = pd.DataFrame({"user_id": users + 1, "book_id": items + 1, "rating": rating})
+        frame = pd.DataFrame({"user_id": users + 1, "book_id": world.book_ids[items], "rating": rating})
         frame.to_csv(handle, header=False, index=False, lineterminator="\n")
         if progress is not None:
             progress(min(start + chunk, world.users), world.users)
@@ -196,11 +455,11 @@ def _write_ratings(
 
 
 def _chunk(
-    rng: np.random.Generator, world: _World, start: int, counts: np.ndarray
+    rng: np.random.Generator, world: _Tastes, start: int, counts: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sample and rate the books of users start..start+len(counts)-1; rows come in random order per user."""
     users = np.arange(start, start + len(counts))
-    affinity = world.user_factors[users] @ world.book_factors.T
+    affinity = world.affinity(users)
     keys = _exponential_logs(rng, affinity.shape)
     keys -= world.popularity
     keys -= affinity
@@ -209,11 +468,11 @@ def _chunk(
     order = np.lexsort((rng.random(len(rows)), rows))
     rows, items = rows[order], items[order]
     score = (
-        MEAN_RATING
+        world.mean
         + world.user_bias[users[rows]]
         + world.quality[items]
         + AFFINITY_EFFECT * affinity[rows, items]
-        + NOISE_SD * rng.standard_normal(len(rows), dtype=np.float32)
+        + world.noise * rng.standard_normal(len(rows), dtype=np.float32)
     )
     rating = np.clip(np.rint(score), 1, 5).astype(np.int64)
     return users[rows], items.astype(np.int64), rating
