@@ -1,11 +1,13 @@
-"""`bookrec demo` (what `make demo` runs): the whole service end to end on a small synthetic catalogue.
+"""`bookrec demo` (what `make demo` runs): the whole service end to end on synthetic readers of real books.
 
 Redis: BOOKREC_REDIS_URL if it answers, else a `redis-server` started under ./var/demo, else an
 embedded in-process fake Redis served over TCP (so worker processes can still connect); it says which.
 Everything runs under its own key prefix, `demo:` (its keys and its queues, `demo:recommend`...), so a
 deployment on the same Redis is never touched; the demo refuses to start if `demo:` keys exist that it
-did not write. Then: synthesise data, train, start 2 worker processes and a trainer, request
-recommendations, print them from the cache, retrain, show the hot swap, stop the workers cleanly.
+did not write. Then: synthesise readers of goodbooks-10k's books, train, start 2 worker processes and a
+trainer, request recommendations and print them from the cache with titles, rate books through the stream
+(a real `bookrec ingest`), show a reader's list change as soon as they rate, retrain, show the hot swap,
+stop everything cleanly.
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ from bookrec.shared.worker_state import read_all as worker_states
 from bookrec.worker.serve.launch import IngestProcess, WorkerProcesses
 
 DEMO_ROOT = Path("var/demo")
-REAL_BOOKS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "goodbooks" / "books.csv"
 DEMO_USERS = ["1", "2", "3", "no-such-reader"]
+RATER = "2"
+"""The reader who rates the first books of a series in step 7 and sees their list change."""
+SERIES_RATED = 3
+"""How many books of that series they rate (its first ones, 5 stars each)."""
 DEMO_DB = "bookrec.db"
 """The demo's ratings store: a SQLite file under DEMO_ROOT."""
 DEMO_PREFIX = "demo:"
@@ -45,10 +50,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `bookrec demo`."""
     parser = subparsers.add_parser(
         "demo",
-        help="run the whole service end to end on a small synthetic catalogue",
-        description="Synthesise a small catalogue, train the default model, start 2 worker processes and a trainer, "
-        "request recommendations, print them from the cache, retrain and show the hot swap, then stop the workers. "
-        "Uses BOOKREC_REDIS_URL if it answers, else starts redis-server under ./var/demo, else an embedded fake Redis.",
+        help="run the whole service end to end on synthetic readers of real books",
+        description="Synthesise 2,000 readers of goodbooks-10k's 1,000 most-rated books, train the default model, "
+        "start 2 worker processes, a trainer and an ingest, request recommendations and print them from the cache, "
+        "rate books through the ratings stream and show a reader's list change at once, retrain and show the hot "
+        "swap, then stop everything. Uses BOOKREC_REDIS_URL if it answers, else starts redis-server under "
+        "./var/demo, else an embedded fake Redis.",
     )
     parser.add_argument(
         "--keep", action="store_true", help="keep ./var/demo from an earlier run instead of starting afresh"
@@ -186,6 +193,7 @@ def _rate_through_the_stream(client, env: dict[str, str], timeout: float = 60) -
     committed them and dead-lettered the bad one, then show the store's rows and the dead stream."""
     import sqlalchemy as sa
 
+    from bookrec.ratings.schema import books as book_rows
     from bookrec.ratings.schema import ratings
     from bookrec.ratings.store import RatingsStore
 
@@ -206,7 +214,8 @@ def _rate_through_the_stream(client, env: dict[str, str], timeout: float = 60) -
         print(f"committed to the ratings store {1000 * (time.monotonic() - sent):.0f} ms after the first XADD")
         with store.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(ratings.c.book_id, ratings.c.rating)
+                sa.select(ratings.c.book_id, book_rows.c.title, ratings.c.rating)
+                .outerjoin(book_rows, book_rows.c.book_id == ratings.c.book_id)
                 .where(ratings.c.user_id == "1", ratings.c.book_id.in_(books))
                 .order_by(ratings.c.book_id)
             ).all()
@@ -214,25 +223,87 @@ def _rate_through_the_stream(client, env: dict[str, str], timeout: float = 60) -
         store.close()
     print(
         table(
-            ["book", "rating (empty: deleted)"],
-            [[r.book_id, "" if r.rating is None else f"{r.rating:g}"] for r in rows],
+            ["book", "title", "rating (empty: deleted)"],
+            [[r.book_id, _short(r.title or ""), "" if r.rating is None else f"{r.rating:g}"] for r in rows],
         )
     )
     print("the dead stream keeps the bad event with its reason (`bookrec ingest dead`):")
     _bookrec("ingest", "dead", env=env)
 
 
-def _print_lists(entries: list[dict | None]) -> None:
+def _print_lists(entries: list[dict | None], data: Path) -> None:
+    """Each reader's cached list with titles and authors, under the books they rated highest."""
+    import pandas as pd
+
+    from bookrec.worker.learn.datasets import read_books
+
+    ratings = pd.read_csv(data / "ratings.csv", dtype={"user_id": str, "book_id": str})
+    books = read_books(data / "books.csv")
     for entry in entries:
         if entry is None:
             continue
         note = " (new reader: most popular books)" if entry["fallback"] else ""
         print(f"\nuser {entry['user_id']}{note}, model {entry['model_version']}:")
-        rows = [
-            [str(i + 1), (item["title"] or str(item["book_id"]))[:70], (item["authors"] or "")[:30]]
-            for i, item in enumerate(entry["items"])
-        ]
-        print(table(["#", "title", "authors"], rows))
+        mine = ratings[ratings["user_id"] == str(entry["user_id"])].sort_values(
+            "rating", ascending=False, kind="stable"
+        )
+        if len(mine):
+            liked = [f"{_short(books.loc[b, 'title'])} ({r:g}*)" for b, r in zip(mine["book_id"][:4], mine["rating"])]
+            print(f"rated {len(mine)} books, among them: {'; '.join(liked)}")
+        print(_list_table(entry))
+
+
+def _list_table(entry: dict) -> str:
+    rows = [
+        [str(i + 1), _short(item["title"] or str(item["book_id"])), (item["authors"] or "")[:30]]
+        for i, item in enumerate(entry["items"])
+    ]
+    return table(["#", "title", "authors"], rows)
+
+
+def _short(title: str, width: int = 60) -> str:
+    return title if len(title) <= width else title[: width - 1] + "…"
+
+
+def _series_to_rate(data: Path, rated: set[str], listed: set[str]) -> tuple[str, list[str]]:
+    """(name, first SERIES_RATED book ids) of the first series in the catalogue's order (goodbooks': most rated
+    first) with at least SERIES_RATED + 2 books there, none of them rated by the reader or in their list."""
+    from bookrec.worker.learn.book_traits import traits
+    from bookrec.worker.learn.datasets import read_book_table
+
+    catalogue = read_book_table(data / "books.csv")
+    placed = traits(catalogue).assign(book_id=catalogue["book_id"]).dropna(subset=["series"])
+    for name, books in placed.groupby("series", sort=False):
+        ids = set(books["book_id"])
+        if len(books) >= SERIES_RATED + 2 and not ids & (rated | listed):
+            return str(name), books.sort_values("number", kind="stable")["book_id"][:SERIES_RATED].tolist()
+    raise BookrecError(f"no series in {data / 'books.csv'} has {SERIES_RATED + 2} books the reader has not met")
+
+
+def _rate_a_series(client, env: dict[str, str], data: Path) -> None:
+    """Reader RATER rates the first books of a series they never met, through `bookrec rate … --wait`, and their
+    list changes as soon as the ingest and a worker have taken the ratings: show what came in."""
+    import pandas as pd
+
+    ratings = pd.read_csv(data / "ratings.csv", dtype={"user_id": str, "book_id": str})
+    before = client.get(RATER).entry
+    listed = {str(item["book_id"]) for item in before["items"]}
+    name, books = _series_to_rate(data, set(ratings.loc[ratings["user_id"] == RATER, "book_id"]), listed)
+    titles = {str(item["book_id"]): item["title"] for item in before["items"]}
+    print(f"reader {RATER}'s list now:\n{_list_table(before)}")
+    print(f"\nreader {RATER} has read nothing of the series {name!r}; they rate its first {len(books)} books 5 stars:")
+    for i, book in enumerate(books):
+        wait = ["--wait", "-n", "10"] if i == len(books) - 1 else []
+        print(f"$ bookrec rate {RATER} {book} 5 {' '.join(wait)}".rstrip(), flush=True)
+        _bookrec("rate", RATER, book, "5", *wait, env=env)
+    after = client.get(RATER).entry
+    came = [item for item in after["items"] if str(item["book_id"]) not in listed]
+    left = [titles[b] or b for b in listed - {str(item["book_id"]) for item in after["items"]}]
+    print(
+        f"\nthe list changed as soon as the ratings were ingested: {len(came)} new books "
+        f"({', '.join(_short(i['title'] or str(i['book_id']), 45) for i in came) or 'none'}); "
+        f"{len(left)} left it ({', '.join(_short(t, 45) for t in left) or 'none'})"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -266,9 +337,11 @@ def run(args: argparse.Namespace) -> int:
         claim_prefix(client.redis)
         print(f"keys and queues under the prefix {DEMO_PREFIX!r}: nothing outside it is read or written")
 
-        _step("1. synthesise a small goodbooks-shaped catalogue (2,000 readers, 1,000 books, 60,000 ratings)")
-        books_from = ["--books-from", str(REAL_BOOKS)] if REAL_BOOKS.exists() else []
-        _bookrec("data", "synth", "--preset", "small", "--out", env["BOOKREC_DATA_DIR"], *books_from, env=env)
+        _step(
+            "1. synthesise 60,000 ratings by 2,000 readers of the 1,000 most-rated real books of goodbooks-10k "
+            "(shipped with bookrec; Zygmunt Zając, CC BY-SA 4.0): readers follow authors, series, eras, languages"
+        )
+        _bookrec("data", "synth", "--preset", "small", "--out", env["BOOKREC_DATA_DIR"], env=env)
 
         data = Path(env["BOOKREC_DATA_DIR"])
         _step("2. import the ratings and books into the ratings store (SQLite, WAL mode)")
@@ -280,17 +353,19 @@ def run(args: argparse.Namespace) -> int:
         _bookrec("train", "--books", str(data / "books.csv"), "--promote", env=env)
         first = client.redis.get(DEMO_KEYS.model_current).decode()
 
-        _step("4. start 2 worker processes (recommend, refresh) and a trainer (retrain)")
-        workers = _workers({**env, "BOOKREC_TF_THREADS": "1"}, "recommend,refresh", 2, DEMO_ROOT / "workers.log")
+        _step("4. start 2 worker processes (recommend, fresh, refresh) and a trainer (retrain)")
+        queues = "recommend,fresh,refresh"
+        workers = _workers({**env, "BOOKREC_TF_THREADS": "1"}, queues, 2, DEMO_ROOT / "workers.log")
         trainer = _workers({**env, "BOOKREC_TF_THREADS": "0"}, "retrain", 1, DEMO_ROOT / "trainer.log")
         stack.callback(_stop, [workers, trainer])
         print(f"workers ready in {_wait_for_version(client.redis, first, 2):.1f} s with model {first}")
+        # The dashboard and the metrics servers start here and print their URLs (issue 16's other parts).
 
         _step(f"5. request recommendations for users {', '.join(DEMO_USERS)} and read them back from the cache")
         client.recommend(DEMO_USERS, n=10, wait=True, timeout=60)
         raw = client.redis.get(DEMO_KEYS.recs("1"))
         print(f"plain GET {DEMO_KEYS.recs('1')} -> {len(raw)} bytes of JSON: {raw[:120].decode()}...")
-        _print_lists([client.get(u).entry for u in DEMO_USERS])
+        _print_lists([client.get(u).entry for u in DEMO_USERS], data)
 
         _step("6. rate books through the stream: a `bookrec ingest` process commits them to the ratings store")
         ingest = IngestProcess(env, DEMO_ROOT / "ingest.log")
@@ -298,8 +373,11 @@ def run(args: argparse.Namespace) -> int:
         _wait_for_ingest(client.redis, ingest)
         _rate_through_the_stream(client, env)
 
+        _step(f"7. reader {RATER} rates books and their list changes at once (fresh lists, no retrain)")
+        _rate_a_series(client, env, data)
+
         _step(
-            "7. retrain on the store (forced past the gate so the swap always shows) while recommend jobs keep flowing"
+            "8. retrain on the store (forced past the gate so the swap always shows) while recommend jobs keep flowing"
         )
         job = client.retrain(force=True)  # no ratings file: one snapshot of the ratings store
         served = 0
@@ -330,7 +408,7 @@ def run(args: argparse.Namespace) -> int:
             )
         )
 
-        _step("8. stop the workers and the ingest (SIGTERM: each finishes its current job)")
+        _step("9. stop the workers and the ingest (SIGTERM: each finishes its current job)")
         codes = _stop([workers, trainer]) + [ingest.stop()]
         print(f"workers stopped with exit codes {codes}")
         ok = status["failed_jobs"] == 0 and after["model_version"] == second and all(c == 0 for c in codes)
