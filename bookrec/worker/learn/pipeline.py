@@ -126,7 +126,7 @@ def train_version(
     split = make_split(request, ratings, test, keep)
     check_memory(spec, params, split.train.n_users, split.train.n_items, request.memory_mb)
     stage("train")
-    trained = training.fit(spec, split.train, params, request.seed, on_epoch)
+    trained = training.fit(spec, split.train, params, request.seed, on_epoch, held_out=split.test)
     stage("evaluate")
     bias = BiasBaseline(split.train)
     module = _serving_module(spec, trained, bias, split.train)
@@ -145,6 +145,7 @@ def train_version(
         "metrics": metrics,
         "baselines": baselines,
         "history": trained.history,
+        "learning_curve": trained.curve.as_json() if trained.curve is not None else None,
         "training": {
             "seconds": round(trained.seconds, 2),
             "seed": request.seed,

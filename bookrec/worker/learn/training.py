@@ -17,8 +17,16 @@ from typing import Any, Callable, Iterator
 import keras
 import numpy as np
 
-from bookrec.worker.learn.data import Interactions
-from bookrec.worker.learn.models.base import EncoderWeights, FactorizedWeights, ItemItemWeights, MLPWeights, ModelSpec
+from bookrec.worker.learn.data import Interactions, UserItems
+from bookrec.worker.learn.models.base import (
+    Curve,
+    EncoderWeights,
+    FactorizedWeights,
+    HeldOutLoss,
+    ItemItemWeights,
+    MLPWeights,
+    ModelSpec,
+)
 from bookrec.worker.learn.models.feeds import UserRows
 
 logger = logging.getLogger(__name__)
@@ -33,6 +41,14 @@ StopCheck = Callable[[], None]
 STOP_CHECK_S = 0.5
 """Least seconds between two stop checks inside an epoch (each epoch's end is always checked)."""
 _stop_check: ContextVar[StopCheck | None] = ContextVar("stop_check", default=None)
+
+CURVE_POINTS = 25
+"""A kind fed whole histories measures its learning curve at about this many evenly spaced steps, and before the
+first."""
+CURVE_CELLS = 2_000_000
+"""Each of those measurements reads at most this many reader x book cells (256 readers of 7,800 books), of training
+readers and of held-out ones: a sample, seeded, the same at every step."""
+VALIDATION_SLICE = "5% of the training ratings, held out; early stopping watches it"
 
 
 @contextmanager
@@ -56,6 +72,7 @@ class Trained:
     seconds: float
     weights: FactorizedWeights | MLPWeights | ItemItemWeights
     history_weights: EncoderWeights | None = None  # history-based kinds only (`ModelSpec.history_weights`)
+    curve: Curve | None = None  # what the fit optimised, on training and held-out data (`Curve`)
 
 
 class _EpochProgress(keras.callbacks.Callback):
@@ -86,23 +103,85 @@ class _StopCheck(keras.callbacks.Callback):
         self.check()
 
 
+class _StepCurve(keras.callbacks.Callback):
+    """Measures a kind's `HeldOutLoss` before the first step and every `every` steps (and after the last): on sampled
+    training readers (their rows in and out) and on sampled held-out readers (their training rows in, their held-out
+    books out). It only reads the model, so the fit goes exactly as without it."""
+
+    def __init__(
+        self,
+        loss: HeldOutLoss,
+        training: tuple[np.ndarray, np.ndarray],
+        held_out: tuple[np.ndarray, np.ndarray] | None,
+        every: int,
+        total: int,
+    ) -> None:
+        super().__init__()
+        self.loss, self.training_rows, self.held_out_rows = loss, training, held_out
+        self.every, self.total, self.step = every, total, 0
+        self.steps: list[int] = []
+        self.training: list[float] = []
+        self.held_out: list[float] = []
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._measure()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.step += 1
+        if self.step % self.every == 0 or self.step == self.total:
+            self._measure()
+
+    def _measure(self) -> None:
+        self.steps.append(self.step)
+        self.training.append(self.loss.per_book(self.model, *self.training_rows))
+        if self.held_out_rows is not None:
+            self.held_out.append(self.loss.per_book(self.model, *self.held_out_rows))
+
+    def curve(self) -> Curve:
+        """The measurements as a learning curve along gradient steps."""
+        return Curve(
+            x="step",
+            values=[float(s) for s in self.steps],
+            measure=self.loss.measure,
+            lower_is_better=True,
+            training=self.training,
+            validation=self.held_out if self.held_out_rows is not None else None,
+            validation_on=(
+                f"the held-out (test) ratings of {len(self.held_out_rows[0])} readers, their training books in; "
+                "nothing is chosen on them (the kind trains for a fixed number of steps)"
+            )
+            if self.held_out_rows is not None
+            else None,
+        )
+
+
 def fit(
-    spec: ModelSpec, train: Interactions, params: dict[str, Any], seed: int, on_epoch: EpochCallback | None = None
+    spec: ModelSpec,
+    train: Interactions,
+    params: dict[str, Any],
+    seed: int,
+    on_epoch: EpochCallback | None = None,
+    held_out: Interactions | None = None,
 ) -> Trained:
     """Build and fit `spec` on `train` with `params` (already merged with the defaults); repeatable for a seed.
 
-    A closed-form kind is solved instead (`ModelSpec.solve`); its `Trained.params` hold the values it chose."""
+    A closed-form kind is solved instead (`ModelSpec.solve`); its `Trained.params` hold the values it chose.
+    `held_out` (ratings indexed as `train`: the test part of a split) is where a kind with no validation slice of
+    its own (one fed whole histories) also measures its learning curve; it changes nothing in the fit."""
     keras.utils.set_random_seed(seed)
     started = time.perf_counter()
     if spec.solve is not None:
         solved = spec.solve(train, params, seed)
         seconds = time.perf_counter() - started
         logger.info("solved %s in %.1f s", spec.kind, seconds)
-        return Trained(spec, solved.model, solved.params, solved.history, seconds, solved.weights)
+        return Trained(spec, solved.model, solved.params, solved.history, seconds, solved.weights, curve=solved.curve)
     global_mean = float(train.ratings.mean()) if len(train) else 0.0
     model = spec.build(train.n_users, train.n_items, params, global_mean)
     fit_args = _FEEDS[spec.feed](train, params, seed)
     callbacks = list(fit_args.pop("callbacks"))
+    step_curve = _step_curve(spec, train, held_out, fit_args, seed)
+    if step_curve is not None:
+        callbacks.append(step_curve)
     if on_epoch is not None:
         callbacks.append(_EpochProgress(on_epoch, fit_args["epochs"]))
     if (check := _stop_check.get()) is not None:
@@ -112,14 +191,62 @@ def fit(
     history_weights = spec.history_weights(model) if spec.history_based else None
     seconds = time.perf_counter() - started
     logger.info("trained %s in %.1f s over %d epochs", spec.kind, seconds, len(history.history.get("loss", [])))
-    return Trained(
-        spec,
-        model,
-        params,
-        {k: [float(x) for x in v] for k, v in history.history.items()},
-        seconds,
-        weights,
-        history_weights,
+    recorded = {k: [float(x) for x in v] for k, v in history.history.items()}
+    curve = step_curve.curve() if step_curve is not None else _epoch_curve(spec, recorded)
+    return Trained(spec, model, params, recorded, seconds, weights, history_weights, curve)
+
+
+def _step_curve(
+    spec: ModelSpec, train: Interactions, held_out: Interactions | None, fit_args: dict[str, Any], seed: int
+) -> _StepCurve | None:
+    """The learning curve's callback for a kind fed whole histories (None for the others): sampled readers' dense
+    rows, at most CURVE_CELLS cells each, and the measuring interval."""
+    if spec.held_out_loss is None:
+        return None
+    rng = np.random.default_rng(seed)
+    by_user = train.by_user()
+    readers = max(1, CURVE_CELLS // max(train.n_items, 1))
+    known = np.flatnonzero(by_user.counts() > 0)
+    chosen = np.sort(rng.choice(known, size=min(readers, len(known)), replace=False))
+    training = (_dense(by_user, chosen, train.n_items),) * 2
+    rows = None
+    if held_out is not None:
+        targets = held_out.by_user()
+        both = np.flatnonzero((by_user.counts() > 0) & (targets.counts()[: by_user.n_users] > 0))
+        if len(both):
+            picked = np.sort(rng.choice(both, size=min(readers, len(both)), replace=False))
+            rows = (_dense(by_user, picked, train.n_items), _dense(targets, picked, train.n_items))
+    total = int(fit_args["epochs"]) * len(fit_args["x"])
+    every = max(1, math.ceil(total / CURVE_POINTS))
+    return _StepCurve(spec.held_out_loss, training, rows, every, total)
+
+
+def _dense(by_user: UserItems, users: np.ndarray, n_items: int) -> np.ndarray:
+    """The users' multi-hot rows over the catalogue, dense float32."""
+    rows = np.zeros((len(users), n_items), dtype=np.float32)
+    row, items = by_user.rows(users)
+    rows[row, items] = 1.0
+    return rows
+
+
+def _epoch_curve(spec: ModelSpec, history: dict[str, list[float]]) -> Curve | None:
+    """The learning curve of a kind with a validation slice (fed pairs or positives) from Keras' per-epoch history:
+    the data term of its loss, on its training rows and on the slice; None for a feed without one."""
+    if spec.feed == "pairs":  # mse: the loss without an L2 term (biased-mf's loss adds one)
+        measure, key = "mean squared error (stars²)", "mse"
+    elif spec.feed == "positives":
+        measure, key = "cross-entropy of a rated book over the catalogue", "loss"
+    else:
+        return None
+    training = history.get(key) or []
+    return Curve(
+        x="epoch",
+        values=[float(e) for e in range(1, len(training) + 1)],
+        measure=measure,
+        lower_is_better=True,
+        training=training,
+        validation=history.get(f"val_{key}"),
+        validation_on=VALIDATION_SLICE if f"val_{key}" in history else None,
     )
 
 

@@ -7,7 +7,7 @@ through this contract, as TensorFlow Recommenders separates models, tasks and to
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -89,14 +89,55 @@ class ItemItemWeights:
 
 
 @dataclass(frozen=True)
+class Curve:
+    """A learning curve: what a kind optimises (or chooses a hyper-parameter on) along `x`, measured on its training
+    data and on data it did not fit. A version's metadata keeps it as `learning_curve` (`as_json`), which
+    `bookrec models show --plot` draws.
+
+    Attributes:
+        x: what the curve runs along: `epoch`, `step` (gradient steps) or `l2` (the values tried).
+        values: x at each point.
+        measure: what is measured, in words (e.g. "mean squared error (stars²)").
+        lower_is_better: whether the measure is a loss (True) or a score (False).
+        training: the measure on the training data at each point (None when the kind measures none).
+        validation: the measure on the data named by `validation_on` at each point (None without such data).
+        validation_on: what that data is, and whether anything was chosen on it.
+    """
+
+    x: str
+    values: list[float]
+    measure: str
+    lower_is_better: bool
+    training: list[float] | None
+    validation: list[float] | None
+    validation_on: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        """The curve as metadata.json stores it: these attributes as keys."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class HeldOutLoss:
+    """How a kind fed whole histories measures its loss on rows it did not fit, for its learning curve: `per_book`
+    (model, input rows, target rows) -> the loss of the target rows' books given the input rows (no dropout), per
+    book; `measure` says what that is in words."""
+
+    measure: str
+    per_book: Callable[[Any, np.ndarray, np.ndarray], float]
+
+
+@dataclass(frozen=True)
 class Solved:
     """What a closed-form kind's `solve` returns: the model (multi-hot rows -> scores), its serving weights, the
-    parameters it settled on (a value chosen on validation filled in) and its record of that choice."""
+    parameters it settled on (a value chosen on validation filled in), its record of that choice and, when it made
+    one, that record as a learning curve."""
 
     model: Any
     weights: ItemItemWeights
     params: dict[str, Any]
     history: dict[str, list[float]]
+    curve: Curve | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +162,8 @@ class ModelSpec:
             only by user index (they get no history signature).
         solve: for a closed-form kind (feed `closed-form`), (training Interactions, params, seed) -> `Solved`,
             in place of build, fit and serving_weights; such a kind scores readers from their books.
+        held_out_loss: for a kind fed whole histories, its loss on rows it did not fit, drawn per step as its
+            learning curve (kinds fed pairs or positives have a validation slice of their own, drawn per epoch).
     """
 
     kind: str
@@ -133,6 +176,7 @@ class ModelSpec:
     description: str = ""
     history_weights: Callable[[Any], EncoderWeights] | None = None
     solve: Callable[[Any, dict[str, Any], int], Solved] | None = None
+    held_out_loss: HeldOutLoss | None = None
     gate_metric: str = field(init=False)
 
     def __post_init__(self) -> None:

@@ -31,7 +31,7 @@ from bookrec.worker.learn.data import Interactions, UserItems
 from bookrec.worker.learn.evaluation.baselines import top_k_from_scores
 from bookrec.worker.learn.evaluation.metrics import ranking_metrics
 from bookrec.worker.learn.evaluation.splits import per_user_mask
-from bookrec.worker.learn.models.base import RANKING, ItemItemWeights, ModelSpec, Solved
+from bookrec.worker.learn.models.base import RANKING, Curve, ItemItemWeights, ModelSpec, Solved
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,22 @@ def solve(train: Interactions, params: dict[str, Any], seed: int) -> Solved:
         train.n_items,
         "dense" if weights.dense is not None else "pruned",
     )
-    return Solved(ItemItemModel(weights), weights, {**params, "l2": float(l2)}, history)
+    return Solved(ItemItemModel(weights), weights, {**params, "l2": float(l2)}, history, _curve(history))
+
+
+def _curve(history: dict[str, list[float]]) -> Curve | None:
+    """The l2 search as a learning curve (None when l2 was given): validation ndcg@10 over the values tried."""
+    if not history:
+        return None
+    return Curve(
+        x="l2",
+        values=history["l2"],
+        measure=f"ndcg@{VALIDATION_K}",
+        lower_is_better=False,
+        training=None,
+        validation=history[f"validation_ndcg@{VALIDATION_K}"],
+        validation_on=f"{VALIDATION_FRACTION:.0%} of each training reader's ratings, held out; the best l2 is chosen on it",
+    )
 
 
 def entries(by_user: UserItems, weighted: bool, dtype: type) -> np.ndarray:

@@ -17,7 +17,14 @@ import numpy as np
 from keras import ops
 
 from bookrec.worker.learn.data import Interactions
-from bookrec.worker.learn.models.base import RANKING, EncoderWeights, FactorizedWeights, ModelSpec, training_bytes
+from bookrec.worker.learn.models.base import (
+    RANKING,
+    EncoderWeights,
+    FactorizedWeights,
+    HeldOutLoss,
+    ModelSpec,
+    training_bytes,
+)
 from bookrec.worker.learn.models.feeds import UserRows
 
 
@@ -47,6 +54,14 @@ class MultDAE(keras.Model):
 
     def call(self, rows, training: bool = False):
         return self.decoder(self.encode(rows, training=training))
+
+
+def nll_per_book(model: MultDAE, inputs: np.ndarray, targets: np.ndarray) -> float:
+    """The multinomial NLL of the `targets` rows' books under the softmax of the model's logits for the `inputs`
+    rows (no dropout), summed over every row and divided by the number of target books."""
+    logits = model(inputs, training=False)
+    nll = -ops.sum(ops.convert_to_tensor(targets) * ops.log_softmax(logits, axis=-1))
+    return float(nll) / max(float(targets.sum()), 1.0)
 
 
 def build(n_users: int, n_items: int, params: dict, global_mean: float) -> keras.Model:
@@ -99,5 +114,6 @@ SPEC = ModelSpec(
     serving_weights=serving_weights,
     memory=memory,
     history_weights=history_weights,
+    held_out_loss=HeldOutLoss("multinomial NLL per book (no dropout)", nll_per_book),
     description="denoising autoencoder over each user's books, multinomial likelihood (Mult-DAE): trained to rank",
 )
