@@ -6,6 +6,7 @@ renders them as JSON, a plain table or a Markdown table.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -304,6 +305,41 @@ class Report:
 
 
 HEADERS = ("figure", "measured", "target", "reference (same run)", "met")
+WIDTH = 100
+"""The columns `text` fits in: a terminal of 100 columns."""
+
+
+def text(report: Report, width: int = WIDTH) -> str:
+    """The table for a terminal `width` columns wide, headed by the date, cores, catalogue and how busy the machine
+    was: figure, measured, target and met wrapped in their columns, each figure's reference (measured in the same run)
+    wrapped on the lines below it. `markdown` and `Report.to_json` give the same rows unwrapped."""
+    m, d = report.machine, report.details
+    head = [
+        f"{m['date']}, {m['cores']} cores, {report.what()}, {d['seconds']:.0f} s",
+        f"machine {'BUSY' if m['busy'] else 'quiet'}: other processes used {m['other_cores_during_run']:.2f} cores on "
+        "average during the run; figures are medians over repeats; under each figure, the reference measured in the "
+        "same run",
+    ]
+    rows = report.rows()
+    figure_w = min(max(len(HEADERS[0]), *(len(row[0]) for row in rows)), 32)
+    met_w = len(HEADERS[4])
+    rest = width - figure_w - met_w - 6  # three gaps of two spaces
+    columns = (figure_w, rest // 2, rest - rest // 2, met_w)
+    lines = [line for part in head for line in textwrap.wrap(part, width, subsequent_indent="  ")]
+    lines += ["", _cells((HEADERS[0], HEADERS[1], HEADERS[2], HEADERS[4]), columns)]
+    lines.append(_cells(tuple("-" * w for w in columns), columns))
+    for key, measured, target, reference, met in rows:
+        lines.append(_cells((key, measured, target, met), columns))
+        lines += textwrap.wrap(reference, width, initial_indent="  same run: ", subsequent_indent="    ")
+    return "\n".join(lines)
+
+
+def _cells(cells: tuple[str, ...], widths: tuple[int, ...]) -> str:
+    """One row of wrapped cells, as many lines as its tallest cell needs."""
+    wrapped = [textwrap.wrap(cell, w, break_on_hyphens=False) or [""] for cell, w in zip(cells, widths)]
+    height = max(len(lines) for lines in wrapped)
+    padded = [lines + [""] * (height - len(lines)) for lines in wrapped]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in zip(*padded))
 
 
 def _only(details: Values) -> str:

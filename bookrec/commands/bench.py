@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bookrec.bench import DEFAULT_POSTGRES, PHASES
-from bookrec.commands.common import needs_worker_side, print_json, table
+from bookrec.commands.common import needs_worker_side, print_json
 from bookrec.shared.payloads import DEFAULT_MODEL_KIND, MODEL_KINDS
 from bookrec.shared.settings import Settings
 
@@ -36,7 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print {machine, figures, targets, ...} as JSON instead of a table"
     )
-    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the README)")
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the table as Markdown, every cell whole (for the README); the default table fits 100 columns",
+    )
     parser.add_argument(
         "--only",
         choices=PHASES,
@@ -81,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
         configure_tensorflow(1)  # before the serving phase imports TensorFlow: quietly, one thread like each worker
     from bookrec.bench.catalogue import REAL_BOOKS
-    from bookrec.bench.figures import HEADERS, markdown
+    from bookrec.bench.figures import markdown, text
     from bookrec.bench.harness import Config
     from bookrec.bench.harness import run as run_bench
     from bookrec.bench.service import with_db
@@ -101,11 +105,5 @@ def run(args: argparse.Namespace) -> int:
     elif args.markdown:
         print(markdown(report))
     else:
-        m, d = report.machine, report.details
-        print(f"{m['date']}, {m['cores']} cores, {report.what()}, {d['seconds']:.0f} s")
-        print(
-            f"machine {'BUSY' if m['busy'] else 'quiet'}: other processes used {m['other_cores_during_run']:.2f} cores "
-            f"on average during the run; figures are medians over repeats"
-        )
-        print(table(HEADERS, report.rows()))
+        print(text(report))
     return 0

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from bookrec.bench import PHASES, fresh_lists, ratings_in
 from bookrec.bench.catalogue import Size, prepare
-from bookrec.bench.figures import FIGURES, FRESH, HEADERS, RATINGS, SERVING, Report, markdown
+from bookrec.bench.figures import FIGURES, FRESH, HEADERS, RATINGS, SERVING, WIDTH, Report, markdown, text
 from bookrec.bench.harness import Config, run
 from bookrec.bench.service import with_db
 from bookrec.model_store.store import ModelStore
@@ -313,7 +313,7 @@ def _report(**changes) -> Report:
         "other_cores_at_start": 0.9,
         "load_average": [3.0, 2.0, 1.0],
     }
-    return Report(machine, figures, references, {"catalogue": TINY.describe(), "model": "mult-dae"})
+    return Report(machine, figures, references, {"catalogue": TINY.describe(), "model": "mult-dae", "seconds": 312.4})
 
 
 def test_targets_mark_misses_and_references() -> None:
@@ -362,6 +362,44 @@ def test_markdown_names_date_cores_busy_machine_and_every_figure() -> None:
     assert "| " + " | ".join(HEADERS) + " |" in text
     assert all(f"| {figure.key} |" in text for figure in FIGURES)
     assert "peak RSS (VmHWM, both versions held during the swap) 812 MB" in text
+
+
+def columns_of(block: list[str], starts: list[int]) -> list[str]:
+    """The text of each column across a row's lines, the columns starting at `starts`."""
+    ends = [*starts[1:], None]
+    return [" ".join(" ".join(line[a:b].strip() for line in block).split()) for a, b in zip(starts, ends)]
+
+
+def test_the_plain_table_fits_100_columns_and_keeps_every_cell_whole() -> None:
+    report = _report()
+    rows = report.rows()
+    assert max(len("  ".join(row)) for row in rows) > 2 * WIDTH, "the unwrapped rows would not fit"
+
+    lines = text(report).splitlines()
+
+    assert max(len(line) for line in lines) <= WIDTH == 100
+    assert lines[0].startswith("2026-11-28 05:00 UTC, 2 cores, tiny: 300 users") and "312 s" in lines[0]
+    header = next(i for i, line in enumerate(lines) if line.startswith("figure "))
+    starts = [lines[header].index(name) for name in ("figure", "measured", "target", "met")]
+    firsts = [i for i, line in enumerate(lines) if i > header + 1 and not line.startswith(" ")]
+    firsts = [i for i in firsts if lines[i].split()[0] in {row[0] for row in rows}]
+    assert [lines[i].split()[0] for i in firsts] == [row[0] for row in rows]
+    for (key, measured, target, reference, met), first, after in zip(rows, firsts, [*firsts[1:], len(lines)]):
+        block = lines[first:after]
+        cut = next(j for j, line in enumerate(block) if line.startswith("  same run: "))
+        assert columns_of(block[:cut], starts) == [key, measured, target, met]
+        assert " ".join(" ".join(block[cut:]).split()) == f"same run: {' '.join(reference.split())}"
+
+
+def test_bookrec_bench_prints_the_table_that_fits(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from bookrec.bench import harness
+    from bookrec.cli import main
+
+    monkeypatch.setattr(harness, "run", lambda config, notify: _report())
+
+    assert main(["bench", "--quick", "--only", "ratings"]) == 0
+    out = capsys.readouterr().out
+    assert out == text(_report()) + "\n" and max(len(line) for line in out.splitlines()) <= 100
 
 
 def test_bench_database_replaces_the_one_in_the_url() -> None:
