@@ -6,6 +6,7 @@ a database of its own that is flushed before and after each test) and real worke
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ import pytest
 import redis
 
 from bookrec.shared.keys import Keys
+from bookrec.shared.logs import HANDLER_NAME
 from bookrec.shared.worker_state import read_all as worker_states
 from bookrec.worker.serve.launch import WorkerProcesses
 
@@ -28,6 +30,21 @@ GOODBOOKS_BOOKS = REPO / "bookrec" / "worker" / "learn" / "goodbooks" / "books.c
 BOOKS_SAMPLE = REPO / "tests" / "fixtures" / "books_sample.csv"
 """The first 200 books of goodbooks-10k's books.csv (the titles a catalogue of 200 synthetic books takes)."""
 TEST_REDIS_URL = os.environ.get("BOOKREC_TEST_REDIS_URL", "redis://localhost:6379/13")
+
+
+@pytest.fixture(autouse=True)
+def _process_logging_undone() -> Iterator[None]:
+    """A command run in process (`bookrec dashboard` refusing a port, say) sets up the root logger as for a process of
+    its own, with a handler on the stderr pytest gave that test and closes after it: remove it afterwards, so later
+    tests' log lines do not go to a closed stream ("--- Logging error ---" in their captured stderr)."""
+    root = logging.getLogger()
+    configured, level = getattr(root, "_bookrec_configured", False), root.level
+    yield
+    if not configured:
+        root.setLevel(level)
+        for handler in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
+            root.removeHandler(handler)
+        root._bookrec_configured = False  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,10 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+HANDLER_NAME = "bookrec"
+"""The name of the root logger's handler `setup_logging` adds."""
+
+
 def setup_logging(level: str = "INFO") -> None:
     """Configure the root logger once for a bookrec process."""
     root = logging.getLogger()
@@ -28,6 +32,7 @@ def setup_logging(level: str = "INFO") -> None:
         root.setLevel(level)
         return
     handler = logging.StreamHandler()
+    handler.set_name(HANDLER_NAME)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"))
     handler.addFilter(RedactSecrets())
     root.addHandler(handler)
