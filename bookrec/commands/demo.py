@@ -4,8 +4,8 @@ Redis: BOOKREC_REDIS_URL if it answers, else a `redis-server` started under ./va
 embedded in-process fake Redis served over TCP (so worker processes can still connect); it says which.
 Everything runs under its own key prefix, `demo:` (its keys and its queues, `demo:recommend`...), so a
 deployment on the same Redis is never touched; the demo refuses to start if `demo:` keys exist that it
-did not write. Then: synthesise readers of goodbooks-10k's books, train, start 2 worker processes and a
-trainer, request recommendations and print them from the cache with titles, rate books through the stream
+did not write. Then: synthesise readers of goodbooks-10k's books, train, start 2 worker processes, a
+trainer and the dashboard (printing its URL and the Prometheus metrics URLs once they answer), request recommendations and print them from the cache with titles, rate books through the stream
 (a real `bookrec ingest`), show a reader's list change as soon as they rate, retrain, show the hot swap,
 stop everything cleanly.
 """
@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -30,7 +31,7 @@ from bookrec.shared.errors import BookrecError
 from bookrec.shared.keys import Keys
 from bookrec.shared.settings import redact_url
 from bookrec.shared.worker_state import read_all as worker_states
-from bookrec.worker.serve.launch import IngestProcess, WorkerProcesses
+from bookrec.worker.serve.launch import ChildProcess, IngestProcess, WorkerProcesses
 
 DEMO_ROOT = Path("var/demo")
 DEMO_USERS = ["1", "2", "3", "no-such-reader"]
@@ -161,6 +162,45 @@ def _bookrec(*args: str, env: dict[str, str], **kwargs) -> subprocess.CompletedP
 def _workers(env: dict[str, str], queues: str, processes: int, log: Path) -> WorkerProcesses:
     log.unlink(missing_ok=True)
     return WorkerProcesses(env, queues, processes, log)
+
+
+def _dashboard(env: dict[str, str], port: int) -> ChildProcess:
+    """Start `bookrec dashboard` on 127.0.0.1:`port` and print its URL once it answers (or why it did not)."""
+    dashboard = ChildProcess(
+        [sys.executable, "-m", "bookrec", "dashboard", "--host", "127.0.0.1", "--port", str(port)],
+        env,
+        DEMO_ROOT / "dashboard.log",
+    )
+    url = f"http://127.0.0.1:{port}/"
+    if _answered(f"{url}healthz", dashboard):
+        mode = "actions take BOOKREC_DASHBOARD_TOKEN" if env.get("BOOKREC_DASHBOARD_TOKEN") else "read-only"
+        print(f"dashboard: {url} ({mode}; a reader's page: {url}reader?user=1)")
+    else:
+        print(f"dashboard did not start (see {DEMO_ROOT}/dashboard.log); the demo goes on without it")
+    return dashboard
+
+
+def _say_metrics(name: str, port: int) -> None:
+    """Print the Prometheus metrics URL of the demo's `name` process(es) once it answers with bookrec's series."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    if _answered(url, None, must_hold=b"bookrec_"):
+        print(f"metrics of the {name}: {url}")
+    else:
+        print(f"the {name} serve no metrics on {url} (see {DEMO_ROOT}/*.log)")
+
+
+def _answered(url: str, process: ChildProcess | None, must_hold: bytes = b"", timeout: float = 30) -> bool:
+    """Whether `url` answers 200 (with `must_hold` in its body) within `timeout` s, while `process` still runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (process is None or process.exit_code() is None):
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                if reply.status == 200 and must_hold in reply.read():
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return False
 
 
 def _wait_for_version(client: redis.Redis, version: str, count: int, timeout: float = 120) -> float:
@@ -353,13 +393,27 @@ def run(args: argparse.Namespace) -> int:
         _bookrec("train", "--books", str(data / "books.csv"), "--promote", env=env)
         first = client.redis.get(DEMO_KEYS.model_current).decode()
 
-        _step("4. start 2 worker processes (recommend, fresh, refresh) and a trainer (retrain)")
+        _step("4. start 2 worker processes (recommend, fresh, refresh), a trainer (retrain) and the dashboard")
         queues = "recommend,fresh,refresh"
-        workers = _workers({**env, "BOOKREC_TF_THREADS": "1"}, queues, 2, DEMO_ROOT / "workers.log")
-        trainer = _workers({**env, "BOOKREC_TF_THREADS": "0"}, "retrain", 1, DEMO_ROOT / "trainer.log")
+        ports = {name: _free_port() for name in ("workers", "trainer", "ingest", "dashboard")}
+        workers = _workers(
+            {**env, "BOOKREC_TF_THREADS": "1", "BOOKREC_METRICS_PORT": str(ports["workers"])},
+            queues,
+            2,
+            DEMO_ROOT / "workers.log",
+        )
+        trainer = _workers(
+            {**env, "BOOKREC_TF_THREADS": "0", "BOOKREC_METRICS_PORT": str(ports["trainer"])},
+            "retrain",
+            1,
+            DEMO_ROOT / "trainer.log",
+        )
         stack.callback(_stop, [workers, trainer])
         print(f"workers ready in {_wait_for_version(client.redis, first, 2):.1f} s with model {first}")
-        # The dashboard and the metrics servers start here and print their URLs (issue 16's other parts).
+        dashboard = _dashboard(env, ports["dashboard"])
+        stack.callback(dashboard.stop)
+        for name in ("workers", "trainer"):
+            _say_metrics(name, ports[name])
 
         _step(f"5. request recommendations for users {', '.join(DEMO_USERS)} and read them back from the cache")
         client.recommend(DEMO_USERS, n=10, wait=True, timeout=60)
@@ -368,9 +422,10 @@ def run(args: argparse.Namespace) -> int:
         _print_lists([client.get(u).entry for u in DEMO_USERS], data)
 
         _step("6. rate books through the stream: a `bookrec ingest` process commits them to the ratings store")
-        ingest = IngestProcess(env, DEMO_ROOT / "ingest.log")
+        ingest = IngestProcess({**env, "BOOKREC_INGEST_METRICS_PORT": str(ports["ingest"])}, DEMO_ROOT / "ingest.log")
         stack.callback(ingest.stop)
         _wait_for_ingest(client.redis, ingest)
+        _say_metrics("ingest", ports["ingest"])
         _rate_through_the_stream(client, env)
 
         _step(f"7. reader {RATER} rates books and their list changes at once (fresh lists, no retrain)")
@@ -408,8 +463,9 @@ def run(args: argparse.Namespace) -> int:
             )
         )
 
-        _step("9. stop the workers and the ingest (SIGTERM: each finishes its current job)")
+        _step("9. stop the workers, the ingest and the dashboard (SIGTERM: each finishes its current job)")
         codes = _stop([workers, trainer]) + [ingest.stop()]
+        dashboard.stop()
         print(f"workers stopped with exit codes {codes}")
         ok = status["failed_jobs"] == 0 and after["model_version"] == second and all(c == 0 for c in codes)
         print("\ndemo finished: " + ("OK" if ok else "something went wrong (see var/demo/*.log)"))

@@ -39,3 +39,6 @@ def test_the_demo_shows_real_books_and_a_list_that_changes_when_its_reader_rates
     changed = re.search(r"^the list changed as soon as the ratings were ingested: (?P<new>\d+) new books", out, re.M)
     assert changed is not None and int(changed["new"]) >= 1
     assert "failed jobs: 0" in out
+    assert re.search(r"^dashboard: http://127\.0\.0\.1:\d+/ \(read-only; ", out, re.M), "it answered its health check"
+    for part in ("workers", "trainer", "ingest"):  # each printed once its /metrics answered with bookrec_ series
+        assert re.search(rf"^metrics of the {part}: http://127\.0\.0\.1:\d+/metrics$", out, re.M), part
