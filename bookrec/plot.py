@@ -9,6 +9,7 @@ from math import isfinite, nan
 from pathlib import Path
 from typing import Any
 
+from bookrec.model_store.store import CURVE_AXES
 from bookrec.shared.errors import ValidationError
 from bookrec.shared.files import atomic_path
 
@@ -20,7 +21,6 @@ JUDGED = {
 }
 """By task: the metrics a kind is judged on (the gate's first) and the baselines drawn beside them. A ranking kind's
 rmse is its `bias` head's, so it is not drawn."""
-X_LABELS = {"epoch": "epoch", "step": "gradient step", "l2": "l2 tried (log scale)"}
 
 
 def figure(metadata: dict) -> Any:
@@ -64,7 +64,7 @@ def _learning_curve(ax: Any, curve: dict, kind: str) -> None:
         _mark_best(ax, values, [validation[i] for i in points], bool(curve.get("lower_is_better", True)), x)
     if x == "l2":
         ax.set_xscale("log")
-    ax.set_xlabel(X_LABELS.get(x, x))
+    ax.set_xlabel(CURVE_AXES.get(x, x))
     ax.set_ylabel(curve.get("measure", ""))
     if curve.get("validation_on"):
         caption = "held out: " + textwrap.fill(curve["validation_on"], 95)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bookrec.dashboard.charts import Chart, learning_curves
+from bookrec.dashboard.charts import Chart, version_charts
 from bookrec.model_store.store import LOWER_IS_BETTER, ModelStore, data_summary
 
 BETTER, WORSE = "better", "worse"
@@ -58,7 +58,7 @@ def version_view(models: ModelStore, version: str) -> VersionView:
         production=models.production() == version,
         data=data_summary(metadata),
         metrics=metrics_table(metadata),
-        curves=learning_curves(metadata.get("history")),
+        curves=version_charts(metadata),
     )
 
 

@@ -61,6 +61,8 @@ MIN_SHARED_CATALOGUE = 0.5
 fraction of the items either of them holds (shared / union of the two item id sets)."""
 LOWER_IS_BETTER = frozenset({"rmse", "mae"})
 """The metrics of a version's `metrics` and `baselines` that are errors (lower is better); every other is a score."""
+CURVE_AXES = {"epoch": "epoch", "step": "gradient step", "l2": "l2 tried (log scale)"}
+"""What the `x` of a version's `learning_curve` runs along, in words for an axis; l2 is drawn on a log scale."""
 TEMP_PREFIX = ".tmp-"
 _ID_FORMAT = "v%Y%m%dT%H%M%S%fZ"
 _LOCK = ".lock"

@@ -18,7 +18,7 @@ from rq.serializers import JSONSerializer
 from starlette.testclient import TestClient
 
 from bookrec.dashboard.app import create_app
-from bookrec.dashboard.charts import BOTTOM, LEFT, RIGHT, TOP, learning_curves
+from bookrec.dashboard.charts import BOTTOM, LEFT, RIGHT, TOP, learning_curves, version_charts
 from bookrec.dashboard.versions import metrics_table
 from bookrec.ingest.consumer import GROUP
 from bookrec.ingest.lag import ingest_lag
@@ -390,6 +390,37 @@ def test_learning_curves_pair_training_with_validation_inside_the_plot_area() ->
     assert min(xs) == LEFT and max(xs) == RIGHT and min(ys) == TOP and max(ys) == BOTTOM
     assert charts[1].lines[0].points[0] == pytest.approx(((LEFT + RIGHT) / 2, (TOP + BOTTOM) / 2)), "one point: centred"
     assert learning_curves(None) == [] and learning_curves({"loss": []}) == []
+
+
+def test_a_version_s_learning_curve_is_drawn_along_its_own_axis_and_history_only_without_one() -> None:
+    steps = {
+        "x": "step",
+        "values": [0, 10, 20],
+        "measure": "loss",
+        "training": [3.0, 2.0, 1.0],
+        "validation": [3.5, 2.5, 2.0],
+    }
+    search = {
+        "x": "l2",
+        "values": [1000.0, 10.0, 100.0],
+        "measure": "ndcg@10",
+        "training": None,
+        "validation": [0.2, 0.1, 0.3],
+    }
+    history = {"loss": [3.0, 2.0]}
+
+    (chart,) = version_charts({"learning_curve": steps, "history": history})
+    assert (chart.title, chart.x_label, [line.label for line in chart.lines]) == (
+        "loss",
+        "gradient step",
+        ["training", "validation"],
+    )
+    (chart,) = version_charts({"learning_curve": search})
+    assert chart.x_label == "l2 tried (log scale)" and chart.lines[0].values == (0.1, 0.3, 0.2), "in the order of l2"
+    assert [x for x, _ in chart.lines[0].points] == pytest.approx([LEFT, (LEFT + RIGHT) / 2, RIGHT]), "log-spaced"
+    assert [c.title for c in version_charts({"learning_curve": {"x": "step", "values": []}, "history": history})] == [
+        "loss"
+    ]
 
 
 def test_the_metrics_table_marks_what_beats_every_baseline_in_its_direction() -> None:
