@@ -111,15 +111,32 @@ def synthesise(
         stars = _write_ratings(ratings_file, rng, world, counts, progress)
         with atomic_text(books_path) as books_file:
             _book_table(rng, books, stars, catalogue).to_csv(books_file, index=False, lineterminator="\n")
+    return _summary(
+        out, users, books, ratings, seed, str(books_from) if books_from is not None else None, "latent", counts
+    )
+
+
+def _summary(
+    out: Path,
+    users: int,
+    books: int,
+    ratings: int,
+    seed: int,
+    books_from: str | None,
+    generator: str,
+    counts: np.ndarray,
+) -> dict:
+    """What a synthesis wrote into `out`: the two files' paths, the counts, the seed, where the books came from, the
+    generator and the fewest ratings of a reader (the JSON of `bookrec data synth`)."""
     return {
-        "ratings_path": str(ratings_path),
-        "books_path": str(books_path),
+        "ratings_path": str(out / "ratings.csv"),
+        "books_path": str(out / "books.csv"),
         "users": users,
         "books": books,
         "ratings": ratings,
         "seed": seed,
-        "books_from": str(books_from) if books_from is not None else None,
-        "generator": "latent",
+        "books_from": books_from,
+        "generator": generator,
         "min_ratings_per_user": int(counts.min()),
     }
 
@@ -172,17 +189,7 @@ def synthesise_readers(
         _write_ratings(ratings_file, rng, world, counts, progress)
         with atomic_text(books_path) as books_file:
             chosen.to_csv(books_file, index=False, lineterminator="\n")
-    return {
-        "ratings_path": str(ratings_path),
-        "books_path": str(books_path),
-        "users": users,
-        "books": books,
-        "ratings": ratings,
-        "seed": seed,
-        "books_from": str(catalogue),
-        "generator": "readers of real books",
-        "min_ratings_per_user": int(counts.min()),
-    }
+    return _summary(out, users, books, ratings, seed, str(catalogue), "readers of real books", counts)
 
 
 def _most_rated(table: pd.DataFrame, books: int) -> pd.DataFrame:
