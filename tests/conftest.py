@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,6 +47,14 @@ def _process_logging_undone() -> Iterator[None]:
         for handler in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
             root.removeHandler(handler)
         root._bookrec_configured = False  # type: ignore[attr-defined]
+
+
+def loaded_after(imports: str, among: set[str]) -> list[str]:
+    """Which of the top-level packages `among` a fresh interpreter has loaded after `import {imports}`, sorted: how
+    tests check that a process's imports stay light (no TensorFlow in what forks jobs or serves pages)."""
+    check = f"import sys, {imports}; print(','.join(sorted({{m.split('.')[0] for m in sys.modules}} & set({sorted(among)!r}))))"
+    result = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, check=True)
+    return [name for name in result.stdout.strip().split(",") if name]
 
 
 @dataclass(frozen=True)

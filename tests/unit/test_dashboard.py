@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import fakeredis
@@ -30,6 +28,7 @@ from bookrec.shared.errors import ConfigError
 from bookrec.shared.keys import QUEUE_RECOMMEND, Keys
 from bookrec.shared.ratings import RatingEvent
 from bookrec.shared.settings import Settings
+from tests.conftest import loaded_after
 from tests.unit.conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -509,11 +508,5 @@ def test_the_command_refuses_a_bad_port_and_an_address_in_use(capsys, monkeypatc
 
 
 def test_the_dashboard_loads_no_tensorflow() -> None:
-    check = (
-        "import sys, bookrec.commands.dashboard, bookrec.dashboard.app; "
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', 'pandas', 'matplotlib'}))"
-    )
-
-    result = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, check=True)
-
-    assert result.stdout.strip() == "[]"
+    heavy = {"tensorflow", "keras", "pandas", "matplotlib"}
+    assert loaded_after("bookrec.commands.dashboard, bookrec.dashboard.app", heavy) == []

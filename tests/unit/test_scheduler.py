@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import sys
 import zlib
 from datetime import datetime, timezone
@@ -38,7 +37,7 @@ from bookrec.shared.settings import Settings
 from bookrec.worker.jobs import FUNCTIONS
 from bookrec.worker.serve import context
 from bookrec.worker.serve.rq_worker import BookrecWorker
-from tests.conftest import REPO
+from tests.conftest import loaded_after
 from tests.unit.conftest import run_cli
 
 KEYS = Keys()
@@ -437,11 +436,5 @@ def test_any_other_redis_error_stops_the_scheduler(client: Client, monkeypatch: 
 
 
 def test_the_scheduler_loads_no_tensorflow() -> None:
-    check = (
-        "import sys, bookrec.commands.scheduler, bookrec.scheduler.process; "
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras', 'pandas', 'numpy'}))"
-    )
-
-    result = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, check=True)
-
-    assert result.stdout.strip() == "[]"
+    heavy = {"tensorflow", "keras", "pandas", "numpy"}
+    assert loaded_after("bookrec.commands.scheduler, bookrec.scheduler.process", heavy) == []
