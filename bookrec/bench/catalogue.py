@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from bookrec.model_store.store import ModelStore
 from bookrec.shared.errors import BookrecError
+from bookrec.worker.learn.artifacts import SERVING_GRAPH
 from bookrec.worker.learn.inputs import GOODBOOKS_BOOKS, PRESETS
 from bookrec.worker.learn.synth import synthesise
 
@@ -129,13 +130,14 @@ def cached_bases(store: ModelStore, but: str) -> list[str]:
 
 def cached_base(store: ModelStore, kind: str, params: dict[str, Any]) -> str | None:
     """The newest stored version of `kind` trained with `params` asked for (metadata's `params_asked`: `ease` fills in
-    the l2 it chose in `params`), or None."""
+    the l2 it chose in `params`) and exported with this code's serving graphs (`serving_graph`), or None."""
     versions = [entry["version"] for entry in store.list()] if store.root.is_dir() else []
     for version in sorted(versions, reverse=True):
         try:
             metadata = store.metadata(version)
         except BookrecError:
             continue
-        if metadata.get("kind") == kind and metadata.get("params_asked", metadata.get("params")) == params:
+        asked = metadata.get("params_asked", metadata.get("params"))
+        if metadata.get("kind") == kind and asked == params and metadata.get("serving_graph", 1) == SERVING_GRAPH:
             return version
     return None

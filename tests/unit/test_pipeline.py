@@ -11,6 +11,7 @@ import pytest
 
 from bookrec.cli import main
 from bookrec.model_store.store import ModelStore
+from bookrec.worker.learn.artifacts import SERVING_GRAPH
 from bookrec.worker.learn.datasets import fingerprint
 from bookrec.worker.learn.pipeline import TrainRequest, train_version
 from tests.conftest import TrainedStore, synth_small
@@ -36,6 +37,12 @@ def test_the_default_ranking_model_ranks_better_than_the_global_mean(trained: Tr
 
     assert metadata["kind"] == "mult-dae" and metadata["gate_metric"] == "ndcg@10"
     assert metadata["metrics"]["ndcg@10"] > metadata["baselines"]["global_mean"]["ndcg@10"]
+
+
+def test_metadata_records_the_serving_graphs_it_was_exported_with(trained: TrainedStore) -> None:
+    metadata = ModelStore(trained.store).metadata(trained.version)
+
+    assert metadata["serving_graph"] == SERVING_GRAPH  # what a benchmark checks before reusing it as its base
 
 
 def test_metadata_records_what_a_version_was_trained_on(trained: TrainedStore) -> None:

@@ -24,6 +24,11 @@ import pandas as pd
 from bookrec.shared.errors import CorruptVersion
 from bookrec.worker.learn.data import IdMap, UserItems
 
+SERVING_GRAPH = 2
+"""The revision of the SavedModel's signature graphs that `metadata.json` records as `serving_graph` (1, or absent:
+before 659a759; 2: the block top-k); raised whenever export.py changes what the graphs compute or how fast, so a
+benchmark does not take a version exported by older code for its base model."""
+
 SAVED_MODEL = "saved_model"
 SEEN = "seen.npz"
 CATALOG = "catalog.json"

@@ -142,6 +142,7 @@ def train_version(
         "gate_metric": spec.gate_metric,
         "params": trained.params,
         "params_asked": params,
+        "serving_graph": artifacts.SERVING_GRAPH,
         "metrics": metrics,
         "baselines": baselines,
         "history": trained.history,
