@@ -8,6 +8,7 @@ import fakeredis
 import pytest
 
 from bookrec import cli
+from bookrec.cli import build_parser
 from bookrec.model_store.store import ModelStore
 from bookrec.shared.keys import Keys
 from bookrec.shared.settings import Settings
@@ -77,3 +78,12 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, s
         code = exc.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def parse_bookrec(argv: list[str], capsys: pytest.CaptureFixture[str]):
+    """Parse `argv` with the real `bookrec` parser, failing the test with its error message."""
+    try:
+        return build_parser().parse_args(argv)
+    except SystemExit as exc:
+        message = capsys.readouterr().err.strip() or "no message"
+        pytest.fail(f"`bookrec {' '.join(argv)}` is not a command the bookrec CLI accepts (exit {exc.code}): {message}")

@@ -21,8 +21,8 @@ import pytest
 import yaml
 from redis.connection import parse_url
 
-from bookrec.cli import build_parser
 from bookrec.shared.settings import Settings
+from tests.unit.conftest import parse_bookrec
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -112,15 +112,6 @@ def volume_mounts(service: dict[str, Any]) -> dict[str, str]:
             source, target = entry.get("source", ""), entry["target"]
         mounts[source] = target
     return mounts
-
-
-def parse_bookrec(argv: list[str], capsys: pytest.CaptureFixture[str]):
-    """Parse `argv` with the real `bookrec` parser, failing the test with its error message."""
-    try:
-        return build_parser().parse_args(argv)
-    except SystemExit as exc:
-        message = capsys.readouterr().err.strip() or "no message"
-        pytest.fail(f"`bookrec {' '.join(argv)}` is not a command the bookrec CLI accepts (exit {exc.code}): {message}")
 
 
 # ---- every bookrec container runs a real command -----------------------------------------------
