@@ -162,7 +162,7 @@ def render(request: Request, template: str, status: int = 200, **context: Any) -
     common = {
         "deployment": {
             "prefix": settings.key_prefix,
-            "redis": redact_url(settings.redis_url),
+            "redis": settings.redis_endpoint,
             "database": redact_url(settings.database_url),
             "models": str(settings.model_store),
         },

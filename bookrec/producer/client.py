@@ -27,11 +27,19 @@ from rq.serializers import JSONSerializer
 from bookrec.shared import jobs as job_specs
 from bookrec.shared import payloads, ratings, worker_state
 from bookrec.shared.entries import MAX_ENTRY_BYTES, parse_entry, ratings_through, take
-from bookrec.shared.errors import BadEvent, JobFailed, MalformedEntry, RefreshIncomplete, Timeout, ValidationError
+from bookrec.shared.errors import (
+    BadEvent,
+    JobFailed,
+    MalformedEntry,
+    NotReplicated,
+    RefreshIncomplete,
+    Timeout,
+    ValidationError,
+)
 from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_REFRESH, QUEUE_RETRAIN, QUEUES, Keys
 from bookrec.shared.locks import CANCELLED, CANCELLING, QUEUED, RUNNING, RetrainLock, retrain_state
 from bookrec.shared.redis_conn import CONNECTION_ERRORS, connect, refuses_writes, refusing, text, unavailable
-from bookrec.shared.settings import Settings, redact_url
+from bookrec.shared.settings import Settings
 
 MAX_USERS_PER_CALL = 100_000
 MAX_EVENTS_PER_CALL = 10_000
@@ -108,7 +116,7 @@ class Client:
             job_specs.recommend({"user_ids": users[i : i + chunk], "n": n}, self.settings)
             for i in range(0, len(users), chunk)
         ]
-        jobs = self._call(lambda: self.queue(QUEUE_RECOMMEND).enqueue_many(specs))
+        jobs = self._call(lambda: self._enqueue(QUEUE_RECOMMEND, specs))
         if not wait:
             return jobs
         self.wait(jobs, timeout)
@@ -237,7 +245,7 @@ class Client:
             with self.redis.pipeline(transaction=False) as pipe:
                 for entry in fields:
                     pipe.xadd(self.keys.ratings_stream, entry)
-                return pipe.execute()
+                return self._replicated(pipe, f"{len(fields)} rating event(s)")
 
         return [text(stream_id) for stream_id in self._call(send)] if fields else []
 
@@ -257,7 +265,7 @@ class Client:
             "stop": payloads.index_bound(stop, "stop"),
             "n": payloads.count_n(n),
         }
-        return self._call(lambda: self.queue(QUEUE_REFRESH).enqueue_many([job_specs.refresh(kwargs, self.settings)])[0])
+        return self._call(lambda: self._enqueue(QUEUE_REFRESH, [job_specs.refresh(kwargs, self.settings)])[0])
 
     def refresh_progress(self, refresh_job: Job) -> tuple[int, int] | None:
         """(users done, users total) of a refresh whose fan-out has happened, else None.
@@ -333,7 +341,7 @@ class Client:
         lock = RetrainLock(self.redis, self.keys, self.settings.retrain_lock_ttl)
         self._call(lambda: lock.take(job_id))
         try:
-            job = self._call(lambda: self.queue(QUEUE_RETRAIN).enqueue_many([job_specs.retrain(kwargs, job_id)])[0])
+            job = self._call(lambda: self._enqueue(QUEUE_RETRAIN, [job_specs.retrain(kwargs, job_id)])[0])
         except BaseException:
             self._call(lambda: lock.release(job_id))
             raise
@@ -378,9 +386,11 @@ class Client:
             # Block well under the connection's 5 s socket timeout, or the read times out before the server answers.
             block = WAIT_BLOCK_S if remaining is None else max(1, min(WAIT_BLOCK_S, int(remaining + 0.999)))
             result = self._call(lambda: job.latest_result(timeout=block))
-            status = self._call(lambda: job.get_status(refresh=True))
-            if status == JobStatus.FINISHED and result is not None and result.type == Result.Type.SUCCESSFUL:
+            if result is not None and result.type == Result.Type.SUCCESSFUL:
+                # The result decides, not the job's status: after a Sentinel failover the new master can hold a
+                # worker's result while the status it wrote in the same breath was lost with the old master.
                 return result.return_value
+            status = self._call(lambda: job.get_status(refresh=True))
             if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
                 reason = (
                     result.exc_string.strip().splitlines()[-1]
@@ -443,7 +453,7 @@ class Client:
             lock = RetrainLock(self.redis, self.keys, self.settings.retrain_lock_ttl)
             retrain = lock.holder()
             return {
-                "redis": redact_url(self.settings.redis_url),
+                "redis": self.settings.redis_endpoint,
                 "redis_writes": "accepted" if refused is None else "refused",
                 "production_version": current.decode() if current else None,
                 "queues": queues,
@@ -566,6 +576,31 @@ class Client:
         return retrain_state(
             Job(job_id, connection=self.redis, serializer=JSONSerializer), lock.cancel_requested(job_id)
         )
+
+    def _enqueue(self, queue: str, specs: list) -> list[Job]:
+        """Enqueue `specs` on `queue`; with BOOKREC_REDIS_WAIT_REPLICAS, once that many replicas have them."""
+        if not self.settings.redis_wait_replicas:
+            return self.queue(queue).enqueue_many(specs)
+        with self.redis.pipeline(transaction=False) as pipe:
+            jobs = self.queue(queue).enqueue_many(specs, pipeline=pipe)
+            self._replicated(pipe, f"{len(specs)} {queue} job(s)")
+        return jobs
+
+    def _replicated(self, pipe: redis.client.Pipeline, what: str) -> list[Any]:
+        """Execute `pipe`, followed by a WAIT for BOOKREC_REDIS_WAIT_REPLICAS replicas when that is set, on the same
+        connection; the replies of `pipe`'s own commands. NotReplicated if fewer replicas confirmed in time."""
+        wanted = self.settings.redis_wait_replicas
+        if not wanted:
+            return pipe.execute()
+        pipe.execute_command("WAIT", wanted, self.settings.redis_wait_ms)
+        *replies, confirmed = pipe.execute()
+        if confirmed < wanted:
+            raise NotReplicated(
+                f"{what} reached Redis at {self.settings.redis_endpoint} but only {confirmed} of the {wanted} replicas "
+                f"BOOKREC_REDIS_WAIT_REPLICAS asks for confirmed within {self.settings.redis_wait_ms} ms; a failover "
+                "could lose them: send them again (repeating a rating event or a request is harmless)"
+            )
+        return replies
 
     def _call(self, action):
         """Run a Redis action, turning connection failures into RedisUnavailable and refused writes (out of

@@ -67,6 +67,11 @@ class RedisRefusingWrites(RedisUnavailable):
     """Redis answers but refuses writes (out of memory under noeviction, a read-only replica, a failed snapshot)."""
 
 
+class NotReplicated(RedisUnavailable):
+    """A write reached the Redis master but fewer replicas than BOOKREC_REDIS_WAIT_REPLICAS confirmed it in time:
+    a failover could lose it, so send it again (rating events and recommend requests are safe to repeat)."""
+
+
 class RetrainRunning(BookrecError):
     """A retrain is already running; the message names its job id."""
 

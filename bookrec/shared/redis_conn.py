@@ -10,7 +10,9 @@ from typing import Any, Callable, Sequence
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.connection import parse_url
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from bookrec.shared.errors import ConfigError, RedisRefusingWrites, RedisUnavailable
 from bookrec.shared.settings import Settings, redact_url
@@ -19,10 +21,12 @@ CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutE
 
 
 def connect(settings: Settings, socket_timeout: float | None = 5.0, retries: int = 2) -> redis.Redis:
-    """A client for `settings.redis_url` (not yet connected); TLS CA from BOOKREC_REDIS_CA_CERT when set.
+    """A client for the queue Redis (not yet connected): `settings.redis_url`, or with BOOKREC_REDIS_SENTINELS the
+    master the sentinels name, with the URL's database, credentials and TLS. TLS CA from BOOKREC_REDIS_CA_CERT.
 
-    Calls retry a few times with backoff on a dropped connection, then raise redis's
-    ConnectionError; `ping` turns that into RedisUnavailable.
+    Calls retry a few times with backoff on a dropped connection, then raise redis's ConnectionError; `ping`
+    turns that into RedisUnavailable. Through Sentinel every new connection asks the sentinels for the current
+    master, so a client follows a failover once its old connections fail.
     """
     options: dict[str, Any] = {
         "socket_connect_timeout": 3.0,
@@ -34,19 +38,45 @@ def connect(settings: Settings, socket_timeout: float | None = 5.0, retries: int
     if settings.redis_ca_cert:
         options["ssl_ca_certs"] = settings.redis_ca_cert
     try:
+        if settings.redis_sentinels:
+            return _through_sentinel(settings, options)
         return redis.Redis.from_url(settings.redis_url, **options)
     except ValueError as exc:
         raise ConfigError(f"BOOKREC_REDIS_URL={redact_url(settings.redis_url)!r} is not a Redis URL: {exc}") from None
 
 
+def _through_sentinel(settings: Settings, options: dict[str, Any]) -> redis.Redis:
+    """A client of the master BOOKREC_REDIS_SENTINEL_MASTER names, found through the sentinels (redis-py's
+    Sentinel): the URL gives the database, user, password and TLS (`rediss://`); its host and port are unused."""
+    url = parse_url(settings.redis_url)
+    tls = url.pop("connection_class", None) is redis.SSLConnection
+    master = {key: url[key] for key in ("db", "username", "password") if key in url}
+    sentinel_options = {
+        "socket_connect_timeout": options["socket_connect_timeout"],
+        "socket_timeout": 3.0,
+        "password": settings.redis_sentinel_password,
+    }
+    if tls:
+        master["ssl"] = sentinel_options["ssl"] = True
+        if settings.redis_ca_cert:
+            sentinel_options["ssl_ca_certs"] = settings.redis_ca_cert
+    sentinel = Sentinel(settings.redis_sentinels, sentinel_kwargs=sentinel_options, **options)
+    return sentinel.master_for(settings.redis_sentinel_master, redis_class=redis.Redis, **master)
+
+
 def unavailable(settings: Settings, exc: Exception) -> RedisUnavailable:
     """The RedisUnavailable for a connection failure: refused credentials or no answer, naming the redacted URL."""
-    where = f"Redis at {redact_url(settings.redis_url)}"
+    where = f"Redis at {settings.redis_endpoint}"
     if isinstance(exc, redis.exceptions.AuthenticationError):  # a ConnectionError too, so test it first
         return RedisUnavailable(
             f"{where} refused the credentials ({exc}); check the user and password in BOOKREC_REDIS_URL"
         )
-    return RedisUnavailable(f"{where} did not answer ({exc}); start it or set BOOKREC_REDIS_URL")
+    fix = (
+        "check the sentinels and BOOKREC_REDIS_SENTINEL_MASTER"
+        if settings.redis_sentinels
+        else ("start it or set BOOKREC_REDIS_URL")
+    )
+    return RedisUnavailable(f"{where} did not answer ({exc}); {fix}")
 
 
 def refuses_writes(exc: BaseException) -> bool:
@@ -59,7 +89,7 @@ def refuses_writes(exc: BaseException) -> bool:
 def refusing(settings: Settings, exc: Exception) -> RedisRefusingWrites:
     """The RedisRefusingWrites for a refused write, naming the redacted URL, Redis's reason and the fix."""
     return RedisRefusingWrites(
-        f"Redis at {redact_url(settings.redis_url)} refuses writes ({_reason(exc)}); "
+        f"Redis at {settings.redis_endpoint} refuses writes ({_reason(exc)}); "
         f"{_fix_for(exc)}, then retry (workers resume on their own)"
     )
 
@@ -111,7 +141,7 @@ def ping(client: redis.Redis, settings: Settings) -> None:
     except CONNECTION_ERRORS as exc:
         raise unavailable(settings, exc) from None
     except redis.exceptions.ResponseError as exc:
-        raise RedisUnavailable(f"Redis at {redact_url(settings.redis_url)} refused the connection ({exc})") from None
+        raise RedisUnavailable(f"Redis at {settings.redis_endpoint} refused the connection ({exc})") from None
 
 
 def text(value: bytes | str | None) -> str | None:

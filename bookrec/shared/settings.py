@@ -104,6 +104,29 @@ def _dashboard_token(env: Mapping[str, str]) -> str | None:
     return token
 
 
+def _sentinels(env: Mapping[str, str]) -> tuple[tuple[str, int], ...]:
+    """BOOKREC_REDIS_SENTINELS (`host:port,host:port,…`) as (host, port) pairs; () when unset. ConfigError naming
+    the bad address, or BOOKREC_REDIS_SENTINEL_MASTER missing."""
+    raw = (env.get("BOOKREC_REDIS_SENTINELS") or "").strip()
+    if not raw:
+        return ()
+    if not (env.get("BOOKREC_REDIS_SENTINEL_MASTER") or "").strip():
+        raise ConfigError(
+            "BOOKREC_REDIS_SENTINELS is set but BOOKREC_REDIS_SENTINEL_MASTER is not: name the master the sentinels "
+            "monitor (the name in their `sentinel monitor NAME host port quorum` line)"
+        )
+    found = []
+    for address in (a.strip() for a in raw.split(",")):
+        host, colon, port = address.rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(
+                f"BOOKREC_REDIS_SENTINELS holds {address!r}, not a host:port (e.g. 10.0.0.5:26379); "
+                "separate sentinels with commas"
+            )
+        found.append((host.strip("[]"), int(port)))
+    return tuple(found)
+
+
 def _key_prefix(prefix: str) -> str:
     """BOOKREC_KEY_PREFIX, checked: it also names the queues (RQ joins a worker's queue names with commas)
     and starts the SCAN patterns, so whitespace, commas and glob characters are refused."""
@@ -139,6 +162,11 @@ class Settings:
     job_timeout: int = 600
     swap_slots: int = 1
     redis_ca_cert: str | None = None
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_master: str | None = None
+    redis_sentinel_password: str | None = field(default=None, repr=False)
+    redis_wait_replicas: int = 0
+    redis_wait_ms: int = 1000
     log_level: str = "INFO"
     database_url: str = DEFAULT_DATABASE_URL
     rating_min: float = DEFAULT_RATING_SCALE[0]
@@ -179,6 +207,11 @@ class Settings:
             job_timeout=_int(env, "BOOKREC_JOB_TIMEOUT", 600, minimum=1),
             swap_slots=_int(env, "BOOKREC_SWAP_SLOTS", 1, minimum=1),
             redis_ca_cert=env.get("BOOKREC_REDIS_CA_CERT") or None,
+            redis_sentinels=_sentinels(env),
+            redis_sentinel_master=(env.get("BOOKREC_REDIS_SENTINEL_MASTER") or "").strip() or None,
+            redis_sentinel_password=env.get("BOOKREC_REDIS_SENTINEL_PASSWORD") or None,
+            redis_wait_replicas=_int(env, "BOOKREC_REDIS_WAIT_REPLICAS", 0, minimum=0),
+            redis_wait_ms=_int(env, "BOOKREC_REDIS_WAIT_MS", 1000, minimum=1, maximum=60_000),
             log_level=(env.get("BOOKREC_LOG_LEVEL") or "INFO").upper(),
             database_url=env.get("BOOKREC_DATABASE_URL") or DEFAULT_DATABASE_URL,
             ingest_claim_s=_int(env, "BOOKREC_INGEST_CLAIM_S", 30, minimum=1),
@@ -213,6 +246,15 @@ class Settings:
     def redis_url_redacted(self) -> str:
         """The Redis URL with any password replaced by `***`, safe for logs and status output."""
         return redact_url(self.redis_url)
+
+    @property
+    def redis_endpoint(self) -> str:
+        """Where the queue Redis is, safe for messages and status: the redacted URL, or with Sentinel the master's
+        name and the sentinels (the URL then gives only the database and credentials)."""
+        if not self.redis_sentinels:
+            return self.redis_url_redacted
+        sentinels = ",".join(f"{host}:{port}" for host, port in self.redis_sentinels)
+        return f"sentinel master {self.redis_sentinel_master!r} at {sentinels} ({self.redis_url_redacted})"
 
 
 SECRET_QUERY_PARAMETERS = ("password", "username")

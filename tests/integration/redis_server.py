@@ -14,6 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import redis
+
 READY = "Ready to accept connections"
 
 
@@ -156,3 +158,78 @@ def make_certificates(folder: Path) -> Path:
     for step in steps:
         subprocess.run(["openssl", *step], cwd=folder, check=True, capture_output=True)
     return folder
+
+
+class SentinelGroup:
+    """A master, `replicas` replicas and three sentinels (quorum 2) on free ports, as Redis documents a minimal
+    Sentinel deployment; sentinels call the master down after `down_after_ms` without an answer."""
+
+    MASTER = "bookrec"
+
+    def __init__(self, workdir: Path, replicas: int = 2, down_after_ms: int = 1000) -> None:
+        self.workdir, self.down_after_ms = workdir, down_after_ms
+        self.master = RedisServer(workdir)
+        self.replicas = [
+            RedisServer(workdir, ("--replicaof", "127.0.0.1", str(self.master.port))) for _ in range(replicas)
+        ]
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinels: list[subprocess.Popen] = []
+
+    @property
+    def addresses(self) -> str:
+        """BOOKREC_REDIS_SENTINELS for this group."""
+        return ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start every server and return once each sentinel knows the replicas and the other sentinels."""
+        self.master.start()
+        for replica in self.replicas:
+            replica.start()
+        for port in self.sentinel_ports:
+            config = self.workdir / f"sentinel-{port}.conf"
+            config.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.workdir}\nlogfile {self.workdir / f'sentinel-{port}.log'}\n"
+                f"sentinel monitor {self.MASTER} 127.0.0.1 {self.master.port} 2\n"
+                f"sentinel down-after-milliseconds {self.MASTER} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.MASTER} 10000\n"
+                f"sentinel parallel-syncs {self.MASTER} {len(self.replicas)}\n"
+            )
+            self.sentinels.append(subprocess.Popen(["redis-server", str(config), "--sentinel"]))
+        deadline = time.monotonic() + timeout
+        while not self._settled():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the sentinels did not discover each other within {timeout} s; see {self.workdir}")
+            time.sleep(0.1)
+
+    def master_port(self) -> int | None:
+        """The master's port as the first sentinel that answers reports it."""
+        for port in self.sentinel_ports:
+            try:
+                reply = self._ask(port, "SENTINEL", "get-master-addr-by-name", self.MASTER)
+            except redis.exceptions.ConnectionError:
+                continue
+            return int(reply[1])
+        return None
+
+    def stop(self) -> None:
+        for process in self.sentinels:
+            process.terminate()
+            process.wait(timeout=10)
+        for server in (self.master, *self.replicas):
+            server.stop()
+
+    def _settled(self) -> bool:
+        try:
+            for port in self.sentinel_ports:
+                replicas = self._ask(port, "SENTINEL", "replicas", self.MASTER)
+                others = self._ask(port, "SENTINEL", "sentinels", self.MASTER)
+                if len(replicas) < len(self.replicas) or len(others) < 2:
+                    return False
+        except redis.exceptions.ConnectionError:
+            return False
+        return True
+
+    @staticmethod
+    def _ask(port: int, *command: str) -> list:
+        with redis.Redis(port=port, socket_timeout=2, decode_responses=True) as client:
+            return client.execute_command(*command)

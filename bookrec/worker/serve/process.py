@@ -31,6 +31,7 @@ from bookrec.shared.logs import setup_logging
 from bookrec.shared.redis_conn import CONNECTION_ERRORS, Backoff, connect, refuses_writes
 from bookrec.shared.settings import Settings
 from bookrec.worker.serve import context
+from bookrec.worker.serve.supervisor import recover_abandoned
 from bookrec.worker.serve.tf_setup import configure_tensorflow, threads_for
 
 if TYPE_CHECKING:
@@ -146,6 +147,9 @@ def serve(settings: Settings, queues: list[str], name: str, burst: bool) -> int:
                 "worker loop ended (Redis lost or refusing writes?); waiting for Redis and resuming with the model loaded"
             )
             wait_for_redis(client, flag)
+            # A job this loop held when Redis went (its end could not be written, or a failover lost it) is
+            # still marked as running here on a primary that outlived it: hand it back before the next loop.
+            recover_abandoned(client, worker.name)
             _retire(worker, flag)
     finally:
         if holder is not None:

@@ -377,7 +377,8 @@ def _requeue_unclaimed(client: redis.Redis, queue_name: str, job_id: str) -> boo
 
 
 def recover_abandoned(client: redis.Redis | None, worker_name: str) -> str | None:
-    """Hand the job a dead worker was running back to its queue (RQ retry rules apply); return its id.
+    """Hand the job a dead worker (or a worker loop that ended) was running back to its queue (RQ retry rules
+    apply); return its id.
 
     RQ claims a job in two steps (an entry in the started registry, then the job's status
     STARTED); a worker killed between them held a job that never started. RQ's cleanup drops
@@ -407,13 +408,11 @@ def recover_abandoned(client: redis.Redis | None, worker_name: str) -> str | Non
                 ]
                 if entries:
                     _hand_back(client, registry, queue.name, job_id, entries)
-                    logger.warning(
-                        "supervisor: job %s of dead worker %s handed back to queue %s", job_id, worker_name, queue.name
-                    )
+                    logger.warning("job %s of ended worker %s handed back to queue %s", job_id, worker_name, queue.name)
         dead.register_death()
         return job_id
     except redis.exceptions.RedisError as exc:
-        logger.warning("supervisor: could not recover the job of %s: %s", worker_name, exc)
+        logger.warning("could not recover the job of worker %s: %s", worker_name, exc)
         return None
 
 
