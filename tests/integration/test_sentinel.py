@@ -11,6 +11,9 @@ rating event acknowledged before, during or after the kill is in the ratings sto
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -173,6 +176,14 @@ def test_a_killed_master_fails_over_and_nothing_sent_or_acknowledged_is_lost(
         wait_for(lambda: not missing(), "every acknowledged rating event to reach the ratings store")
         store.close()
         assert pool.exit_code() is None and ingest.exit_code() is None, "a process gave up instead of following"
+        # The CLI, a fresh process, finds the new master through the sentinels too.
+        status = subprocess.run(
+            [sys.executable, "-m", "bookrec", "status", "--json"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert status.returncode == 0, status.stderr
+        reported = json.loads(status.stdout)
+        assert reported["production_version"] == fresh_store.version
+        assert reported["redis"].startswith(f"sentinel master '{SentinelGroup.MASTER}' at {sentinels.addresses}")
         print(
             f"\nsentinel failover: promoted {failed_over:.2f} s after the kill; outage (first failed call to the "
             f"next acknowledged one): requests {requests.outage():.2f} s, rating events {ratings.outage():.2f} s; "
