@@ -77,7 +77,10 @@ SERVING: tuple[Figure, ...] = (
         "p50 <= 0.5 ms",
         lambda f, r: f["cache_read_ms"] <= 0.5,
         lambda v: f"p50 {_ms(v)} ms",
-        lambda r: f"Redis PING p50 {_ms(r['ping_p50_ms'])} ms",
+        lambda r: (
+            f"Redis PING p50 {_ms(r['ping_p50_ms'])} ms; an entry of n 10: {_n(r['entry_bytes'])} bytes of JSON, "
+            f"{_n(r['redis_bytes_per_entry'])} bytes in Redis (MEMORY USAGE)"
+        ),
     ),
     Figure(
         "swap_s",

@@ -410,6 +410,8 @@ def _refresh_and_reads(state: _Run, client) -> None:
     state.references["cache_read_ms"] = {
         "ping_p50_ms": reads["ping_p50_ms"],
         "reads": min(config.cache_reads, len(state.users)),
+        "entry_bytes": reads["entry_bytes"],
+        "redis_bytes_per_entry": reads["redis_bytes_per_entry"],
     }
 
 

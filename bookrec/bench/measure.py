@@ -148,8 +148,9 @@ def full_refresh(client: Client, total: int, timeout: float) -> float:
 
 
 def cache_reads(client: Client, users: list[str]) -> dict[str, float]:
-    """Median ms of `Client.get` (GET + JSON decode of one entry) over `users`, and of a Redis PING beside it."""
-    reads, pings = [], []
+    """Median ms of `Client.get` (GET + JSON decode of one entry) over `users`, a Redis PING beside it, and the
+    entries' mean size: their JSON bytes and what Redis holds for each (`MEMORY USAGE`, key and overhead included)."""
+    reads, pings, sizes, held = [], [], [], []
     for user in users:
         started = time.perf_counter()
         if client.get(user) is None:
@@ -158,7 +159,15 @@ def cache_reads(client: Client, users: list[str]) -> dict[str, float]:
         started = time.perf_counter()
         client.redis.ping()
         pings.append(time.perf_counter() - started)
-    return {"p50_ms": median(reads) * 1000, "ping_p50_ms": median(pings) * 1000}
+        key = client.keys.recs(user)
+        sizes.append(client.redis.strlen(key))
+        held.append(client.redis.memory_usage(key, samples=0))
+    return {
+        "p50_ms": median(reads) * 1000,
+        "ping_p50_ms": median(pings) * 1000,
+        "entry_bytes": float(np.mean(sizes)),
+        "redis_bytes_per_entry": float(np.mean(held)),
+    }
 
 
 def failed_jobs(service: Service) -> int:

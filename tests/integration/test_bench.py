@@ -227,7 +227,7 @@ def _report(**changes) -> Report:
             "all_p99": 22.0,
         },
         "full_refresh_s": {"users": 53424, "ideal_s": 2.7},
-        "cache_read_ms": {"ping_p50_ms": 0.1},
+        "cache_read_ms": {"ping_p50_ms": 0.1, "entry_bytes": 2400.0, "redis_bytes_per_entry": 2600.0},
         "swap_s": {"slowest_vs_p99": 2.0, "model_load_s": 0.5, "stale_after_swap": 0, "peak_rss_mb": 812.0},
         "retrain_s": {"fit_s": 80.0, "kind": "mult-dae"},
         "worker_rss_mb": {"jobs": 5000, "rss_before_mb": 890.0, "load_mb": 300.0},
