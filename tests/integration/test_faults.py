@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 import redis
@@ -35,7 +35,7 @@ from bookrec.shared import worker_state
 from bookrec.shared.errors import CorruptVersion, JobFailed, RedisUnavailable
 from bookrec.shared.keys import QUEUE_RECOMMEND, QUEUE_RETRAIN, Keys
 from bookrec.shared.settings import Settings
-from tests.conftest import REPO, TrainedStore, WorkerPool, pool_on_private_redis
+from tests.conftest import REPO, TrainedStore, WorkerPool, pool_on_private_redis, wait_for
 from tests.integration.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -77,17 +77,6 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 30.0) -> object:
-    """Poll `condition` until it returns something truthy; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")

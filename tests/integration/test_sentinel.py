@@ -33,7 +33,7 @@ from bookrec.shared.keys import Keys
 from bookrec.shared.redis_conn import connect
 from bookrec.shared.settings import Settings
 from bookrec.worker.serve.launch import IngestProcess
-from tests.conftest import TEST_REDIS_URL, TrainedStore, WorkerPool
+from tests.conftest import TEST_REDIS_URL, TrainedStore, WorkerPool, wait_for
 from tests.integration.redis_server import SentinelGroup
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -85,16 +85,6 @@ class Sender:
         self.thread.join(timeout=30)
 
 
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 60.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 @pytest.fixture
 def sentinels(tmp_path: Path) -> Iterator[SentinelGroup]:
     group = SentinelGroup(tmp_path)
@@ -140,12 +130,12 @@ def test_a_killed_master_fails_over_and_nothing_sent_or_acknowledged_is_lost(
             return (user, book, stars)
 
         ratings = Sender(rate, pause=0.01)
-        wait_for(lambda: len(requests.acked) >= 20 and len(ratings.acked) >= 50, "the streams to run")
+        wait_for(lambda: len(requests.acked) >= 20 and len(ratings.acked) >= 50, "the streams to run", 60)
 
         old_master = sentinels.master.port
         killed_at = time.monotonic()
         sentinels.master.kill()
-        wait_for(lambda: sentinels.master_port() not in (None, old_master), "the sentinels to promote a replica")
+        wait_for(lambda: sentinels.master_port() not in (None, old_master), "the sentinels to promote a replica", 60)
         failed_over = time.monotonic() - killed_at
         wait_for(
             lambda: (
@@ -153,6 +143,7 @@ def test_a_killed_master_fails_over_and_nothing_sent_or_acknowledged_is_lost(
                 and ratings.acked_after(killed_at + failed_over) >= 50
             ),
             "clients to be served by the new master",
+            60,
         )
     finally:
         for sender in (requests, ratings):
@@ -173,7 +164,7 @@ def test_a_killed_master_fails_over_and_nothing_sent_or_acknowledged_is_lost(
             stored = {(row[0], row[1]): row[2] for row in store.snapshot().rows}
             return {pair: stars for pair, stars in sent.items() if stored.get(pair) != stars}
 
-        wait_for(lambda: not missing(), "every acknowledged rating event to reach the ratings store")
+        wait_for(lambda: not missing(), "every acknowledged rating event to reach the ratings store", 60)
         store.close()
         assert pool.exit_code() is None and ingest.exit_code() is None, "a process gave up instead of following"
         # The CLI, a fresh process, finds the new master through the sentinels too.
