@@ -71,11 +71,10 @@ def unavailable(settings: Settings, exc: Exception) -> RedisUnavailable:
         return RedisUnavailable(
             f"{where} refused the credentials ({exc}); check the user and password in BOOKREC_REDIS_URL"
         )
-    fix = (
-        "check the sentinels and BOOKREC_REDIS_SENTINEL_MASTER"
-        if settings.redis_sentinels
-        else ("start it or set BOOKREC_REDIS_URL")
-    )
+    if settings.redis_sentinels:
+        fix = "check the sentinels and BOOKREC_REDIS_SENTINEL_MASTER"
+    else:
+        fix = "start it or set BOOKREC_REDIS_URL"
     return RedisUnavailable(f"{where} did not answer ({exc}); {fix}")
 
 
