@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from datetime import datetime, timezone
 
 import fakeredis
 import pytest
@@ -161,3 +162,25 @@ def test_jobs_of_live_workers_here_and_of_workers_on_other_hosts_are_left_alone(
     finally:
         live.kill()
         live.wait()
+
+
+@pytest.mark.parametrize(("host", "silent_s", "dead"), [("other-host", 30, True), ("other-host", 5, False)])
+def test_a_worker_of_another_host_is_dead_once_silent_for_worker_silent_s(
+    redis: fakeredis.FakeRedis, host: str, silent_s: float, dead: bool
+) -> None:
+    """Another host's process cannot be looked at: its heartbeat's age, by Redis's clock, decides."""
+    from rq.utils import utcformat
+
+    seconds, _ = redis.time()
+    beat = utcformat(datetime.fromtimestamp(seconds - silent_s, timezone.utc))
+    redis.hset("rq:worker:far", mapping={"hostname": host, "pid": "1", "last_heartbeat": beat})
+    assert supervisor.worker_is_dead(redis, "far", socket.gethostname()) is dead
+
+
+def test_a_worker_taken_for_dead_registers_again_at_its_next_heartbeat(redis: fakeredis.FakeRedis) -> None:
+    worker = BookrecWorker([QUEUE_RECOMMEND], connection=redis, name="came-back")
+    worker.register_birth()
+    redis.hset(worker.key, "death", "2026-12-04T00:00:00.000000Z")  # what recover_abandoned's register_death writes
+    worker.heartbeat()
+    assert not redis.hexists(worker.key, "death") and redis.hexists(worker.key, "birth")
+    assert worker.key.encode() in redis.smembers("rq:workers"), "listed again, so its job can be recovered again"

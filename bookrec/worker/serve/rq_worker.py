@@ -398,10 +398,18 @@ class BookrecWorker(SimpleWorker):
         with self.connection.pipeline(transaction=False) as pipe:
             super().heartbeat(timeout, pipe)
             pipe.hexists(self.key, "birth")
-            registered = pipe.execute()[-1]
-        if self.birth_date is not None and not registered:
-            self.log.warning("Worker %s: Redis lost this worker's record; registering it again", self.name)
+            pipe.hexists(self.key, "death")
+            registered, declared_dead = pipe.execute()[-2:]
+        if self.birth_date is not None and (declared_dead or not registered):
+            self.log.warning(
+                "Worker %s: %s; registering it again",
+                self.name,
+                "another supervisor took this worker for dead (silent too long) and handed its job back"
+                if declared_dead
+                else "Redis lost this worker's record",
+            )
             with self.connection.pipeline() as pipe:
+                pipe.hdel(self.key, "death")
                 pipe.hset(self.key, mapping={**self.serialize(), "state": self.get_state()})
                 worker_registration.register(self, pipe)
                 pipe.expire(self.key, timeout or self.worker_ttl + 60)

@@ -7,7 +7,7 @@ The supervisor itself never imports TensorFlow: each worker is a fresh interpret
 (`python -m bookrec.worker.serve.process`), so no process ever forks with TensorFlow loaded. When a worker
 dies mid-job (killed, out of memory), the job it held is handed back to the queue at once
 (see `recover_abandoned`) instead of waiting for RQ's timeout-based cleanup, and a swap slot it
-held while loading a model is given back (see `release_swap_slots`). When it starts, and every minute,
+held while loading a model is given back (see `release_swap_slots`). When it starts, and every 20 s,
 it also hands back the jobs of workers it never knew that died (a whole pool SIGKILLed with its
 supervisor, a host lost), wherever in RQ's claim they died (see `Recovery`). Its workers die with it:
 each gets SIGTERM from the kernel when the supervisor dies, and stops after its current job.
@@ -43,7 +43,10 @@ logger = logging.getLogger(__name__)
 
 RESTART_BACKOFF_MAX = 30.0
 STOP_GRACE_SECONDS = 30.0
-RECOVERY_INTERVAL = 60.0  # how often the supervisor looks for jobs that dead workers held
+RECOVERY_INTERVAL = 20.0  # how often the supervisor looks for jobs that dead workers held
+WORKER_SILENT_S = 20.0
+"""A worker of another host that sent no heartbeat for this long (by Redis's clock) is dead: its host is cut off or
+gone. Workers beat every second (rq_worker.HEARTBEAT_SECONDS), from a thread of their own, busy or not."""
 SERVING_MMAP_THRESHOLD = 128 * 1024
 """Bytes above which a serving worker's malloc maps a buffer on its own (`Supervisor._worker_env`)."""
 CLAIM_GRACE_SECONDS = 2.0  # a job popped by no live worker for this long (two sweeps apart) is handed back
@@ -226,8 +229,8 @@ class Supervisor:
 class Recovery:
     """Hands back to `queues` (RQ names) every job a dead worker held, whichever supervisor it belonged to.
 
-    A worker is dead when RQ no longer has its record, its record says it died, or it ran on this host and
-    its process is gone. RQ claims a job in steps, and a worker can die after each: (1) the job is popped
+    A worker is dead when RQ no longer has its record, its record says it died, it ran on this host and its
+    process is gone, or it runs on another host and has been silent for WORKER_SILENT_S. RQ claims a job in steps, and a worker can die after each: (1) the job is popped
     off its queue, in no list at all; (2) an execution is in the started registry; (3) the job is STARTED.
     (2) and (3) are found in the started registries; (1) as a job still `queued` that is in neither its
     queue nor its started registry in two sweeps CLAIM_GRACE_SECONDS apart (a live worker registers the
@@ -333,13 +336,24 @@ class Recovery:
 
 
 def worker_is_dead(client: redis.Redis, name: str | None, host: str) -> bool:
-    """Whether RQ worker `name` is dead: no record, a recorded death, or on `host` with its process gone."""
+    """Whether RQ worker `name` is dead: no record, a recorded death, on `host` with its process gone, or on another
+    host and silent for WORKER_SILENT_S (its process cannot be looked at from here)."""
     if not name:
         return True
-    hostname, pid, death = client.hmget(f"rq:worker:{name}", "hostname", "pid", "death")
+    hostname, pid, death, beat = client.hmget(f"rq:worker:{name}", "hostname", "pid", "death", "last_heartbeat")
     if hostname is None or death is not None:
         return True
-    return hostname.decode() == host and not _running(int(pid or 0), name)
+    if hostname.decode() == host:
+        return not _running(int(pid or 0), name)
+    return beat is not None and _silent_s(client, beat.decode()) > WORKER_SILENT_S
+
+
+def _silent_s(client: redis.Redis, last_heartbeat: str) -> float:
+    """Seconds since an RQ `last_heartbeat` (ISO UTC), by Redis's clock."""
+    from rq.utils import utcparse
+
+    seconds, micros = client.time()
+    return seconds + micros / 1e6 - utcparse(last_heartbeat).timestamp()
 
 
 def _running(pid: int, name: str) -> bool:
