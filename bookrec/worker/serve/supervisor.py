@@ -231,7 +231,8 @@ class Recovery:
 
     A worker is dead when RQ no longer has its record, its record says it died, it ran on this host and its
     process is gone, or it runs on another host and has been silent for WORKER_SILENT_S. RQ claims a job in
-    steps, and a worker can die after each: (1) the job is popped off its queue, in no list at all; (2) an execution is in the started registry; (3) the job is STARTED.
+    steps, and a worker can die after each: (1) the job is popped off its queue, in no list at all; (2) an
+    execution is in the started registry; (3) the job is STARTED.
     (2) and (3) are found in the started registries; (1) as a job still `queued` that is in neither its
     queue nor its started registry in two sweeps CLAIM_GRACE_SECONDS apart (a live worker registers the
     execution within milliseconds). Sweeps run at start, CLAIM_GRACE_SECONDS later, then every RECOVERY_INTERVAL.
